@@ -1,0 +1,80 @@
+"""One error hierarchy; every message says what failed, where, and how to fix it.
+
+    NewsletterError
+     ├── ConfigError            settings or the subscriber file (SubscriberConfigError lists all problems)
+     │    └── SubscriberConfigError
+     ├── IngestError            a dump that cannot be read (file, line)
+     ├── StoreError             the database (URL, schema, lock held by another sender)
+     │    └── LockHeld
+     ├── RenderError            a template that fails to compile or render
+     └── DeliveryError          a transport failure (temporary unless `permanent`)
+          └── RecipientRefused  the server refused one recipient (5xx: permanent)
+
+The CLI catches NewsletterError only, so a real bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NewsletterError(Exception):
+    """Base class for every error a user can act on."""
+
+
+class ConfigError(NewsletterError):
+    """A setting or configuration file is invalid."""
+
+
+class SubscriberConfigError(ConfigError):
+    """The subscriber file is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{self.path}: {n} problem{'s' if n != 1 else ''} in the subscriber file"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class IngestError(NewsletterError):
+    """A dump cannot be ingested; the whole file is skipped."""
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = message
+        where = f"{self.path}, line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class StoreError(NewsletterError):
+    """The database cannot be opened or used."""
+
+
+class LockHeld(StoreError):
+    """Another sender holds the lock for this work."""
+
+
+class RenderError(NewsletterError):
+    """A template cannot be compiled or rendered."""
+
+
+class DeliveryError(NewsletterError):
+    """Sending failed. `permanent` failures are never retried (except by an explicit resend)."""
+
+    def __init__(
+        self, message: str, *, code: int | None = None, permanent: bool = False
+    ) -> None:
+        self.code = code
+        self.permanent = permanent
+        super().__init__(message)
+
+
+class RecipientRefused(DeliveryError):
+    """The server refused this recipient with a 5xx reply."""
+
+    def __init__(self, recipient: str, code: int, reply: str) -> None:
+        self.recipient = recipient
+        self.reply = reply
+        super().__init__(f"{recipient} refused: {code} {reply}", code=code, permanent=True)

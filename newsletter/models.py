@@ -1,0 +1,119 @@
+"""Typed domain models passed between the pipeline stages (frozen: stages never mutate them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper, however often it appears: `id` is derived from the normalised title."""
+
+    id: str
+    title: str
+    abstract: str
+    links: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListingEntry:
+    """A paper's appearance in one day's listing. `rank` is 1-based (1 = most trending)."""
+
+    rank: int
+    paper: Paper
+    line: int = 0  # line of the title in the source file, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class DailyListing:
+    """One day's trending papers, parsed from one dump."""
+
+    date: dt.date
+    source: str
+    entries: tuple[ListingEntry, ...]
+    content_hash: str = ""
+    header: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def papers(self) -> tuple[Paper, ...]:
+        return tuple(e.paper for e in self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    keywords: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    email: str
+    name: str = ""
+    timezone: str = "UTC"
+    send_at: dt.time = dt.time(7, 0)
+    max_papers: int = 10
+    topics: tuple[Topic, ...] = ()
+    exclude: tuple[str, ...] = ()
+    line: int = 0  # line in the subscriber file, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMatch:
+    """Why a paper matched one topic: the user's terms that hit, and where.
+
+    `highlights` are the exact surface strings found in the title/abstract (for the renderer
+    to emphasise), so nothing downstream has to re-implement matching.
+    """
+
+    topic: str
+    terms: tuple[str, ...]
+    in_title: tuple[str, ...] = ()
+    in_abstract: tuple[str, ...] = ()
+    highlights: tuple[str, ...] = ()
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedPaper:
+    paper: Paper
+    score: float
+    rank: int = 0  # trending rank in the edition's listing; 0 when not from a listing
+    sent: bool = True  # score passes the global send threshold
+    matches: tuple[TopicMatch, ...] = ()
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(m.topic for m in self.matches)
+
+    @property
+    def matched_terms(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for m in self.matches:
+            for t in m.terms:
+                seen.setdefault(t, None)
+        return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """One subscriber's digest for one edition (the listing's date)."""
+
+    subscriber: Subscriber
+    edition: dt.date
+    papers: tuple[SelectedPaper, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """A finished message: `raw` is the complete RFC 5322 message with CRLF line endings."""
+
+    to: str
+    subject: str
+    message_id: str
+    html: str
+    text: str
+    raw: bytes
+    paper_ids: tuple[str, ...] = ()
