@@ -63,9 +63,7 @@ class RenderError(NewsletterError):
 class DeliveryError(NewsletterError):
     """Sending failed. `permanent` failures are never retried (except by an explicit resend)."""
 
-    def __init__(
-        self, message: str, *, code: int | None = None, permanent: bool = False
-    ) -> None:
+    def __init__(self, message: str, *, code: int | None = None, permanent: bool = False) -> None:
         self.code = code
         self.permanent = permanent
         super().__init__(message)

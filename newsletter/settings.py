@@ -120,8 +120,11 @@ class Settings(BaseSettings):
         None, gt=0, description="Messages per second across all connections (none = no limit)."
     )
     smtp_max_attempts: int = Field(
-        4, ge=1, le=20, description="Attempts per message within one run before it is left "
-        "as a temporary failure for the next run."
+        4,
+        ge=1,
+        le=20,
+        description="Attempts per message within one run before it is left "
+        "as a temporary failure for the next run.",
     )
     smtp_retry_base: float = Field(
         1.0, gt=0, description="First retry delay in seconds (doubles each time, with jitter)."

@@ -1,0 +1,278 @@
+"""Ingest: parse the text dumps of the "Daily Papers" page into DailyListings.
+
+`parse_dump` is pure (text in, listing out); `read_dump` / `read_dumps` are the only functions
+that touch files. A dump is: header lines (anything before the first date line), a date line
+such as `Mar 17` (no year), then blank-line-separated paragraphs alternating title and abstract
+in trending order. A file that cannot be read safely is rejected whole, with the reason and line:
+pairing a title with the wrong abstract would be worse than skipping the day.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from newsletter.errors import IngestError
+from newsletter.models import DailyListing, ListingEntry, Paper
+
+_MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_abbr) if name}
+_MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_name) if name})
+_DATE_LINE = re.compile(r"^([A-Za-z]{3,9})\.? +(\d{1,2})$")
+_URL = re.compile(r"https?://[^\s<>\"'`]+")
+_URL_TRAILING = ".,;:!?'\"*"
+_SENTENCE_END = re.compile(r"[.!?](?:\s+|$)(?=[A-Z(\[]|$)")
+
+# A paragraph standing where a title should be is "abstract-like" when it is long or made of
+# several sentences; real titles in the dumps are at most ~150 characters, abstracts 1,300+.
+_TITLE_MAX_CHARS = 300
+_ABSTRACT_MIN_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Paragraph:
+    text: str
+    line: int  # 1-based line of its first line
+
+
+@dataclass(frozen=True, slots=True)
+class DumpResult:
+    """Outcome of reading one file: a listing, or the error that rejected it."""
+
+    path: Path
+    listing: DailyListing | None = None
+    error: IngestError | None = None
+
+
+def normalise_title(title: str) -> str:
+    """Fold case, Unicode compatibility forms, punctuation and spacing: one key per paper."""
+    text = unicodedata.normalize("NFKC", title).casefold()
+    return " ".join(re.findall(r"\w+", text))
+
+
+def paper_id(title: str) -> str:
+    """Stable id of a paper: a short hash of its normalised title."""
+    return hashlib.blake2b(normalise_title(title).encode("utf-8"), digest_size=8).hexdigest()
+
+
+def extract_links(text: str) -> tuple[str, ...]:
+    """URLs in an abstract (code, project page), without trailing punctuation, in order."""
+    links: dict[str, None] = {}
+    for raw in _URL.findall(text):
+        url = raw.rstrip(_URL_TRAILING)
+        # A closing bracket belongs to the URL only when the URL opened it: "(see https://x.y/a)".
+        for opener, closer in ("()", "[]", "{}"):
+            while url.endswith(closer) and url.count(closer) > url.count(opener):
+                url = url[:-1].rstrip(_URL_TRAILING)
+        if len(url) > len("https://"):
+            links.setdefault(url, None)
+    return tuple(links)
+
+
+def infer_date(month: int, day: int, reference: dt.date, year: int | None = None) -> dt.date:
+    """The latest `month day` not after `reference`, or that day in the pinned `year`."""
+    if year is not None:
+        return dt.date(year, month, day)
+    for y in range(reference.year, reference.year - 8, -1):
+        try:
+            candidate = dt.date(y, month, day)
+        except ValueError:  # Feb 29 outside a leap year: look further back
+            continue
+        if candidate <= reference:
+            return candidate
+    raise ValueError(f"no valid year for {calendar.month_abbr[month]} {day}")
+
+
+def parse_dump(
+    text: str,
+    *,
+    source: str = "<text>",
+    reference: dt.date,
+    year: int | None = None,
+) -> DailyListing:
+    """Parse one dump's text into a DailyListing; raise IngestError naming the line on bad input."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line.rstrip() for line in text.split("\n")]
+    if not any(lines):
+        raise IngestError(source, "the file is empty; remove it or re-export the day's page")
+
+    date_idx, when = _find_date(lines, source, reference, year)
+    header = tuple(line.strip() for line in lines[:date_idx] if line.strip())
+    paragraphs = list(_paragraphs(lines, start=date_idx + 1))
+    _check_alignment(paragraphs, source)
+
+    entries: list[ListingEntry] = []
+    first_seen: dict[str, ListingEntry] = {}
+    warnings: list[str] = []
+    for title_p, abstract_p in zip(paragraphs[0::2], paragraphs[1::2], strict=True):
+        pid = paper_id(title_p.text)
+        if pid in first_seen:
+            kept = first_seen[pid]
+            warnings.append(
+                f"{source}, line {title_p.line}: {title_p.text!r} is listed again; "
+                f"kept its first listing at rank {kept.rank} (line {kept.line})"
+            )
+            continue
+        paper = Paper(
+            id=pid,
+            title=title_p.text,
+            abstract=abstract_p.text,
+            links=extract_links(abstract_p.text),
+        )
+        entry = ListingEntry(rank=len(entries) + 1, paper=paper, line=title_p.line)
+        first_seen[pid] = entry
+        entries.append(entry)
+
+    digest = hashlib.sha256("\n".join(lines).strip().encode("utf-8")).hexdigest()
+    return DailyListing(
+        date=when,
+        source=source,
+        entries=tuple(entries),
+        content_hash=digest,
+        header=header,
+        warnings=tuple(warnings),
+    )
+
+
+def _find_date(
+    lines: list[str], source: str, reference: dt.date, year: int | None
+) -> tuple[int, dt.date]:
+    for idx, line in enumerate(lines):
+        m = _DATE_LINE.match(line.strip())
+        if not m or m.group(1).lower() not in _MONTHS:
+            continue
+        month, day = _MONTHS[m.group(1).lower()], int(m.group(2))
+        try:
+            return idx, infer_date(month, day, reference, year)
+        except ValueError:
+            pinned = f" in {year}" if year is not None else ""
+            raise IngestError(
+                source,
+                f"date line {line.strip()!r} is not a valid date{pinned}; fix the date line",
+                line=idx + 1,
+            ) from None
+    raise IngestError(
+        source,
+        "no date line (such as 'Mar 17') found; the page text must carry the day before "
+        "its first paper",
+    )
+
+
+def _paragraphs(lines: list[str], start: int) -> Iterator[_Paragraph]:
+    buf: list[str] = []
+    first = 0
+    for idx in range(start, len(lines) + 1):
+        line = lines[idx].strip() if idx < len(lines) else ""
+        if line:
+            if not buf:
+                first = idx + 1
+            buf.append(line)
+        elif buf:
+            yield _Paragraph(" ".join(buf), first)
+            buf = []
+
+
+def _sentences(text: str) -> int:
+    return len(_SENTENCE_END.findall(text))
+
+
+def _reads_like_abstract(text: str) -> bool:
+    return len(text) > _TITLE_MAX_CHARS or (len(text) > 120 and _sentences(text) >= 2)
+
+
+def _reads_like_title(text: str) -> bool:
+    return len(text) < _ABSTRACT_MIN_CHARS and _sentences(text) <= 1
+
+
+def _check_alignment(paragraphs: list[_Paragraph], source: str) -> None:
+    if not paragraphs:
+        raise IngestError(source, "no papers after the date line; the listing is empty")
+    # Walk pairs first so the error points at the first place the alternation breaks.
+    for i in range(0, len(paragraphs), 2):
+        title = paragraphs[i]
+        if _reads_like_abstract(title.text):
+            raise IngestError(
+                source,
+                f"expected a title here but the paragraph reads like an abstract "
+                f"({len(title.text)} characters, {_sentences(title.text)} sentences): "
+                "a title or an abstract is missing before it",
+                line=title.line,
+            )
+        if i + 1 < len(paragraphs):
+            abstract = paragraphs[i + 1]
+            if _reads_like_title(abstract.text):
+                raise IngestError(
+                    source,
+                    f"expected the abstract of {title.text!r} (line {title.line}) but the "
+                    f"paragraph reads like a title ({len(abstract.text)} characters): "
+                    "that paper's abstract is missing",
+                    line=abstract.line,
+                )
+    if len(paragraphs) % 2:
+        last = paragraphs[-1]
+        raise IngestError(
+            source,
+            f"odd number of paragraphs ({len(paragraphs)}) after the date line: the last "
+            f"title {last.text[:60]!r} has no abstract; titles and abstracts must alternate",
+            line=last.line,
+        )
+
+
+def decode_dump(data: bytes, source: str) -> str:
+    """Bytes to text, rejecting empty, binary and non-UTF-8 files with the line at fault."""
+    if not data.strip(b"\xef\xbb\xbf \t\r\n"):
+        raise IngestError(source, "the file is empty; remove it or re-export the day's page")
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise IngestError(
+            source, "binary data (NUL byte); expected the page's text saved as UTF-8", line=line
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise IngestError(
+            source,
+            f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the page text as UTF-8",
+            line=line,
+        ) from None
+
+
+def read_dump(path: Path, *, reference: dt.date, year: int | None = None) -> DailyListing:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(path, f"cannot read the file: {exc.strerror}") from exc
+    return parse_dump(
+        decode_dump(data, str(path)), source=str(path), reference=reference, year=year
+    )
+
+
+def dump_files(location: Path) -> list[Path]:
+    """The dumps in a folder (`*.txt`, sorted by name), or the single file given."""
+    if location.is_file():
+        return [location]
+    if not location.is_dir():
+        raise IngestError(location, "no such folder; set NEWSLETTER_SEEDS_DIR or pass --seeds")
+    return sorted(p for p in location.glob("*.txt") if p.is_file() and not p.name.startswith("."))
+
+
+def read_dumps(
+    paths: Iterable[Path], *, reference: dt.date, year: int | None = None
+) -> list[DumpResult]:
+    """Read every file; a bad file becomes an error result and the others still ingest."""
+    results: list[DumpResult] = []
+    for path in paths:
+        try:
+            results.append(
+                DumpResult(path, listing=read_dump(path, reference=reference, year=year))
+            )
+        except IngestError as exc:
+            results.append(DumpResult(path, error=exc))
+    return results
