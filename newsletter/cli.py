@@ -1,0 +1,254 @@
+"""The `newsletter` command: a thin layer over the library.
+
+Each command parses its options, calls the library and prints. Library errors (NewsletterError)
+become a one-line message and an exit code; anything else is a bug and keeps its traceback.
+With --json, stdout carries exactly one JSON document; logs and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from newsletter import ingest as ingest_mod
+from newsletter.errors import ConfigError, NewsletterError
+from newsletter.settings import Settings, load_settings
+from newsletter.store import Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("newsletter")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn library errors into a message; config errors are exit 2, others exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except NewsletterError as exc:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+
+    return wrapper
+
+
+def parse_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, ensure_ascii=False, default=str))
+
+
+def setup_logging(settings: Settings) -> None:
+    from newsletter.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+
+
+class AppContext:
+    """What every command needs, built once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.settings.database_url)
+        return self._store
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+@handle_errors
+def cli(ctx: click.Context) -> None:
+    """Trending papers, matched to each subscriber's topics, delivered by email.
+
+    Settings come from NEWSLETTER_* environment variables, .env, and config/newsletter.toml.
+    """
+    settings = load_settings()
+    setup_logging(settings)
+    ctx.obj = AppContext(settings)
+    ctx.call_on_close(lambda: ctx.obj._store and ctx.obj._store.close())
+
+
+# --- ingest -----------------------------------------------------------------------------------
+def ingest_files(app: AppContext, location: Path, year: int | None) -> list[dict[str, Any]]:
+    """Ingest every dump under `location`; one bad file never stops the others."""
+    settings = app.settings
+    results = ingest_mod.read_dumps(
+        ingest_mod.dump_files(location),
+        reference=settings.today(),
+        year=year if year is not None else settings.year,
+    )
+    rows: list[dict[str, Any]] = []
+    seen_dates: dict[dt.date, Path] = {}
+    for res in results:
+        row: dict[str, Any] = {
+            "path": str(res.path),
+            "date": None,
+            "papers": 0,
+            "new_papers": 0,
+            "status": "rejected",
+            "error": None,
+        }
+        if res.error is not None:
+            row["error"] = str(res.error)
+            log.error("%s", res.error)
+        elif res.listing is not None:
+            listing = res.listing
+            row["date"] = listing.date.isoformat()
+            other = seen_dates.get(listing.date)
+            if other is not None:
+                row["error"] = (
+                    f"{res.path}: same date {listing.date:%b %d %Y} as {other}; "
+                    "keep one dump per day (remove or rename the older file)"
+                )
+                log.error("%s", row["error"])
+            else:
+                seen_dates[listing.date] = res.path
+                for w in listing.warnings:
+                    log.warning("%s", w)
+                outcome = app.store.save_listing(listing, now=app.now())
+                row.update(
+                    papers=outcome.papers, new_papers=outcome.new_papers, status=outcome.status
+                )
+                if outcome.status == "replaced":
+                    log.warning(
+                        "%s: the listing for %s changed; replaced the stored one",
+                        res.path,
+                        listing.date,
+                    )
+        rows.append(row)
+    return rows
+
+
+@cli.command("ingest")
+@click.option("--seeds", "seeds", type=click.Path(path_type=Path), help="Folder or file of dumps.")
+@click.option("--year", type=click.IntRange(1970, 2999), help="Pin the year of every dump.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: bool) -> None:
+    """Ingest every daily dump in a folder (default: the seeds folder).
+
+    Example: newsletter ingest --seeds seeds/ --year 2026
+    """
+    rows = ingest_files(app, seeds or app.settings.seeds_dir, year)
+    if as_json:
+        emit_json({"files": rows})
+    else:
+        table = Table(title="Ingest")
+        for col in ("file", "date", "papers", "new papers", "status"):
+            table.add_column(col)
+        for r in rows:
+            status = r["status"] if r["error"] is None else f"[red]rejected[/]: {r['error']}"
+            table.add_row(
+                Path(r["path"]).name,
+                r["date"] or "-",
+                str(r["papers"]),
+                str(r["new_papers"]),
+                status,
+            )
+        out.print(table)
+    if any(r["status"] == "rejected" for r in rows):
+        sys.exit(EXIT_FAILED)
+
+
+# --- papers -----------------------------------------------------------------------------------
+@cli.command("papers")
+@click.option("--date", "date", callback=parse_date, help="YYYY-MM-DD (default: newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
+    """Show one day's listing in trending order.
+
+    Example: newsletter papers --date 2026-03-17 --json
+    """
+    store = app.store
+    date = date or store.newest_date()
+    listing = store.listing(date) if date else None
+    if listing is None:
+        known = ", ".join(d.isoformat() for d in store.listing_dates()) or "none; run ingest"
+        fail(f"no listing for {date}; stored dates: {known}", EXIT_FAILED)
+    appearances = store.paper_dates(e.paper.id for e in listing.entries)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "id": e.paper.id,
+                    "title": e.paper.title,
+                    "abstract": e.paper.abstract,
+                    "rank": e.rank,
+                    "links": list(e.paper.links),
+                    "dates": [d.isoformat() for d, _, _ in appearances.get(e.paper.id, [])],
+                }
+                for e in listing.entries
+            ]
+        )
+        return
+    table = Table(title=f"Trending papers, {listing.date:%a %d %b %Y} ({listing.source})")
+    table.add_column("#", justify="right")
+    table.add_column("title")
+    table.add_column("seen on")
+    for e in listing.entries:
+        seen = ", ".join(f"{d:%b %d}" for d, _, _ in appearances.get(e.paper.id, []))
+        table.add_row(str(e.rank), e.paper.title, seen)
+    out.print(table)
+
+
+# --- demo (the main job on embedded defaults; later stages extend it) --------------------------
+@cli.command("demo")
+@pass_app
+@handle_errors
+def demo_cmd(app: AppContext) -> None:
+    """Ingest the bundled seeds and show the newest listing (what `make run` does).
+
+    Example: newsletter demo
+    """
+    rows = ingest_files(app, app.settings.seeds_dir, None)
+    for r in rows:
+        err.print(f"{Path(r['path']).name}: {r['status']} {r['date'] or ''} {r['papers']} papers")
+    ctx = click.get_current_context()
+    ctx.invoke(papers_cmd, date=None, as_json=False)
+
+
+def main() -> None:
+    cli(prog_name="newsletter")
