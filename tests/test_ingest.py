@@ -1,0 +1,216 @@
+"""Ingest: the parser on the real seeds, every quirk and every bad-input case."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from newsletter.errors import IngestError
+from newsletter.ingest import (
+    dump_files,
+    extract_links,
+    infer_date,
+    normalise_title,
+    paper_id,
+    parse_dump,
+    read_dump,
+    read_dumps,
+)
+
+from .conftest import FIXTURES, REFERENCE, SEEDS
+
+DUMPS = FIXTURES / "dumps"
+
+
+def test_bundled_seeds_parse_to_the_known_counts() -> None:
+    results = read_dumps(dump_files(SEEDS), reference=REFERENCE)
+    assert all(r.error is None for r in results)
+    listings = {r.path.name[:3]: r.listing for r in results if r.listing}
+    assert [len(listings[k].entries) for k in ("001", "002", "003", "004")] == [56, 78, 65, 52]
+    assert {listings[k].date for k in listings} == {
+        dt.date(2026, 3, 11),
+        dt.date(2026, 3, 17),
+        dt.date(2026, 3, 14),
+        dt.date(2026, 3, 12),
+    }
+    distinct = {e.paper.id for lst in listings.values() for e in lst.entries}
+    assert len(distinct) == 211
+
+
+def test_header_is_generic_and_ranks_follow_the_page() -> None:
+    listing = read_dump(DUMPS / "extra_header.txt", reference=REFERENCE)
+    assert listing.header[:2] == ("Trending Papers", "new")
+    assert "byAK and the research community" in listing.header
+    assert [e.rank for e in listing.entries] == [1, 2, 3]
+    assert listing.entries[0].paper.title.startswith("B-STaR")
+    assert listing.entries[0].paper.abstract.startswith("In the absence of")
+
+
+@pytest.mark.parametrize("name", ["crlf_bom.txt", "trailing_spaces.txt", "extra_header.txt"])
+def test_quirky_but_valid_files_give_the_same_papers(name: str) -> None:
+    listing = read_dump(DUMPS / name, reference=REFERENCE)
+    assert listing.date == dt.date(2026, 3, 17)
+    titles = [e.paper.title for e in listing.entries]
+    assert titles[0].startswith("B-STaR") and len(titles) == 3
+    assert all(t == t.strip() and "\r" not in t for t in titles)
+    assert not listing.entries[0].paper.abstract.endswith(" ")
+
+
+def test_same_content_same_hash_whatever_the_line_endings() -> None:
+    a = read_dump(DUMPS / "crlf_bom.txt", reference=REFERENCE)
+    text = (DUMPS / "crlf_bom.txt").read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    b = parse_dump(text, reference=REFERENCE)
+    assert a.content_hash == b.content_hash
+    assert a.entries == b.entries
+
+
+def test_unicode_titles_survive() -> None:
+    listing = read_dump(DUMPS / "unicode.txt", reference=REFERENCE)
+    first = listing.entries[0].paper
+    assert first.title == "Σ-Attention: 学習 des Modèles — “Ünïcödé” ☃ Titles"
+    assert "$O(\\sqrt{T})$" in first.abstract
+
+
+def test_duplicate_within_a_dump_counts_once_at_first_rank_with_a_warning() -> None:
+    listing = read_dump(DUMPS / "duplicate.txt", reference=REFERENCE)
+    titles = [e.paper.title for e in listing.entries]
+    assert len(titles) == 4 and len(set(titles)) == 4
+    assert titles[0].startswith("B-STaR") and listing.entries[0].rank == 1
+    assert [e.rank for e in listing.entries] == [1, 2, 3, 4]
+    assert len(listing.warnings) == 1
+    assert "listed again" in listing.warnings[0] and "rank 1" in listing.warnings[0]
+    assert "line " in listing.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "words"),
+    [
+        ("empty.txt", None, "empty"),
+        ("blank_only.txt", None, "empty"),
+        ("no_date.txt", None, "no date line"),
+        ("binary.txt", 3, "binary"),
+        ("latin1.txt", 11, "not UTF-8"),
+        ("odd.txt", 23, "odd number of paragraphs"),
+        ("missing_title.txt", 15, "reads like an abstract"),
+        ("missing_abstract.txt", 17, "reads like a title"),
+        ("bad_date.txt", 9, "not a valid date"),
+    ],
+)
+def test_bad_files_are_rejected_with_file_line_and_reason(
+    name: str, line: int | None, words: str
+) -> None:
+    with pytest.raises(IngestError) as info:
+        read_dump(DUMPS / name, reference=REFERENCE)
+    err = info.value
+    assert err.path.endswith(name)
+    assert err.line == line
+    assert words in str(err)
+    assert name in str(err)
+    if line is not None:
+        assert f"line {line}" in str(err)
+
+
+def test_one_bad_file_does_not_stop_the_others() -> None:
+    files = [DUMPS / "odd.txt", SEEDS / "001_5dda9fa4defc14f9.txt", DUMPS / "binary.txt"]
+    results = read_dumps(files, reference=REFERENCE)
+    assert [r.error is None for r in results] == [False, True, False]
+    assert results[1].listing is not None and len(results[1].listing.entries) == 56
+
+
+def test_never_pairs_a_title_with_the_wrong_abstract() -> None:
+    """Dropping any single paragraph of a real dump must be detected, never silently re-paired."""
+    text = (SEEDS / "004_67f282ffe6c058cf.txt").read_text(encoding="utf-8")
+    head, _, body = text.partition("Mar 12\n")
+    paragraphs = [p for p in body.split("\n\n") if p.strip()]
+    for drop in range(0, len(paragraphs) - 1, 7):
+        broken = head + "Mar 12\n\n" + "\n\n".join(paragraphs[:drop] + paragraphs[drop + 1 :])
+        with pytest.raises(IngestError):
+            parse_dump(broken, reference=REFERENCE)
+
+
+def test_year_is_the_latest_not_after_the_reference_or_pinned() -> None:
+    assert infer_date(3, 17, dt.date(2026, 11, 21)) == dt.date(2026, 3, 17)
+    assert infer_date(12, 30, dt.date(2026, 1, 2)) == dt.date(2025, 12, 30)
+    assert infer_date(3, 17, dt.date(2026, 3, 17)) == dt.date(2026, 3, 17)
+    assert infer_date(2, 29, dt.date(2026, 11, 21)) == dt.date(2024, 2, 29)
+    assert infer_date(3, 17, dt.date(2026, 11, 21), year=2024) == dt.date(2024, 3, 17)
+    text = (DUMPS / "crlf_bom.txt").read_text(encoding="utf-8-sig")
+    assert parse_dump(text, reference=REFERENCE, year=2025).date == dt.date(2025, 3, 17)
+
+
+def test_stable_id_from_normalised_title() -> None:
+    a = paper_id("Offline RL: A  Survey")
+    assert a == paper_id("offline rl — a survey") == paper_id(" OFFLINE RL: A SURVEY ")
+    assert a != paper_id("Offline RL: A Survey II")
+    assert normalise_title("Model-Based RL") == "model based rl"
+
+
+@pytest.mark.parametrize(
+    ("text", "links"),
+    [
+        ("Code: https://github.com/a/b.", ("https://github.com/a/b",)),
+        ("(see https://x.io/p), and", ("https://x.io/p",)),
+        ("at https://e.org/w_(x) now", ("https://e.org/w_(x)",)),
+        ("https://a.b/c; https://a.b/c!", ("https://a.b/c",)),
+        ("page: https://site.github.io/proj/.", ("https://site.github.io/proj/",)),
+        ("no links here.", ()),
+    ],
+)
+def test_links_without_trailing_punctuation(text: str, links: tuple[str, ...]) -> None:
+    assert extract_links(text) == links
+
+
+_words = st.text(
+    alphabet=st.characters(
+        codec="utf-8",
+        exclude_categories=("Cc", "Cs", "Zl", "Zp", "Zs"),
+        exclude_characters="\x85\ufeff",
+    ),
+    min_size=1,
+    max_size=12,
+)
+_title = st.lists(_words, min_size=1, max_size=10).map(" ".join)
+_abstract = st.lists(_words, min_size=40, max_size=80).map(lambda ws: " ".join(ws) + ".")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    header=st.lists(st.sampled_from(["new", "Subscribe", "Get papers!", "by AK"]), max_size=4),
+    papers=st.lists(
+        st.tuples(_title, _abstract),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda p: normalise_title(p[0]) or p[0],
+    ),
+    crlf=st.booleans(),
+)
+def test_round_trip(header: list[str], papers: list[tuple[str, str]], crlf: bool) -> None:
+    """Writing papers in the dump format and parsing them gives the same papers, in order."""
+    from hypothesis import assume
+
+    assume(all(len(t) < 250 and len(a) > 250 for t, a in papers))
+    assume(len({paper_id(t) for t, _ in papers}) == len(papers))
+    parts = [*header, "Mar 17"]
+    for title, abstract in papers:
+        parts += [title, abstract]
+    text = "\n\n".join(parts) + "\n"
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    listing = parse_dump(text, reference=REFERENCE)
+    assert [(e.paper.title, e.paper.abstract) for e in listing.entries] == [
+        (t.strip(), a.strip()) for t, a in papers
+    ]
+    assert listing.header == tuple(header)
+
+
+def test_folder_listing_only_takes_txt_files(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "notes.md").write_text("x")
+    (tmp_path / ".hidden.txt").write_text("x")
+    assert [p.name for p in dump_files(tmp_path)] == ["a.txt"]
+    with pytest.raises(IngestError, match="no such folder"):
+        dump_files(tmp_path / "nope")

@@ -1,0 +1,142 @@
+"""The store on SQLite and PostgreSQL: idempotent ingest, replacement, ledger and history."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+
+from newsletter.ingest import dump_files, read_dump
+from newsletter.models import ListingEntry
+from newsletter.store import Store
+
+from .conftest import REFERENCE, SEEDS
+
+NOW = dt.datetime(2026, 11, 21, 7, 0, tzinfo=dt.UTC)
+
+
+def ingest_seeds(store: Store) -> list[str]:
+    return [
+        store.save_listing(read_dump(p, reference=REFERENCE), now=NOW).status
+        for p in dump_files(SEEDS)
+    ]
+
+
+def test_seeds_ingest_once_and_reingest_changes_nothing(store: Store) -> None:
+    assert ingest_seeds(store) == ["ingested"] * 4
+    counts = store.counts()
+    assert counts["papers"] == 211 and counts["listings"] == 4
+    assert counts["listing_entries"] == 56 + 78 + 65 + 52
+    assert ingest_seeds(store) == ["unchanged"] * 4
+    assert store.counts() == counts
+
+
+def test_listing_round_trips_in_rank_order(store: Store) -> None:
+    ingest_seeds(store)
+    listing = store.listing(dt.date(2026, 3, 17))
+    assert listing is not None and len(listing.entries) == 78
+    parsed = read_dump(SEEDS / "002_2b37b74c05805532.txt", reference=REFERENCE)
+    assert [e.paper for e in listing.entries] == [e.paper for e in parsed.entries]
+    assert store.newest_date() == dt.date(2026, 3, 17)
+    assert store.listing_dates() == sorted(store.listing_dates())
+
+
+def test_a_paper_is_one_record_with_every_appearance(store: Store) -> None:
+    ingest_seeds(store)
+    listing = store.listing(dt.date(2026, 3, 17))
+    assert listing is not None
+    dichotomy = next(e for e in listing.entries if e.paper.title.startswith("Dichotomy"))
+    seen = store.paper_dates([dichotomy.paper.id])[dichotomy.paper.id]
+    assert [d for d, _, _ in seen] == [
+        dt.date(2026, 3, 12),
+        dt.date(2026, 3, 14),
+        dt.date(2026, 3, 17),
+    ]
+    assert all(src.endswith(".txt") and rank >= 1 for _, rank, src in seen)
+
+
+def test_changed_file_for_a_stored_date_replaces_the_listing(store: Store) -> None:
+    listing = read_dump(SEEDS / "001_5dda9fa4defc14f9.txt", reference=REFERENCE)
+    assert store.save_listing(listing, now=NOW).status == "ingested"
+    shorter = dataclasses.replace(
+        listing, entries=listing.entries[:10], content_hash="changed-hash"
+    )
+    outcome = store.save_listing(shorter, now=NOW)
+    assert outcome.status == "replaced" and outcome.new_papers == 0
+    stored = store.listing(listing.date)
+    assert stored is not None and len(stored.entries) == 10
+    assert store.counts()["papers"] == 56  # papers are never deleted: history may refer to them
+
+
+def test_replacement_with_new_papers_and_new_ranks(store: Store) -> None:
+    a = read_dump(SEEDS / "001_5dda9fa4defc14f9.txt", reference=REFERENCE)
+    b = read_dump(SEEDS / "004_67f282ffe6c058cf.txt", reference=REFERENCE)
+    store.save_listing(a, now=NOW)
+    mixed = dataclasses.replace(
+        a,
+        entries=tuple(
+            ListingEntry(rank=i + 1, paper=e.paper, line=e.line)
+            for i, e in enumerate(b.entries[:5] + a.entries[:5])
+        ),
+        content_hash="mixed",
+    )
+    outcome = store.save_listing(mixed, now=NOW)
+    assert outcome.status == "replaced" and outcome.new_papers > 0
+    stored = store.listing(a.date)
+    assert stored is not None
+    assert [e.paper.id for e in stored.entries] == [e.paper.id for e in mixed.entries]
+
+
+def test_history_before_an_edition_excludes_that_edition(store: Store) -> None:
+    ingest_seeds(store)
+    store.record_history("Ada@Example.org", dt.date(2026, 3, 11), ["p1", "p2"], now=NOW)
+    store.record_history("ada@example.org", dt.date(2026, 3, 12), ["p3", "p1"], now=NOW)
+    assert store.history_before(dt.date(2026, 3, 12)) == {"ada@example.org": {"p1", "p2"}}
+    assert store.history_before(dt.date(2026, 3, 14)) == {"ada@example.org": {"p1", "p2", "p3"}}
+    assert store.history_before(dt.date(2026, 3, 11)) == {}
+    assert store.history_before(dt.date(2026, 3, 14), ["bob@example.org"]) == {}
+
+
+def test_ledger_lifecycle(store: Store) -> None:
+    ed = dt.date(2026, 3, 17)
+    row = store.plan(ed, "Ada@example.org", message_id="<m1@x>", paper_ids=["a", "b"], now=NOW)
+    assert (
+        row.status == "planned" and row.paper_ids == ("a", "b") and row.email == "ada@example.org"
+    )
+    # planning again never resets a row
+    again = store.plan(ed, "ada@example.org", message_id="<m2@x>", paper_ids=["c"], now=NOW)
+    assert again.message_id == "<m1@x>"
+    later = NOW + dt.timedelta(minutes=5)
+    store.mark_failed(
+        ed,
+        "ada@example.org",
+        permanent=False,
+        reply="451 try later",
+        attempts=2,
+        next_attempt_at=later,
+        now=NOW,
+    )
+    row2 = store.ledger_row(ed, "ada@example.org")
+    assert row2 is not None and row2.status == "failed" and row2.attempts == 2
+    assert row2.next_attempt_at == later
+    store.mark_sent(
+        ed, "ada@example.org", message_id="<m1@x>", paper_ids=["a", "b"], reply="250 ok", now=NOW
+    )
+    row3 = store.ledger_row(ed, "ada@example.org")
+    assert row3 is not None and row3.status == "sent" and row3.attempts == 3
+    assert store.history_before(ed + dt.timedelta(days=1)) == {"ada@example.org": {"a", "b"}}
+    store.mark_skipped(ed, "ada@example.org", reason="nothing", now=NOW)
+    row4 = store.ledger_row(ed, "ada@example.org")
+    assert row4 is not None and row4.status == "sent"  # skipped never overwrites sent
+    store.mark_skipped(ed, "bob@example.org", reason="no paper above the threshold", now=NOW)
+    assert [r.status for r in store.ledger_rows(ed)] == ["sent", "skipped"]
+    assert store.last_sent_edition(["ada@example.org"]) == ed
+
+
+@pytest.mark.parametrize("bad", ["nosuchdriver://x", "postgresql+psycopg://nobody@127.0.0.1:1/x"])
+def test_bad_database_url_is_a_clear_error(bad: str) -> None:
+    from newsletter.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"NEWSLETTER_DATABASE_URL|cannot open the database"):
+        Store.open(bad)
