@@ -21,9 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from newsletter import ingest as ingest_mod
-from newsletter.errors import ConfigError, NewsletterError
+from newsletter.errors import ConfigError, NewsletterError, SubscriberConfigError
+from newsletter.models import Subscriber
 from newsletter.settings import Settings, load_settings
 from newsletter.store import Store
+from newsletter.subscribers import load_subscribers
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -89,6 +91,10 @@ class AppContext:
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
+
+    def subscribers(self, path: Path | None = None) -> list[Subscriber]:
+        """The validated subscriber file; an invalid file stops the command (exit 2)."""
+        return load_subscribers(path or self.settings.subscribers_file)
 
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -232,6 +238,30 @@ def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
         seen = ", ".join(f"{d:%b %d}" for d, _, _ in appearances.get(e.paper.id, []))
         table.add_row(str(e.rank), e.paper.title, seen)
     out.print(table)
+
+
+# --- subscribers ------------------------------------------------------------------------------
+@cli.group("subscribers")
+def subscribers_group() -> None:
+    """Work with the subscriber file."""
+
+
+@subscribers_group.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@pass_app
+def subscribers_check_cmd(app: AppContext, file: Path | None) -> None:
+    """Validate the subscriber file: exit 0 when valid, 1 listing every problem when not.
+
+    Example: newsletter subscribers check config/subscribers.yaml
+    """
+    path = file or app.settings.subscribers_file
+    try:
+        subs = app.subscribers(path)
+    except SubscriberConfigError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        sys.exit(EXIT_FAILED)
+    topics = sum(len(s.topics) for s in subs)
+    out.print(f"{path}: valid ({len(subs)} subscribers, {topics} topics)", highlight=False)
 
 
 # --- demo (the main job on embedded defaults; later stages extend it) --------------------------

@@ -1,0 +1,115 @@
+"""The CLI as scripts use it: exact forms, JSON on stdout only, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from newsletter.cli import cli
+
+from .conftest import FIXTURES, ROOT, SEEDS
+
+
+@pytest.fixture
+def env(tmp_path: Path, db_url: str) -> dict[str, str]:
+    return {
+        "NEWSLETTER_DATABASE_URL": db_url,
+        "NEWSLETTER_SEEDS_DIR": str(SEEDS),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
+        "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
+        "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
+        "NEWSLETTER_LOCK_DIR": str(tmp_path),
+    }
+
+
+def run(env: dict[str, str], *args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def test_ingest_json_reports_every_file_and_is_idempotent(env: dict[str, str]) -> None:
+    first = run(env, "ingest", "--json")
+    assert first.exit_code == 0, first.stderr
+    doc = json.loads(first.stdout)
+    files = sorted(doc["files"], key=lambda f: f["path"])
+    assert [f["papers"] for f in files] == [56, 78, 65, 52]
+    assert sum(f["new_papers"] for f in files) == 211
+    assert {f["status"] for f in files} == {"ingested"}
+    assert files[1]["date"] == "2026-03-17" and files[1]["error"] is None
+    assert set(files[0]) == {"path", "date", "papers", "new_papers", "status", "error"}
+    again = json.loads(run(env, "ingest", "--json").stdout)
+    assert {f["status"] for f in again["files"]} == {"unchanged"}
+    assert sum(f["new_papers"] for f in again["files"]) == 0
+
+
+def test_a_rejected_file_exits_1_and_the_others_still_ingest(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    shutil.copy(SEEDS / "001_5dda9fa4defc14f9.txt", folder)
+    shutil.copy(FIXTURES / "dumps" / "odd.txt", folder)
+    result = run(env, "ingest", "--seeds", str(folder), "--json")
+    assert result.exit_code == 1
+    rows = {Path(f["path"]).name: f for f in json.loads(result.stdout)["files"]}
+    assert rows["001_5dda9fa4defc14f9.txt"]["status"] == "ingested"
+    assert rows["odd.txt"]["status"] == "rejected"
+    assert "line 23" in rows["odd.txt"]["error"] and "odd number" in rows["odd.txt"]["error"]
+
+
+def test_two_dumps_for_one_date_reject_the_second(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    shutil.copy(SEEDS / "002_2b37b74c05805532.txt", folder / "a.txt")
+    shutil.copy(FIXTURES / "dumps" / "crlf_bom.txt", folder / "b.txt")
+    result = run(env, "ingest", "--seeds", str(folder), "--json")
+    rows = json.loads(result.stdout)["files"]
+    assert result.exit_code == 1
+    assert [r["status"] for r in rows] == ["ingested", "rejected"]
+    assert "same date" in rows[1]["error"]
+
+
+def test_year_option_pins_the_year(env: dict[str, str]) -> None:
+    doc = json.loads(run(env, "ingest", "--year", "2024", "--json").stdout)
+    assert {f["date"][:4] for f in doc["files"]} == {"2024"}
+
+
+def test_papers_json_in_rank_order_with_dates(env: dict[str, str]) -> None:
+    run(env, "ingest")
+    result = run(env, "papers", "--json")
+    assert result.exit_code == 0
+    papers = json.loads(result.stdout)
+    assert len(papers) == 78 and [p["rank"] for p in papers] == list(range(1, 79))
+    assert set(papers[0]) == {"id", "title", "abstract", "rank", "links", "dates"}
+    dichotomy = next(p for p in papers if p["title"].startswith("Dichotomy"))
+    assert dichotomy["dates"] == ["2026-03-12", "2026-03-14", "2026-03-17"]
+    day = json.loads(run(env, "papers", "--date", "2026-03-11", "--json").stdout)
+    assert len(day) == 56
+
+
+def test_papers_errors(env: dict[str, str]) -> None:
+    run(env, "ingest")
+    missing = run(env, "papers", "--date", "2026-01-01")
+    assert missing.exit_code == 1 and "stored dates: 2026-03-11" in missing.stderr
+    bad = run(env, "papers", "--date", "17/03")
+    assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+def test_subscribers_check_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
+    ok = run(env, "subscribers", "check")
+    assert ok.exit_code == 0 and "valid" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subscribers:\n  - email: nope\n    topics: []\n", encoding="utf-8")
+    result = run(env, "subscribers", "check", str(bad))
+    assert result.exit_code == 1
+    assert "line 2" in result.stderr and "'nope'" in result.stderr
+    assert "line 3" in result.stderr
+
+
+def test_invalid_setting_is_a_usage_error(env: dict[str, str]) -> None:
+    result = run({**env, "NEWSLETTER_SMTP_PORT": "99999"}, "papers")
+    assert result.exit_code == 2 and "NEWSLETTER_SMTP_PORT" in result.stderr
