@@ -8,8 +8,12 @@ adding its papers to the history happen in one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from newsletter.errors import StoreError
+from newsletter.errors import LockHeld, StoreError
 from newsletter.models import DailyListing, ListingEntry, Paper
 
 metadata = sa.MetaData()
@@ -80,6 +84,13 @@ history = sa.Table(
     sa.Column("paper_id", sa.String(32), primary_key=True),
     sa.Column("edition", sa.Date, nullable=False),
     sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+schedule_state = sa.Table(
+    "schedule_state",
+    metadata,
+    sa.Column("group_key", sa.String(80), primary_key=True),  # "<time zone>|HH:MM"
+    sa.Column("last_firing", sa.DateTime(timezone=True), nullable=False),
 )
 
 IngestStatus = Literal["ingested", "unchanged", "replaced"]
@@ -267,7 +278,7 @@ class Store:
         with self.engine.connect() as conn:
             return {
                 t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-                for t in (papers, listings, listing_entries, ledger, history)
+                for t in (papers, listings, listing_entries, ledger, history, schedule_state)
             }
 
     # --- history ----------------------------------------------------------------------------
@@ -457,6 +468,63 @@ class Store:
                     ledger.c.status.in_(["sent", "skipped", "failed_permanent"]),
                 )
             ).scalar_one_or_none()
+
+    # --- scheduling state and the sender lock ----------------------------------------------
+    def last_firing(self, group_key: str) -> dt.datetime | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(schedule_state.c.last_firing).where(
+                    schedule_state.c.group_key == group_key
+                )
+            ).scalar_one_or_none()
+        return _utc(value)
+
+    def set_last_firing(self, group_key: str, firing: dt.datetime) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                schedule_state.update()
+                .where(schedule_state.c.group_key == group_key)
+                .values(last_firing=firing)
+            ).rowcount
+            if not done:
+                conn.execute(
+                    schedule_state.insert().values(group_key=group_key, last_firing=firing)
+                )
+
+    @contextlib.contextmanager
+    def sender_lock(self, name: str, lock_dir: Path) -> Iterator[None]:
+        """Exclusive right to send `name` (an edition). Released by the kernel or the server
+        when the holder dies, even by SIGKILL: flock on SQLite, an advisory lock on PostgreSQL.
+        """
+        if self.dialect == "postgresql":
+            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+            key -= 1 << 63  # bigint range
+            with self.engine.connect() as conn:
+                got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
+                conn.commit()
+                if not got:
+                    raise LockHeld(f"another sender is already working on {name}; wait for it")
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    conn.commit()
+            return
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        path = lock_dir / f"send-{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockHeld(
+                    f"another sender is already working on {name} (lock {path}); wait for it"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
 
 
 def _paper(row: Any) -> Paper:

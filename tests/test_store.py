@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,65 @@ def test_bad_database_url_is_a_clear_error(bad: str) -> None:
 
     with pytest.raises(StoreError, match=r"NEWSLETTER_DATABASE_URL|cannot open the database"):
         Store.open(bad)
+
+
+def test_sender_lock_is_exclusive_and_released(store: Store, tmp_path: Path) -> None:
+    from newsletter.errors import LockHeld
+
+    with store.sender_lock("2026-03-17", tmp_path):
+        other = Store.open(str(store.engine.url.render_as_string(hide_password=False)))
+        try:
+            with (
+                pytest.raises(LockHeld, match="already working on 2026-03-17"),
+                other.sender_lock("2026-03-17", tmp_path),
+            ):
+                pass
+            with other.sender_lock("2026-03-12", tmp_path):  # another edition is free
+                pass
+        finally:
+            other.close()
+    with store.sender_lock("2026-03-17", tmp_path):  # released after the block
+        pass
+
+
+def test_lock_released_when_the_holder_is_killed(store: Store, tmp_path: Path) -> None:
+    """A holder killed by SIGKILL leaves no stale lock (the kernel / server drops it)."""
+    import subprocess
+    import sys
+    import time
+
+    from newsletter.errors import LockHeld
+
+    url = store.engine.url.render_as_string(hide_password=False)
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from newsletter.store import Store\n"
+        f"s = Store.open({url!r})\n"
+        f"with s.sender_lock('ed', Path({str(tmp_path)!r})):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(LockHeld), store.sender_lock("ed", tmp_path):
+            pass
+    finally:
+        proc.kill()
+        proc.communicate()
+    for _ in range(50):  # the server may need a moment to notice the dead session
+        try:
+            with store.sender_lock("ed", tmp_path):
+                break
+        except LockHeld:
+            time.sleep(0.1)
+    else:
+        pytest.fail("lock still held after the holder was killed")
+
+
+def test_schedule_state_round_trip(store: Store) -> None:
+    assert store.last_firing("UTC|07:00") is None
+    store.set_last_firing("UTC|07:00", NOW)
+    store.set_last_firing("UTC|07:00", NOW + dt.timedelta(days=1))
+    assert store.last_firing("UTC|07:00") == NOW + dt.timedelta(days=1)
