@@ -20,9 +20,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from newsletter import ingest as ingest_mod
 from newsletter.errors import ConfigError, NewsletterError, SubscriberConfigError
 from newsletter.models import Subscriber
+from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings, load_settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
@@ -116,53 +116,10 @@ def cli(ctx: click.Context) -> None:
 
 # --- ingest -----------------------------------------------------------------------------------
 def ingest_files(app: AppContext, location: Path, year: int | None) -> list[dict[str, Any]]:
-    """Ingest every dump under `location`; one bad file never stops the others."""
-    settings = app.settings
-    results = ingest_mod.read_dumps(
-        ingest_mod.dump_files(location),
-        reference=settings.today(),
-        year=year if year is not None else settings.year,
-    )
-    rows: list[dict[str, Any]] = []
-    seen_dates: dict[dt.date, Path] = {}
-    for res in results:
-        row: dict[str, Any] = {
-            "path": str(res.path),
-            "date": None,
-            "papers": 0,
-            "new_papers": 0,
-            "status": "rejected",
-            "error": None,
-        }
-        if res.error is not None:
-            row["error"] = str(res.error)
-            log.error("%s", res.error)
-        elif res.listing is not None:
-            listing = res.listing
-            row["date"] = listing.date.isoformat()
-            other = seen_dates.get(listing.date)
-            if other is not None:
-                row["error"] = (
-                    f"{res.path}: same date {listing.date:%b %d %Y} as {other}; "
-                    "keep one dump per day (remove or rename the older file)"
-                )
-                log.error("%s", row["error"])
-            else:
-                seen_dates[listing.date] = res.path
-                for w in listing.warnings:
-                    log.warning("%s", w)
-                outcome = app.store.save_listing(listing, now=app.now())
-                row.update(
-                    papers=outcome.papers, new_papers=outcome.new_papers, status=outcome.status
-                )
-                if outcome.status == "replaced":
-                    log.warning(
-                        "%s: the listing for %s changed; replaced the stored one",
-                        res.path,
-                        listing.date,
-                    )
-        rows.append(row)
-    return rows
+    return [
+        r.as_dict()
+        for r in ingest_folder(app.store, app.settings, location, year=year, now=app.now())
+    ]
 
 
 @cli.command("ingest")

@@ -459,6 +459,38 @@ class Store:
             .values(updated_at=now, **values)
         )
 
+    def watermarks(self, emails: Sequence[str]) -> dict[str, dt.date]:
+        """Each subscriber's newest finished edition (sent, skipped or permanently failed)."""
+        out: dict[str, dt.date] = {}
+        with self.engine.connect() as conn:
+            for chunk in iter_chunks([e.lower() for e in emails]):
+                rows = conn.execute(
+                    sa.select(ledger.c.email, sa.func.max(ledger.c.edition))
+                    .where(
+                        ledger.c.email.in_(list(chunk)),
+                        ledger.c.status.in_(["sent", "skipped", "failed_permanent"]),
+                    )
+                    .group_by(ledger.c.email)
+                )
+                out.update({email: edition for email, edition in rows})
+        return out
+
+    def retry_due(self, now: dt.datetime) -> dict[dt.date, list[str]]:
+        """Temporary failures whose next attempt time has come, by edition."""
+        out: dict[dt.date, list[str]] = defaultdict(list)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(ledger.c.edition, ledger.c.email)
+                .where(
+                    ledger.c.status == "failed",
+                    sa.or_(ledger.c.next_attempt_at.is_(None), ledger.c.next_attempt_at <= now),
+                )
+                .order_by(ledger.c.edition, ledger.c.email)
+            )
+            for edition, email in rows:
+                out[edition].append(email)
+        return dict(out)
+
     def last_sent_edition(self, emails: Sequence[str]) -> dt.date | None:
         """The newest edition any of these subscribers has been sent (the daemon's watermark)."""
         with self.engine.connect() as conn:

@@ -1,0 +1,344 @@
+"""The scheduler: each subscriber's edition at their own local `send_at`.
+
+Subscribers are grouped by (time zone, send_at); each group is one cron job in its own zone, so
+DST and UTC+14/UTC-12 are the time zone database's business, not ours. All time logic takes
+`now` as an argument: `decide()` is pure, and the daemon and `run --once` only feed it a clock.
+
+A group's *firing* is the moment its send time last passed. Each firing is served once (the
+store remembers the last served firing per group), which makes `run --once` from cron, the
+daemon and a restart agree: whoever sees an unserved firing first serves it. Serving picks the
+newest stored listing; subscribers who already have it (or a newer one) get nothing, so missed
+firings coalesce into one edition, never a burst of old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from newsletter.errors import LockHeld, SubscriberConfigError
+from newsletter.models import Subscriber
+from newsletter.settings import Settings
+from newsletter.store import Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+Action = Literal["send", "nothing-new", "missed", "not-due"]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    timezone: str
+    send_at: dt.time
+    subscribers: tuple[Subscriber, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.timezone}|{self.send_at:%H:%M}"
+
+    @property
+    def emails(self) -> list[str]:
+        return [s.email for s in self.subscribers]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    group: Group
+    firing: dt.datetime  # UTC
+    action: Action
+    edition: dt.date | None = None
+    recipients: tuple[Subscriber, ...] = ()
+    reason: str = ""
+
+
+def group_subscribers(subscribers: Sequence[Subscriber]) -> list[Group]:
+    groups: dict[tuple[str, dt.time], list[Subscriber]] = {}
+    for s in subscribers:
+        groups.setdefault((s.timezone, s.send_at), []).append(s)
+    return [Group(tz, at, tuple(subs)) for (tz, at), subs in sorted(groups.items())]
+
+
+def firing_on(group: Group, local_day: dt.date) -> dt.datetime:
+    """The UTC instant of the group's send time on a local day.
+
+    A send time inside a spring-forward gap (02:30 when clocks jump 02:00 -> 03:00) fires at
+    the first valid instant after it, as a cron job would; in the repeated autumn hour it fires
+    once, at the first occurrence.
+    """
+    # fold=0 (the default) gives exactly that: a gap time is read with the offset before the
+    # jump, which lands after it; a repeated time resolves to its first occurrence.
+    local = dt.datetime.combine(local_day, group.send_at, tzinfo=ZoneInfo(group.timezone))
+    return local.astimezone(dt.UTC)
+
+
+def local_date(group: Group, now: dt.datetime) -> dt.date:
+    return now.astimezone(ZoneInfo(group.timezone)).date()
+
+
+def last_firing(group: Group, now: dt.datetime) -> dt.datetime:
+    """The latest firing at or before `now`."""
+    today = local_date(group, now)
+    firing = firing_on(group, today)
+    return firing if firing <= now else firing_on(group, today - dt.timedelta(days=1))
+
+
+def next_firing(group: Group, now: dt.datetime) -> dt.datetime:
+    """The first firing strictly after `now`."""
+    today = local_date(group, now)
+    firing = firing_on(group, today)
+    return firing if firing > now else firing_on(group, today + dt.timedelta(days=1))
+
+
+def decide(
+    group: Group,
+    now: dt.datetime,
+    *,
+    last_served: dt.datetime | None,
+    newest_listing: dt.date | None,
+    watermarks: dict[str, dt.date],
+    catch_up: bool,
+    grace: dt.timedelta = dt.timedelta(minutes=10),
+) -> Decision:
+    """What to do for one group at `now` (pure)."""
+    firing = last_firing(group, now)
+    if last_served is not None and last_served >= firing:
+        return Decision(group, firing, "not-due", reason="this send time was already served")
+    late = now - firing
+    if late > grace:
+        # Downtime: only today's missed send time is caught up; older ones coalesce into it.
+        if not catch_up:
+            return Decision(group, firing, "missed", reason="send time passed; catch-up is off")
+        if firing.astimezone(ZoneInfo(group.timezone)).date() != local_date(group, now):
+            return Decision(group, firing, "missed", reason="missed yesterday; waiting for today")
+    if newest_listing is None:
+        return Decision(group, firing, "nothing-new", reason="no listing stored yet")
+    due = tuple(
+        s
+        for s in group.subscribers
+        if (mark := watermarks.get(s.email.lower())) is None or mark < newest_listing
+    )
+    if not due:
+        return Decision(
+            group,
+            firing,
+            "nothing-new",
+            newest_listing,
+            reason="no new listing since the last edition",
+        )
+    return Decision(group, firing, "send", newest_listing, due)
+
+
+def plan_pass(
+    store: Store, groups: Sequence[Group], now: dt.datetime, *, catch_up: bool
+) -> list[Decision]:
+    """Decisions for every group, from the store's state (one query per kind, not per group)."""
+    newest = store.newest_date()
+    marks = store.watermarks([e for g in groups for e in g.emails])
+    return [
+        decide(
+            g,
+            now,
+            last_served=store.last_firing(g.key),
+            newest_listing=newest,
+            watermarks=marks,
+            catch_up=catch_up,
+        )
+        for g in groups
+    ]
+
+
+async def run_pass(
+    settings: Settings,
+    store: Store,
+    subscribers: Sequence[Subscriber],
+    clock: Clock,
+    *,
+    only: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> list[Decision]:
+    """One pass: ingest new dumps, serve every due group (or just `only`), retry due failures."""
+    from newsletter.deliver import send_edition
+    from newsletter.pipeline import ingest_folder
+
+    now = clock()
+    ingest_folder(store, settings, settings.seeds_dir, now=now)
+    groups = [g for g in group_subscribers(subscribers) if only is None or g.key == only]
+    decisions = plan_pass(store, groups, now, catch_up=settings.catch_up)
+    for d in decisions:
+        if stop is not None and stop.is_set():
+            break
+        if d.action == "not-due":
+            continue
+        if d.action == "send" and d.edition is not None:
+            log.info(
+                "group %s: sending the %s edition to %d subscriber(s)",
+                d.group.key,
+                d.edition,
+                len(d.recipients),
+            )
+            try:
+                with store.sender_lock(d.edition.isoformat(), settings.lock_dir):
+                    await send_edition(
+                        settings,
+                        store,
+                        list(d.recipients),
+                        d.edition,
+                        now=clock,
+                        respect_next_attempt=True,
+                        stop=stop,
+                    )
+            except LockHeld as exc:
+                log.warning("group %s: %s; will retry at the next pass", d.group.key, exc)
+                continue
+        else:
+            log.info("group %s: %s (%s)", d.group.key, d.action, d.reason)
+        store.set_last_firing(d.group.key, d.firing)
+    await retry_failures(settings, store, subscribers, clock, stop=stop)
+    return decisions
+
+
+async def retry_failures(
+    settings: Settings,
+    store: Store,
+    subscribers: Sequence[Subscriber],
+    clock: Clock,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Temporary failures whose next attempt time has come get another try."""
+    from newsletter.deliver import send_edition
+
+    by_email = {s.email.lower(): s for s in subscribers}
+    for edition, emails in store.retry_due(clock()).items():
+        subs = [by_email[e] for e in emails if e in by_email]
+        if not subs or (stop is not None and stop.is_set()):
+            continue
+        try:
+            with store.sender_lock(edition.isoformat(), settings.lock_dir):
+                await send_edition(
+                    settings, store, subs, edition, now=clock, respect_next_attempt=True, stop=stop
+                )
+        except LockHeld as exc:
+            log.warning("retry of %s: %s", edition, exc)
+
+
+class Daemon:
+    """APScheduler cron jobs (one per group) over `run_pass`, with a hot-reloaded subscriber file."""
+
+    def __init__(
+        self, settings: Settings, store: Store, subscribers: Sequence[Subscriber], clock: Clock
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.subscribers = list(subscribers)
+        self.clock = clock
+        self.stop = asyncio.Event()
+        self._mtime = _mtime(settings.subscribers_file)
+        self._busy = asyncio.Lock()
+
+    def _install_jobs(self, scheduler: object) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        sched = scheduler  # AsyncIOScheduler; typed loosely because APScheduler 3 ships no stubs
+        for job in sched.get_jobs():  # type: ignore[attr-defined]
+            if job.id.startswith("group:"):
+                job.remove()
+        for g in group_subscribers(self.subscribers):
+            sched.add_job(  # type: ignore[attr-defined]
+                self._fire,
+                CronTrigger(hour=g.send_at.hour, minute=g.send_at.minute, timezone=g.timezone),
+                args=[g.key],
+                id=f"group:{g.key}",
+                name=f"digest {g.key} ({len(g.subscribers)} subscribers)",
+                coalesce=True,  # a wake-up after downtime runs a missed job once
+                max_instances=1,
+                misfire_grace_time=None,  # decide() judges lateness, not APScheduler
+                replace_existing=True,
+            )
+
+    async def _fire(self, group_key: str | None = None) -> None:
+        async with self._busy:  # one pass at a time in this process
+            try:
+                await run_pass(
+                    self.settings,
+                    self.store,
+                    self.subscribers,
+                    self.clock,
+                    only=group_key,
+                    stop=self.stop,
+                )
+            except Exception:  # a bad pass is logged, never kills the daemon
+                log.exception("pass for %s failed; the next firing will try again", group_key)
+
+    async def _reload(self, scheduler: object) -> None:
+        """Re-read the subscriber file when it changes; an invalid file keeps the last good one."""
+        from newsletter.subscribers import load_subscribers
+
+        mtime = _mtime(self.settings.subscribers_file)
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            fresh = load_subscribers(self.settings.subscribers_file)
+        except SubscriberConfigError as exc:
+            log.error("subscriber file rejected; keeping the last good version:\n%s", exc)
+            return
+        self.subscribers = fresh
+        self._install_jobs(scheduler)
+        log.info("subscriber file reloaded: %d subscribers", len(fresh))
+
+    async def run(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        self._install_jobs(scheduler)
+        scheduler.add_job(
+            self._reload, "interval", seconds=10, args=[scheduler], id="reload", coalesce=True
+        )
+        scheduler.add_job(self._fire, "interval", minutes=5, id="retry", coalesce=True)
+        scheduler.start()
+        log.info("daemon started with %d group(s)", len(group_subscribers(self.subscribers)))
+        await self._fire(None)  # catch-up at start
+        try:
+            await self.stop.wait()
+        finally:
+            log.info("shutting down: finishing in-flight work")
+            scheduler.shutdown(wait=False)
+            async with self._busy:
+                pass
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def schedule_table(groups: Sequence[Group], now: dt.datetime) -> list[dict[str, str | int]]:
+    """Each group's next run, in its own zone and in UTC (for `status`)."""
+    rows: list[dict[str, str | int]] = []
+    for g in groups:
+        nxt = next_firing(g, now)
+        rows.append(
+            {
+                "group": g.key,
+                "subscribers": len(g.subscribers),
+                "next_run_local": nxt.astimezone(ZoneInfo(g.timezone)).isoformat(),
+                "next_run_utc": nxt.isoformat(),
+            }
+        )
+    return rows
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
