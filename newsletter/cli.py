@@ -197,6 +197,98 @@ def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
     out.print(table)
 
 
+# --- select ---------------------------------------------------------------------------------
+def pick_subscribers(subs: list[Subscriber], emails: tuple[str, ...]) -> list[Subscriber]:
+    """The named subscribers (case-insensitive), or all; an unknown email is a usage error."""
+    if not emails:
+        return subs
+    by_email = {s.email.lower(): s for s in subs}
+    unknown = [e for e in emails if e.lower() not in by_email]
+    if unknown:
+        fail(
+            f"not in the subscriber file: {', '.join(repr(e) for e in unknown)}; "
+            "check the spelling or add them to the file"
+        )
+    return [by_email[e.lower()] for e in dict.fromkeys(emails)]
+
+
+@cli.command("select")
+@click.option("--subscribers", "file", type=click.Path(path_type=Path), help="Subscriber file.")
+@click.option("--date", "date", callback=parse_date, help="Edition YYYY-MM-DD (default: newest).")
+@click.option("--all", "all_papers", is_flag=True, help="Rank every stored paper by relevance.")
+@click.option("--email", "emails", multiple=True, help="Only this subscriber (repeatable).")
+@click.option("--limit", type=click.IntRange(1), help="At most N papers per subscriber.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def select_cmd(
+    app: AppContext,
+    file: Path | None,
+    date: dt.date | None,
+    all_papers: bool,
+    emails: tuple[str, ...],
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Show the papers each subscriber would get, with scores and matched terms.
+
+    Example: newsletter select --email ada@example.org --date 2026-03-17
+    """
+    from newsletter.pipeline import build_index, edition_listing, selections_for
+    from newsletter.selection import rank_all
+
+    if all_papers and date is not None:
+        fail("--all and --date exclude each other: --all ranks every stored paper")
+    subs = pick_subscribers(app.subscribers(file), emails)
+    index = build_index(app.store)
+    threshold = app.settings.relevance_threshold
+    if all_papers:
+        picked = [(s, rank_all(index, s, threshold=threshold, limit=limit)) for s in subs]
+        title = "All stored papers by relevance"
+    else:
+        edition = edition_listing(app.store, date).date
+        selections = selections_for(app.store, app.settings, subs, edition, index=index)
+        picked = [(sel.subscriber, list(sel.papers[:limit])) for sel in selections]
+        title = f"Edition {edition}"
+    if as_json:
+        emit_json(
+            {
+                "subscribers": [
+                    {
+                        "email": s.email,
+                        "papers": [
+                            {
+                                "id": p.paper.id,
+                                "title": p.paper.title,
+                                "score": round(p.score, 4),
+                                "sent": p.sent,
+                                "topics": list(p.topics),
+                                "matched_terms": list(p.matched_terms),
+                            }
+                            for p in papers
+                        ],
+                    }
+                    for s, papers in picked
+                ]
+            }
+        )
+        return
+    for s, papers in picked:
+        table = Table(title=f"{title}: {s.email} ({len(papers)} papers)", title_justify="left")
+        for col in ("#", "score", "send", "title", "topics", "matched"):
+            table.add_column(col)
+        for p in papers:
+            table.add_row(
+                str(p.rank or "-"),
+                f"{p.score:.2f}",
+                "yes" if p.sent else "no",
+                p.paper.title,
+                ", ".join(p.topics),
+                ", ".join(p.matched_terms),
+            )
+        out.print(table)
+
+
 # --- subscribers ------------------------------------------------------------------------------
 @cli.group("subscribers")
 def subscribers_group() -> None:

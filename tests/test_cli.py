@@ -113,3 +113,74 @@ def test_subscribers_check_exit_codes(env: dict[str, str], tmp_path: Path) -> No
 def test_invalid_setting_is_a_usage_error(env: dict[str, str]) -> None:
     result = run({**env, "NEWSLETTER_SMTP_PORT": "99999"}, "papers")
     assert result.exit_code == 2 and "NEWSLETTER_SMTP_PORT" in result.stderr
+
+
+def _select(env: dict[str, str], *args: str) -> dict[str, list[dict[str, object]]]:
+    result = run(env, "select", "--json", *args)
+    assert result.exit_code == 0, result.stderr
+    return {s["email"]: s["papers"] for s in json.loads(result.stdout)["subscribers"]}
+
+
+@pytest.mark.parametrize("date", ["2026-03-11", "2026-03-12", "2026-03-14", "2026-03-17"])
+def test_every_example_subscriber_gets_at_least_three_papers(
+    env: dict[str, str], date: str
+) -> None:
+    run(env, "ingest")
+    picked = _select(env, "--date", date)
+    assert len(picked) == 5
+    for email, papers in picked.items():
+        assert len(papers) >= 3, email
+        for p in papers:
+            assert set(p) == {"id", "title", "score", "sent", "topics", "matched_terms"}
+            assert p["sent"] is True and p["topics"] and p["matched_terms"]
+
+
+def test_select_all_ranks_by_relevance_with_limit(env: dict[str, str]) -> None:
+    run(env, "ingest")
+    picked = _select(env, "--all", "--limit", "30", "--email", "KENJI@example.org")
+    papers = picked["kenji@example.org"]
+    assert len(papers) == 30
+    scores = [float(p["score"]) for p in papers]  # type: ignore[arg-type]
+    assert scores == sorted(scores, reverse=True)
+    everything = _select(env, "--all", "--email", "kenji@example.org")["kenji@example.org"]
+    sent = [p["sent"] for p in everything]
+    assert len(everything) > 30 and sent[0] is True and sent[-1] is False
+    assert sent == sorted(sent, reverse=True)  # one global threshold cuts the ranking once
+
+
+def test_select_never_repeats_a_received_paper(env: dict[str, str]) -> None:
+    import datetime as dt
+
+    from newsletter.store import Store
+
+    run(env, "ingest")
+    before = _select(env, "--date", "2026-03-17", "--email", "ada@example.org")
+    ids = [str(p["id"]) for p in before["ada@example.org"]]
+    store = Store.open(env["NEWSLETTER_DATABASE_URL"])
+    now = dt.datetime(2026, 3, 14, 7, tzinfo=dt.UTC)
+    store.record_history("ada@example.org", dt.date(2026, 3, 14), ids[:3], now=now)
+    # the same edition's own deliveries do not change what it shows (a re-render is stable)
+    store.record_history("ada@example.org", dt.date(2026, 3, 17), ids[3:5], now=now)
+    store.close()
+    after = _select(env, "--date", "2026-03-17", "--email", "ada@example.org")
+    after_ids = [str(p["id"]) for p in after["ada@example.org"]]
+    assert not set(ids[:3]) & set(after_ids)
+    assert set(ids[3:5]) <= set(after_ids)
+
+
+def test_select_usage_errors(env: dict[str, str]) -> None:
+    run(env, "ingest")
+    unknown = run(env, "select", "--email", "nobody@example.org")
+    assert unknown.exit_code == 2 and "nobody@example.org" in unknown.stderr
+    both = run(env, "select", "--all", "--date", "2026-03-17")
+    assert both.exit_code == 2
+
+
+def test_invalid_subscriber_file_stops_other_commands_with_exit_2(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subscribers:\n  - email: x@example.org\n    topics: []\n", encoding="utf-8")
+    run(env, "ingest")
+    result = run(env, "select", "--subscribers", str(bad))
+    assert result.exit_code == 2 and "line 3" in result.stderr
