@@ -289,6 +289,77 @@ def select_cmd(
         out.print(table)
 
 
+# --- preview --------------------------------------------------------------------------------
+@cli.command("preview")
+@click.option("--email", "email", help="The subscriber to preview.")
+@click.option("--all", "everyone", is_flag=True, help="Every subscriber, plus an index.html.")
+@click.option("--date", "date", callback=parse_date, help="Edition YYYY-MM-DD (default: newest).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="FILE.html (or DIR with --all)."
+)
+@click.option("--eml", type=click.Path(path_type=Path), help="Also write the complete .eml.")
+@click.option("--text", is_flag=True, help="Print the plain-text part on stdout.")
+@pass_app
+@handle_errors
+def preview_cmd(
+    app: AppContext,
+    email: str | None,
+    everyone: bool,
+    date: dt.date | None,
+    output: Path | None,
+    eml: Path | None,
+    text: bool,
+) -> None:
+    """Render digests exactly as they would be sent, without sending anything.
+
+    Examples: newsletter preview --email ada@example.org -o ada.html --eml ada.eml
+              newsletter preview --all -o var/preview
+    """
+    from newsletter.pipeline import edition_listing, selections_for
+    from newsletter.render import Renderer, write_preview, write_preview_index
+
+    if everyone == (email is not None):
+        fail("give either --email EMAIL or --all")
+    if everyone and (eml or text):
+        fail("--eml and --text preview one subscriber; use them with --email")
+    renderer = Renderer(app.settings)  # templates compile (or fail) before any work
+    subs = pick_subscribers(app.subscribers(), (email,) if email else ())
+    edition = edition_listing(app.store, date).date
+    selections = selections_for(app.store, app.settings, subs, edition)
+    if not everyone:
+        sel = selections[0]
+        if not sel.papers:
+            err.print(
+                f"nothing matched for {sel.subscriber.email} in the {edition} edition: "
+                "that subscriber gets no email that day; nothing written"
+            )
+            return
+        message = renderer.render(sel, now=app.now())
+        if text:
+            click.echo(message.text, nl=False)
+        if eml is not None:
+            eml.parent.mkdir(parents=True, exist_ok=True)
+            eml.write_bytes(message.raw)
+            err.print(f"wrote {eml}")
+        if output is not None or not (text or eml):
+            html_path = (
+                output or app.settings.preview_dir / f"{edition}-{sel.subscriber.email}.html"
+            )
+            html_path.parent.mkdir(parents=True, exist_ok=True)
+            html_path.write_text(message.html, encoding="utf-8")
+            err.print(f"wrote {html_path} ({len(message.paper_ids)} papers)")
+        return
+    out_dir = output or app.settings.preview_dir
+    entries = []
+    for sel in selections:
+        if sel.papers:
+            entries.append(write_preview(renderer.render(sel, now=app.now()), out_dir))
+        else:
+            err.print(f"{sel.subscriber.email}: nothing matched; no email that day")
+    index = write_preview_index(entries, out_dir)
+    err.print(f"{len(entries)} previews of the {edition} edition; open {index}")
+
+
 # --- subscribers ------------------------------------------------------------------------------
 @cli.group("subscribers")
 def subscribers_group() -> None:
