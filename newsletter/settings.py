@@ -212,3 +212,15 @@ def load_settings(**overrides: object) -> Settings:
                 f"setting NEWSLETTER_{name.upper()}: {err['msg']} (got {err.get('input')!r})"
             )
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
+
+
+def settings_reference() -> str:
+    """The README's settings table, generated from the model so the two never disagree."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path) and default.is_absolute():
+            default = "<bundled templates/>"
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `NEWSLETTER_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)
