@@ -1,0 +1,745 @@
+"""Render one subscriber's Selection into a finished email (HTML, plain text, subject, MIME).
+
+Templates live in `settings.template_dir`: `digest.mjml` (MJML with Jinja inside), `digest.txt`
+and `subject.txt` (plain Jinja). The MJML is compiled to HTML once per process; per subscriber
+only Jinja runs. Every template is test-rendered with sample data when the Renderer is built,
+so a broken template stops the run before anything is sent.
+
+Template context (the same for all three templates):
+  summary, headline, intro, preheader, preheader_pad   one-line texts ("7 papers on X from Mar 17")
+  edition (date), edition_short ("Mar 17"), edition_long ("Tuesday, March 17, 2026")
+  count, grouped (bool), groups [{topic, count_label, papers}], papers (flat, in shown order)
+  paper: id, rank (0 = unranked), title, url, topics, terms, excerpt (plain),
+         excerpt_html (escaped, matched terms in <strong class="hl">), links [{url, kind, label}]
+  subscriber (Subscriber), first_name, subscriber_topics_phrase, digest_topics_phrase
+  sender_name, postal_address, source_name, unsubscribe_url (https if configured, else mailto)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html as htmllib
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlsplit
+
+import jinja2
+from markupsafe import Markup, escape
+from mjml import mjml2html
+
+from newsletter.errors import ConfigError, RenderError
+from newsletter.mime import (
+    assemble,
+    check_address,
+    clean_header_text,
+    dkim_enabled,
+    encode_phrase,
+    encode_unstructured,
+    format_address,
+    format_date,
+    load_dkim_key,
+    message_id,
+    sign_dkim,
+    unsubscribe_https,
+    unsubscribe_mailto,
+)
+from newsletter.models import (
+    Paper,
+    RenderedEmail,
+    SelectedPaper,
+    Selection,
+    Subscriber,
+    Topic,
+    TopicMatch,
+)
+from newsletter.settings import Settings
+
+__all__ = [
+    "PreviewEntry",
+    "Renderer",
+    "message_id",
+    "sign_dkim",
+    "wrap_text",
+    "write_preview",
+    "write_preview_index",
+]
+
+TEMPLATE_FILES = ("digest.mjml", "digest.txt", "subject.txt")
+SOURCE_NAME = "Hugging Face Daily Papers"
+OTHER_TOPIC = "More trending papers"
+TEXT_WIDTH = 78
+# Gmail clips above ~102 KB; mailcheck warns above 90 KB. Stay under both with some margin.
+HTML_BUDGET = 88_000
+EXCERPT_CHARS = 380  # target excerpt length at up to 10 papers; shrinks for longer digests
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+# Hidden filler after the preheader so clients don't pull body text into the inbox preview.
+_PREHEADER_PAD = Markup("&#847;&zwnj;&nbsp;" * 40)
+
+
+class LinkView(NamedTuple):
+    url: str
+    kind: str  # "Code", "Project page", ...
+    label: str  # host + path, shown as the link text
+
+
+class PaperView(NamedTuple):
+    id: str
+    rank: int
+    title: str
+    url: str
+    topics: tuple[str, ...]
+    terms: tuple[str, ...]
+    excerpt: str
+    excerpt_html: Markup
+    links: tuple[LinkView, ...]
+
+
+class GroupView(NamedTuple):
+    topic: str
+    count_label: str
+    papers: tuple[PaperView, ...]
+
+
+# --- excerpts and highlights -------------------------------------------------------------
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_ABBREVIATIONS = frozenset(
+    [
+        "e.g",
+        "i.e",
+        "etc",
+        "et",
+        "al",
+        "vs",
+        "cf",
+        "fig",
+        "figs",
+        "eq",
+        "eqs",
+        "sec",
+        "resp",
+        "approx",
+        "no",
+    ]
+)
+
+
+def sentences(text: str) -> list[str]:
+    """Split an abstract at sentence ends, not at e.g./i.e./et al./initials or inside URLs."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        words = text[start : m.start()].rsplit(None, 1)
+        last = words[-1].lower().lstrip("([") if words else ""
+        if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha()):
+            continue
+        out.append(text[start : m.end()].strip())
+        start = m.end()
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return out
+
+
+def _term_pattern(terms: Sequence[str]) -> re.Pattern[str] | None:
+    """Exact surface strings, longest first, not matching inside a longer word."""
+    alts = []
+    for t in sorted({t for t in terms if t.strip()}, key=len, reverse=True):
+        left = r"(?<!\w)" if t[0].isalnum() else ""
+        right = r"(?!\w)" if t[-1].isalnum() else ""
+        alts.append(left + re.escape(t) + right)
+    return re.compile("|".join(alts)) if alts else None
+
+
+def excerpt(abstract: str, highlights: Sequence[str], budget: int, title: str = "") -> str:
+    """About `budget` chars of whole sentences from the start of the abstract.
+
+    When no matched term shows in the title or the opening, start at the first sentence that
+    has one instead, so the reader sees why the paper was picked.
+    """
+    sents = sentences(" ".join(abstract.split()))
+    if not sents:
+        return ""
+    start = 0
+    pattern = _term_pattern(highlights)
+    if pattern and not any(h.lower() in title.lower() for h in highlights):
+        for i, s in enumerate(sents):
+            if pattern.search(s):
+                if sum(len(x) + 1 for x in sents[: i + 1]) > budget:
+                    start = i  # the opening would hide why the paper matched
+                break
+    picked: list[str] = []
+    size = 0
+    for s in sents[start:]:
+        if picked and size + len(s) + 1 > budget:
+            break
+        picked.append(s)
+        size += len(s) + 1
+    text = " ".join(picked)
+    if len(text) > budget * 1.4:  # one very long sentence: cut at a word, say so
+        text = text[: budget + 1].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return ("… " if start else "") + text
+
+
+def highlight(text: str, highlights: Sequence[str]) -> Markup:
+    """HTML-escaped text with each matched term wrapped in a highlight span."""
+    pattern = _term_pattern(highlights)
+    if pattern is None:
+        return escape(text)
+    out: list[str] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        out.append(escape(text[pos : m.start()]))
+        out.append(
+            '<strong class="hl" style="font-weight:600;background-color:#fef3c7;'
+            f'color:#1f2937;border-radius:3px;padding:0 2px;">{escape(m.group(0))}</strong>'
+        )
+        pos = m.end()
+    out.append(escape(text[pos:]))
+    return Markup("".join(out))
+
+
+_LINK_KINDS = {
+    "github.com": "Code",
+    "gitlab.com": "Code",
+    "bitbucket.org": "Code",
+    "codeberg.org": "Code",
+    "huggingface.co": "Hugging Face",
+}
+
+
+def link_view(url: str) -> LinkView:
+    parts = urlsplit(url)
+    host = parts.netloc.lower().removeprefix("www.")
+    kind = _LINK_KINDS.get(host, "Project page")
+    if host == "huggingface.co":
+        first = parts.path.strip("/").split("/", 1)[0]
+        kind = {"datasets": "Dataset", "spaces": "Demo"}.get(first, "Model")
+    label = (host + parts.path).rstrip("/")
+    return LinkView(url=url, kind=kind, label=label)
+
+
+@lru_cache(maxsize=16384)  # papers repeat across subscribers: build each view once per day
+def paper_view(
+    paper: Paper,
+    rank: int,
+    topics: tuple[str, ...],
+    terms: tuple[str, ...],
+    highlights: tuple[str, ...],
+    budget: int,
+    base_url: str,
+) -> PaperView:
+    text = excerpt(paper.abstract, highlights, budget, paper.title) if budget else ""
+    return PaperView(
+        id=paper.id,
+        rank=rank,
+        title=" ".join(paper.title.split()),
+        url=base_url + quote(" ".join(paper.title.split()), safe=""),
+        topics=topics,
+        terms=terms,
+        excerpt=text,
+        excerpt_html=highlight(text, highlights),
+        links=tuple(link_view(u) for u in paper.links if u.startswith(("https://", "http://"))),
+    )
+
+
+# --- plain text --------------------------------------------------------------------------
+_HANG = re.compile(r" *(?:#\d+ +|[-*•] +)?")
+
+
+@lru_cache(maxsize=16384)
+def _wrap_line(line: str, width: int) -> str:
+    if len(line) <= width:
+        return line
+    lead = _HANG.match(line).group(0)  # type: ignore[union-attr]
+    indent = " " * len(lead)
+    words = [w for w in line[len(lead) :].split(" ") if w]
+    out: list[str] = []
+    cur, empty = lead, True
+    for word in words:
+        room = width - len(indent)
+        while len(word) > room and "://" not in word:  # hard-split a giant non-URL token
+            if not empty:
+                out.append(cur)
+                cur, empty = indent, True
+            out.append(cur + word[:room])
+            word = word[room:]
+        if not empty and len(cur) + 1 + len(word) > width:
+            out.append(cur)
+            cur = indent + word
+        else:
+            cur = cur + ("" if empty else " ") + word
+        empty = False
+    out.append(cur)
+    return "\n".join(out)
+
+
+def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
+    """Wrap every line at `width` columns with a hanging indent; URLs are never broken.
+
+    Also strips trailing spaces and keeps at most one blank line in a row, so templates can
+    be laid out for readability.
+    """
+    lines: list[str] = []
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        line = raw.rstrip()
+        if not line and (not lines or not lines[-1]):
+            continue
+        lines.append(_wrap_line(line, width))
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+# --- context -----------------------------------------------------------------------------
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def join_names(names: Sequence[str], limit: int = 0) -> str:
+    """ "A", "A and B", "A, B and C"; with `limit`, "A, B and 3 more topics"."""
+    names = list(names)
+    if limit and len(names) > limit + 1:
+        names = [*names[:limit], f"{len(names) - limit} more topics"]
+    if len(names) <= 1:
+        return names[0] if names else "your topics"
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _best_topic(sp: SelectedPaper) -> str:
+    if not sp.matches:
+        return OTHER_TOPIC
+    return max(sp.matches, key=lambda m: m.score).topic  # ties: the first match wins
+
+
+def group_papers(papers: Sequence[SelectedPaper]) -> list[tuple[str, list[SelectedPaper]]]:
+    """Papers under their best topic; groups in order of their best paper, "other" last."""
+    groups: dict[str, list[SelectedPaper]] = {}
+    for sp in papers:
+        groups.setdefault(_best_topic(sp), []).append(sp)
+    other = groups.pop(OTHER_TOPIC, None)
+    return [*groups.items(), *([(OTHER_TOPIC, other)] if other else [])]
+
+
+# --- templates ---------------------------------------------------------------------------
+_TAG_WITH_LT = re.compile(r"\{[{%][^}]*<[^}]*[}%]\}")
+_URL_ATTR = re.compile(r"""\b(?:href|src)\s*=\s*["']([^"']*)["']""", re.I)
+_IMG = re.compile(r"<img\b[^>]*>", re.I)
+
+
+def _environment(template_dir: Path, *, html: bool) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir),
+        autoescape=html,  # HTML only: the text part and subject must not carry &amp;
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=not html,
+        lstrip_blocks=not html,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    """The template line Jinja mapped into the traceback (innermost frame of that file)."""
+    line, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _fail(path: Path, line: int | None, problem: str, fix: str) -> RenderError:
+    where = f"{path}, line {line}" if line else str(path)
+    return RenderError(f"{where}: {problem}; {fix}")
+
+
+def _hint(exc: Exception) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return (
+            "use only the context variables listed in newsletter/render.py "
+            "(summary, groups, papers, unsubscribe_url, ...) or guard it with `is defined`"
+        )
+    return "fix the expression on that line"
+
+
+def _compile(env: jinja2.Environment, path: Path) -> jinja2.Template:
+    try:
+        return env.get_template(path.name)
+    except jinja2.TemplateSyntaxError as exc:
+        raise _fail(path, exc.lineno, f"Jinja syntax error: {exc.message}", "fix the tag") from exc
+
+
+def _try_render(tpl: jinja2.Template, ctx: dict[str, Any], path: Path, what: str = "") -> str:
+    try:
+        return tpl.render(ctx)
+    except Exception as exc:  # any template error must stop the run here, not mid-send
+        line = _template_line(exc, tpl.filename)
+        raise _fail(path, line, f"{what}{type(exc).__name__}: {exc}", _hint(exc)) from exc
+
+
+def _compile_mjml(source: str, path: Path) -> str:
+    for m in _TAG_WITH_LT.finditer(source):
+        raise _fail(
+            path,
+            source.count("\n", 0, m.start()) + 1,
+            f"a literal '<' inside {m.group(0)!r} breaks the MJML parser",
+            "use a Jinja test instead (`a is lt(b)`, `a is le(b)`) or compute it in Python",
+        )
+    root = path.parent.resolve()
+
+    def include(name: str) -> str:
+        target = (root / name).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"mj-include {name!r} points outside the template folder")
+        return target.read_text(encoding="utf-8")
+
+    try:
+        # fonts={}: no Google Fonts @import (external CSS is stripped and leaks opens)
+        html = mjml2html(source, disable_comments=True, fonts={}, include_loader=include)
+    except (ValueError, OSError) as exc:
+        raise _fail(
+            path,
+            None,
+            f"MJML does not compile ({exc})",
+            "check that every mj- tag is closed, nothing sits outside <mjml>, and Jinja "
+            "tags between MJML elements are wrapped in <mj-raw>",
+        ) from exc
+    # MJML emits the body as one huge line. Breaking it after each table row (whitespace
+    # there is insignificant) gives short lines that repeat across subscribers, which the
+    # quoted-printable encoder caches, and keeps every paper on lines of its own.
+    return html.replace("</tr>", "</tr>\n").rstrip("\n") + "\n"
+
+
+def _lint_html(html: str, path: Path) -> None:
+    """What no client tolerates: scripts, relative links, images without alt, raw Jinja."""
+    problems = []
+    if re.search(r"<script\b|\bjavascript:", html, re.I):
+        problems.append("it contains JavaScript (mail clients strip or block it)")
+    for url in _URL_ATTR.findall(html):
+        if not url.startswith(("https://", "http://", "mailto:", "tel:")):
+            problems.append(f"link {url[:60]!r} is not absolute (https://, mailto:)")
+    for img in _IMG.findall(html):
+        if not re.search(r"\balt\s*=", img):
+            problems.append(f"image {img[:60]!r} has no alt text")
+    if "{{" in html or "{%" in html:
+        problems.append("a Jinja tag survived MJML unrendered (MJML changed its quoting)")
+    if problems:
+        raise _fail(
+            path,
+            None,
+            "the rendered sample HTML is not email-safe: " + "; ".join(problems[:5]),
+            "fix the template",
+        )
+
+
+def load_templates(
+    template_dir: Path, samples: Sequence[dict[str, Any]]
+) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
+    """Compile and test-render all three templates; any problem is a RenderError."""
+    paths = [template_dir / name for name in TEMPLATE_FILES]
+    for path in paths:
+        if not path.is_file():
+            raise _fail(
+                path,
+                None,
+                "template missing",
+                f"NEWSLETTER_TEMPLATE_DIR must hold {', '.join(TEMPLATE_FILES)} "
+                "(copy the bundled templates/ folder and edit it)",
+            )
+    mjml_path, text_path, subject_path = paths
+    html_env = _environment(template_dir, html=True)
+    text_env = _environment(template_dir, html=False)
+    # The MJML source is itself a Jinja template: rendering it first gives errors with the
+    # line numbers the author sees. The compiled HTML is then rendered too, to catch anything
+    # MJML changed.
+    source_tpl = _compile(html_env, mjml_path)
+    for ctx in samples:
+        _try_render(source_tpl, ctx, mjml_path)
+    compiled = _compile_mjml(mjml_path.read_text(encoding="utf-8"), mjml_path)
+    try:
+        html_tpl = html_env.from_string(compiled)
+    except jinja2.TemplateSyntaxError as exc:
+        raise _fail(
+            mjml_path,
+            None,
+            f"the compiled HTML is not valid Jinja ({exc.message})",
+            "MJML rewrote a Jinja tag: move it into <mj-raw> or <mj-text>",
+        ) from exc
+    text_tpl = _compile(text_env, text_path)
+    subject_tpl = _compile(text_env, subject_path)
+    for ctx in samples:
+        _lint_html(_try_render(html_tpl, ctx, mjml_path, "in the compiled HTML: "), mjml_path)
+        _try_render(text_tpl, ctx, text_path)
+        if not clean_header_text(_try_render(subject_tpl, ctx, subject_path)):
+            raise _fail(subject_path, None, "the subject renders empty", "give it some text")
+    return html_tpl, text_tpl, subject_tpl
+
+
+class Renderer:
+    """Compiles the templates once; `render` then costs one Jinja pass per part plus MIME."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._check_settings(settings)
+        self._dkim = dkim_enabled(settings)
+        if self._dkim:
+            load_dkim_key(settings)  # fail now, not at the first message
+        self._from = format_address(settings.sender_name, settings.sender_address)
+        self._list_id = f"{encode_phrase(settings.sender_name)} <{self._list_id_value()}>"
+        self._mailto_address = settings.effective_unsubscribe_address
+        self._secret = settings.signing_secret()
+        self._html, self._text, self._subject = load_templates(
+            Path(settings.template_dir), self._sample_contexts()
+        )
+
+    # -- construction helpers -----------------------------------------------------------
+    @staticmethod
+    def _check_settings(settings: Settings) -> None:
+        for name in ("sender_address", "reply_to", "unsubscribe_address"):
+            value = getattr(settings, name)
+            if value is None:
+                continue
+            try:
+                check_address(value)
+            except ValueError as exc:
+                raise ConfigError(f"setting NEWSLETTER_{name.upper()}: {exc}") from None
+        if settings.public_base_url and not settings.signing_secret():
+            raise ConfigError(
+                "setting NEWSLETTER_PUBLIC_BASE_URL is set but no signing key: set "
+                "NEWSLETTER_SIGNING_KEY or NEWSLETTER_SIGNING_KEY_FILE (a long random secret) "
+                "so the https unsubscribe links can be signed, or unset the base URL"
+            )
+        dkim = {
+            "dkim_selector": settings.dkim_selector,
+            "dkim_domain": settings.dkim_domain,
+            "dkim_private_key_file": settings.dkim_private_key_file,
+        }
+        missing = [f"NEWSLETTER_{k.upper()}" for k, v in dkim.items() if not v]
+        if 0 < len(missing) < len(dkim):
+            raise ConfigError(
+                f"DKIM is half configured: set {', '.join(missing)} as well, "
+                "or unset the other DKIM settings to send unsigned"
+            )
+
+    def _list_id_value(self) -> str:
+        value = self.settings.effective_list_id.strip().strip("<>")
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+", value) or "." not in value:
+            raise ConfigError(
+                f"setting NEWSLETTER_LIST_ID: {value!r} is not a valid List-Id; "
+                "use a dotted name such as daily-digest.example.org"
+            )
+        return value
+
+    def _sample_contexts(self) -> list[dict[str, Any]]:
+        return [self._context(sel, list(sel.papers), EXCERPT_CHARS) for sel in sample_selections()]
+
+    # -- rendering ---------------------------------------------------------------------
+    def unsubscribe_links(self, email: str) -> tuple[str | None, str]:
+        """(https link or None, mailto link) for this subscriber."""
+        mailto = unsubscribe_mailto(self._mailto_address)
+        base = self.settings.public_base_url
+        if not base or not self._secret:
+            return None, mailto
+        return unsubscribe_https(base, self._secret, email, self._list_id_value()), mailto
+
+    def _context(
+        self, selection: Selection, papers: Sequence[SelectedPaper], budget: int
+    ) -> dict[str, Any]:
+        base = self.settings.paper_base_url
+        groups = []
+        for topic, members in group_papers(papers):
+            views = []
+            for sp in members:
+                topics = tuple(dict.fromkeys(m.topic for m in sp.matches))
+                hl = tuple(dict.fromkeys(h for m in sp.matches for h in m.highlights))
+                views.append(
+                    paper_view(sp.paper, sp.rank, topics, sp.matched_terms, hl, budget, base)
+                )
+            groups.append(GroupView(topic, _plural(len(views), "paper"), tuple(views)))
+        flat = [p for g in groups for p in g.papers]
+        sub = selection.subscriber
+        ed = selection.edition
+        digest_topics = [g.topic for g in groups if g.topic != OTHER_TOPIC]
+        headline = f"{_plural(len(flat), 'paper')} on {join_names(digest_topics, 2)}"
+        if not digest_topics:
+            headline = f"{_plural(len(flat), 'trending paper')}"
+        edition_short = f"{_MONTHS[ed.month - 1][:3]} {ed.day}"
+        first_name = sub.name.split()[0] if sub.name.strip() else ""
+        hello = f"Hi {first_name}, here" if first_name else "Here"
+        https, mailto = self.unsubscribe_links(sub.email)
+        return {
+            "summary": f"{headline} from {edition_short}",
+            "headline": headline,
+            "intro": f"{hello} is what matched your topics among the papers trending on "
+            f"{edition_short}, best match first.",
+            "preheader": " · ".join(p.title for p in flat[:3])[:150],
+            "preheader_pad": _PREHEADER_PAD,
+            "edition": ed,
+            "edition_short": edition_short,
+            "edition_long": f"{_DAYS[ed.weekday()]}, {_MONTHS[ed.month - 1]} {ed.day}, {ed.year}",
+            "count": len(flat),
+            "grouped": len(groups) > 1,
+            "groups": groups,
+            "papers": flat,
+            "subscriber": sub,
+            "first_name": first_name,
+            "subscriber_topics_phrase": join_names([t.name for t in sub.topics] or digest_topics),
+            "digest_topics_phrase": join_names(digest_topics),
+            "sender_name": self.settings.sender_name,
+            "postal_address": self.settings.postal_address,
+            "source_name": SOURCE_NAME,
+            "unsubscribe_url": https or mailto,
+        }
+
+    def render(self, selection: Selection, *, now: dt.datetime) -> RenderedEmail:
+        """The finished message for one subscriber; `now` is only used for the Date header."""
+        papers = [sp for sp in selection.papers if sp.sent]
+        sub = selection.subscriber
+        if not papers:
+            raise ValueError(
+                f"{sub.email}: no papers to send for {selection.edition}; skip empty digests"
+            )
+        to = format_address(sub.name, sub.email)  # ValueError on a bad or injected address
+        budget = EXCERPT_CHARS if len(papers) <= 10 else max(160, EXCERPT_CHARS * 10 // len(papers))
+        while True:
+            ctx = self._context(selection, papers, budget)
+            html = self._html.render(ctx)
+            if len(html.encode("utf-8")) <= HTML_BUDGET or budget == 0:
+                break
+            budget = budget * 2 // 3 if budget > 90 else 0  # shorter excerpts, then none
+        text = wrap_text(self._text.render(ctx))
+        subject = clean_header_text(self._subject.render(ctx))
+        mid = message_id(selection.edition, sub.email, self.settings.sender_domain)
+        raw = assemble(self._headers(sub, to, subject, mid, now), text, html, _boundary(mid))
+        if self._dkim:
+            raw = sign_dkim(raw, self.settings)
+        return RenderedEmail(
+            to=check_address(sub.email),
+            subject=subject,
+            message_id=mid,
+            html=html,
+            text=text,
+            raw=raw,
+            paper_ids=tuple(p.id for p in ctx["papers"]),
+        )
+
+    def _headers(
+        self, sub: Subscriber, to: str, subject: str, mid: str, now: dt.datetime
+    ) -> list[tuple[str, str]]:
+        https, mailto = self.unsubscribe_links(sub.email)
+        unsub = f"<{https}>,\r\n <{mailto}>" if https else f"<{mailto}>"
+        headers = [
+            ("From", self._from),
+            ("To", to),
+            ("Subject", encode_unstructured(subject, "Subject")),
+            ("Date", format_date(now)),
+            ("Message-ID", mid),
+            ("MIME-Version", "1.0"),
+        ]
+        if self.settings.reply_to:
+            headers.append(("Reply-To", check_address(self.settings.reply_to)))
+        headers += [("List-Id", self._list_id), ("List-Unsubscribe", unsub)]
+        if https and https.startswith("https://"):  # RFC 8058 needs an https URI
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        headers.append(("Precedence", "bulk"))  # tells vacation responders to stay quiet
+        return headers
+
+
+def _boundary(mid: str) -> str:
+    return "=_alt_" + hashlib.blake2s(mid.encode(), digest_size=12).hexdigest()
+
+
+# --- sample data for the start-up test render --------------------------------------------
+def sample_selections() -> list[Selection]:
+    """Two digests that exercise every template branch: grouped/ungrouped, ranks, links."""
+    offline = Topic("Offline RL", ("offline RL",))
+    rlhf = Topic("RLHF & <preferences>", ("RLHF",))
+    p1 = Paper(
+        id="sample-1",
+        title="Conservative <Q> & Learning: Zoë’s $O(\\sqrt{T})$ bound",
+        abstract="We study offline RL with a regret of $O(\\sqrt{T})$. It works — mostly. "
+        "Code is at https://github.com/example/conservative-q-learning-with-a-long-name.",
+        links=("https://github.com/example/conservative-q-learning-with-a-long-name",),
+    )
+    p2 = Paper(id="sample-2", title="Preference Optimisation", abstract="RLHF, revisited.")
+    m1 = TopicMatch("Offline RL", ("offline RL",), highlights=("offline RL",), score=2.0)
+    m2 = TopicMatch(rlhf.name, ("RLHF",), highlights=("RLHF",), score=1.0)
+    sub = Subscriber("reader@example.org", name="Zoë Reader", topics=(offline, rlhf))
+    edition = dt.date(2026, 3, 17)
+    return [
+        Selection(sub, edition, (SelectedPaper(p1, 2.0, rank=3, matches=(m1, m2)),)),
+        Selection(
+            Subscriber("anon@example.org"),
+            edition,
+            (
+                SelectedPaper(p1, 2.0, rank=1, matches=(m1,)),
+                SelectedPaper(p2, 1.0, rank=0, matches=(m2,)),
+                SelectedPaper(p2, 0.5, rank=7),
+            ),
+        ),
+    ]
+
+
+# --- previews ----------------------------------------------------------------------------
+class PreviewEntry(NamedTuple):
+    subscriber: str  # the address (or a label) shown in the index
+    href: str  # the preview file, relative to the index
+    papers: int
+    subject: str = ""
+
+
+def write_preview(email: RenderedEmail, out_dir: Path | str) -> PreviewEntry:
+    """Write `<name>.html`, `.txt` and `.eml` for one rendered email; return its index entry."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", email.to)[:60]
+    slug += "-" + hashlib.blake2s(email.to.encode(), digest_size=3).hexdigest()
+    (out / f"{slug}.html").write_text(email.html, encoding="utf-8")
+    (out / f"{slug}.txt").write_text(email.text, encoding="utf-8")
+    (out / f"{slug}.eml").write_bytes(email.raw)
+    return PreviewEntry(email.to, f"{slug}.html", len(email.paper_ids), email.subject)
+
+
+def write_preview_index(
+    entries: Iterable[PreviewEntry | Sequence[Any]], out_dir: Path | str
+) -> Path:
+    """`index.html` linking each subscriber's preview with its paper count (all escaped)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for entry in entries:
+        e = entry if isinstance(entry, PreviewEntry) else PreviewEntry(*entry)
+        href = quote(str(e.href), safe="/._-~%")
+        rows.append(
+            f'<tr><td><a href="{htmllib.escape(href)}">{htmllib.escape(e.subscriber)}</a></td>'
+            f"<td>{int(e.papers)}</td><td>{htmllib.escape(e.subject)}</td></tr>"
+        )
+    body = "\n".join(rows) or '<tr><td colspan="3">No previews.</td></tr>'
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>Digest previews</title><style>body{font:15px/1.5 system-ui,sans-serif;"
+        "margin:2rem;max-width:60rem}td,th{padding:.3rem .8rem;text-align:left;"
+        "border-bottom:1px solid #ddd}</style></head><body><h1>Digest previews</h1>\n"
+        "<table><thead><tr><th>Subscriber</th><th>Papers</th><th>Subject</th></tr></thead>"
+        f"<tbody>\n{body}\n</tbody></table></body></html>\n"
+    )
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
