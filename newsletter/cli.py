@@ -384,20 +384,199 @@ def subscribers_check_cmd(app: AppContext, file: Path | None) -> None:
     out.print(f"{path}: valid ({len(subs)} subscribers, {topics} topics)", highlight=False)
 
 
-# --- demo (the main job on embedded defaults; later stages extend it) --------------------------
+# --- send and status --------------------------------------------------------------------------
+@cli.command("send")
+@click.option("--date", "date", callback=parse_date, help="Edition YYYY-MM-DD (default: newest).")
+@click.option("--email", "emails", multiple=True, help="Only this subscriber (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Select, render and plan; send and record nothing.")
+@click.option(
+    "--resend",
+    "resend",
+    multiple=True,
+    metavar="EMAIL",
+    help="Send this subscriber the edition again, same Message-ID (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def send_cmd(
+    app: AppContext,
+    date: dt.date | None,
+    emails: tuple[str, ...],
+    dry_run: bool,
+    resend: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Send one edition to every subscriber (or the named ones) who has not had it yet.
+
+    Safe to re-run: what was sent is never sent again, except with --resend. Exit 1 when a
+    message failed (see `newsletter status`). Ctrl-C stops after the messages in flight.
+
+    Example: newsletter send --date 2026-03-17 --json
+    """
+    from newsletter.deliver import run_send
+    from newsletter.pipeline import edition_listing
+
+    subscribers = app.subscribers()
+    edition = edition_listing(app.store, date).date
+    report = run_send(
+        app.settings,
+        app.store,
+        subscribers,
+        edition,
+        only=list(emails) or None,
+        resend=resend,
+        dry_run=dry_run,
+        now=app.now,
+    )
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        out.print(report.summary(), highlight=False, markup=False)
+    if report.failed or report.interrupted:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("status")
+@click.option("--date", "date", callback=parse_date, help="Edition YYYY-MM-DD (default: newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def status_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
+    """Show an edition's delivery ledger: counts per status and every failure.
+
+    Example: newsletter status --date 2026-03-17 --json
+    """
+    from newsletter.deliver import edition_status
+
+    date = date or app.store.newest_date()
+    if date is None:
+        fail("no listing stored yet; run `newsletter ingest` first", EXIT_FAILED)
+    doc = edition_status(app.store, date)
+    if as_json:
+        emit_json(doc)
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in doc["counts"].items())
+    out.print(f"edition {doc['edition']}: {counts}", highlight=False)
+    for reason, n in doc["skipped"].items():
+        out.print(f"  skipped {n}: {reason}", highlight=False, markup=False)
+    if doc["failures"]:
+        table = Table(title="Failures")
+        for col in ("email", "status", "attempts", "last reply", "next attempt"):
+            table.add_column(col)
+        for f in doc["failures"]:
+            table.add_row(
+                f["email"],
+                f["status"],
+                str(f["attempts"]),
+                f["last_reply"] or "",
+                f["next_attempt_at"] or "-",
+            )
+        out.print(table)
+
+
+# --- the daemon, replay and the one-shot main job ---------------------------------------------
+@cli.command("run")
+@click.option("--once", is_flag=True, help="Serve everything due now, then exit (for cron).")
+@pass_app
+@handle_errors
+def run_cmd(app: AppContext, once: bool) -> None:
+    """Send each subscriber's edition at their local send time (daemon), or one pass with --once.
+
+    Examples: newsletter run            (daemon; SIGTERM/Ctrl-C stop it cleanly)
+              newsletter run --once     (from cron: */10 * * * *)
+    """
+    import asyncio
+
+    from newsletter.schedule import Daemon, run_pass
+
+    subscribers = app.subscribers()
+    if once:
+        decisions = asyncio.run(run_pass(app.settings, app.store, subscribers, app.now))
+        table = Table(title="run --once")
+        for col in ("group", "send time (UTC)", "action", "edition", "subscribers"):
+            table.add_column(col)
+        for d in decisions:
+            table.add_row(
+                d.group.key,
+                f"{d.firing:%Y-%m-%d %H:%M}",
+                d.action if d.action != "send" else "sent",
+                str(d.edition or "-"),
+                str(len(d.recipients) if d.action == "send" else len(d.group.subscribers)),
+            )
+        err.print(table)
+        return
+    asyncio.run(Daemon(app.settings, app.store, subscribers, app.now).run())
+
+
+@cli.command("replay")
+@click.option("--from", "start", callback=parse_date, help="First listing date (YYYY-MM-DD).")
+@click.option("--to", "end", callback=parse_date, help="Last listing date (YYYY-MM-DD).")
+@pass_app
+@handle_errors
+def replay_cmd(app: AppContext, start: dt.date | None, end: dt.date | None) -> None:
+    """Deliver every stored listing in date order with a simulated clock, as if the daemon had
+    been running those days (backfill, demos). Shows the no-repeat rule at work.
+
+    Example: newsletter replay --from 2026-03-11 --to 2026-03-17
+    """
+    from newsletter.pipeline import replay
+
+    subscribers = app.subscribers()
+    rows = replay(app.settings, app.store, subscribers, start=start, end=end)
+    if not rows:
+        fail("no stored listing in that range; run `newsletter ingest` first", EXIT_FAILED)
+    table = Table(title="Replay")
+    for col in ("edition", "subscriber", "papers", "repeats avoided", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r.edition), r.email, str(r.papers), str(r.repeats_avoided), r.status)
+    out.print(table)
+    if any(r.status.startswith("failed") for r in rows):
+        sys.exit(EXIT_FAILED)
+
+
 @cli.command("demo")
 @pass_app
 @handle_errors
 def demo_cmd(app: AppContext) -> None:
-    """Ingest the bundled seeds and show the newest listing (what `make run` does).
+    """The main job on the embedded defaults (what `make run` does): ingest the seeds, deliver
+    the newest edition to every subscriber now (whatever their send_at), write previews.
 
     Example: newsletter demo
     """
-    rows = ingest_files(app, app.settings.seeds_dir, None)
-    for r in rows:
-        err.print(f"{Path(r['path']).name}: {r['status']} {r['date'] or ''} {r['papers']} papers")
-    ctx = click.get_current_context()
-    ctx.invoke(papers_cmd, date=None, as_json=False)
+    from newsletter.deliver import run_send
+    from newsletter.pipeline import edition_listing, write_previews
+
+    settings = app.settings
+    for r in ingest_files(app, settings.seeds_dir, None):
+        err.print(
+            f"ingest {Path(r['path']).name}: {r['status']} {r['date'] or ''} {r['error'] or ''}"
+        )
+    subscribers = app.subscribers()
+    edition = edition_listing(app.store, None).date
+    report = run_send(settings, app.store, subscribers, edition, now=app.now)
+    index = write_previews(settings, app.store, subscribers, edition, now=app.now())
+    rows = {r.email: r for r in app.store.ledger_rows(edition)}
+    table = Table(title=f"Edition {edition}")
+    for col in ("subscriber", "papers", "status"):
+        table.add_column(col)
+    for s in subscribers:
+        row = rows.get(s.email.lower())
+        status = row.status if row else "-"
+        if row and row.reason and row.status != "sent":
+            status += f" ({row.reason})"
+        table.add_row(s.email, str(len(row.paper_ids) if row else 0), status)
+    out.print(table)
+    out.print(report.summary(), highlight=False, markup=False)
+    where = (
+        settings.smtp_host
+        or f"Maildir {settings.outbox_dir}/ (open with: mutt -f {settings.outbox_dir})"
+    )
+    out.print(f"delivered via: {where}", highlight=False)
+    out.print(f"previews: {index}", highlight=False)
+    if report.failed:
+        sys.exit(EXIT_FAILED)
 
 
 def main() -> None:

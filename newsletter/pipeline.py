@@ -125,3 +125,77 @@ def selections_for(
         threshold=settings.relevance_threshold,
         history=history,
     )
+
+
+def write_previews(
+    settings: Settings,
+    store: Store,
+    subscribers: Sequence[Subscriber],
+    edition: dt.date,
+    *,
+    now: dt.datetime,
+    out_dir: Path | None = None,
+) -> Path:
+    """Every subscriber's digest of `edition` as HTML/.eml files plus an index.html."""
+    from newsletter.render import Renderer, write_preview, write_preview_index
+
+    renderer = Renderer(settings)
+    target = out_dir or settings.preview_dir
+    entries = [
+        write_preview(renderer.render(sel, now=now), target)
+        for sel in selections_for(store, settings, subscribers, edition)
+        if sel.papers
+    ]
+    return write_preview_index(entries, target)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRow:
+    edition: dt.date
+    email: str
+    papers: int
+    repeats_avoided: int  # matching papers left out because an earlier edition sent them
+    status: str
+
+
+def replay(
+    settings: Settings,
+    store: Store,
+    subscribers: Sequence[Subscriber],
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[ReplayRow]:
+    """Deliver each stored listing in date order, each group at its own send time that day."""
+    import asyncio
+
+    from newsletter.deliver import send_edition
+    from newsletter.schedule import firing_on, group_subscribers
+
+    index = build_index(store)
+    rows: list[ReplayRow] = []
+    for edition in store.listing_dates():
+        if (start and edition < start) or (end and edition > end):
+            continue
+        listing = edition_listing(store, edition)
+        fresh = {
+            sel.subscriber.email: {p.paper.id for p in sel.papers}
+            for sel in select_for(
+                index, listing, subscribers, threshold=settings.relevance_threshold
+            )
+        }
+        for group in group_subscribers(subscribers):
+            clock = firing_on(group, edition)
+            with store.sender_lock(edition.isoformat(), settings.lock_dir):
+                asyncio.run(
+                    send_edition(
+                        settings, store, list(group.subscribers), edition, now=lambda c=clock: c
+                    )
+                )
+            store.set_last_firing(group.key, clock)
+        history = store.history_before(edition, [s.email for s in subscribers])
+        for row in store.ledger_rows(edition, [s.email for s in subscribers]):
+            sub_email = next(s.email for s in subscribers if s.email.lower() == row.email)
+            repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))
+            rows.append(ReplayRow(edition, row.email, len(row.paper_ids), repeats, row.status))
+    return rows
