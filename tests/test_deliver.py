@@ -1,0 +1,475 @@
+"""Delivery against a real SMTP server (aiosmtpd in process) and a real Maildir: the happy path,
+the ledger (re-run, resend, dry run, skips), TLS + AUTH, and the CLI's send/status."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import mailbox
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import yaml
+from click.testing import CliRunner
+
+from newsletter.cli import cli
+from newsletter.deliver import (
+    SKIP_ALL_SEEN,
+    SKIP_NO_MATCH,
+    DeliveryReport,
+    classify,
+    edition_status,
+    paper_index,
+    send_edition,
+    smtp_endpoint,
+)
+from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
+from newsletter.models import Subscriber, Topic
+from newsletter.pipeline import ingest_folder, selections_for
+from newsletter.settings import Settings
+from newsletter.store import Store
+from newsletter.subscribers import load_subscribers
+from tests.conftest import ROOT, SEEDS
+from tests.smtpd import (
+    RecordingHandler,
+    SMTPServer,
+    ThreadedSMTPServer,
+    password_authenticator,
+    server_tls_context,
+)
+
+NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
+
+
+def clock() -> dt.datetime:
+    return NOW
+
+
+@dataclasses.dataclass
+class World:
+    """A store with the bundled seeds ingested, and subscribers to send to."""
+
+    make_settings: Callable[..., Settings]
+    store: Store
+    subscribers: list[Subscriber]
+    edition: dt.date
+
+    def settings(
+        self, server: SMTPServer | ThreadedSMTPServer | None = None, **overrides: Any
+    ) -> Settings:
+        values: dict[str, Any] = {}
+        if server is not None:
+            values = {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": server.port,
+                "smtp_security": "none",
+                "smtp_helo_name": "client.test",
+                "smtp_timeout": 5.0,
+                "smtp_pool_size": 4,
+                "smtp_retry_base": 0.01,
+            }
+        values.update(overrides)
+        return self.make_settings(**values)
+
+    async def send(
+        self, server: SMTPServer | None = None, settings: Settings | None = None, **kw: Any
+    ) -> DeliveryReport:
+        settings = settings or self.settings(server)
+        subs = kw.pop("subscribers", self.subscribers)
+        return await send_edition(settings, self.store, subs, self.edition, now=clock, **kw)
+
+    def statuses(self) -> dict[str, str]:
+        return {r.email: r.status for r in self.store.ledger_rows(self.edition)}
+
+    @property
+    def emails(self) -> list[str]:
+        return [s.email.lower() for s in self.subscribers]
+
+
+def make_world(make_settings: Callable[..., Settings], copies: int = 1) -> World:
+    """`copies` > 1 repeats the example subscribers under new addresses."""
+    settings = make_settings()
+    store = Store.open(settings.database_url)
+    ingest_folder(store, settings, SEEDS, now=NOW)
+    base = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    subs = [
+        dataclasses.replace(s, email=f"{s.email.split('@')[0]}.{i}@example.org")
+        for i in range(copies)
+        for s in base
+    ]
+    edition = store.newest_date()
+    assert edition is not None
+    return World(make_settings, store, subs if copies > 1 else base, edition)
+
+
+@pytest.fixture
+def world(make_settings: Callable[..., Settings]) -> Iterator[World]:
+    w = make_world(make_settings)
+    yield w
+    w.store.close()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    handler: RecordingHandler | None = None, **smtpd: Any
+) -> AsyncIterator[SMTPServer]:
+    server = await SMTPServer(handler, **smtpd).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- the happy path ---------------------------------------------------------------------------
+async def test_every_subscriber_gets_one_digest_and_the_ledger_says_so(world: World) -> None:
+    async with running() as server:
+        report = await world.send(server)
+
+    received = server.handler.by_rcpt()
+    assert sorted(received) == sorted(world.emails)
+    assert all(len(copies) == 1 for copies in received.values())
+    rows = {r.email: r for r in world.store.ledger_rows(world.edition)}
+    for email, (msg,) in received.items():
+        row = rows[email]
+        assert row.status == "sent" and row.attempts == 1
+        assert msg.message_id == row.message_id
+        assert msg.mail_from == world.settings().sender_address
+        assert row.last_reply is not None and row.last_reply.startswith("250")
+        assert msg.message["To"].addresses[0].addr_spec.lower() == email
+    # the papers became history in the same transaction
+    later = world.edition + dt.timedelta(days=1)
+    seen = world.store.history_before(later, world.emails)
+    assert all(set(seen[e]) == set(rows[e].paper_ids) for e in world.emails)
+    assert report.sent == len(world.emails) and report.failed == 0 and report.skipped == 0
+    assert all("SIZE=" in arg.upper() for arg in server.handler.mail_args)
+    assert report.to_json() == {
+        "edition": world.edition.isoformat(),
+        "sent": len(world.emails),
+        "skipped": 0,
+        "failed_temporary": 0,
+        "failed_permanent": 0,
+        "elapsed_s": report.to_json()["elapsed_s"],
+    }
+
+
+async def test_connections_are_reused_and_renewed_after_the_cap(make_settings: Any) -> None:
+    world = make_world(make_settings, copies=4)  # 20 subscribers
+    async with running() as server:
+        settings = world.settings(server, smtp_pool_size=2, smtp_max_per_connection=3)
+        report = await world.send(settings=settings)
+    assert report.sent == 20 and len(server.handler.received) == 20
+    # 20 messages at most 3 per connection: at least 7 connections, far fewer than 20
+    assert 7 <= server.handler.connections < 20
+    world.store.close()
+
+
+async def test_a_message_with_a_leading_dot_line_arrives_intact(world: World) -> None:
+    from newsletter.deliver import SmtpTransport
+    from newsletter.models import RenderedEmail
+
+    raw = (
+        b"From: a@example.org\r\nTo: b@example.org\r\nSubject: dots\r\n"
+        b"Message-ID: <dots@example.org>\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nend\r\n"
+    )
+    async with running() as server:
+        transport = SmtpTransport(world.settings(server))
+        await transport.start()
+        msg = RenderedEmail("b@example.org", "dots", "<dots@example.org>", "", "", raw)
+        reply = await transport.send(msg, "a@example.org")
+        # not in wire form (bare LF): the stock sendmail path normalises it
+        lf = RenderedEmail("b@example.org", "lf", "<lf@example.org>", "", "", b"Subject: lf\n\nx\n")
+        await transport.send(lf, "a@example.org")
+        await transport.close()
+    assert reply.startswith("250")
+    assert server.handler.received[0].data == raw
+    assert server.handler.received[1].data == b"Subject: lf\r\n\r\nx\r\n"
+
+
+# --- the ledger: re-run, resend, dry run, skips -----------------------------------------------
+async def test_a_rerun_sends_nothing_new(world: World) -> None:
+    async with running() as server:
+        first = await world.send(server)
+        second = await world.send(server)
+    assert first.sent == len(world.emails)
+    assert second.sent == 0 and second.unchanged == len(world.emails)
+    assert second.to_json()["sent"] == 0
+    assert len(server.handler.received) == len(world.emails)
+
+
+async def test_resend_sends_the_same_message_id_again_to_that_subscriber_only(
+    world: World,
+) -> None:
+    target = world.emails[1]
+    async with running() as server:
+        await world.send(server)
+        report = await world.send(server, resend=[target.upper()])
+    copies = server.handler.by_rcpt()[target]
+    assert len(copies) == 2 and copies[0].message_id == copies[1].message_id
+    assert report.sent == 1 and len(server.handler.received) == len(world.emails) + 1
+    row = world.store.ledger_row(world.edition, target)
+    assert row is not None and row.status == "sent" and row.attempts == 2
+
+
+async def test_dry_run_renders_and_plans_without_sending_or_recording(world: World) -> None:
+    async with running() as server:
+        report = await world.send(server, dry_run=True)
+    assert report.dry_run and report.sent == len(world.emails)
+    assert server.handler.received == [] and server.handler.connections == 0
+    assert world.store.ledger_rows(world.edition) == []
+
+
+async def test_only_restricts_the_run_and_unknown_addresses_are_a_config_error(
+    world: World,
+) -> None:
+    async with running() as server:
+        report = await world.send(server, only=[world.emails[0]])
+        with pytest.raises(ConfigError, match=r"nobody@example\.org"):
+            await world.send(server, only=["nobody@example.org"])
+    assert report.sent == 1 and list(server.handler.by_rcpt()) == [world.emails[0]]
+
+
+async def test_empty_digests_are_skipped_with_the_reason(world: World) -> None:
+    nothing = Subscriber("nothing@example.org", topics=(Topic("Knitting", ("crochet",)),))
+    seen_all = world.subscribers[0]
+    # everything that matches seen_all today was already delivered in an earlier edition
+    # (max_papers hides further matches, so repeat until nothing is left)
+    earlier = world.edition - dt.timedelta(days=1)
+    index = paper_index(world.store)
+    for _ in range(10):
+        (sel,) = selections_for(
+            world.store, world.settings(), [seen_all], world.edition, index=index
+        )
+        if not sel.papers:
+            break
+        ids = [p.paper.id for p in sel.papers]
+        world.store.record_history(seen_all.email, earlier, ids, now=NOW)
+    async with running() as server:
+        report = await world.send(server, subscribers=[nothing, seen_all])
+    assert report.skipped == 2 and report.sent == 0 and server.handler.received == []
+    rows = {r.email: r for r in world.store.ledger_rows(world.edition)}
+    assert rows["nothing@example.org"].reason == SKIP_NO_MATCH
+    assert rows[seen_all.email.lower()].reason == SKIP_ALL_SEEN
+    assert all(r.status == "skipped" for r in rows.values())
+
+
+# --- Maildir ----------------------------------------------------------------------------------
+async def test_without_smtp_host_digests_land_in_a_maildir(world: World, tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    report = await world.send(settings=world.settings(outbox_dir=outbox))
+    assert report.sent == len(world.emails) and "Maildir" in report.transport
+    box = mailbox.Maildir(outbox, create=False)
+    messages = list(box)
+    assert len(messages) == len(world.emails)
+    assert not list((outbox / "tmp").iterdir()) and not list((outbox / "cur").iterdir())
+    ids = {str(m["Message-ID"]) for m in messages}
+    assert ids == {r.message_id for r in world.store.ledger_rows(world.edition)}
+    for path in (outbox / "new").iterdir():
+        assert b"\r\n" not in path.read_bytes()  # local mail uses LF
+        stamp, unique, _host = path.name.split(".", 2)
+        assert stamp.isdigit() and "_" in unique
+    again = await world.send(settings=world.settings(outbox_dir=outbox))
+    assert again.sent == 0 and len(list(mailbox.Maildir(outbox, create=False))) == len(messages)
+
+
+async def test_runs_in_the_same_second_never_overwrite_each_other(world: World) -> None:
+    settings = world.settings()
+    for sub in world.subscribers:  # one run, and one transport, per subscriber
+        await world.send(settings=settings, only=[sub.email])
+    assert len(list(mailbox.Maildir(settings.outbox_dir, create=False))) == len(world.emails)
+
+
+# --- STARTTLS and AUTH ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_server_options(ca: trustme.CA) -> dict[str, Any]:
+    return {
+        "tls_context": server_tls_context(ca),
+        "require_starttls": True,
+        "auth_required": True,
+        "auth_require_tls": True,  # AUTH is only offered after STARTTLS
+        "authenticator": password_authenticator("digest", "s3cret-Pa55word"),
+    }
+
+
+async def test_auth_over_starttls_with_a_self_signed_ca(
+    world: World, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    (tmp_path / "smtp-password").write_text("s3cret-Pa55word\n")
+    async with running(**tls_server_options(ca)) as server:
+        settings = world.settings(
+            server,
+            smtp_security="starttls",
+            smtp_username="digest",
+            smtp_password_file=tmp_path / "smtp-password",
+            smtp_ca_file=ca_file,
+        )
+        report = await world.send(settings=settings)
+    assert report.sent == len(world.emails)
+    commands = [c for c, _ in server.handler.commands]
+    assert commands.index("STARTTLS") < commands.index("AUTH") < commands.index("MAIL")
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("newsletter")]
+    assert "s3cret-Pa55word" not in "\n".join(ours) + caplog.text
+
+
+async def test_a_wrong_password_stops_the_run_naming_the_setting_not_the_secret(
+    world: World, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    async with running(**tls_server_options(ca)) as server:
+        settings = world.settings(
+            server,
+            smtp_security="starttls",
+            smtp_username="digest",
+            smtp_password="wrong-Pa55word-xyz",
+            smtp_ca_file=ca_file,
+        )
+        with pytest.raises(DeliveryError) as info:
+            await world.send(settings=settings)
+    message = str(info.value)
+    assert "NEWSLETTER_SMTP_USERNAME" in message and "wrong-Pa55word-xyz" not in message
+    assert "wrong-Pa55word-xyz" not in caplog.text
+    assert server.handler.received == []
+    # nothing is marked failed: the next run, with the right password, sends everything
+    assert set(world.statuses().values()) <= {"planned"}
+
+
+async def test_an_untrusted_certificate_names_the_ca_setting(world: World, ca: trustme.CA) -> None:
+    async with running(**tls_server_options(ca)) as server:
+        settings = world.settings(server, smtp_security="starttls", smtp_username="digest")
+        with pytest.raises(DeliveryError, match="NEWSLETTER_SMTP_CA_FILE"):
+            await world.send(settings=settings)
+    assert server.handler.received == []
+
+
+# --- small pure pieces ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("port", "security", "expected"),
+    [
+        (None, None, ("starttls", 587)),
+        (465, None, ("tls", 465)),
+        (25, None, ("none", 25)),
+        (2525, None, ("starttls", 2525)),
+        (None, "tls", ("tls", 465)),
+        (None, "none", ("none", 25)),
+        (25, "starttls", ("starttls", 25)),
+    ],
+)
+def test_security_defaults_by_port(
+    make_settings: Callable[..., Settings],
+    port: int | None,
+    security: str | None,
+    expected: tuple[str, int],
+) -> None:
+    settings = make_settings(smtp_host="mail.test", smtp_port=port, smtp_security=security)
+    assert smtp_endpoint(settings) == expected
+
+
+def test_classification_of_replies_and_errors() -> None:
+    import aiosmtplib
+
+    refused = aiosmtplib.SMTPRecipientRefused(550, "5.1.1 no such\n user", "eve@example.org")
+    err = classify(refused, "eve@example.org", "h:25")
+    assert isinstance(err, RecipientRefused) and err.permanent and err.code == 550
+    assert err.reply == "5.1.1 no such user"
+    busy = classify(aiosmtplib.SMTPRecipientRefused(451, "later", "x"), "x", "h:25")
+    assert not busy.permanent and busy.code == 451
+    assert classify(aiosmtplib.SMTPDataError(554, "spam"), "x", "h:25").permanent
+    assert not classify(aiosmtplib.SMTPServerDisconnected("gone"), "x", "h:25").permanent
+    assert not classify(aiosmtplib.SMTPReadTimeoutError("slow"), "x", "h:25").permanent
+    assert not classify(ConnectionResetError(), "x", "h:25").permanent
+    with pytest.raises(KeyError):
+        classify(KeyError("a bug"), "x", "h:25")
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+def cli_env(settings: Settings) -> dict[str, str]:
+    env = {
+        "NEWSLETTER_DATABASE_URL": settings.database_url,
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(settings.subscribers_file),
+        "NEWSLETTER_OUTBOX_DIR": str(settings.outbox_dir),
+        "NEWSLETTER_LOCK_DIR": str(settings.lock_dir),
+        "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
+    }
+    for name in ("smtp_host", "smtp_port", "smtp_security", "smtp_retry_base", "smtp_helo_name"):
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"NEWSLETTER_{name.upper()}"] = str(value)
+    return env
+
+
+@contextlib.contextmanager
+def threaded_server() -> Iterator[ThreadedSMTPServer]:
+    """For the CLI, which runs its own event loop (and signal handlers) in this thread."""
+    server = ThreadedSMTPServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def invoke(args: list[str], env: dict[str, str]) -> Any:
+    return CliRunner().invoke(cli, args, env=env)
+
+
+def test_cli_send_json_and_exit_codes(world: World, tmp_path: Path) -> None:
+    with threaded_server() as server:
+        server.handler.fail("RCPT", "550 5.1.1 no such user", rcpt=world.emails[0], times=None)
+        env = cli_env(world.settings(server))
+        date = world.edition.isoformat()
+        first = invoke(["send", "--date", date, "--json"], env)
+        again = invoke(["send", "--date", date, "--json"], env)
+        unknown = invoke(["send", "--email", "nobody@example.org"], env)
+        status = invoke(["status", "--date", date, "--json"], env)
+        bad_file = tmp_path / "bad.yaml"
+        bad_file.write_text(yaml.safe_dump({"subscribers": [{"email": "not-an-address"}]}))
+        invalid = invoke(["send"], {**env, "NEWSLETTER_SUBSCRIBERS_FILE": str(bad_file)})
+    n = len(world.emails)
+    assert first.exit_code == 1, first.output
+    assert json.loads(first.stdout) == {
+        "edition": date,
+        "sent": n - 1,
+        "skipped": 0,
+        "failed_temporary": 0,
+        "failed_permanent": 1,
+        "elapsed_s": json.loads(first.stdout)["elapsed_s"],
+    }
+    assert again.exit_code == 0 and json.loads(again.stdout)["sent"] == 0
+    assert unknown.exit_code == 2 and "nobody@example.org" in unknown.output
+    assert invalid.exit_code == 2
+    assert status.exit_code == 0, status.output
+    doc = json.loads(status.stdout)
+    assert doc["counts"]["sent"] == n - 1 and doc["counts"]["failed_permanent"] == 1
+    (failure,) = doc["failures"]
+    assert failure["email"] == world.emails[0] and failure["last_reply"].startswith("550")
+    assert failure["attempts"] == 1 and failure["next_attempt_at"] is None
+
+
+def test_cli_dry_run_and_human_output(world: World) -> None:
+    with threaded_server() as server:
+        env = cli_env(world.settings(server))
+        dry = invoke(["send", "--dry-run"], env)
+        real = invoke(["send"], env)
+        status = invoke(["status"], env)
+    assert dry.exit_code == 0 and "would send" in dry.output
+    assert real.exit_code == 0 and f"sent {len(world.emails)}" in real.output
+    assert status.exit_code == 0 and "sent" in status.output
+    assert len(server.handler.received) == len(world.emails)
+
+
+def test_edition_status_of_an_unsent_edition_is_empty(world: World) -> None:
+    doc = edition_status(world.store, world.edition)
+    assert doc["total"] == 0 and doc["failures"] == [] and doc["counts"]["sent"] == 0
