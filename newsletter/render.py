@@ -307,6 +307,12 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
 
 
 # --- context -----------------------------------------------------------------------------
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ·,;:") + "…"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -501,7 +507,8 @@ class Renderer:
         if self._dkim:
             load_dkim_key(settings)  # fail now, not at the first message
         self._from = format_address(settings.sender_name, settings.sender_address)
-        self._list_id = f"{encode_phrase(settings.sender_name)} <{self._list_id_value()}>"
+        self._list_id_bare = self._list_id_value()
+        self._list_id = f"{encode_phrase(settings.sender_name)} <{self._list_id_bare}>"
         self._mailto_address = settings.effective_unsubscribe_address
         self._secret = settings.signing_secret()
         self._html, self._text, self._subject = load_templates(
@@ -547,19 +554,33 @@ class Renderer:
         return value
 
     def _sample_contexts(self) -> list[dict[str, Any]]:
-        return [self._context(sel, list(sel.papers), EXCERPT_CHARS) for sel in sample_selections()]
+        """Each sample with and without excerpts (the size guard may drop them)."""
+        return [
+            self._context(sel, sel.papers, budget, self.unsubscribe_url(sel.subscriber.email))
+            for sel in sample_selections()
+            for budget in (EXCERPT_CHARS, 0)
+        ]
 
     # -- rendering ---------------------------------------------------------------------
     def unsubscribe_links(self, email: str) -> tuple[str | None, str]:
-        """(https link or None, mailto link) for this subscriber."""
+        """(signed https link or None, mailto link) for this subscriber."""
         mailto = unsubscribe_mailto(self._mailto_address)
         base = self.settings.public_base_url
         if not base or not self._secret:
             return None, mailto
-        return unsubscribe_https(base, self._secret, email, self._list_id_value()), mailto
+        return unsubscribe_https(base, self._secret, email, self._list_id_bare), mailto
+
+    def unsubscribe_url(self, email: str) -> str:
+        """The link shown in the body: the one-click https page if configured, else mailto."""
+        https, mailto = self.unsubscribe_links(email)
+        return https or mailto
 
     def _context(
-        self, selection: Selection, papers: Sequence[SelectedPaper], budget: int
+        self,
+        selection: Selection,
+        papers: Sequence[SelectedPaper],
+        budget: int,
+        unsubscribe_url: str,
     ) -> dict[str, Any]:
         base = self.settings.paper_base_url
         groups = []
@@ -582,13 +603,12 @@ class Renderer:
         edition_short = f"{_MONTHS[ed.month - 1][:3]} {ed.day}"
         first_name = sub.name.split()[0] if sub.name.strip() else ""
         hello = f"Hi {first_name}, here" if first_name else "Here"
-        https, mailto = self.unsubscribe_links(sub.email)
         return {
             "summary": f"{headline} from {edition_short}",
             "headline": headline,
             "intro": f"{hello} is what matched your topics among the papers trending on "
             f"{edition_short}, best match first.",
-            "preheader": " · ".join(p.title for p in flat[:3])[:150],
+            "preheader": _shorten(" · ".join(p.title for p in flat[:3]), 150),
             "preheader_pad": _PREHEADER_PAD,
             "edition": ed,
             "edition_short": edition_short,
@@ -604,7 +624,7 @@ class Renderer:
             "sender_name": self.settings.sender_name,
             "postal_address": self.settings.postal_address,
             "source_name": SOURCE_NAME,
-            "unsubscribe_url": https or mailto,
+            "unsubscribe_url": unsubscribe_url,
         }
 
     def render(self, selection: Selection, *, now: dt.datetime) -> RenderedEmail:
@@ -616,9 +636,11 @@ class Renderer:
                 f"{sub.email}: no papers to send for {selection.edition}; skip empty digests"
             )
         to = format_address(sub.name, sub.email)  # ValueError on a bad or injected address
-        budget = EXCERPT_CHARS if len(papers) <= 10 else max(160, EXCERPT_CHARS * 10 // len(papers))
+        https, mailto = self.unsubscribe_links(sub.email)
+        # Long digests get shorter excerpts: easier to scan, and well under Gmail's clip limit.
+        budget = EXCERPT_CHARS if len(papers) <= 10 else max(220, EXCERPT_CHARS * 10 // len(papers))
         while True:
-            ctx = self._context(selection, papers, budget)
+            ctx = self._context(selection, papers, budget, https or mailto)
             html = self._html.render(ctx)
             if len(html.encode("utf-8")) <= HTML_BUDGET or budget == 0:
                 break
@@ -626,7 +648,8 @@ class Renderer:
         text = wrap_text(self._text.render(ctx))
         subject = clean_header_text(self._subject.render(ctx))
         mid = message_id(selection.edition, sub.email, self.settings.sender_domain)
-        raw = assemble(self._headers(sub, to, subject, mid, now), text, html, _boundary(mid))
+        headers = self._headers(to, subject, mid, now, https, mailto)
+        raw = assemble(headers, text, html, _boundary(mid))
         if self._dkim:
             raw = sign_dkim(raw, self.settings)
         return RenderedEmail(
@@ -640,9 +663,8 @@ class Renderer:
         )
 
     def _headers(
-        self, sub: Subscriber, to: str, subject: str, mid: str, now: dt.datetime
+        self, to: str, subject: str, mid: str, now: dt.datetime, https: str | None, mailto: str
     ) -> list[tuple[str, str]]:
-        https, mailto = self.unsubscribe_links(sub.email)
         unsub = f"<{https}>,\r\n <{mailto}>" if https else f"<{mailto}>"
         headers = [
             ("From", self._from),

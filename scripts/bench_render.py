@@ -23,7 +23,7 @@ from pathlib import Path
 from newsletter.ingest import read_dump
 from newsletter.mime import assemble, sign_dkim
 from newsletter.models import Paper, SelectedPaper, Selection, Subscriber, Topic, TopicMatch
-from newsletter.render import Renderer
+from newsletter.render import EXCERPT_CHARS, Renderer
 from newsletter.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     parts = []
     for sel in sample:
-        ctx = renderer._context(sel, sel.papers, 380)
+        ctx = renderer._context(sel, sel.papers, EXCERPT_CHARS, "https://x.example/u")
         parts.append((renderer._html.render(ctx), renderer._text.render(ctx)))
     jinja_ms = (time.perf_counter() - t0) * 1000 / len(sample)
     headers = [("From", "x <digest@example.org>"), ("To", "reader@example.org")]

@@ -148,18 +148,24 @@ def test_several_topics_are_grouped_each_paper_once_under_its_best_topic(
     weak = TopicMatch("Offline RL", ("offline RL",), highlights=("offline RL",), score=0.5)
     strong = TopicMatch("RLHF", ("RLHF",), highlights=("RLHF",), score=3.0)
     off = TopicMatch("Offline RL", ("offline RL",), highlights=("Offline RL",), score=2.0)
+    c = paper("Gamma unmatched paper", "Nothing to see.", pid="c")
     sel = Selection(
         reader(OFFLINE, RLHF),
         dt.date(2026, 3, 17),
-        (SelectedPaper(a, 2.0, 4, True, (off,)), SelectedPaper(b, 1.5, 9, True, (weak, strong))),
+        (
+            SelectedPaper(c, 0.5, 1, True, ()),
+            SelectedPaper(a, 2.0, 4, True, (off,)),
+            SelectedPaper(b, 1.5, 9, True, (weak, strong)),
+        ),
     )
     out = renderer.render(sel, now=NOW)
     heads = re.findall(r"text-transform:uppercase;color:#4338ca;\">([^<]+?) <span", out.html)
-    assert heads == ["Offline RL", "RLHF"]
+    assert heads == ["Offline RL", "RLHF", "More trending papers"]
+    assert out.paper_ids == ("a", "b", "c")
     assert out.html.count(">Beta RLHF paper</a>") == 1
     assert out.html.index(">RLHF <span") < out.html.index(">Beta RLHF paper</a>")
     assert "OFFLINE RL · 1 paper" in out.text and "RLHF · 1 paper" in out.text
-    assert out.subject == "2 papers on Offline RL and RLHF from Mar 17"
+    assert out.subject == "3 papers on Offline RL and RLHF from Mar 17"
 
 
 def test_one_topic_is_not_grouped_and_has_summary_rank_and_topics(renderer: Renderer) -> None:
@@ -170,7 +176,7 @@ def test_one_topic_is_not_grouped_and_has_summary_rank_and_topics(renderer: Rend
     assert "Tuesday, March 17, 2026" in out.html and "Tuesday, March 17, 2026" in out.text
     assert "· 1 paper" not in out.text and f"· {n} papers" not in out.html
     first = sel.papers[0]
-    assert f">#{first.rank}</span>" in out.html and f"Trending #{first.rank} today" in out.text
+    assert f">#{first.rank}</span>" in out.html and f"Trending #{first.rank} on Mar 17" in out.text
     assert "Exploration</span>" in out.html
     assert "Hi Ada, here is what matched your topics" in out.html
 
@@ -186,7 +192,7 @@ def test_matched_terms_are_highlighted_in_an_excerpt_cut_at_a_sentence(
     out = renderer.render(one(paper("A title", abstract), match), now=NOW)
     hl = re.findall(r'<strong class="hl"[^>]*>([^<]*)</strong>', out.html)
     assert hl == ["Exploration"]  # "explorer" is not a match: whole words only
-    (shown,) = re.findall(r"\n    (We study agents\..*?)\n\n", out.text, re.S)
+    (shown,) = re.findall(r"\n     (We study agents\..*?)\n\n", out.text, re.S)
     shown = norm(shown)
     assert shown.endswith(".") and len(shown) <= EXCERPT_CHARS
     assert abstract.startswith(shown)
