@@ -258,6 +258,11 @@ def _wire_ready(raw: bytes) -> bool:
     return raw.endswith(b"\r\n") and raw.count(b"\n") == crlf and raw.count(b"\r") == crlf
 
 
+def _sender_fatal(code: int) -> bool:
+    """A 5xx to MAIL FROM is about us, not the subscriber; 552 is this message's size."""
+    return 500 <= code < 600 and code != 552
+
+
 class _Client(aiosmtplib.SMTP):
     """One pooled connection: aiosmtplib.SMTP plus a fast path for messages in wire form.
 
@@ -437,8 +442,8 @@ class SmtpTransport:
             client = await self._checkout()
             try:
                 reply = await client.send_raw(sender, message.to, message.raw)
-            except aiosmtplib.SMTPSenderRefused as exc:
-                if 500 <= exc.code < 600 and exc.code != 552:  # 552: this message is too big
+            except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+                if isinstance(exc, aiosmtplib.SMTPSenderRefused) and _sender_fatal(exc.code):
                     raise _Fatal(
                         DeliveryError(
                             f"{self.where} refused the sender address {sender!r}: {exc.code} "
@@ -448,9 +453,6 @@ class SmtpTransport:
                             permanent=True,
                         )
                     ) from exc
-                reusable = client.is_connected
-                raise classify(exc, message.to, self.where) from exc
-            except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
                 err = classify(exc, message.to, self.where)
                 if err.code == 421:  # the server wants fewer of us: drop this connection
                     self._slow_down()

@@ -54,6 +54,7 @@ class _Fault:
     rcpt: str  # "*" for any
     times: int | None  # None: for ever
     close: bool
+    after: int  # let this many matching commands pass first
 
 
 class RecordingHandler:
@@ -66,6 +67,7 @@ class RecordingHandler:
         self._delays: dict[str, list[float]] = {}
         self._drops = 0
         self._lock = threading.Lock()  # the threaded server records from another thread
+        self.on_message: Callable[[int], None] | None = None  # called with the count so far
 
     # -- scripting faults ------------------------------------------------------------------
     def fail(
@@ -76,8 +78,16 @@ class RecordingHandler:
         rcpt: str = "*",
         times: int | None = 1,
         close: bool = False,
+        after: int = 0,
     ) -> None:
-        self._faults.setdefault(command, []).append(_Fault(reply, rcpt.lower(), times, close))
+        fault = _Fault(reply, rcpt.lower(), times, close, after)
+        self._faults.setdefault(command, []).append(fault)
+
+    def clear(self) -> None:
+        """Behave from now on."""
+        self._faults.clear()
+        self._delays.clear()
+        self._drops = 0
 
     def delay(self, command: str, seconds: float, times: int = 1) -> None:
         self._delays.setdefault(command, []).extend([seconds] * times)
@@ -94,6 +104,9 @@ class RecordingHandler:
     def _fault(self, server: SMTPD, command: str, rcpt: str) -> str | None:
         for fault in self._faults.get(command, []):
             if fault.times == 0 or fault.rcpt not in ("*", rcpt.lower()):
+                continue
+            if fault.after > 0:
+                fault.after -= 1
                 continue
             if fault.times is not None:
                 fault.times -= 1
@@ -159,6 +172,9 @@ class RecordingHandler:
                     tuple(envelope.mail_options),
                 )
             )
+            count = len(self.received)
+        if self.on_message is not None:
+            self.on_message(count)
         await self._delay("DATA")  # after accepting: the client may time out on a kept message
         return "250 2.0.0 OK queued"
 

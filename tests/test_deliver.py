@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import mailbox
@@ -92,8 +93,10 @@ class World:
         return [s.email.lower() for s in self.subscribers]
 
 
-def make_world(make_settings: Callable[..., Settings], copies: int = 1) -> World:
-    """`copies` > 1 repeats the example subscribers under new addresses."""
+def make_world(make_settings: Callable[..., Settings], copies: int = 1, **overrides: Any) -> World:
+    """`copies` > 1 repeats the example subscribers under new addresses; `overrides` are
+    settings for every run (e.g. database_url)."""
+    make_settings = functools.partial(make_settings, **overrides)
     settings = make_settings()
     store = Store.open(settings.database_url)
     ingest_folder(store, settings, SEEDS, now=NOW)
