@@ -186,7 +186,9 @@ def excerpt(abstract: str, highlights: Sequence[str], budget: int, title: str = 
     picked: list[str] = []
     size = 0
     for s in sents[start:]:
-        if picked and size + len(s) + 1 > budget:
+        grown = size + len(s) + 1
+        # Over budget: stop, unless what we have is thin and this sentence still fits loosely.
+        if picked and grown > budget and (size >= budget // 2 or grown > budget * 1.4):
             break
         picked.append(s)
         size += len(s) + 1
