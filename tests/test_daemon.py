@@ -1,0 +1,233 @@
+"""The daemon's passes end to end on a real store and Maildir, driven by an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import mailbox
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from newsletter.schedule import Daemon, run_pass
+from newsletter.settings import Settings
+from newsletter.store import Store
+from newsletter.subscribers import load_subscribers, parse_subscribers
+
+from .conftest import ROOT, SEEDS
+
+SUBS = """\
+defaults: {send_at: "07:00"}
+subscribers:
+  - email: tokyo@example.org
+    timezone: Asia/Tokyo
+    topics: [{name: RL, keywords: ["reinforcement learning", exploration]}]
+  - email: berlin@example.org
+    timezone: Europe/Berlin
+    topics: [{name: RL, keywords: ["reinforcement learning", exploration]}]
+"""
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@pytest.fixture
+def seeds_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "seeds"
+    d.mkdir()
+    return d
+
+
+def add_dump(seeds_dir: Path, name: str) -> None:
+    shutil.copy(SEEDS / name, seeds_dir / name)
+
+
+@pytest.fixture
+def daemon_settings(
+    make_settings: Callable[..., Settings], seeds_dir: Path, db_url: str, tmp_path: Path
+) -> Settings:
+    subs = tmp_path / "subscribers.yaml"
+    subs.write_text(SUBS, encoding="utf-8")
+    return make_settings(
+        seeds_dir=seeds_dir, subscribers_file=subs, database_url=db_url, smtp_retry_base=0.01
+    )
+
+
+def inbox(settings: Settings) -> list[tuple[str, str]]:
+    if not settings.outbox_dir.exists():
+        return []
+    box = mailbox.Maildir(settings.outbox_dir, create=False)
+    return sorted((str(m["To"]), str(m["Message-ID"])) for m in box)
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def run_at(settings: Settings, store: Store, now: dt.datetime) -> list[str]:
+    subs = load_subscribers(settings.subscribers_file)
+    decisions = asyncio.run(run_pass(settings, store, subs, Clock(now)))
+    return [f"{d.group.key}:{d.action}" for d in decisions]
+
+
+def test_each_group_at_its_own_local_time(
+    daemon_settings: Settings, seeds_dir: Path, store: Store
+) -> None:
+    # the daemon has been running: Mar 16's send times were served, with no dump yet
+    acts = run_at(daemon_settings, store, utc(2026, 3, 16, 6, 0))
+    assert set(acts) == {"Asia/Tokyo|07:00:nothing-new", "Europe/Berlin|07:00:nothing-new"}
+    add_dump(seeds_dir, "002_2b37b74c05805532.txt")  # Mar 17
+    # 22:00 UTC on Mar 16 is 07:00 in Tokyo and 23:00 in Berlin
+    acts = run_at(daemon_settings, store, utc(2026, 3, 16, 22, 0))
+    assert "Asia/Tokyo|07:00:send" in acts
+    assert [to for to, _ in inbox(daemon_settings)] == ["tokyo@example.org"]
+    # Berlin's 07:00 is 06:00 UTC on Mar 17
+    run_at(daemon_settings, store, utc(2026, 3, 17, 6, 0))
+    assert [to for to, _ in inbox(daemon_settings)] == ["berlin@example.org", "tokyo@example.org"]
+    # a second pass at the same moment does nothing
+    before = inbox(daemon_settings)
+    assert set(run_at(daemon_settings, store, utc(2026, 3, 17, 6, 1))) == {
+        "Asia/Tokyo|07:00:not-due",
+        "Europe/Berlin|07:00:not-due",
+    }
+    assert inbox(daemon_settings) == before
+
+
+def test_no_dump_sends_nothing_and_new_dumps_coalesce(
+    daemon_settings: Settings, seeds_dir: Path, store: Store
+) -> None:
+    add_dump(seeds_dir, "001_5dda9fa4defc14f9.txt")  # Mar 11
+    # Berlin's 07:00; Tokyo's 07:00 passed today too (catch-up at first start)
+    run_at(daemon_settings, store, utc(2026, 3, 11, 6, 0))
+    assert len(inbox(daemon_settings)) == 2
+    acts = run_at(daemon_settings, store, utc(2026, 3, 12, 6, 0))  # no new dump
+    assert "Europe/Berlin|07:00:nothing-new" in acts and len(inbox(daemon_settings)) == 2
+    # two dumps arrive at once (Mar 12 and Mar 14): only the newest goes out
+    add_dump(seeds_dir, "004_67f282ffe6c058cf.txt")
+    add_dump(seeds_dir, "003_7dc8c6cc3b596c67.txt")
+    run_at(daemon_settings, store, utc(2026, 3, 14, 6, 0))
+    assert [r.email for r in store.ledger_rows(dt.date(2026, 3, 14))] == [
+        "berlin@example.org",
+        "tokyo@example.org",
+    ]
+    assert store.ledger_rows(dt.date(2026, 3, 12)) == []  # never a burst of old editions
+    assert len(inbox(daemon_settings)) == 4
+
+
+def test_downtime_catch_up_and_no_repeat(
+    daemon_settings: Settings, seeds_dir: Path, store: Store
+) -> None:
+    add_dump(seeds_dir, "004_67f282ffe6c058cf.txt")
+    add_dump(seeds_dir, "003_7dc8c6cc3b596c67.txt")
+    # started at 10:30 Berlin time: today's 07:00 passed while we were down -> sent now
+    acts = run_at(daemon_settings, store, utc(2026, 3, 14, 9, 30))
+    assert "Europe/Berlin|07:00:send" in acts
+    # Tokyo's 07:00 on Mar 14 was 22:00 UTC Mar 13; catch-up at 18:30 Tokyo time, same day
+    assert "Asia/Tokyo|07:00:send" in acts
+    assert len(inbox(daemon_settings)) == 2
+    # the next edition never repeats a paper
+    add_dump(seeds_dir, "002_2b37b74c05805532.txt")
+    run_at(daemon_settings, store, utc(2026, 3, 17, 6, 0))
+    first = set(store.ledger_row(dt.date(2026, 3, 14), "berlin@example.org").paper_ids)  # type: ignore[union-attr]
+    second = set(store.ledger_row(dt.date(2026, 3, 17), "berlin@example.org").paper_ids)  # type: ignore[union-attr]
+    assert first and second and not first & second
+
+
+def test_catch_up_off_waits_for_the_next_send_time(
+    make_settings: Callable[..., Settings], daemon_settings: Settings, seeds_dir: Path, store: Store
+) -> None:
+    settings = daemon_settings.model_copy(update={"catch_up": False})
+    add_dump(seeds_dir, "003_7dc8c6cc3b596c67.txt")
+    acts = run_at(settings, store, utc(2026, 3, 14, 9, 30))
+    assert "Europe/Berlin|07:00:missed" in acts and inbox(settings) == []
+    run_at(settings, store, utc(2026, 3, 15, 6, 0))
+    assert [to for to, _ in inbox(settings)] == ["berlin@example.org"]
+
+
+def test_subscriber_file_hot_reload_keeps_the_last_good_one(
+    daemon_settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    async def scenario() -> None:
+        subs = load_subscribers(daemon_settings.subscribers_file)
+        daemon = Daemon(daemon_settings, store, subs, Clock(utc(2026, 3, 17, 5, 0)))
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        daemon._install_jobs(scheduler)
+        assert sorted(j.id for j in scheduler.get_jobs()) == [
+            "group:Asia/Tokyo|07:00",
+            "group:Europe/Berlin|07:00",
+        ]
+        path = daemon_settings.subscribers_file
+        path.write_text(SUBS.replace("Europe/Berlin", "Europe/Berln"), encoding="utf-8")
+        daemon._mtime = None  # as if the file's mtime changed
+        with caplog.at_level(logging.ERROR, logger="newsletter"):
+            await daemon._reload(scheduler)
+        assert "keeping the last good version" in caplog.text and "Europe/Berln" in caplog.text
+        assert len(daemon.subscribers) == 2
+        path.write_text(SUBS.replace("Europe/Berlin", "America/Chicago"), encoding="utf-8")
+        daemon._mtime = None
+        await daemon._reload(scheduler)
+        assert sorted(j.id for j in scheduler.get_jobs()) == [
+            "group:America/Chicago|07:00",
+            "group:Asia/Tokyo|07:00",
+        ]
+
+    logging.getLogger("newsletter").propagate = True
+    asyncio.run(scenario())
+
+
+def test_replay_walks_every_listing_without_repeats(
+    daemon_settings: Settings, store: Store
+) -> None:
+    from newsletter.pipeline import ingest_folder, replay
+
+    ingest_folder(store, daemon_settings, SEEDS, now=utc(2026, 3, 17, 0, 0))
+    subs = parse_subscribers(SUBS)
+    rows = replay(daemon_settings, store, subs)
+    assert sorted({r.edition for r in rows}) == store.listing_dates()
+    assert all(r.status == "sent" for r in rows)
+    for email in ("tokyo@example.org", "berlin@example.org"):
+        ids = [
+            pid
+            for ed in store.listing_dates()
+            for pid in store.ledger_row(ed, email).paper_ids  # type: ignore[union-attr]
+        ]
+        assert len(ids) == len(set(ids)), "a paper was sent twice"
+    assert any(r.repeats_avoided for r in rows)
+    assert len(inbox(daemon_settings)) == 2 * len(store.listing_dates())
+    # a second replay sends nothing new
+    again = replay(daemon_settings, store, subs)
+    assert len(inbox(daemon_settings)) == 2 * len(store.listing_dates())
+    assert [r.status for r in again] == [r.status for r in rows]
+
+
+def test_demo_is_the_main_job(tmp_path: Path, db_url: str) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+
+    env = {
+        "NEWSLETTER_DATABASE_URL": db_url,
+        "NEWSLETTER_SEEDS_DIR": str(SEEDS),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
+        "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
+        "NEWSLETTER_LOCK_DIR": str(tmp_path),
+    }
+    first = CliRunner().invoke(cli, ["demo"], env=env, catch_exceptions=False)
+    assert first.exit_code == 0, first.stderr
+    assert "sent 5" in first.stdout and "index.html" in first.stdout
+    assert len(list(mailbox.Maildir(tmp_path / "outbox", create=False))) == 5
+    assert (tmp_path / "preview" / "index.html").exists()
+    again = CliRunner().invoke(cli, ["demo"], env=env, catch_exceptions=False)
+    assert again.exit_code == 0 and "sent 0" in again.stdout
+    assert len(list(mailbox.Maildir(tmp_path / "outbox", create=False))) == 5
