@@ -62,8 +62,11 @@ class Settings(BaseSettings):
 
     # --- matching ---------------------------------------------------------------------------
     relevance_threshold: float = Field(
-        1.0,
-        description="Global relevance score a paper needs to be sent (same for every subscriber).",
+        1.9,
+        description="Global relevance score a paper needs to be sent (same for every subscriber). "
+        "Scale: a keyword mentioned once in an abstract scores about 1, in the title about 1.4; "
+        "more mentions, further keywords and the topic's description add to that. 1.9 asks for "
+        "more than one passing mention.",
     )
 
     # --- rendering --------------------------------------------------------------------------
