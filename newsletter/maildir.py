@@ -54,7 +54,7 @@ class MaildirTransport:
                 permanent=True,
             ) from exc
 
-    async def send(self, message: RenderedEmail, sender: str) -> str:
+    async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
         name = await asyncio.to_thread(self.deliver, message.raw)
         return f"250 delivered to {self.path / 'new' / name}"
 
