@@ -1,0 +1,173 @@
+"""`python -m newsletter send` killed mid-run, then run again: nobody is lost, and only the
+messages in flight can arrive twice, with the same Message-ID. The SMTP server (aiosmtpd)
+runs in a thread of this process and records what it accepted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from newsletter.deliver import edition_status
+from newsletter.pipeline import ingest_folder
+from newsletter.settings import Settings
+from newsletter.store import Store
+from newsletter.subscribers import load_subscribers
+from tests.conftest import ROOT, SEEDS
+from tests.smtpd import ThreadedSMTPServer
+
+pytestmark = pytest.mark.slow
+
+POOL = 4  # connections; at most 2 x POOL messages are in flight (the module's guarantee)
+NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
+
+
+def write_subscribers(path: Path, n: int) -> list[str]:
+    """n subscribers with the example subscribers' topics, in the subscriber file format."""
+    examples = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    entries = []
+    for i in range(n):
+        ex = examples[i % len(examples)]
+        entries.append(
+            {
+                "email": f"reader{i:05d}@example.org",
+                "name": f"Reader {i}",
+                "topics": [{"name": t.name, "keywords": list(t.keywords)} for t in ex.topics],
+            }
+        )
+    doc = {"defaults": {"max_papers": 3, "send_at": "07:00", "timezone": "UTC"}}  # small: fast
+    path.write_text(yaml.safe_dump({**doc, "subscribers": entries}), encoding="utf-8")
+    return [e["email"] for e in entries]
+
+
+def environment(tmp_path: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update(
+        NEWSLETTER_SETTINGS_FILE=str(tmp_path / "no-settings.toml"),
+        NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'newsletter.db'}",
+        NEWSLETTER_SUBSCRIBERS_FILE=str(tmp_path / "subscribers.yaml"),
+        NEWSLETTER_LOCK_DIR=str(tmp_path),
+        NEWSLETTER_REFERENCE_DATE="2026-11-21",
+        NEWSLETTER_SMTP_HOST="127.0.0.1",
+        NEWSLETTER_SMTP_PORT=str(port),
+        NEWSLETTER_SMTP_SECURITY="none",
+        NEWSLETTER_SMTP_HELO_NAME="crash.test",
+        NEWSLETTER_SMTP_POOL_SIZE=str(POOL),
+        NEWSLETTER_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def prepare(tmp_path: Path, n: int) -> list[str]:
+    emails = write_subscribers(tmp_path / "subscribers.yaml", n)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'newsletter.db'}",
+        reference_date=dt.date(2026, 11, 21),
+    )
+    store = Store.open(settings.database_url)
+    ingest_folder(store, settings, SEEDS, now=NOW)
+    store.close()
+    return emails
+
+
+def send(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_after(server: ThreadedSMTPServer, count: int, sig: signal.Signals) -> list[int]:
+    """Send `sig` to the current sender once the server has accepted `count` messages."""
+    target: list[int] = []
+    fired = threading.Event()
+
+    def on_message(n: int) -> None:
+        if n >= count and target and not fired.is_set():
+            fired.set()
+            os.kill(target[0], sig)
+
+    server.handler.on_message = on_message
+    return target
+
+
+def ledger(tmp_path: Path) -> dict[str, Any]:
+    store = Store.open(f"sqlite:///{tmp_path / 'newsletter.db'}")
+    try:
+        edition = store.newest_date()
+        assert edition is not None
+        return edition_status(store, edition)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("subscribers", [300, 1200])  # 1200: rendering in worker processes
+def test_sigkill_mid_run_then_rerun_sends_everyone_once_but_in_flight(
+    tmp_path: Path, subscribers: int
+) -> None:
+    emails = prepare(tmp_path, subscribers)
+    server = ThreadedSMTPServer().start()
+    try:
+        env = environment(tmp_path, server.port)
+        target = kill_after(server, 40, signal.SIGKILL)
+        first = send(env)
+        target.append(first.pid)
+        first.communicate(timeout=60)
+        assert first.returncode == -signal.SIGKILL
+        accepted_before = len(server.handler.received)
+        server.handler.on_message = None
+        second = send(env)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        report = json.loads(out)
+    finally:
+        server.stop()
+
+    got = server.handler.by_rcpt()
+    assert sorted(got) == sorted(e.lower() for e in emails)  # nobody lost
+    repeated = {e: copies for e, copies in got.items() if len(copies) > 1}
+    assert len(repeated) <= 2 * POOL  # only what was in flight at the kill
+    for copies in repeated.values():
+        assert len(copies) == 2 and copies[0].message_id == copies[1].message_id
+    assert report["sent"] == subscribers - (accepted_before - len(repeated))
+    doc = ledger(tmp_path)
+    assert doc["counts"]["sent"] == subscribers and doc["total"] == subscribers
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_repeats_nothing(tmp_path: Path) -> None:
+    emails = prepare(tmp_path, 300)
+    server = ThreadedSMTPServer().start()
+    try:
+        env = environment(tmp_path, server.port)
+        target = kill_after(server, 40, signal.SIGTERM)
+        first = send(env)
+        target.append(first.pid)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 1, err  # interrupted: not everything was sent
+        stopped = json.loads(out)
+        # everything the server accepted was recorded as sent before the exit
+        assert stopped["sent"] == len(server.handler.received)
+        server.handler.on_message = None
+        second = send(env)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+    finally:
+        server.stop()
+    got = server.handler.by_rcpt()
+    assert sorted(got) == sorted(e.lower() for e in emails)
+    assert all(len(copies) == 1 for copies in got.values())  # a clean stop repeats nothing
+    assert json.loads(out)["sent"] == 300 - stopped["sent"]
