@@ -76,7 +76,7 @@ def test_every_problem_is_reported_at_once_with_line_field_value_and_fix() -> No
 
 
 def test_not_yaml_and_not_a_mapping() -> None:
-    with pytest.raises(SubscriberConfigError, match="s.yaml, line 3: not valid YAML"):
+    with pytest.raises(SubscriberConfigError, match=r"s\.yaml, line 3: not valid YAML"):
         parse_subscribers("subscribers:\n  - email: [unclosed\n", "s.yaml")
     with pytest.raises(SubscriberConfigError, match="expected a mapping"):
         parse_subscribers("- just a list\n", "s.yaml")
