@@ -1,16 +1,17 @@
 """Text side of matching: tokens, light stemming, acronyms learned from the papers, and a
-positional index over the whole collection whose phrase look-ups are cached per distinct term.
+positional index over the whole collection whose look-ups are memoised per distinct term.
 
-Everything here is pure; `selection.py` turns postings into scores.
-
-Folding rules, applied identically to papers and to the user's terms:
-- a token is a run of letters/digits, so hyphens and spaces fold ("model-based" = "model based")
-  and matches are always whole words ("PAC" never hits "space", "RL" never hits "world");
-- ordinary words are lower-cased and lightly stemmed (plurals, -ing/-ed, British -ise/-our);
-- all-caps tokens (RL, LLMs) are also indexed under a case-sensitive acronym key, and an all-caps
-  term matches only that key;
-- "reinforcement learning (RL)" in any paper teaches the index that RL <-> reinforcement learning,
-  and hyphenated compounds teach that "pretraining" <-> "pre-training".
+Folding rules, the same for papers and for the user's terms:
+- a token is a run of letters and digits, so hyphens and spaces fold ("model-based" = "model
+  based") and matches are whole words ("PAC" never hits "space", "RL" never hits "world");
+- ordinary words are lower-cased and lightly stemmed (plural, -ing/-ed, British spelling);
+- all-caps tokens (RL, LLMs) are also indexed under a case-sensitive acronym key, which is the
+  only key an all-caps term looks up;
+- "reinforcement learning (RL)" in any paper teaches the index that RL = reinforcement learning
+  (both ways), and "pre-training" in any paper that it = "pretraining";
+- a multi-word term also matches, at half weight, with up to two content words inserted
+  ("offline goal-conditioned reinforcement learning"), never across punctuation.
+Everything here is pure; `selection.py` turns the postings into scores.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ _BRITISH = re.compile(r"(?<=\w{4})(i|y)s(?=(e|es|ed|ing|er|ers|ation|ations)$)")
 _BRITISH_OUR = {"behaviour": "behavior", "colour": "color", "favour": "favor", "labour": "labor"}
 _VOWELS = frozenset("aeiouy")
 
-_STOPWORDS_TEXT = """a about above after again against all also am an and any are as at be because been before
+_STOPWORDS_TEXT = """
+    a about above after again against all also am an and any are as at be because been before
     being below between both but by can could did do does doing down during each either etc few
     for from further had has have having how however i if in into is it its itself just like may
     might more most much must no nor not of off on once only or other our out over own per same
