@@ -544,17 +544,16 @@ class SmtpTransport:
                 await asyncio.sleep(wait)
                 continue
             round_ = self._round
-            client = _Client(
-                hostname=self.host,
-                port=self.port,
-                username=self.username,
-                password=self._password,
-                local_hostname=self.helo,
-                timeout=self.timeout,
-                use_tls=self.security == "tls",
-                start_tls=self.security == "starttls",
-                tls_context=self._tls,
-            )
+            try:
+                client = self._new_client()
+            except ValueError as exc:  # e.g. a HELO name aiosmtplib will not send
+                raise _Fatal(
+                    DeliveryError(
+                        f"cannot talk to {self.where}: {exc}; check NEWSLETTER_SMTP_HOST and "
+                        "NEWSLETTER_SMTP_HELO_NAME",
+                        permanent=True,
+                    )
+                ) from exc
             try:
                 await client.connect()
             except (aiosmtplib.SMTPException, OSError) as exc:
@@ -578,6 +577,19 @@ class SmtpTransport:
                 log.info("connected to %s again", self.where)
                 self._failures, self._round = 0, self._round + 1
             return client
+
+    def _new_client(self) -> _Client:
+        return _Client(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self._password,
+            local_hostname=self.helo,
+            timeout=self.timeout,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=self._tls,
+        )
 
     def _fatal_reason(self, exc: BaseException) -> str | None:
         """Why no retry can fix this connection failure (a setting), or None."""
@@ -896,6 +908,7 @@ class _Prepared:
     wire: bytes | None = None  # wire_form(raw), computed here rather than on the event loop
     skip: str | None = None
     error: str | None = None
+    permanent: bool = True  # an error about this subscriber (not a bug of ours)
 
 
 _INDEXES: dict[int, Any] = {}
@@ -950,9 +963,10 @@ class _Preparer:
             except (ValueError, NewsletterError) as exc:  # e.g. an address we cannot send to
                 out.append(_Prepared(email, error=f"cannot render the digest: {exc}"))
                 continue
-            except Exception as exc:  # a bug: shunt this digest for review, keep going
+            except Exception as exc:  # a bug: shunt this digest (logged), keep going
                 log.exception("rendering the digest for %s failed", email)
-                out.append(_Prepared(email, error=f"cannot render the digest: {exc}"))
+                error = f"cannot render the digest: {type(exc).__name__}: {exc}"
+                out.append(_Prepared(email, error=error, permanent=False))
                 continue
             slim = dataclasses.replace(msg, html="", text="")
             out.append(_Prepared(email, slim, wire_form(msg.raw)))
@@ -1080,7 +1094,9 @@ class _ProcessPool:
         )
 
     def close(self) -> None:
+        global _WORKER
         self._executor.shutdown(wait=True, cancel_futures=True)
+        _WORKER = None
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -1319,7 +1335,8 @@ class _Run:
             if p.skip is not None:
                 self._finish(_Outcome(p.email, "skipped", reason=p.skip))
             elif p.error is not None or p.message is None:
-                self._finish(_Outcome(p.email, "failed_permanent", reply=p.error, reason=p.error))
+                status = "failed_permanent" if p.permanent else "failed"
+                self._finish(_Outcome(p.email, status, reply=p.error, reason=p.error))
             else:
                 if stored_id and stored_id != p.message.message_id:
                     log.warning(
@@ -1383,10 +1400,10 @@ class _Run:
                 self._fail(job, err)
             else:
                 self._retry_later(job, err)
-        except Exception as exc:  # unexpected: shunt this message for review, keep going
+        except Exception as exc:  # a bug: shunt this message (logged), keep going
             log.exception("unexpected error sending to %s", job.email)
-            err = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", permanent=True)
-            self._fail(job, err)
+            # temporary, so the next run after the fix delivers it; no retries in this run
+            self._fail(job, DeliveryError(f"internal error: {type(exc).__name__}: {exc}"))
         else:
             msg = job.message
             outcome = _Outcome(

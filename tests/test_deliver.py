@@ -18,6 +18,8 @@ import pytest
 import trustme
 import yaml
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from newsletter.cli import cli
 from newsletter.deliver import (
@@ -29,6 +31,7 @@ from newsletter.deliver import (
     paper_index,
     send_edition,
     smtp_endpoint,
+    wire_form,
 )
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
 from newsletter.models import Subscriber, Topic
@@ -219,6 +222,22 @@ async def test_resend_sends_the_same_message_id_again_to_that_subscriber_only(
     assert row is not None and row.status == "sent" and row.attempts == 2
 
 
+async def test_a_dry_run_resend_says_it_would_send_again(world: World) -> None:
+    async with running() as server:
+        await world.send(server)
+        report = await world.send(server, resend=[world.emails[0]], dry_run=True)
+    assert report.sent == 1 and len(server.handler.received) == len(world.emails)
+    assert world.statuses()[world.emails[0]] == "sent"
+
+
+async def test_an_unusable_helo_name_stops_the_run_naming_the_setting(world: World) -> None:
+    async with running() as server:
+        settings = world.settings(server, smtp_helo_name="bad name\r\n")
+        with pytest.raises(DeliveryError, match="NEWSLETTER_SMTP_HELO_NAME"):
+            await world.send(settings=settings)
+    assert server.handler.received == [] and set(world.statuses().values()) == {"planned"}
+
+
 async def test_dry_run_renders_and_plans_without_sending_or_recording(world: World) -> None:
     async with running() as server:
         report = await world.send(server, dry_run=True)
@@ -379,6 +398,19 @@ def test_security_defaults_by_port(
 ) -> None:
     settings = make_settings(smtp_host="mail.test", smtp_port=port, smtp_security=security)
     assert smtp_endpoint(settings) == expected
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))))
+def test_wire_form_is_what_aiosmtplib_would_transmit(lines: list[bytes]) -> None:
+    from aiosmtplib.protocol import PERIOD_REGEX
+
+    raw = b"".join(line + b"\r\n" for line in lines)
+    if not raw:
+        assert wire_form(raw) is None  # no final CRLF: left to sendmail()
+        return
+    assert wire_form(raw) == PERIOD_REGEX.sub(b"..", raw) + b".\r\n"
+    assert wire_form(raw.replace(b"\r\n", b"\n", 1)) is None  # a bare LF
+    assert wire_form(raw[:-2] + b"\r" + raw[-2:]) is None  # a bare CR
 
 
 def test_classification_of_replies_and_errors() -> None:

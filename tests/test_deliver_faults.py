@@ -6,6 +6,7 @@ each subscriber got exactly one digest (or why not)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 
@@ -74,6 +75,10 @@ async def test_550_for_one_recipient_while_the_rest_go_through(
     assert resent.sent == 1
     exactly_once(server, world.emails)
     assert set(world.statuses().values()) == {"sent"}
+    later = world.edition + dt.timedelta(days=1)
+    history = world.store.history_before(later, world.emails)
+    for row in world.store.ledger_rows(world.edition):
+        assert history[row.email] == set(row.paper_ids) and row.paper_ids
     world.store.close()
 
 
