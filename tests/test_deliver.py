@@ -306,6 +306,43 @@ async def test_runs_in_the_same_second_never_overwrite_each_other(world: World) 
     assert len(list(mailbox.Maildir(settings.outbox_dir, create=False))) == len(world.emails)
 
 
+async def test_dkim_signed_digests_still_verify_as_the_server_received_them(
+    world: World, tmp_path: Path
+) -> None:
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "dkim.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.example.org."
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+    async with running() as server:
+        settings = world.settings(
+            server, dkim_selector="s1", dkim_domain="example.org", dkim_private_key_file=pem
+        )
+        report = await world.send(settings=settings)
+    assert report.sent == len(world.emails)
+    for received in server.handler.received:
+        assert received.data.startswith(b"DKIM-Signature: ")
+        assert dkim.verify(received.data, dnsfunc=dns)
+
+
 # --- STARTTLS and AUTH ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
