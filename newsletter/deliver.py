@@ -21,13 +21,14 @@ transaction starts, its row is committed as `planned` with the Message-ID and pa
 becomes `sent`, together with the subscriber's paper history in one transaction, only after
 the server answered 250 to the end of DATA. `sent` rows are committed in groups (everything
 that got its 250 while the previous group was committing), and a sender takes no new message
-until the group holding its 250 has committed, so at most 2 x NEWSLETTER_SMTP_POOL_SIZE
-messages (32 by default) are ever in flight: handed to the server but not yet recorded as
-sent. A run sends every row that is not already `sent`, `skipped` or `failed_permanent`, so
-after a crash, even SIGKILL, the next run loses no subscriber and sends at most those in-flight
-messages a second time, with the same Message-ID (it is derived from edition and address).
-A timeout while waiting for the reply to DATA is the same ambiguity and is retried the same
-way. The Maildir transport counts a message delivered once its file is fsynced into new/.
+until the group holding its 250 has committed, so at most one message per sender is ever in
+flight, handed to the server but not yet recorded as sent: 2 x NEWSLETTER_SMTP_POOL_SIZE
+(32 by default) for SMTP, 4 for the Maildir. A run sends every row that is not already `sent`,
+`skipped` or `failed_permanent`, so after a crash, even SIGKILL, the next run loses no
+subscriber and sends at most those in-flight messages a second time, with the same
+Message-ID (derived from edition and address), so clients can tell the copy. A timeout while
+waiting for the reply to DATA is the same ambiguity (the server may have kept the message)
+and is retried the same way. `--resend` is the only way to send a `sent` row again.
 """
 
 from __future__ import annotations
