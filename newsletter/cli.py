@@ -443,16 +443,19 @@ def send_cmd(
 @pass_app
 @handle_errors
 def status_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
-    """Show an edition's delivery ledger: counts per status and every failure.
+    """Show an edition's delivery ledger (counts per status, every failure) and the schedule:
+    each subscriber group's next run in its own time zone.
 
     Example: newsletter status --date 2026-03-17 --json
     """
     from newsletter.deliver import edition_status
+    from newsletter.schedule import group_subscribers, schedule_table
 
     date = date or app.store.newest_date()
     if date is None:
         fail("no listing stored yet; run `newsletter ingest` first", EXIT_FAILED)
     doc = edition_status(app.store, date)
+    doc["schedule"] = schedule_table(group_subscribers(app.subscribers()), app.now())
     if as_json:
         emit_json(doc)
         return
@@ -473,6 +476,19 @@ def status_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
                 f["next_attempt_at"] or "-",
             )
         out.print(table)
+    table = Table(title="Schedule")
+    for col in ("group (zone|send_at)", "subscribers", "next run (local)", "next run (UTC)"):
+        table.add_column(col)
+    for g in doc["schedule"]:
+        local = dt.datetime.fromisoformat(str(g["next_run_local"]))
+        utc = dt.datetime.fromisoformat(str(g["next_run_utc"]))
+        table.add_row(
+            str(g["group"]),
+            str(g["subscribers"]),
+            f"{local:%a %d %b %H:%M} (UTC{local:%z})",
+            f"{utc:%a %d %b %H:%M}",
+        )
+    out.print(table)
 
 
 # --- the daemon, replay and the one-shot main job ---------------------------------------------

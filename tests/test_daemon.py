@@ -231,3 +231,29 @@ def test_demo_is_the_main_job(tmp_path: Path, db_url: str) -> None:
     again = CliRunner().invoke(cli, ["demo"], env=env, catch_exceptions=False)
     assert again.exit_code == 0 and "sent 0" in again.stdout
     assert len(list(mailbox.Maildir(tmp_path / "outbox", create=False))) == 5
+
+
+def test_status_shows_each_groups_next_run(tmp_path: Path, db_url: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+
+    subs = tmp_path / "subscribers.yaml"
+    subs.write_text(SUBS, encoding="utf-8")
+    env = {
+        "NEWSLETTER_DATABASE_URL": db_url,
+        "NEWSLETTER_SEEDS_DIR": str(SEEDS),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(subs),
+        "NEWSLETTER_LOCK_DIR": str(tmp_path),
+    }
+    CliRunner().invoke(cli, ["ingest"], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["status", "--json"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    schedule = {g["group"]: g for g in json.loads(result.stdout)["schedule"]}
+    assert set(schedule) == {"Asia/Tokyo|07:00", "Europe/Berlin|07:00"}
+    tokyo = dt.datetime.fromisoformat(schedule["Asia/Tokyo|07:00"]["next_run_local"])
+    assert (tokyo.hour, tokyo.minute) == (7, 0) and tokyo.utcoffset() == dt.timedelta(hours=9)
+    utc_run = dt.datetime.fromisoformat(schedule["Asia/Tokyo|07:00"]["next_run_utc"])
+    assert utc_run == tokyo and utc_run.utcoffset() == dt.timedelta(0)
