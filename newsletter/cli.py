@@ -165,12 +165,10 @@ def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
 
     Example: newsletter papers --date 2026-03-17 --json
     """
+    from newsletter.pipeline import edition_listing
+
     store = app.store
-    date = date or store.newest_date()
-    listing = store.listing(date) if date else None
-    if listing is None:
-        known = ", ".join(d.isoformat() for d in store.listing_dates()) or "none; run ingest"
-        fail(f"no listing for {date}; stored dates: {known}", EXIT_FAILED)
+    listing = edition_listing(store, date)
     appearances = store.paper_dates(e.paper.id for e in listing.entries)
     if as_json:
         emit_json(
