@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from newsletter.errors import DeliveryError
+from newsletter.errors import DeliveryError, StoreError
 from newsletter.settings import Settings
 from tests.smtpd import SMTPServer, free_port
 from tests.test_deliver import NOW, World, make_world, running
@@ -224,3 +224,23 @@ async def test_a_rate_limit_still_sends_everything(world: World) -> None:
         report = await world.send(settings=world.settings(server, smtp_rate_limit=500.0))
     assert report.sent == len(world.emails)
     exactly_once(server, world.emails)
+
+
+async def test_a_ledger_that_cannot_be_written_stops_the_run_and_loses_nobody(
+    big_world: World,
+) -> None:
+    def break_the_history_table(count: int) -> None:
+        if count == 3:
+            with big_world.store.engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE history RENAME TO history_moved")
+
+    async with running() as server:
+        server.handler.on_message = break_the_history_table
+        with pytest.raises(StoreError, match="delivery ledger"):
+            await asyncio.wait_for(big_world.send(server), 60)  # an error, never a hang
+        with big_world.store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE history_moved RENAME TO history")
+        server.handler.on_message = None
+        await big_world.send(server)
+    assert sorted(server.handler.by_rcpt()) == sorted(big_world.emails)
+    assert set(big_world.statuses().values()) == {"sent"}
