@@ -517,7 +517,9 @@ class SmtpTransport:
         return await self._connect()
 
     def _checkin(self, client: _Client, reusable: bool) -> None:
-        if reusable and client.is_connected and client.messages < self.max_per_connection:
+        if not reusable:  # mid-transaction (cancelled, or an error we cannot read): hang up
+            client.close()
+        elif client.is_connected and client.messages < self.max_per_connection:
             self._idle.append(client)
         else:
             self._retire(client)
