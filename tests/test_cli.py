@@ -184,3 +184,58 @@ def test_invalid_subscriber_file_stops_other_commands_with_exit_2(
     run(env, "ingest")
     result = run(env, "select", "--subscribers", str(bad))
     assert result.exit_code == 2 and "line 3" in result.stderr
+
+
+def test_preview_one_subscriber_as_html_eml_and_text(env: dict[str, str], tmp_path: Path) -> None:
+    import email
+    from email import policy
+
+    run(env, "ingest")
+    html, eml = tmp_path / "ada.html", tmp_path / "ada.eml"
+    result = run(env, "preview", "--email", "ada@example.org", "-o", str(html), "--eml", str(eml))
+    assert result.exit_code == 0, result.stderr
+    picked = _select(env, "--email", "ada@example.org")["ada@example.org"]
+    page = html.read_text(encoding="utf-8")
+    msg = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert msg["To"].addresses[0].addr_spec == "ada@example.org"
+    text = run(env, "preview", "--email", "ada@example.org", "--text").stdout
+    for p in picked:
+        title = str(p["title"])
+        assert title.replace("&", "&amp;") in page or title in page
+        assert " ".join(title.split()[:3]) in text
+    assert "<html" not in text and "unsubscribe" in text.lower()
+    assert not (tmp_path / "preview").exists()  # -o/--eml/--text write only where asked
+
+
+def test_preview_all_writes_an_index(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "ingest")
+    out_dir = tmp_path / "pv"
+    result = run(env, "preview", "--all", "-o", str(out_dir))
+    assert result.exit_code == 0, result.stderr
+    index = (out_dir / "index.html").read_text(encoding="utf-8")
+    assert index.count("<tr><td><a href=") == 5
+    assert len(list(out_dir.glob("*.eml"))) == 5
+
+
+def test_preview_with_nothing_matched_says_so_and_writes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    subs = tmp_path / "subs.yaml"
+    subs.write_text(
+        "subscribers:\n  - email: zed@example.org\n    topics:\n"
+        "      - {name: Geology, keywords: [sedimentary rock, plate tectonics]}\n",
+        encoding="utf-8",
+    )
+    run(env, "ingest")
+    out = tmp_path / "zed.html"
+    result = run(
+        {**env, "NEWSLETTER_SUBSCRIBERS_FILE": str(subs)},
+        "preview",
+        "--email",
+        "zed@example.org",
+        "-o",
+        str(out),
+    )
+    assert result.exit_code == 0
+    assert "nothing matched" in result.stderr and "no email" in result.stderr
+    assert not out.exists()
