@@ -34,6 +34,7 @@ eval: $(STAMP)
 	$(BIN)/python scripts/eval.py
 
 preview: $(STAMP)
+	$(BIN)/newsletter ingest > /dev/null
 	$(BIN)/newsletter preview --all -o var/preview
 	@echo "Open var/preview/index.html in a browser."
 
