@@ -491,16 +491,6 @@ class Store:
                 out[edition].append(email)
         return dict(out)
 
-    def last_sent_edition(self, emails: Sequence[str]) -> dt.date | None:
-        """The newest edition any of these subscribers has been sent (the daemon's watermark)."""
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.max(ledger.c.edition)).where(
-                    ledger.c.email.in_([e.lower() for e in emails]),
-                    ledger.c.status.in_(["sent", "skipped", "failed_permanent"]),
-                )
-            ).scalar_one_or_none()
-
     # --- scheduling state and the sender lock ----------------------------------------------
     def last_firing(self, group_key: str) -> dt.datetime | None:
         with self.engine.connect() as conn:

@@ -132,7 +132,10 @@ def test_ledger_lifecycle(store: Store) -> None:
     assert row4 is not None and row4.status == "sent"  # skipped never overwrites sent
     store.mark_skipped(ed, "bob@example.org", reason="no paper above the threshold", now=NOW)
     assert [r.status for r in store.ledger_rows(ed)] == ["sent", "skipped"]
-    assert store.last_sent_edition(["ada@example.org"]) == ed
+    assert store.watermarks(["ADA@example.org", "bob@example.org"]) == {
+        "ada@example.org": ed,
+        "bob@example.org": ed,
+    }
 
 
 @pytest.mark.parametrize("bad", ["nosuchdriver://x", "postgresql+psycopg://nobody@127.0.0.1:1/x"])
