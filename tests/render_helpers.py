@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -90,3 +91,32 @@ def first_n(day: DailyListing, sub: Subscriber, n: int) -> Selection:
 
 def reader(*topics: Topic, max_papers: int = 10, name: str = "Ada Lovelace") -> Subscriber:
     return Subscriber("ada@example.org", name=name, max_papers=max_papers, topics=topics)
+
+
+def dkim_key(tmp_path: Path) -> tuple[Path, Callable[..., bytes]]:
+    """A fresh RSA-2048 key as a PEM file, and a DNS lookup that publishes it as
+    selector `s1` of example.org (for dkimpy's `verify(dnsfunc=...)`)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "dkim.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.example.org."
+        return record
+
+    return pem, dns

@@ -309,28 +309,11 @@ async def test_runs_in_the_same_second_never_overwrite_each_other(world: World) 
 async def test_dkim_signed_digests_still_verify_as_the_server_received_them(
     world: World, tmp_path: Path
 ) -> None:
-    import base64
-
     import dkim
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "dkim.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    from .render_helpers import dkim_key
 
-    def dns(name: bytes, timeout: int = 5) -> bytes:
-        assert name == b"s1._domainkey.example.org."
-        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    pem, dns = dkim_key(tmp_path)
 
     async with running() as server:
         settings = world.settings(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import email
 import email.header
@@ -15,8 +14,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -51,6 +48,7 @@ from .render_helpers import (
     RLHF,
     ROBOTS,
     SEEDS,
+    dkim_key,
     first_n,
     listing,
     reader,
@@ -584,24 +582,7 @@ def test_missing_template_is_named(make_settings: MakeSettings, template_dir: Pa
 def test_dkim_signature_verifies_and_covers_the_list_headers(
     make_settings: MakeSettings, tmp_path: Path
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "dkim.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-
-    def dns(name: bytes, timeout: int = 5) -> bytes:
-        assert name == b"s1._domainkey.example.org."
-        return record
-
+    pem, dns = dkim_key(tmp_path)
     settings = make_settings(
         dkim_selector="s1",
         dkim_domain="example.org",
