@@ -110,6 +110,11 @@ def cli(ctx: click.Context) -> None:
     """
     settings = load_settings()
     setup_logging(settings)
+    if settings.lock_dir is not None:
+        log.warning(
+            "NEWSLETTER_LOCK_DIR is obsolete and ignored: the sender lock lives beside the "
+            "database file now; remove the setting"
+        )
     ctx.obj = AppContext(settings)
     ctx.call_on_close(lambda: ctx.obj._store and ctx.obj._store.close())
 

@@ -1067,7 +1067,7 @@ def _worker_init_forked(lock_dir: Path) -> None:
 
 def _close_inherited_locks(lock_dir: Path) -> None:
     """Drop our copy of the parent's sender lock (Store.sender_lock: an flock on
-    `send-*.lock`). An flock lives as long as any copy of its descriptor, so a worker
+    `<db>.send-*.lock` beside the database). An flock lives as long as any copy of its descriptor, so a worker
     outliving a SIGKILLed parent would otherwise keep the next run out for a moment."""
     try:
         fds = os.listdir("/proc/self/fd")
@@ -1078,11 +1078,7 @@ def _close_inherited_locks(lock_dir: Path) -> None:
         with contextlib.suppress(OSError, ValueError):
             target = os.readlink(f"/proc/self/fd/{fd}")
             name = os.path.basename(target)
-            if (
-                os.path.dirname(target) == root
-                and name.startswith("send-")
-                and name.endswith(".lock")
-            ):
+            if os.path.dirname(target) == root and ".send-" in name and name.endswith(".lock"):
                 os.close(int(fd))
 
 
@@ -1138,7 +1134,7 @@ class _ProcessPool:
         self.depth = 2 * workers
         if "fork" in multiprocessing.get_all_start_methods():
             _WORKER = preparer
-            ctx, init, args = "fork", _worker_init_forked, (settings.lock_dir,)
+            ctx, init, args = "fork", _worker_init_forked, (preparer.store.lock_dir,)
         else:
             ctx, init, args = "spawn", _worker_init_spawned, (settings,)
         self._executor = ProcessPoolExecutor(
@@ -1688,11 +1684,7 @@ def run_send(
             for sig in sigs:
                 loop.remove_signal_handler(sig)
 
-    lock = (
-        contextlib.nullcontext()
-        if dry_run
-        else store.sender_lock(edition.isoformat(), settings.lock_dir)
-    )
+    lock = contextlib.nullcontext() if dry_run else store.sender_lock(edition.isoformat())
     with lock:
         try:
             return asyncio.run(main())

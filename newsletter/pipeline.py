@@ -186,7 +186,7 @@ def replay(
         }
         for group in group_subscribers(subscribers):
             clock = firing_on(group, edition)
-            with store.sender_lock(edition.isoformat(), settings.lock_dir):
+            with store.sender_lock(edition.isoformat()):
                 asyncio.run(
                     send_edition(
                         settings, store, list(group.subscribers), edition, now=lambda c=clock: c

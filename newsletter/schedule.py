@@ -185,7 +185,7 @@ async def run_pass(
                 len(d.recipients),
             )
             try:
-                with store.sender_lock(d.edition.isoformat(), settings.lock_dir):
+                with store.sender_lock(d.edition.isoformat()):
                     await send_edition(
                         settings,
                         store,
@@ -222,7 +222,7 @@ async def retry_failures(
         if not subs or (stop is not None and stop.is_set()):
             continue
         try:
-            with store.sender_lock(edition.isoformat(), settings.lock_dir):
+            with store.sender_lock(edition.isoformat()):
                 await send_edition(
                     settings, store, subs, edition, now=clock, respect_next_attempt=True, stop=stop
                 )

@@ -59,6 +59,28 @@ class Settings(BaseSettings):
     year: int | None = Field(
         None, ge=1970, le=2999, description="Pin the year of every dump (overrides inference)."
     )
+    timezone: str = Field(
+        "UTC",
+        description='The service\'s own time zone (IANA name): year inference and "today" '
+        "use the date there, not the host's.",
+    )
+    max_papers_per_dump: int = Field(
+        1000,
+        ge=1,
+        description="A dump with more papers than this is refused (named, with its count): "
+        "a runaway file never stalls sending.",
+    )
+    db_lock_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a database statement waits for a lock held by another session "
+        "(PostgreSQL lock_timeout; SQLite busy timeout) before failing with a clear error.",
+    )
+    db_statement_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds one PostgreSQL statement may run (statement_timeout).",
+    )
 
     # --- matching ---------------------------------------------------------------------------
     relevance_threshold: float = Field(
@@ -111,7 +133,33 @@ class Settings(BaseSettings):
     smtp_username: str | None = Field(None, description="SMTP AUTH user name.")
     smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password (env only).")
     smtp_password_file: Path | None = Field(None, description="File holding the SMTP password.")
-    smtp_timeout: float = Field(30.0, gt=0, description="Seconds per SMTP command.")
+    smtp_timeout: float = Field(
+        30.0, gt=0, description="Seconds per SMTP command (connect, greeting, EHLO, MAIL, RCPT)."
+    )
+    smtp_data_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds to wait for the server's reply after the whole message was "
+        "transmitted (RFC 5321 4.5.3.2.6 gives 10 minutes). A timeout there is `unknown`, "
+        "not resent at once.",
+    )
+    unknown_retry_after: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds before an `unknown` row (the server may have the message) is "
+        "sent again; `send --resend EMAIL` sends it at once.",
+    )
+    smtp_brake_after: int = Field(
+        10,
+        ge=0,
+        description="Stop the run when the first N recipient replies are all the same refusal "
+        "(a misconfigured relay); the rows stay retryable. 0 turns the brake off.",
+    )
+    smtp_allow_plaintext_auth: bool = Field(
+        False,
+        description="Allow SMTP AUTH over an unencrypted connection (the password would cross "
+        "the network in clear).",
+    )
     smtp_helo_name: str | None = Field(None, description="Name sent in EHLO/HELO.")
     smtp_validate_certs: bool = Field(True, description="Verify the server's TLS certificate.")
     smtp_ca_file: Path | None = Field(None, description="Extra CA bundle for the server's cert.")
@@ -140,7 +188,11 @@ class Settings(BaseSettings):
     catch_up: bool = Field(
         True, description="On start or wake-up, send editions whose send time already passed."
     )
-    lock_dir: Path = Field(Path("var"), description="Where the SQLite sender lock file lives.")
+    lock_dir: Path | None = Field(
+        None,
+        description="Obsolete (accepted with a warning): the SQLite sender lock now lives "
+        "beside the database file.",
+    )
     log_format: Literal["text", "json"] = Field("text", description="text or json (lines).")
     log_level: str = Field("INFO", description="Python log level.")
 

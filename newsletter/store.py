@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -513,10 +514,25 @@ class Store:
                     schedule_state.insert().values(group_key=group_key, last_firing=firing)
                 )
 
+    @property
+    def lock_dir(self) -> Path:
+        """Where this store's sender lock files live: beside the SQLite database file, so two
+        processes on one store exclude each other whatever folder they were started from."""
+        db = self.engine.url.database
+        if self.dialect == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
+            return Path(db).expanduser().resolve().parent
+        # an in-memory store is private to its process: a per-process folder is enough
+        return Path(tempfile.gettempdir()) / f"newsletter-locks-{os.getpid()}"
+
+    def lock_path(self, name: str) -> Path:
+        db = Path(self.engine.url.database or "memory").name
+        return self.lock_dir / f"{db}.send-{name}.lock"
+
     @contextlib.contextmanager
-    def sender_lock(self, name: str, lock_dir: Path) -> Iterator[None]:
+    def sender_lock(self, name: str) -> Iterator[None]:
         """Exclusive right to send `name` (an edition). Released by the kernel or the server
-        when the holder dies, even by SIGKILL: flock on SQLite, an advisory lock on PostgreSQL.
+        when the holder dies, even by SIGKILL: flock on a file beside the SQLite database, an
+        advisory lock on PostgreSQL.
         """
         if self.dialect == "postgresql":
             key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
@@ -532,8 +548,8 @@ class Store:
                     conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
                     conn.commit()
             return
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        path = lock_dir / f"send-{name}.lock"
+        path = self.lock_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:

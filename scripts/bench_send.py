@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> None:
                 _env_file=None,
                 database_url=f"sqlite:///{tmp}/bench.db",
                 outbox_dir=Path(tmp) / "outbox",
-                lock_dir=Path(tmp),
                 reference_date=dt.date(2026, 11, 21),
                 smtp_host="127.0.0.1",
                 smtp_port=port,

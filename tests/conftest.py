@@ -103,7 +103,6 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "outbox_dir": tmp_path / "outbox",
             "preview_dir": tmp_path / "preview",
             "reference_date": REFERENCE,
-            "lock_dir": tmp_path,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

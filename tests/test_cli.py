@@ -23,7 +23,6 @@ def env(tmp_path: Path, db_url: str) -> dict[str, str]:
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
         "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
-        "NEWSLETTER_LOCK_DIR": str(tmp_path),
     }
 
 

@@ -55,7 +55,6 @@ def environment(tmp_path: Path, port: int) -> dict[str, str]:
         NEWSLETTER_SETTINGS_FILE=str(tmp_path / "no-settings.toml"),
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'newsletter.db'}",
         NEWSLETTER_SUBSCRIBERS_FILE=str(tmp_path / "subscribers.yaml"),
-        NEWSLETTER_LOCK_DIR=str(tmp_path),
         NEWSLETTER_REFERENCE_DATE="2026-11-21",
         NEWSLETTER_SMTP_HOST="127.0.0.1",
         NEWSLETTER_SMTP_PORT=str(port),
@@ -171,3 +170,45 @@ def test_sigterm_stops_cleanly_and_the_rerun_repeats_nothing(tmp_path: Path) -> 
     assert sorted(got) == sorted(e.lower() for e in emails)
     assert all(len(copies) == 1 for copies in got.values())  # a clean stop repeats nothing
     assert json.loads(out)["sent"] == 300 - stopped["sent"]
+
+
+def test_two_senders_from_two_folders_exclude_each_other(tmp_path: Path) -> None:
+    """An absolute database URL (as a systemd unit's environment file has it) and a manual
+    `send` started from another folder: the lock lives beside the database, so the second
+    sender stops at once and every subscriber gets exactly one digest."""
+    emails = prepare(tmp_path, 120)
+    server = ThreadedSMTPServer().start()
+    server.handler.delay("DATA", 0.2, times=10_000)  # keep the first sender busy for a while
+    started = threading.Event()
+    server.handler.on_message = lambda n: started.set() if n >= 5 else None
+    folders = [tmp_path / "a", tmp_path / "b"]
+    procs = []
+    try:
+        env = environment(tmp_path, server.port)
+        for folder in folders:
+            folder.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "newsletter", "send", "--json"],
+                    cwd=folder,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            if folder == folders[0]:
+                assert started.wait(60), "the first sender never started sending"
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        server.stop()
+    first, second = procs
+    assert first.returncode == 0, results[0][1]
+    assert second.returncode == 1 and "already working on" in results[1][1]
+    got = server.handler.by_rcpt()
+    assert sorted(got) == sorted(e.lower() for e in emails)
+    assert all(len(copies) == 1 for copies in got.values())
+    assert not any((f / "var").exists() for f in folders)  # no stray lock folders either

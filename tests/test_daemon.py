@@ -221,7 +221,6 @@ def test_demo_is_the_main_job(tmp_path: Path, db_url: str) -> None:
         "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
-        "NEWSLETTER_LOCK_DIR": str(tmp_path),
     }
     first = CliRunner().invoke(cli, ["demo"], env=env, catch_exceptions=False)
     assert first.exit_code == 0, first.stderr
@@ -246,7 +245,6 @@ def test_status_shows_each_groups_next_run(tmp_path: Path, db_url: str) -> None:
         "NEWSLETTER_DATABASE_URL": db_url,
         "NEWSLETTER_SEEDS_DIR": str(SEEDS),
         "NEWSLETTER_SUBSCRIBERS_FILE": str(subs),
-        "NEWSLETTER_LOCK_DIR": str(tmp_path),
     }
     CliRunner().invoke(cli, ["ingest"], env=env, catch_exceptions=False)
     result = CliRunner().invoke(cli, ["status", "--json"], env=env, catch_exceptions=False)
@@ -278,7 +276,6 @@ def test_daemon_process_catches_up_then_stops_cleanly_on_sigterm(tmp_path: Path)
         "NEWSLETTER_SEEDS_DIR": str(SEEDS),
         "NEWSLETTER_SUBSCRIBERS_FILE": str(subs),
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "NEWSLETTER_LOCK_DIR": str(tmp_path),
         "NEWSLETTER_LOG_FORMAT": "json",
         "NEWSLETTER_SMTP_PASSWORD": "hunter2-very-secret",
         "NEWSLETTER_SETTINGS_FILE": str(tmp_path / "none.toml"),

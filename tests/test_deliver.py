@@ -456,7 +456,6 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "NEWSLETTER_DATABASE_URL": settings.database_url,
         "NEWSLETTER_SUBSCRIBERS_FILE": str(settings.subscribers_file),
         "NEWSLETTER_OUTBOX_DIR": str(settings.outbox_dir),
-        "NEWSLETTER_LOCK_DIR": str(settings.lock_dir),
         "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
     }
     for name in ("smtp_host", "smtp_port", "smtp_security", "smtp_retry_base", "smtp_helo_name"):

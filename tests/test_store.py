@@ -149,19 +149,19 @@ def test_bad_database_url_is_a_clear_error(bad: str) -> None:
 def test_sender_lock_is_exclusive_and_released(store: Store, tmp_path: Path) -> None:
     from newsletter.errors import LockHeld
 
-    with store.sender_lock("2026-03-17", tmp_path):
+    with store.sender_lock("2026-03-17"):
         other = Store.open(str(store.engine.url.render_as_string(hide_password=False)))
         try:
             with (
                 pytest.raises(LockHeld, match="already working on 2026-03-17"),
-                other.sender_lock("2026-03-17", tmp_path),
+                other.sender_lock("2026-03-17"),
             ):
                 pass
-            with other.sender_lock("2026-03-12", tmp_path):  # another edition is free
+            with other.sender_lock("2026-03-12"):  # another edition is free
                 pass
         finally:
             other.close()
-    with store.sender_lock("2026-03-17", tmp_path):  # released after the block
+    with store.sender_lock("2026-03-17"):  # released after the block
         pass
 
 
@@ -179,21 +179,21 @@ def test_lock_released_when_the_holder_is_killed(store: Store, tmp_path: Path) -
         "from pathlib import Path\n"
         "from newsletter.store import Store\n"
         f"s = Store.open({url!r})\n"
-        f"with s.sender_lock('ed', Path({str(tmp_path)!r})):\n"
+        f"with s.sender_lock('ed'):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(60)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        with pytest.raises(LockHeld), store.sender_lock("ed", tmp_path):
+        with pytest.raises(LockHeld), store.sender_lock("ed"):
             pass
     finally:
         proc.kill()
         proc.communicate()
     for _ in range(50):  # the server may need a moment to notice the dead session
         try:
-            with store.sender_lock("ed", tmp_path):
+            with store.sender_lock("ed"):
                 break
         except LockHeld:
             time.sleep(0.1)
