@@ -56,15 +56,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiosmtplib
 import sqlalchemy as sa
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.errors import (
     ConfigError,
     DeliveryError,
     NewsletterError,
+    OutcomeUnknown,
     RecipientRefused,
     StoreError,
 )
@@ -98,6 +100,7 @@ class DeliveryReport:
     skipped: int = 0
     failed_temporary: int = 0
     failed_permanent: int = 0
+    unknown: int = 0  # transmitted, no final reply: not resent until NEWSLETTER_UNKNOWN_RETRY_AFTER
     failures: Mapping[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     unchanged: int = 0  # already sent/skipped/failed_permanent, or a retry not yet due
@@ -111,6 +114,11 @@ class DeliveryReport:
         return self.failed_temporary + self.failed_permanent
 
     @property
+    def complete(self) -> bool:
+        """Every subscriber in scope has a final or scheduled outcome: nothing left planned."""
+        return not self.interrupted and self.pending == 0
+
+    @property
     def rate(self) -> float:
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
@@ -121,6 +129,8 @@ class DeliveryReport:
             "skipped": self.skipped,
             "failed_temporary": self.failed_temporary,
             "failed_permanent": self.failed_permanent,
+            "unknown": self.unknown,
+            "pending": self.pending,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -129,12 +139,18 @@ class DeliveryReport:
         head = (
             f"edition {self.edition}: {verb} {self.sent}, skipped {self.skipped}, "
             f"failed {self.failed} ({self.failed_temporary} temporary, "
-            f"{self.failed_permanent} permanent), already done {self.unchanged}; "
+            f"{self.failed_permanent} permanent), unknown {self.unknown}, "
+            f"already done {self.unchanged}; "
             f"{self.elapsed_s:.1f} s, {self.rate:.0f} messages/s"
         )
         lines = [head + (f" via {self.transport}" if self.transport else "")]
         if self.interrupted:
             lines.append(f"  interrupted: {self.pending} planned message(s) left for the next run")
+        if self.unknown:
+            lines.append(
+                f"  unknown: {self.unknown} message(s) went out but the server never confirmed "
+                "them; not resent at once (NEWSLETTER_UNKNOWN_RETRY_AFTER, or send --resend)"
+            )
         for reason, n in sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {n:>6}  {reason}")
         return "\n".join(lines)
@@ -146,6 +162,7 @@ class _Tally:
     skipped: int = 0
     failed_temporary: int = 0
     failed_permanent: int = 0
+    unknown: int = 0
     unchanged: int = 0
     pending: int = 0
     failures: Counter[str] = field(default_factory=Counter)
@@ -157,6 +174,7 @@ class _Tally:
             + self.skipped
             + self.failed_temporary
             + self.failed_permanent
+            + self.unknown
             + self.unchanged
         )
 
@@ -233,6 +251,43 @@ def _find(exc: BaseException | None, kind: type[T]) -> T | None:
     return None
 
 
+@dataclass(slots=True)
+class Brake:
+    """Tells a relay that refuses everyone from readers it refuses one by one.
+
+    Watches the first `after` recipient replies of a run, in the order they complete. If they
+    are all the same 5xx refusal (the recipient's address masked), the fault is the relay or
+    our login, not the addresses: the run stops and every refusal stays retryable. Any other
+    reply (a 250, a 4xx, a different refusal) turns the brake off for the rest of the run.
+    """
+
+    after: int
+    seen: int = 0
+    first: str | None = None
+    state: Literal["watching", "off", "engaged"] = "watching"
+
+    def __post_init__(self) -> None:
+        if self.after <= 0:
+            self.state = "off"
+
+    def observe(self, refusal: str | None) -> Literal["watching", "off", "engaged"]:
+        """One recipient reply: the masked 5xx text, or None for any other reply."""
+        if self.state != "watching":
+            return self.state
+        if refusal is None or (self.first is not None and refusal != self.first):
+            self.state = "off"
+            return self.state
+        self.first = refusal
+        self.seen += 1
+        if self.seen >= self.after:
+            self.state = "engaged"
+        return self.state
+
+
+def masked_reply(err: DeliveryError, recipient: str) -> str:
+    return re.sub(re.escape(recipient), "<recipient>", reply_text(err), flags=re.IGNORECASE)
+
+
 # --- transports ---------------------------------------------------------------------------------
 class Transport(Protocol):
     name: str
@@ -292,8 +347,9 @@ class _Client(aiosmtplib.SMTP):
     with the payload from `wire_form`; any other message goes through sendmail() unchanged.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, data_timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.data_timeout = data_timeout  # the final reply to DATA (RFC 5321: 10 minutes)
         self.messages = 0  # sent on this connection
 
     async def send_raw(
@@ -325,14 +381,59 @@ class _Client(aiosmtplib.SMTP):
             reply = await self.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
             if reply.code not in (250, 251):
                 raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-            return await self._data_wire(wire)
+            reply = await self._data_wire(wire)
+            return f"{reply.code} {_oneline(reply.message)}"
         except aiosmtplib.SMTPResponseException:
             # reset the envelope so the connection can carry the next message
             with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
                 await self.rset()
             raise
 
-    async def _data_wire(self, wire: bytes) -> str:
+    async def login(
+        self,
+        username: str | bytes,
+        password: str | bytes,
+        /,
+        timeout: Any = None,  # noqa: ASYNC109 (aiosmtplib's signature)
+    ) -> aiosmtplib.SMTPResponse:
+        """aiosmtplib's login tries every mechanism the server offers; after a 535 (the
+        credentials are wrong) each further try is one more failed login at the provider,
+        which may lock the account. Stop at the first 535."""
+        await self._ehlo_or_helo_if_needed()
+        if not self.supports_extension("auth"):
+            return await super().login(username, password)  # its clear error
+        last: aiosmtplib.SMTPAuthenticationError | None = None
+        for name in self.supported_auth_methods:
+            method = getattr(self, f"auth_{name.replace('-', '')}")
+            try:
+                response: aiosmtplib.SMTPResponse = await method(
+                    username, password, timeout=self.timeout
+                )
+                return response
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                if exc.code == 535:
+                    raise
+                last = exc  # a mechanism the server offers but does not support: next one
+        raise last or aiosmtplib.SMTPException("No suitable authentication method found.")
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: Any = None,  # noqa: ASYNC109 (aiosmtplib's signature; ours are per phase)
+    ) -> aiosmtplib.SMTPResponse:
+        """sendmail()'s DATA (addresses that need quoting) goes through `_data_wire` too, so
+        every message gets the same phase timeouts and the same `unknown` rule."""
+        raw = message.encode("ascii") if isinstance(message, str) else message
+        wire = wire_form(normalize_message_line_endings(raw))
+        assert wire is not None  # normalised: CRLF endings throughout
+        return await self._data_wire(wire)
+
+    async def _data_wire(self, wire: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA, the message, the final reply. Until the message has been handed over, a
+        failure means "not sent" (temporary); after it, a timeout or a hang-up means the server
+        may have queued it: OutcomeUnknown, never an immediate resend."""
         start = await self.execute_command(b"DATA")
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
@@ -341,15 +442,31 @@ class _Client(aiosmtplib.SMTP):
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         try:
             protocol.write(wire)
-            reply = await protocol.read_response(timeout=self.timeout)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            # flow control: returns once the transport buffer is below its high-water mark,
+            # i.e. (for a digest) once the kernel has taken the whole message
+            await asyncio.wait_for(protocol._drain_helper(), self.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
             self.close()
-            raise
+            raise aiosmtplib.SMTPServerDisconnected(
+                "connection lost while sending the message"
+            ) from exc
+        try:
+            reply = await protocol.read_response(timeout=self.data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            self.close()
+            what = (
+                f"no reply within {self.data_timeout:g} s"
+                if isinstance(exc, aiosmtplib.SMTPTimeoutError)
+                else "the connection was lost"
+            )
+            raise OutcomeUnknown(
+                f"the whole message was sent but {what} after it; the server may have it"
+            ) from exc
         if reply.code == 421:
             self.close()
         if reply.code != 250:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-        return f"{reply.code} {_oneline(reply.message)}"
+        return reply
 
 
 class _Gate:
@@ -433,11 +550,23 @@ class SmtpTransport:
             raise ConfigError("setting NEWSLETTER_SMTP_HOST: not set; SMTP needs a server name")
         self.host = settings.smtp_host
         self.security, self.port = smtp_endpoint(settings)
+        if (
+            settings.smtp_username
+            and self.security == "none"
+            and not settings.smtp_allow_plaintext_auth
+        ):
+            raise ConfigError(
+                f"setting NEWSLETTER_SMTP_USERNAME is set but NEWSLETTER_SMTP_SECURITY is none "
+                f"(port {self.port}): the password would cross the network in clear; use "
+                "starttls (587) or tls (465), or set NEWSLETTER_SMTP_ALLOW_PLAINTEXT_AUTH=true "
+                "for a relay on a trusted network"
+            )
         self.where = f"{self.host}:{self.port}"
         self.name = f"SMTP {self.where} ({self.security})"
         self.username = settings.smtp_username
         self._password = settings.smtp_secret()  # never logged, never in a message
         self.timeout = settings.smtp_timeout
+        self.data_timeout = settings.smtp_data_timeout
         self.helo = settings.smtp_helo_name
         self.pool_size = settings.smtp_pool_size
         self.concurrency = 2 * settings.smtp_pool_size  # extra senders wait on ledger commits
@@ -454,6 +583,11 @@ class SmtpTransport:
         self._retry_at = 0.0
         self._last_error: DeliveryError | None = None
         self._ok_since_421 = 0
+        # Until one connection has worked, connect one at a time: a refused login then costs
+        # one attempt per run, not one per pooled connection (providers lock accounts).
+        self._first = asyncio.Lock()
+        self._connected_once = False
+        self._fatal: DeliveryError | None = None
 
     def __repr__(self) -> str:
         return f"<SmtpTransport {self.where} user={self.username!r}>"
@@ -541,6 +675,16 @@ class SmtpTransport:
             client.close()
 
     async def _connect(self) -> _Client:
+        if self._connected_once:
+            return await self._open()
+        async with self._first:
+            if self._fatal is not None:
+                raise _Fatal(self._fatal)
+            client = await self._open()
+            self._connected_once = True
+            return client
+
+    async def _open(self) -> _Client:
         while True:
             wait = self._retry_at - time.monotonic()
             if wait > 0 and self._failures >= self.max_attempts and self._last_error:
@@ -565,7 +709,8 @@ class SmtpTransport:
                 client.close()
                 fatal = self._fatal_reason(exc)
                 if fatal is not None:
-                    raise _Fatal(DeliveryError(fatal, permanent=True)) from exc
+                    self._fatal = DeliveryError(fatal, permanent=True)
+                    raise _Fatal(self._fatal) from exc
                 err = DeliveryError(
                     f"cannot connect to {self.where}: {_oneline(str(exc))}",
                     code=getattr(exc, "code", None),
@@ -591,6 +736,7 @@ class SmtpTransport:
             password=self._password,
             local_hostname=self.helo,
             timeout=self.timeout,
+            data_timeout=self.data_timeout,
             use_tls=self.security == "tls",
             start_tls=self.security == "starttls",
             tls_context=self._tls,
@@ -737,8 +883,11 @@ def _write_outcomes(
             rest += sent
         if rest:
             _upsert(conn, edition, rest, now)
-        if sent:
-            _add_history(conn, mark, edition, sent, now)
+        # an `unknown` digest may well have arrived: its papers count as had, so no later
+        # edition repeats them (its own retry re-renders the same papers)
+        had = sent + [o for o in batch if o.status == "unknown"]
+        if had:
+            _add_history(conn, mark, edition, had, now)
 
 
 # `sent` is written once per message and dominated the sender's CPU through SQLAlchemy's
@@ -1274,6 +1423,9 @@ class _Run:
         self.stored_ids: dict[str, tuple[str | None, int]] = {}
         self.fatal: DeliveryError | None = None
         self.crash: BaseException | None = None
+        self.brake = Brake(settings.smtp_brake_after)
+        self.held: list[tuple[_Job, DeliveryError]] = []  # refusals the brake has not judged
+        self.produced = False
         self.progress: _Progress | None = None  # started after the workers (it has a thread)
 
     # -- orchestration ----------------------------------------------------------------------
@@ -1298,6 +1450,8 @@ class _Run:
                     self.transport.name,
                 )
             await self._produce(pool)
+            self.produced = True
+            self._release_if_idle()
             await _first(self.idle.wait(), self.stop.wait())
             self._close_queue(len(senders))
             await asyncio.gather(*senders)
@@ -1372,6 +1526,7 @@ class _Run:
                 row is None
                 or row.status == "planned"
                 or (row.status == "failed" and self._due(row))
+                or (row.status == "unknown" and self._unknown_due(row))
                 or row.email in self.force
             ):
                 todo.append(sub)
@@ -1386,6 +1541,10 @@ class _Run:
         if not self.respect or row.next_attempt_at is None:
             return True  # a send started by hand retries temporary failures at once
         return row.next_attempt_at <= self.now()
+
+    def _unknown_due(self, row: LedgerRow) -> bool:
+        """The server may have it: only its own long delay (or --resend) sends it again."""
+        return row.next_attempt_at is not None and row.next_attempt_at <= self.now()
 
     async def _enqueue(self, prepared: list[_Prepared]) -> None:
         jobs: list[_Job] = []
@@ -1454,7 +1613,11 @@ class _Run:
             self.stop.set()
         except _Unreachable as exc:
             self._fail(job, exc.error)
+        except OutcomeUnknown as err:
+            self._unknown(job, err)
         except DeliveryError as err:
+            if self._braking(job, err):
+                return
             if err.permanent or job.attempts >= self.max_attempts:
                 self._fail(job, err)
             else:
@@ -1473,6 +1636,8 @@ class _Run:
                 message_id=msg.message_id,
                 paper_ids=msg.paper_ids,
             )
+            if self.brake.observe(None) == "off":
+                self._release_held()
             await self.ledger.record_and_wait(outcome)  # commit before the next message
             self.tally.sent += 1
             self._done()
@@ -1518,6 +1683,78 @@ class _Run:
         )
         self._done()
 
+    def _unknown(self, job: _Job, err: DeliveryError) -> None:
+        text = reply_text(err)
+        log.warning(
+            "%s: %s; recorded as unknown, not resent before %s (or by --resend)",
+            job.email,
+            text,
+            f"{self.settings.unknown_retry_after:g} s",
+        )
+        self._finish(
+            _Outcome(
+                job.email,
+                "unknown",
+                attempts=job.attempts,
+                reply=text,
+                reason=text,
+                message_id=job.message.message_id,
+                paper_ids=job.message.paper_ids,
+                next_attempt_at=self.now()
+                + dt.timedelta(seconds=self.settings.unknown_retry_after),
+            )
+        )
+        self._done()
+
+    # -- the brake: a relay that refuses everyone --------------------------------------------
+    def _braking(self, job: _Job, err: DeliveryError) -> bool:
+        """Show a reply to the brake; True when it took the job (held, or kept retryable)."""
+        if self.brake.state == "off" or err.code is None:
+            return False  # no reply from the server (connection trouble): not its business
+        if self.brake.state == "engaged":
+            self._keep_retryable(job, err)
+            return True
+        refusal = masked_reply(err, job.email) if 500 <= err.code < 600 else None
+        state = self.brake.observe(refusal)
+        if state == "off":
+            self._release_held()
+            return False
+        self.held.append((job, err))
+        if state == "engaged":
+            self.fatal = DeliveryError(
+                f"the server refused the first {self.brake.seen} recipients with the same reply "
+                f"({self.brake.first}): that is the relay or our login, not the addresses; "
+                "check NEWSLETTER_SMTP_HOST, NEWSLETTER_SMTP_USERNAME and the password (may "
+                "this login relay?) and NEWSLETTER_SENDER_ADDRESS; nothing was marked "
+                "permanent: run send again once fixed (NEWSLETTER_SMTP_BRAKE_AFTER=0 turns "
+                "this check off)"
+            )
+            log.error("%s", self.fatal)
+            self.stop.set()
+            held, self.held = self.held, []
+            for j, e in held:
+                self._keep_retryable(j, e)
+        else:
+            self._release_if_idle()
+        return True
+
+    def _keep_retryable(self, job: _Job, err: DeliveryError) -> None:
+        temporary = DeliveryError(reply_text(err), code=err.code)
+        job.last_error = temporary
+        self._fail(job, temporary)
+
+    def _release_held(self) -> None:
+        """The brake is off: refusals it held are ordinary permanent failures after all."""
+        held, self.held = self.held, []
+        for job, err in held:
+            self._fail(job, err)
+
+    def _release_if_idle(self) -> None:
+        """Fewer replies than the brake needs, and nothing else to come: it cannot judge."""
+        if self.held and self.produced and self.outstanding == len(self.held):
+            self.brake.state = "off"
+            self._release_held()
+
     def _abandon(self, job: _Job) -> None:
         """Stopped before this message went out: a retry in progress is recorded as a
         temporary failure; an untried message stays planned for the next run."""
@@ -1531,6 +1768,8 @@ class _Run:
         """Count an outcome and record it (without waiting: only `sent` must be committed)."""
         if outcome.status == "skipped":
             self.tally.skipped += 1
+        elif outcome.status == "unknown":
+            self.tally.unknown += 1
         else:
             permanent = outcome.status == "failed_permanent"
             if permanent:
@@ -1549,6 +1788,8 @@ class _Run:
             self.room.release()
         if self.outstanding <= 0:
             self.idle.set()
+        else:
+            self._release_if_idle()
         self._progress()
 
 
@@ -1622,6 +1863,7 @@ async def send_edition(
             skipped=t.skipped,
             failed_temporary=t.failed_temporary,
             failed_permanent=t.failed_permanent,
+            unknown=t.unknown,
             failures=dict(t.failures),
             elapsed_s=time.monotonic() - started,
             unchanged=t.unchanged,
@@ -1696,10 +1938,13 @@ def run_send(
 
 
 def edition_status(store: Store, edition: dt.date) -> dict[str, Any]:
-    """The ledger of one edition: counts per status, skip reasons, and every failure."""
-    counts = dict.fromkeys(("planned", "sent", "failed", "failed_permanent", "skipped"), 0)
+    """The ledger of one edition: counts per status, skip reasons, every failure, and every
+    `unknown` row (sent, never confirmed; retried at its next attempt time or by --resend)."""
+    statuses = ("planned", "sent", "failed", "unknown", "failed_permanent", "skipped")
+    counts = dict.fromkeys(statuses, 0)
     skipped: dict[str, int] = {}
-    failures = []
+    failures: list[dict[str, Any]] = []
+    unknown: list[dict[str, Any]] = []
     with store.engine.connect() as conn:
         rows = conn.execute(
             sa.select(ledger.c.status, ledger.c.reason, sa.func.count())
@@ -1710,26 +1955,23 @@ def edition_status(store: Store, edition: dt.date) -> dict[str, Any]:
             counts[status] = counts.get(status, 0) + n
             if status == "skipped":
                 skipped[reason or ""] = skipped.get(reason or "", 0) + n
-    failed = (
-        store.ledger_rows(edition, None) if counts["failed"] + counts["failed_permanent"] else []
-    )
-    for row in failed:
-        if row.status in ("failed", "failed_permanent"):
-            failures.append(
-                {
-                    "email": row.email,
-                    "status": row.status,
-                    "attempts": row.attempts,
-                    "last_reply": row.last_reply,
-                    "next_attempt_at": (
-                        row.next_attempt_at.isoformat() if row.next_attempt_at else None
-                    ),
-                }
-            )
+    wanted = counts["failed"] + counts["failed_permanent"] + counts["unknown"]
+    for row in store.ledger_rows(edition, None) if wanted else []:
+        if row.status not in ("failed", "failed_permanent", "unknown"):
+            continue
+        entry = {
+            "email": row.email,
+            "status": row.status,
+            "attempts": row.attempts,
+            "last_reply": row.last_reply,
+            "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
+        }
+        (unknown if row.status == "unknown" else failures).append(entry)
     return {
         "edition": edition.isoformat(),
         "total": sum(counts.values()),
         "counts": counts,
         "skipped": skipped,
         "failures": failures,
+        "unknown": unknown,
     }

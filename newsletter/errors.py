@@ -8,7 +8,8 @@
      │    └── LockHeld
      ├── RenderError            a template that fails to compile or render
      └── DeliveryError          a transport failure (temporary unless `permanent`)
-          └── RecipientRefused  the server refused one recipient (5xx: permanent)
+          ├── RecipientRefused  the server refused one recipient (5xx: permanent)
+          └── OutcomeUnknown    the whole message went out but no final reply came back
 
 The CLI catches NewsletterError only, so a real bug still shows its traceback.
 """
@@ -76,3 +77,11 @@ class RecipientRefused(DeliveryError):
         self.recipient = recipient
         self.reply = reply
         super().__init__(f"{recipient} refused: {code} {reply}", code=code, permanent=True)
+
+
+class OutcomeUnknown(DeliveryError):
+    """The whole message was transmitted, then the final reply never came (timeout or hang-up).
+
+    The server may have queued it: sending it again at once could give the reader a copy, so
+    the row becomes `unknown` and is tried again only after NEWSLETTER_UNKNOWN_RETRY_AFTER or by
+    an explicit --resend (RFC 5321 4.5.3.2.6; Postfix defers the same way)."""

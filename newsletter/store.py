@@ -60,7 +60,7 @@ listing_entries = sa.Table(
     sa.UniqueConstraint("date", "paper_id", name="uq_listing_paper"),
 )
 
-LedgerStatus = Literal["planned", "sent", "failed", "failed_permanent", "skipped"]
+LedgerStatus = Literal["planned", "sent", "failed", "unknown", "failed_permanent", "skipped"]
 
 ledger = sa.Table(
     "ledger",
@@ -461,7 +461,8 @@ class Store:
         )
 
     def watermarks(self, emails: Sequence[str]) -> dict[str, dt.date]:
-        """Each subscriber's newest finished edition (sent, skipped or permanently failed)."""
+        """Each subscriber's newest finished edition (sent, skipped, permanently failed, or
+        unknown: the server may have it, and the row is retried on its own schedule)."""
         out: dict[str, dt.date] = {}
         with self.engine.connect() as conn:
             for chunk in iter_chunks([e.lower() for e in emails]):
@@ -469,7 +470,7 @@ class Store:
                     sa.select(ledger.c.email, sa.func.max(ledger.c.edition))
                     .where(
                         ledger.c.email.in_(list(chunk)),
-                        ledger.c.status.in_(["sent", "skipped", "failed_permanent"]),
+                        ledger.c.status.in_(["sent", "skipped", "failed_permanent", "unknown"]),
                     )
                     .group_by(ledger.c.email)
                 )
@@ -477,14 +478,24 @@ class Store:
         return out
 
     def retry_due(self, now: dt.datetime) -> dict[dt.date, list[str]]:
-        """Temporary failures whose next attempt time has come, by edition."""
+        """Rows to work on again, by edition: `planned` ones (a run that was stopped, even by
+        SIGKILL, before it got to them; the caller holds the edition's sender lock, so nobody
+        is sending them now) and temporary failures or unknowns whose next attempt has come."""
         out: dict[dt.date, list[str]] = defaultdict(list)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(ledger.c.edition, ledger.c.email)
                 .where(
-                    ledger.c.status == "failed",
-                    sa.or_(ledger.c.next_attempt_at.is_(None), ledger.c.next_attempt_at <= now),
+                    sa.or_(
+                        ledger.c.status == "planned",
+                        sa.and_(
+                            ledger.c.status.in_(["failed", "unknown"]),
+                            sa.or_(
+                                ledger.c.next_attempt_at.is_(None),
+                                ledger.c.next_attempt_at <= now,
+                            ),
+                        ),
+                    )
                 )
                 .order_by(ledger.c.edition, ledger.c.email)
             )

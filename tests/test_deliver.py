@@ -160,6 +160,8 @@ async def test_every_subscriber_gets_one_digest_and_the_ledger_says_so(world: Wo
         "skipped": 0,
         "failed_temporary": 0,
         "failed_permanent": 0,
+        "unknown": 0,
+        "pending": 0,
         "elapsed_s": report.to_json()["elapsed_s"],
     }
 
@@ -499,6 +501,8 @@ def test_cli_send_json_and_exit_codes(world: World, tmp_path: Path) -> None:
         "skipped": 0,
         "failed_temporary": 0,
         "failed_permanent": 1,
+        "unknown": 0,
+        "pending": 0,
         "elapsed_s": json.loads(first.stdout)["elapsed_s"],
     }
     assert again.exit_code == 0 and json.loads(again.stdout)["sent"] == 0
@@ -527,3 +531,43 @@ def test_cli_dry_run_and_human_output(world: World) -> None:
 def test_edition_status_of_an_unsent_edition_is_empty(world: World) -> None:
     doc = edition_status(world.store, world.edition)
     assert doc["total"] == 0 and doc["failures"] == [] and doc["counts"]["sent"] == 0
+
+
+async def test_a_wrong_password_costs_one_login_per_run(world: World, ca: trustme.CA) -> None:
+    """Providers lock accounts after repeated failed logins: with a pool of 4 and 4 attempts
+    per message, a refused login is still tried once per run."""
+    async with running(**tls_server_options(ca)) as server:
+        settings = world.settings(
+            server,
+            smtp_security="starttls",
+            smtp_username="digest",
+            smtp_password="wrong-Pa55word-xyz",
+            smtp_validate_certs=False,
+        )
+        with pytest.raises(DeliveryError, match="refused the login"):
+            await world.send(settings=settings)
+    # the recorder logs AUTH twice per try (the command and its hook): one mechanism, once
+    auths = [arg for c, arg in server.handler.commands if c == "AUTH" and arg.isalpha()]
+    assert auths == ["PLAIN"]
+
+
+async def test_auth_without_encryption_is_refused_unless_allowed(world: World) -> None:
+    options = {
+        "auth_require_tls": False,
+        "authenticator": password_authenticator("digest", "s3cret-Pa55word"),
+    }
+    async with running(**options) as server:
+        plain = world.settings(
+            server, smtp_username="digest", smtp_password="s3cret-Pa55word"
+        )  # security none
+        with pytest.raises(ConfigError, match="NEWSLETTER_SMTP_ALLOW_PLAINTEXT_AUTH"):
+            await world.send(settings=plain)
+        assert server.handler.received == [] and server.handler.connections == 0
+        allowed = world.settings(
+            server,
+            smtp_username="digest",
+            smtp_password="s3cret-Pa55word",
+            smtp_allow_plaintext_auth=True,
+        )
+        report = await world.send(settings=allowed)
+    assert report.sent == len(world.emails)
