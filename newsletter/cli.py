@@ -507,11 +507,24 @@ def run_cmd(app: AppContext, once: bool) -> None:
     """
     import asyncio
 
-    from newsletter.schedule import Daemon, run_pass
+    from newsletter.schedule import Daemon, PassResult, run_pass
+    from newsletter.signals import graceful_stop
 
     subscribers = app.subscribers()
     if once:
-        decisions = asyncio.run(run_pass(app.settings, app.store, subscribers, app.now))
+
+        async def one_pass() -> PassResult:
+            stop = asyncio.Event()
+            task = asyncio.current_task()
+            assert task is not None
+            with graceful_stop(stop, task.cancel):
+                return await run_pass(app.settings, app.store, subscribers, app.now, stop=stop)
+
+        try:
+            result = asyncio.run(one_pass())
+        except asyncio.CancelledError:
+            fail("interrupted: in-flight messages abandoned; the next run finishes", EXIT_FAILED)
+        decisions = result.decisions
         table = Table(title="run --once")
         for col in ("group", "send time (UTC)", "action", "edition", "subscribers"):
             table.add_column(col)
@@ -524,6 +537,10 @@ def run_cmd(app: AppContext, once: bool) -> None:
                 str(len(d.recipients) if d.action == "send" else len(d.group.subscribers)),
             )
         err.print(table)
+        for report in result.reports:
+            err.print(report.summary(), highlight=False, markup=False)
+        if result.failed:
+            sys.exit(EXIT_FAILED)
         return
     asyncio.run(Daemon(app.settings, app.store, subscribers, app.now).run())
 

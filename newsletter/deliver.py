@@ -73,6 +73,7 @@ from newsletter.errors import (
 from newsletter.maildir import MaildirTransport
 from newsletter.models import RenderedEmail, Subscriber
 from newsletter.settings import Settings
+from newsletter.signals import graceful_stop
 from newsletter.store import LedgerRow, Store, history, ledger
 
 log = logging.getLogger(__name__)
@@ -441,6 +442,9 @@ class _Client(aiosmtplib.SMTP):
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         try:
+            # as aiosmtplib's own DATA does: a reply is expected from now on (its protocol
+            # drops data that arrives while no reply is pending, and the drain below yields)
+            protocol._response_pending = True
             protocol.write(wire)
             # flow control: returns once the transport buffer is below its high-water mark,
             # i.e. (for a digest) once the kernel has taken the whole message
@@ -1893,24 +1897,10 @@ def run_send(
     SIGINT/SIGTERM into a clean stop (a second signal abandons the in-flight messages)."""
 
     async def main() -> DeliveryReport:
-        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         task = asyncio.current_task()
-
-        def on_signal(name: str) -> None:
-            if not stop.is_set():
-                log.warning("%s: finishing the messages in flight (again to abandon them)", name)
-                stop.set()
-            elif task is not None:
-                log.warning("%s again: abandoning the messages in flight", name)
-                task.cancel()
-
-        # signal handlers can only be set from the main thread (not e.g. under a test runner)
-        main_thread = threading.current_thread() is threading.main_thread()
-        sigs = (signal.SIGINT, signal.SIGTERM) if main_thread else ()
-        for sig in sigs:
-            loop.add_signal_handler(sig, on_signal, sig.name)
-        try:
+        assert task is not None
+        with graceful_stop(stop, task.cancel):
             return await send_edition(
                 settings,
                 store,
@@ -1922,9 +1912,6 @@ def run_send(
                 now=now,
                 stop=stop,
             )
-        finally:
-            for sig in sigs:
-                loop.remove_signal_handler(sig)
 
     lock = contextlib.nullcontext() if dry_run else store.sender_lock(edition.isoformat())
     with lock:

@@ -9,6 +9,11 @@ store remembers the last served firing per group), which makes `run --once` from
 daemon and a restart agree: whoever sees an unserved firing first serves it. Serving picks the
 newest stored listing; subscribers who already have it (or a newer one) get nothing, so missed
 firings coalesce into one edition, never a burst of old ones.
+
+A firing is *open* from the moment its send starts until its edition is done. A send that was
+stopped (SIGTERM in a deploy, SIGKILL, a lost database, a refused login) leaves it open, and
+the next pass resumes it before anything else, whatever the time: an interrupted edition is
+never taken for a served one. `planned` rows left by a stopped `send` are picked up the same way.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from newsletter.errors import LockHeld, SubscriberConfigError
+from newsletter.deliver import DeliveryReport, send_edition
+from newsletter.errors import LockHeld, NewsletterError, SubscriberConfigError
 from newsletter.models import Subscriber
+from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
+from newsletter.signals import graceful_stop
 from newsletter.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,20 @@ class Decision:
     edition: dt.date | None = None
     recipients: tuple[Subscriber, ...] = ()
     reason: str = ""
+    resume: bool = False  # finishing an open (interrupted) firing
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one pass decided and what its sends did."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    reports: list[DeliveryReport] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Something needs another look: a failure, an unknown outcome, or a stopped send."""
+        return any(r.failed or r.unknown or not r.complete for r in self.reports)
 
 
 def group_subscribers(subscribers: Sequence[Subscriber]) -> list[Group]:
@@ -106,8 +127,20 @@ def decide(
     watermarks: dict[str, dt.date],
     catch_up: bool,
     grace: dt.timedelta = dt.timedelta(minutes=10),
+    open_firing: tuple[dt.datetime, dt.date] | None = None,
 ) -> Decision:
-    """What to do for one group at `now` (pure)."""
+    """What to do for one group at `now` (pure). An open firing is finished first."""
+    if open_firing is not None:
+        firing, edition = open_firing
+        return Decision(
+            group,
+            firing,
+            "send",
+            edition,
+            _due(group, watermarks, edition),
+            reason="resuming an interrupted send",
+            resume=True,
+        )
     firing = last_firing(group, now)
     if last_served is not None and last_served >= firing:
         return Decision(group, firing, "not-due", reason="this send time was already served")
@@ -120,11 +153,7 @@ def decide(
             return Decision(group, firing, "missed", reason="missed yesterday; waiting for today")
     if newest_listing is None:
         return Decision(group, firing, "nothing-new", reason="no listing stored yet")
-    due = tuple(
-        s
-        for s in group.subscribers
-        if (mark := watermarks.get(s.email.lower())) is None or mark < newest_listing
-    )
+    due = _due(group, watermarks, newest_listing)
     if not due:
         return Decision(
             group,
@@ -134,6 +163,14 @@ def decide(
             reason="no new listing since the last edition",
         )
     return Decision(group, firing, "send", newest_listing, due)
+
+
+def _due(group: Group, watermarks: dict[str, dt.date], edition: dt.date) -> tuple[Subscriber, ...]:
+    return tuple(
+        s
+        for s in group.subscribers
+        if (mark := watermarks.get(s.email.lower())) is None or mark < edition
+    )
 
 
 def plan_pass(
@@ -150,6 +187,7 @@ def plan_pass(
             newest_listing=newest,
             watermarks=marks,
             catch_up=catch_up,
+            open_firing=store.open_firing(g.key),
         )
         for g in groups
     ]
@@ -163,46 +201,82 @@ async def run_pass(
     *,
     only: str | None = None,
     stop: asyncio.Event | None = None,
-) -> list[Decision]:
-    """One pass: ingest new dumps, serve every due group (or just `only`), retry due failures."""
-    from newsletter.deliver import send_edition
-    from newsletter.pipeline import ingest_folder
-
+) -> PassResult:
+    """One pass: ingest new dumps, finish open firings, serve every due group (or just
+    `only`), then retry what is due (stopped sends' planned rows, temporary failures)."""
     now = clock()
     ingest_folder(store, settings, settings.seeds_dir, now=now)
     groups = [g for g in group_subscribers(subscribers) if only is None or g.key == only]
-    decisions = plan_pass(store, groups, now, catch_up=settings.catch_up)
-    for d in decisions:
+    result = PassResult()
+    todo = plan_pass(store, groups, now, catch_up=settings.catch_up)
+    while todo:
+        d = todo.pop(0)
         if stop is not None and stop.is_set():
             break
+        result.decisions.append(d)
         if d.action == "not-due":
             continue
-        if d.action == "send" and d.edition is not None:
-            log.info(
-                "group %s: sending the %s edition to %d subscriber(s)",
-                d.group.key,
-                d.edition,
-                len(d.recipients),
-            )
-            try:
-                with store.sender_lock(d.edition.isoformat()):
-                    await send_edition(
-                        settings,
-                        store,
-                        list(d.recipients),
-                        d.edition,
-                        now=clock,
-                        respect_next_attempt=True,
-                        stop=stop,
-                    )
-            except LockHeld as exc:
-                log.warning("group %s: %s; will retry at the next pass", d.group.key, exc)
-                continue
-        else:
+        if d.action != "send" or d.edition is None:
             log.info("group %s: %s (%s)", d.group.key, d.action, d.reason)
-        store.set_last_firing(d.group.key, d.firing)
-    await retry_failures(settings, store, subscribers, clock, stop=stop)
-    return decisions
+            store.finish_firing(d.group.key, d.firing)
+            continue
+        report = await _serve(settings, store, d, clock, stop)
+        if report is not None:
+            result.reports.append(report)
+            if not report.complete:
+                continue  # stays open: the next pass resumes it
+        store.finish_firing(d.group.key, d.firing)
+        if d.resume:  # the interrupted firing is done; the group may have a newer one due
+            todo[:0] = plan_pass(store, [d.group], clock(), catch_up=settings.catch_up)
+    if stop is None or not stop.is_set():
+        result.reports.extend(await retry_failures(settings, store, subscribers, clock, stop=stop))
+    return result
+
+
+async def _serve(
+    settings: Settings,
+    store: Store,
+    d: Decision,
+    clock: Clock,
+    stop: asyncio.Event | None,
+) -> DeliveryReport | None:
+    """Send a firing's edition to its due recipients; None when there is nobody left."""
+    assert d.edition is not None
+    if not d.recipients:
+        log.info("group %s: %s: everyone has the %s edition", d.group.key, d.reason, d.edition)
+        return None
+    log.info(
+        "group %s: %s the %s edition to %d subscriber(s)",
+        d.group.key,
+        "resuming" if d.resume else "sending",
+        d.edition,
+        len(d.recipients),
+    )
+    if not d.resume:
+        store.start_firing(d.group.key, d.firing, d.edition, now=clock())
+    try:
+        with store.sender_lock(d.edition.isoformat()):
+            report = await send_edition(
+                settings,
+                store,
+                list(d.recipients),
+                d.edition,
+                now=clock,
+                respect_next_attempt=True,
+                stop=stop,
+            )
+    except LockHeld as exc:
+        log.warning("group %s: %s; will retry at the next pass", d.group.key, exc)
+        return DeliveryReport(d.edition, interrupted=True)
+    if not report.complete:
+        log.warning(
+            "group %s: the %s edition was stopped with %d digest(s) left; the next pass "
+            "finishes it",
+            d.group.key,
+            d.edition,
+            report.pending,
+        )
+    return report
 
 
 async def retry_failures(
@@ -212,22 +286,31 @@ async def retry_failures(
     clock: Clock,
     *,
     stop: asyncio.Event | None = None,
-) -> None:
-    """Temporary failures whose next attempt time has come get another try."""
-    from newsletter.deliver import send_edition
-
+) -> list[DeliveryReport]:
+    """Rows whose time has come get another try: `planned` ones a stopped send left behind,
+    temporary failures and `unknown` ones at their next attempt time."""
     by_email = {s.email.lower(): s for s in subscribers}
+    reports = []
     for edition, emails in store.retry_due(clock()).items():
         subs = [by_email[e] for e in emails if e in by_email]
         if not subs or (stop is not None and stop.is_set()):
             continue
         try:
             with store.sender_lock(edition.isoformat()):
-                await send_edition(
-                    settings, store, subs, edition, now=clock, respect_next_attempt=True, stop=stop
+                reports.append(
+                    await send_edition(
+                        settings,
+                        store,
+                        subs,
+                        edition,
+                        now=clock,
+                        respect_next_attempt=True,
+                        stop=stop,
+                    )
                 )
         except LockHeld as exc:
             log.warning("retry of %s: %s", edition, exc)
+    return reports
 
 
 class Daemon:
@@ -243,6 +326,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self._mtime = _mtime(settings.subscribers_file)
         self._busy = asyncio.Lock()
+        self._pass: asyncio.Task[object] | None = None  # the pass running now, if any
 
     def _install_jobs(self, scheduler: object) -> None:
         from apscheduler.triggers.cron import CronTrigger
@@ -266,6 +350,9 @@ class Daemon:
 
     async def _fire(self, group_key: str | None = None) -> None:
         async with self._busy:  # one pass at a time in this process
+            if self.stop.is_set():
+                return
+            self._pass = asyncio.current_task()
             try:
                 await run_pass(
                     self.settings,
@@ -275,8 +362,16 @@ class Daemon:
                     only=group_key,
                     stop=self.stop,
                 )
-            except Exception:  # a bad pass is logged, never kills the daemon
+            except asyncio.CancelledError:
+                if not self.stop.is_set():
+                    raise
+                log.warning("pass abandoned; the next start finishes the edition")
+            except NewsletterError as exc:  # e.g. a refused login: logged, the daemon goes on
+                log.error("pass for %s failed: %s; the next pass tries again", group_key, exc)
+            except Exception:  # a bug in a pass is logged, never kills the daemon
                 log.exception("pass for %s failed; the next firing will try again", group_key)
+            finally:
+                self._pass = None
 
     async def _reload(self, scheduler: object) -> None:
         """Re-read the subscriber file when it changes; an invalid file keeps the last good one."""
@@ -298,10 +393,14 @@ class Daemon:
     async def run(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop.set)
-        scheduler = AsyncIOScheduler(timezone="UTC")
+        with graceful_stop(self.stop, self._abandon):
+            await self._serve_until_stopped(AsyncIOScheduler(timezone="UTC"))
+
+    def _abandon(self) -> None:
+        if self._pass is not None:
+            self._pass.cancel()
+
+    async def _serve_until_stopped(self, scheduler: Any) -> None:
         self._install_jobs(scheduler)
         scheduler.add_job(
             self._reload, "interval", seconds=10, args=[scheduler], id="reload", coalesce=True
@@ -317,8 +416,6 @@ class Daemon:
             scheduler.shutdown(wait=False)
             async with self._busy:
                 pass
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
 
 def schedule_table(groups: Sequence[Group], now: dt.datetime) -> list[dict[str, str | int]]:

@@ -94,6 +94,18 @@ schedule_state = sa.Table(
     sa.Column("last_firing", sa.DateTime(timezone=True), nullable=False),
 )
 
+# A firing whose send started and has not finished (stopped by SIGTERM, SIGKILL, a lost
+# database or a fatal SMTP error). It is not "served" until its edition is done: the next pass
+# resumes it, whatever the time, catch-up or no.
+open_firings = sa.Table(
+    "open_firings",
+    metadata,
+    sa.Column("group_key", sa.String(80), primary_key=True),
+    sa.Column("firing", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("edition", sa.Date, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 IngestStatus = Literal["ingested", "unchanged", "replaced"]
 
 
@@ -525,6 +537,38 @@ class Store:
                     schedule_state.insert().values(group_key=group_key, last_firing=firing)
                 )
 
+    def open_firing(self, group_key: str) -> tuple[dt.datetime, dt.date] | None:
+        """The group's firing that started sending and has not finished: (firing, edition)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(open_firings.c.firing, open_firings.c.edition).where(
+                    open_firings.c.group_key == group_key
+                )
+            ).first()
+        return None if row is None else (_utc(row.firing) or row.firing, row.edition)
+
+    def start_firing(
+        self, group_key: str, firing: dt.datetime, edition: dt.date, *, now: dt.datetime
+    ) -> None:
+        """Record that a firing's send has begun (before its first message goes out)."""
+        with self.engine.begin() as conn:
+            conn.execute(open_firings.delete().where(open_firings.c.group_key == group_key))
+            conn.execute(
+                open_firings.insert().values(
+                    group_key=group_key, firing=firing, edition=edition, started_at=now
+                )
+            )
+
+    def finish_firing(self, group_key: str, firing: dt.datetime) -> None:
+        """The firing's edition is done: it is served, and no longer open."""
+        self.set_last_firing(group_key, firing)
+        with self.engine.begin() as conn:
+            conn.execute(
+                open_firings.delete().where(
+                    open_firings.c.group_key == group_key, open_firings.c.firing <= firing
+                )
+            )
+
     @property
     def lock_dir(self) -> Path:
         """Where this store's sender lock files live: beside the SQLite database file, so two
@@ -546,9 +590,12 @@ class Store:
         advisory lock on PostgreSQL.
         """
         if self.dialect == "postgresql":
-            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
-            key -= 1 << 63  # bigint range
             with self.engine.connect() as conn:
+                # advisory locks are per database: two stores in two schemas of one database
+                # (deployments side by side, parallel test runs) must not block each other
+                schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
+                digest = hashlib.blake2b(f"{schema}:{name}".encode(), digest_size=8).digest()
+                key = int.from_bytes(digest, "big") - (1 << 63)  # bigint range
                 got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
                 conn.commit()
                 if not got:

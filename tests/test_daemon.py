@@ -74,7 +74,7 @@ def utc(*args: int) -> dt.datetime:
 
 def run_at(settings: Settings, store: Store, now: dt.datetime) -> list[str]:
     subs = load_subscribers(settings.subscribers_file)
-    decisions = asyncio.run(run_pass(settings, store, subs, Clock(now)))
+    decisions = asyncio.run(run_pass(settings, store, subs, Clock(now))).decisions
     return [f"{d.group.key}:{d.action}" for d in decisions]
 
 
