@@ -4,6 +4,9 @@ Tables: papers (one row per paper however often it appears), listings (one per d
 source file and content hash) and their ranked entries; the delivery ledger (one row per
 edition and subscriber) and each subscriber's paper history. Recording a delivery as sent and
 adding its papers to the history happen in one transaction.
+
+One `handle_error` hook on the engine turns lock and statement timeouts and a lost connection
+into StoreErrors that name the setting or the next step. Database URLs are printed through `safe_url`, which masks the password.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
+import logging
 import os
+import re
+import sqlite3
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,10 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
-from newsletter.errors import LockHeld, StoreError
+from newsletter.errors import ConnectionLost, DatabaseTimeout, LockHeld, StoreError
 from newsletter.models import DailyListing, ListingEntry, Paper
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -125,29 +134,133 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout."""
+_PASSWORD_IN_URL = re.compile(r"(://[^/\s'\"@:]*:)[^\s'\"]*@")
+_PASSWORD_PARAM = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it masked (user:***@host, password=***)."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+
+
+def safe_url(url: str | sa.URL) -> str:
+    """A database URL as it may be printed or logged: never with its password."""
+    try:
+        text = sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:  # unparseable: mask what looks like a password
+        text = str(url)
+    return redact(text)
+
+
+def make_engine(
+    url: str, *, lock_timeout: float = 30.0, statement_timeout: float = 300.0
+) -> Engine:
+    """An engine for the URL. SQLite gets WAL, foreign keys and `lock_timeout` as its busy
+    timeout; PostgreSQL gets lock_timeout and statement_timeout on every connection and a
+    pre-ping, so a connection dropped while idle is replaced. Errors from either become
+    StoreErrors in one place (`_ErrorTranslator`)."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = sa.create_engine(url, future=True)
+        backend = sa.make_url(url).get_backend_name()
+        engine = sa.create_engine(url, future=True, pool_pre_ping=backend == "postgresql")
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise StoreError(
-            f"setting NEWSLETTER_DATABASE_URL: cannot use {url!r} ({exc}); use e.g. "
-            "sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
+            f"setting NEWSLETTER_DATABASE_URL: cannot use {safe_url(url)!r} ({redact(str(exc))}); "
+            "use e.g. sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
         ) from exc
+    lock_ms, statement_ms = round(lock_timeout * 1000), round(statement_timeout * 1000)
     if engine.dialect.name == "sqlite":
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
+        sa.event.listen(engine, "connect", functools.partial(_sqlite_setup, lock_ms))
+    elif engine.dialect.name == "postgresql":
+        sa.event.listen(
+            engine, "connect", functools.partial(_postgresql_setup, lock_ms, statement_ms)
+        )
+    translate = _ErrorTranslator(safe_url(url), lock_timeout, statement_timeout)
+    sa.event.listen(engine, "handle_error", translate)
     return engine
+
+
+def _sqlite_setup(busy_ms: int, dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")  # first: switching to WAL may have to wait
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _postgresql_setup(lock_ms: int, statement_ms: int, dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"SET lock_timeout = {lock_ms}")
+    cur.execute(f"SET statement_timeout = {statement_ms}")
+    cur.close()
+    dbapi_conn.commit()  # a SET inside a transaction that rolls back would be undone
+
+
+def _timeout_kind(exc: BaseException) -> Literal["lock", "statement"] | None:
+    """Which timeout ended the statement, from the driver's error: PostgreSQL's SQLSTATE
+    (55P03 lock_not_available, 57014 query_canceled) or SQLite's SQLITE_BUSY."""
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if code == "55P03":
+        return "lock"
+    if code == "57014" and "statement timeout" in str(exc):
+        return "statement"
+    if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY:
+        return "lock"
+    return None
+
+
+@dataclass(frozen=True)  # no slots: event listeners are weakly referenced
+class _ErrorTranslator:
+    """The engine's `handle_error` hook: the one place where the database errors a user can act
+    on (a timeout, a lost or refused connection) become StoreErrors. Everything else keeps its
+    SQLAlchemy type: a bug still shows its traceback."""
+
+    url: str  # already masked
+    lock_timeout: float
+    statement_timeout: float
+
+    def __call__(self, ctx: ExceptionContext) -> None:
+        if ctx.is_pre_ping:
+            return  # the pool replaces the dead connection on its own
+        orig = ctx.original_exception
+        cause = redact(str(orig).strip().splitlines()[0] if str(orig).strip() else repr(orig))
+        kind = _timeout_kind(orig)
+        if kind == "lock":
+            raise DatabaseTimeout(
+                f"the database {self.url} stayed locked by another session for more than "
+                f"{self.lock_timeout:g} s ({cause}); check for another newsletter process or a "
+                "long transaction holding the database (PostgreSQL: pg_stat_activity), or raise "
+                "NEWSLETTER_DB_LOCK_TIMEOUT",
+                kind="lock",
+                setting="NEWSLETTER_DB_LOCK_TIMEOUT",
+            )
+        if kind == "statement":
+            raise DatabaseTimeout(
+                f"a statement on {self.url} ran longer than {self.statement_timeout:g} s and "
+                f"was cancelled ({cause}); check for another process holding the database or "
+                "an overloaded server, or raise NEWSLETTER_DB_STATEMENT_TIMEOUT",
+                kind="statement",
+                setting="NEWSLETTER_DB_STATEMENT_TIMEOUT",
+            )
+        if ctx.connection is None:
+            raise StoreError(
+                f"cannot open the database {self.url}: {cause}; check "
+                "NEWSLETTER_DATABASE_URL and that the server is running"
+            )
+        if ctx.is_disconnect:
+            raise ConnectionLost(
+                f"lost the connection to the database {self.url} ({cause}); everything "
+                "recorded so far is kept; run the same command again",
+                cause=cause,
+            )
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (bigint) for a name."""
+    key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return key - (1 << 63)
 
 
 class Store:
@@ -157,15 +270,26 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        store = cls(make_engine(url))
+    def open(
+        cls, url: str, *, lock_timeout: float = 30.0, statement_timeout: float = 300.0
+    ) -> Store:
+        """Open the store and create missing tables. `lock_timeout` (seconds) bounds every wait
+        for a lock held by another session, `statement_timeout` (PostgreSQL) every statement;
+        production callers pass settings.db_lock_timeout and settings.db_statement_timeout."""
+        store = cls(
+            make_engine(url, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+        )
         try:
             metadata.create_all(store.engine)
         except sa.exc.OperationalError as exc:
+            store.close()
             raise StoreError(
-                f"cannot open the database {store.engine.url.render_as_string()!r}: "
-                f"{exc.orig}; check NEWSLETTER_DATABASE_URL and that the server is running"
+                f"cannot open the database {safe_url(url)}: {redact(str(exc.orig))}; check "
+                "NEWSLETTER_DATABASE_URL and that the server is running"
             ) from exc
+        except StoreError:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -535,8 +659,7 @@ class Store:
         advisory lock on PostgreSQL.
         """
         if self.dialect == "postgresql":
-            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
-            key -= 1 << 63  # bigint range
+            key = _lock_key(name)
             with self.engine.connect() as conn:
                 got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
                 conn.commit()
@@ -545,8 +668,7 @@ class Store:
                 try:
                     yield
                 finally:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                    conn.commit()
+                    _advisory_unlock(conn, key, name)
             return
         path = self.lock_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -563,6 +685,22 @@ class Store:
             yield
         finally:
             os.close(fd)  # closing drops the flock
+
+
+def _advisory_unlock(conn: Connection, key: int, name: str) -> None:
+    """Release a session advisory lock. A dead connection needs no unlock: the server drops a
+    session's advisory locks with the session, and failing here would hide the error that
+    ended the block."""
+    try:
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        conn.commit()
+    except ConnectionLost as exc:
+        log.warning(
+            "sender lock for %s: its database connection was lost (%s); the server has "
+            "released the lock",
+            name,
+            exc.cause,
+        )
 
 
 def _paper(row: Any) -> Paper:
