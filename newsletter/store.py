@@ -5,8 +5,10 @@ source file and content hash) and their ranked entries; the delivery ledger (one
 edition and subscriber) and each subscriber's paper history. Recording a delivery as sent and
 adding its papers to the history happen in one transaction.
 
-One `handle_error` hook on the engine turns lock and statement timeouts and a lost connection
-into StoreErrors that name the setting or the next step. Database URLs are printed through `safe_url`, which masks the password.
+Safe under concurrency and failure: first use creates the schema one process at a time, every
+insert-if-missing is an INSERT .. ON CONFLICT, and one `handle_error` hook on the engine turns
+lock and statement timeouts and a lost connection into StoreErrors that name the setting or the
+next step. Database URLs are printed through `safe_url`, which masks the password.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
 from newsletter.errors import ConnectionLost, DatabaseTimeout, LockHeld, StoreError
@@ -280,7 +283,7 @@ class Store:
             make_engine(url, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
         )
         try:
-            metadata.create_all(store.engine)
+            store._create_schema()
         except sa.exc.OperationalError as exc:
             store.close()
             raise StoreError(
@@ -292,6 +295,33 @@ class Store:
             raise
         return store
 
+    def _create_schema(self) -> None:
+        """Create missing tables, one process at a time: concurrent first runs never race."""
+        with self.engine.connect() as conn:
+            present = set(sa.inspect(conn).get_table_names())
+        if set(metadata.tables) <= present:
+            return
+        with self._exclusive("schema") as conn:
+            metadata.create_all(conn)
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[Connection]:
+        """A transaction for read-then-write work that several processes may start at once: it
+        runs alone among the transactions for the same `name` (PostgreSQL: a transaction-level
+        advisory lock), on SQLite among all writers (BEGIN IMMEDIATE). Waits count against the
+        lock timeout."""
+        with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                key = _lock_key(f"newsletter-store:{name}")
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            yield conn
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ON CONFLICT (the same SQL on both backends)."""
+        return sqlite.insert(table) if self.dialect == "sqlite" else postgresql.insert(table)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -301,8 +331,9 @@ class Store:
 
     # --- ingest -----------------------------------------------------------------------------
     def save_listing(self, listing: DailyListing, *, now: dt.datetime) -> IngestOutcome:
-        """Store a listing; identical content changes nothing, new content for a date replaces it."""
-        with self.engine.begin() as conn:
+        """Store a listing; identical content changes nothing, new content for a date replaces it.
+        Concurrent ingests of one listing take turns, so exactly one reports it as ingested."""
+        with self._exclusive("listings") as conn:
             old = conn.execute(
                 sa.select(listings.c.content_hash).where(listings.c.date == listing.date)
             ).scalar_one_or_none()
@@ -345,7 +376,7 @@ class Store:
             if e.paper.id not in known
         ]
         if fresh:
-            conn.execute(papers.insert(), fresh)
+            conn.execute(self._insert(papers).on_conflict_do_nothing(), fresh)
         return len(fresh)
 
     # --- reading ----------------------------------------------------------------------------
@@ -435,21 +466,14 @@ class Store:
         paper_ids: Sequence[str],
         now: dt.datetime,
     ) -> None:
+        """Papers already in the history keep their first edition."""
         email = email.lower()
-        have = set(
-            conn.execute(
-                sa.select(history.c.paper_id).where(
-                    history.c.email == email, history.c.paper_id.in_(list(paper_ids))
-                )
-            ).scalars()
-        )
         rows = [
             {"email": email, "paper_id": pid, "edition": edition, "delivered_at": now}
             for pid in dict.fromkeys(paper_ids)
-            if pid not in have
         ]
         if rows:
-            conn.execute(history.insert(), rows)
+            conn.execute(self._insert(history).on_conflict_do_nothing(), rows)
 
     # --- ledger -----------------------------------------------------------------------------
     def ledger_rows(self, edition: dt.date, emails: Sequence[str] | None = None) -> list[LedgerRow]:
@@ -474,24 +498,20 @@ class Store:
     ) -> LedgerRow:
         """Insert the planned row unless one exists; returns the row as stored (never downgrades)."""
         email = email.lower()
+        values = {
+            "edition": edition,
+            "email": email,
+            "status": "planned",
+            "message_id": message_id,
+            "paper_ids": json.dumps(list(paper_ids)),
+            "attempts": 0,
+            "updated_at": now,
+        }
         with self.engine.begin() as conn:
+            conn.execute(self._insert(ledger).values(**values).on_conflict_do_nothing())
             row = conn.execute(
                 sa.select(ledger).where(ledger.c.edition == edition, ledger.c.email == email)
-            ).one_or_none()
-            if row is None:
-                values = {
-                    "edition": edition,
-                    "email": email,
-                    "status": "planned",
-                    "message_id": message_id,
-                    "paper_ids": json.dumps(list(paper_ids)),
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                conn.execute(ledger.insert().values(**values))
-                row = conn.execute(
-                    sa.select(ledger).where(ledger.c.edition == edition, ledger.c.email == email)
-                ).one()
+            ).one()
         return _ledger_row(row)
 
     def mark_sent(
@@ -549,25 +569,29 @@ class Store:
         """Nothing matched: recorded so status can say why, and re-runs do not re-select."""
         email = email.lower()
         with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(ledger.c.status).where(
-                    ledger.c.edition == edition, ledger.c.email == email
+            inserted = conn.execute(
+                self._insert(ledger)
+                .values(
+                    edition=edition,
+                    email=email,
+                    status="skipped",
+                    paper_ids="[]",
+                    attempts=0,
+                    reason=reason,
+                    updated_at=now,
                 )
-            ).scalar_one_or_none()
-            if exists is None:
+                .on_conflict_do_nothing()
+            ).rowcount
+            if not inserted:
                 conn.execute(
-                    ledger.insert().values(
-                        edition=edition,
-                        email=email,
-                        status="skipped",
-                        paper_ids="[]",
-                        attempts=0,
-                        reason=reason,
-                        updated_at=now,
+                    ledger.update()
+                    .where(
+                        ledger.c.edition == edition,
+                        ledger.c.email == email,
+                        ledger.c.status != "sent",
                     )
+                    .values(updated_at=now, status="skipped", reason=reason)
                 )
-            elif exists != "sent":
-                self._set(conn, edition, email, now, status="skipped", reason=reason)
 
     def reset_for_resend(self, edition: dt.date, email: str, *, now: dt.datetime) -> None:
         """The explicit way to send an edition again: the row goes back to planned."""
@@ -627,16 +651,14 @@ class Store:
         return _utc(value)
 
     def set_last_firing(self, group_key: str, firing: dt.datetime) -> None:
+        insert = self._insert(schedule_state).values(group_key=group_key, last_firing=firing)
         with self.engine.begin() as conn:
-            done = conn.execute(
-                schedule_state.update()
-                .where(schedule_state.c.group_key == group_key)
-                .values(last_firing=firing)
-            ).rowcount
-            if not done:
-                conn.execute(
-                    schedule_state.insert().values(group_key=group_key, last_firing=firing)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[schedule_state.c.group_key],
+                    set_={"last_firing": insert.excluded.last_firing},
                 )
+            )
 
     @property
     def lock_dir(self) -> Path:

@@ -1,10 +1,12 @@
 """The store when things go wrong, against the real databases: a lock held by another session,
-a connection the server terminates, and a database URL with a password in an error message."""
+a connection the server terminates, many processes on a fresh store at once, and a database
+URL with a password in an error message."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sqlite3
@@ -22,9 +24,10 @@ from click.testing import CliRunner
 
 from newsletter.cli import cli
 from newsletter.errors import ConnectionLost, DatabaseTimeout, StoreError
+from newsletter.ingest import read_dump
 from newsletter.store import Store, _lock_key, redact, safe_url
 
-from .conftest import ROOT, SEEDS
+from .conftest import REFERENCE, ROOT, SEEDS
 from .test_store import NOW
 
 ED = dt.date(2026, 3, 17)
@@ -237,7 +240,7 @@ def test_a_connection_lost_mid_statement_is_a_clear_error(pg_url: str) -> None:
         admin.dispose()
 
 
-# --- helpers for subprocesses -------------------------------------------------------------
+# --- 3. concurrent first use -------------------------------------------------------------------
 def newsletter_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(
@@ -250,6 +253,100 @@ def newsletter_env(db_url: str, tmp_path: Path) -> dict[str, str]:
         NEWSLETTER_LOG_LEVEL="WARNING",
     )
     return env
+
+
+def run_at_once(n: int, env: dict[str, str], *args: str) -> list[subprocess.CompletedProcess[str]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "newsletter", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def test_racing_first_writes_are_idempotent(db_url: str) -> None:
+    """Six stores (six engines) on one fresh database do the insert-if-missing writes at the
+    same moment: no IntegrityError, every row once, exactly one `ingested`."""
+    listing = read_dump(SEEDS / "001_5dda9fa4defc14f9.txt", reference=REFERENCE)
+    stores = [Store.open(db_url) for _ in range(6)]
+    start = threading.Barrier(len(stores))
+    statuses: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(store: Store) -> None:
+        try:
+            start.wait()
+            statuses.append(store.save_listing(listing, now=NOW).status)
+            store.set_last_firing("UTC|07:00", NOW)
+            plan(store)
+            store.mark_skipped(ED, "bob@example.org", reason="nothing matched", now=NOW)
+            store.record_history("ada@example.org", ED, ["a", "b"], now=NOW)
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert sorted(statuses) == ["ingested"] + ["unchanged"] * 5
+        counts = stores[0].counts()
+        assert counts["listings"] == 1 and counts["papers"] == 56
+        assert counts["ledger"] == 2 and counts["history"] == 2 and counts["schedule_state"] == 1
+        assert stores[0].last_firing("UTC|07:00") == NOW
+    finally:
+        for s in stores:
+            s.close()
+
+
+@pytest.mark.slow
+def test_eight_ingests_at_once_on_a_fresh_store(db_url: str, tmp_path: Path) -> None:
+    runs = run_at_once(8, newsletter_env(db_url, tmp_path), "ingest", "--json")
+    for r in runs:
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    statuses: dict[str, list[str]] = {}
+    for r in runs:
+        for f in json.loads(r.stdout)["files"]:
+            statuses.setdefault(Path(f["path"]).name, []).append(f["status"])
+    assert len(statuses) == 4
+    for name, seen in statuses.items():  # each listing stored by exactly one process
+        assert sorted(seen) == ["ingested"] + ["unchanged"] * 7, name
+    store = Store.open(db_url)
+    try:
+        counts = store.counts()
+    finally:
+        store.close()
+    assert counts["listings"] == 4 and counts["papers"] == 211
+    assert counts["listing_entries"] == 56 + 78 + 65 + 52
+
+
+@pytest.mark.slow
+def test_four_run_once_at_once_on_a_fresh_store(db_url: str, tmp_path: Path) -> None:
+    runs = run_at_once(4, newsletter_env(db_url, tmp_path), "run", "--once")
+    for r in runs:
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    store = Store.open(db_url)
+    try:
+        sent = [r for ed in store.listing_dates() for r in store.ledger_rows(ed)]
+        counts = store.counts()
+    finally:
+        store.close()
+    assert counts["listings"] == 4 and counts["schedule_state"] >= 1
+    messages = [p for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
+    delivered = [r for r in sent if r.status == "sent"]
+    assert delivered and len(messages) == len(delivered)  # nobody got an edition twice
 
 
 # --- 4. no password in what the program prints -------------------------------------------------
