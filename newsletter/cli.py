@@ -86,7 +86,11 @@ class AppContext:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.settings.database_url)
+            self._store = Store.open(
+                self.settings.database_url,
+                lock_timeout=self.settings.db_lock_timeout,
+                statement_timeout=self.settings.db_statement_timeout,
+            )
         return self._store
 
     def now(self) -> dt.datetime:

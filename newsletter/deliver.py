@@ -1240,7 +1240,12 @@ def _worker_init_spawned(settings: Settings) -> None:
 
     _worker_signals()
     global _WORKER
-    _WORKER = _Preparer(settings, Store.open(settings.database_url), Renderer(settings))
+    store = Store.open(
+        settings.database_url,
+        lock_timeout=settings.db_lock_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
+    _WORKER = _Preparer(settings, store, Renderer(settings))
 
 
 def _worker_prepare(

@@ -5,7 +5,9 @@
      │    └── SubscriberConfigError
      ├── IngestError            a dump that cannot be read (file, line)
      ├── StoreError             the database (URL, schema, lock held by another sender)
-     │    └── LockHeld
+     │    ├── LockHeld
+     │    ├── DatabaseTimeout   a lock or statement timeout ran out (names the setting)
+     │    └── ConnectionLost    the server went away mid-run (run the command again)
      ├── RenderError            a template that fails to compile or render
      └── DeliveryError          a transport failure (temporary unless `permanent`)
           ├── RecipientRefused  the server refused one recipient (5xx: permanent)
@@ -55,6 +57,25 @@ class StoreError(NewsletterError):
 
 class LockHeld(StoreError):
     """Another sender holds the lock for this work."""
+
+
+class DatabaseTimeout(StoreError, TimeoutError):
+    """A statement waited too long for a lock (`kind` "lock") or ran too long ("statement");
+    `setting` is the environment variable that sets that timeout."""
+
+    def __init__(self, message: str, *, kind: str, setting: str) -> None:
+        self.kind = kind
+        self.setting = setting
+        super().__init__(message)
+
+
+class ConnectionLost(StoreError, ConnectionError):
+    """The connection to the database broke mid-run (`cause`: the driver's words); committed
+    work is kept."""
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        self.cause = cause
+        super().__init__(message)
 
 
 class RenderError(NewsletterError):

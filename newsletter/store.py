@@ -4,6 +4,11 @@ Tables: papers (one row per paper however often it appears), listings (one per d
 source file and content hash) and their ranked entries; the delivery ledger (one row per
 edition and subscriber) and each subscriber's paper history. Recording a delivery as sent and
 adding its papers to the history happen in one transaction.
+
+Safe under concurrency and failure: first use creates the schema one process at a time, every
+insert-if-missing is an INSERT .. ON CONFLICT, and one `handle_error` hook on the engine turns
+lock and statement timeouts and a lost connection into StoreErrors that name the setting or the
+next step. Database URLs are printed through `safe_url`, which masks the password.
 """
 
 from __future__ import annotations
@@ -11,9 +16,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
+import logging
 import os
+import re
+import sqlite3
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,10 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
-from newsletter.errors import LockHeld, StoreError
+from newsletter.errors import ConnectionLost, DatabaseTimeout, LockHeld, StoreError
 from newsletter.models import DailyListing, ListingEntry, Paper
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -137,29 +149,133 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout."""
+_PASSWORD_IN_URL = re.compile(r"(://[^/\s'\"@:]*:)[^\s'\"]*@")
+_PASSWORD_PARAM = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it masked (user:***@host, password=***)."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+
+
+def safe_url(url: str | sa.URL) -> str:
+    """A database URL as it may be printed or logged: never with its password."""
+    try:
+        text = sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:  # unparseable: mask what looks like a password
+        text = str(url)
+    return redact(text)
+
+
+def make_engine(
+    url: str, *, lock_timeout: float = 30.0, statement_timeout: float = 300.0
+) -> Engine:
+    """An engine for the URL. SQLite gets WAL, foreign keys and `lock_timeout` as its busy
+    timeout; PostgreSQL gets lock_timeout and statement_timeout on every connection and a
+    pre-ping, so a connection dropped while idle is replaced. Errors from either become
+    StoreErrors in one place (`_ErrorTranslator`)."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = sa.create_engine(url, future=True)
+        backend = sa.make_url(url).get_backend_name()
+        engine = sa.create_engine(url, future=True, pool_pre_ping=backend == "postgresql")
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise StoreError(
-            f"setting NEWSLETTER_DATABASE_URL: cannot use {url!r} ({exc}); use e.g. "
-            "sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
+            f"setting NEWSLETTER_DATABASE_URL: cannot use {safe_url(url)!r} ({redact(str(exc))}); "
+            "use e.g. sqlite:///var/newsletter.db or postgresql+psycopg://user@host/db"
         ) from exc
+    lock_ms, statement_ms = round(lock_timeout * 1000), round(statement_timeout * 1000)
     if engine.dialect.name == "sqlite":
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
+        sa.event.listen(engine, "connect", functools.partial(_sqlite_setup, lock_ms))
+    elif engine.dialect.name == "postgresql":
+        sa.event.listen(
+            engine, "connect", functools.partial(_postgresql_setup, lock_ms, statement_ms)
+        )
+    translate = _ErrorTranslator(safe_url(url), lock_timeout, statement_timeout)
+    sa.event.listen(engine, "handle_error", translate)
     return engine
+
+
+def _sqlite_setup(busy_ms: int, dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")  # first: switching to WAL may have to wait
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _postgresql_setup(lock_ms: int, statement_ms: int, dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"SET lock_timeout = {lock_ms}")
+    cur.execute(f"SET statement_timeout = {statement_ms}")
+    cur.close()
+    dbapi_conn.commit()  # a SET inside a transaction that rolls back would be undone
+
+
+def _timeout_kind(exc: BaseException) -> Literal["lock", "statement"] | None:
+    """Which timeout ended the statement, from the driver's error: PostgreSQL's SQLSTATE
+    (55P03 lock_not_available, 57014 query_canceled) or SQLite's SQLITE_BUSY."""
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if code == "55P03":
+        return "lock"
+    if code == "57014" and "statement timeout" in str(exc):
+        return "statement"
+    if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY:
+        return "lock"
+    return None
+
+
+@dataclass(frozen=True)  # no slots: event listeners are weakly referenced
+class _ErrorTranslator:
+    """The engine's `handle_error` hook: the one place where the database errors a user can act
+    on (a timeout, a lost or refused connection) become StoreErrors. Everything else keeps its
+    SQLAlchemy type: a bug still shows its traceback."""
+
+    url: str  # already masked
+    lock_timeout: float
+    statement_timeout: float
+
+    def __call__(self, ctx: ExceptionContext) -> None:
+        if ctx.is_pre_ping:
+            return  # the pool replaces the dead connection on its own
+        orig = ctx.original_exception
+        cause = redact(str(orig).strip().splitlines()[0] if str(orig).strip() else repr(orig))
+        kind = _timeout_kind(orig)
+        if kind == "lock":
+            raise DatabaseTimeout(
+                f"the database {self.url} stayed locked by another session for more than "
+                f"{self.lock_timeout:g} s ({cause}); check for another newsletter process or a "
+                "long transaction holding the database (PostgreSQL: pg_stat_activity), or raise "
+                "NEWSLETTER_DB_LOCK_TIMEOUT",
+                kind="lock",
+                setting="NEWSLETTER_DB_LOCK_TIMEOUT",
+            )
+        if kind == "statement":
+            raise DatabaseTimeout(
+                f"a statement on {self.url} ran longer than {self.statement_timeout:g} s and "
+                f"was cancelled ({cause}); check for another process holding the database or "
+                "an overloaded server, or raise NEWSLETTER_DB_STATEMENT_TIMEOUT",
+                kind="statement",
+                setting="NEWSLETTER_DB_STATEMENT_TIMEOUT",
+            )
+        if ctx.connection is None:
+            raise StoreError(
+                f"cannot open the database {self.url}: {cause}; check "
+                "NEWSLETTER_DATABASE_URL and that the server is running"
+            )
+        if ctx.is_disconnect:
+            raise ConnectionLost(
+                f"lost the connection to the database {self.url} ({cause}); everything "
+                "recorded so far is kept; run the same command again",
+                cause=cause,
+            )
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (bigint) for a name."""
+    key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return key - (1 << 63)
 
 
 class Store:
@@ -169,16 +285,54 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        store = cls(make_engine(url))
+    def open(
+        cls, url: str, *, lock_timeout: float = 30.0, statement_timeout: float = 300.0
+    ) -> Store:
+        """Open the store and create missing tables. `lock_timeout` (seconds) bounds every wait
+        for a lock held by another session, `statement_timeout` (PostgreSQL) every statement;
+        production callers pass settings.db_lock_timeout and settings.db_statement_timeout."""
+        store = cls(
+            make_engine(url, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+        )
         try:
-            metadata.create_all(store.engine)
+            store._create_schema()
         except sa.exc.OperationalError as exc:
+            store.close()
             raise StoreError(
-                f"cannot open the database {store.engine.url.render_as_string()!r}: "
-                f"{exc.orig}; check NEWSLETTER_DATABASE_URL and that the server is running"
+                f"cannot open the database {safe_url(url)}: {redact(str(exc.orig))}; check "
+                "NEWSLETTER_DATABASE_URL and that the server is running"
             ) from exc
+        except StoreError:
+            store.close()
+            raise
         return store
+
+    def _create_schema(self) -> None:
+        """Create missing tables, one process at a time: concurrent first runs never race."""
+        with self.engine.connect() as conn:
+            present = set(sa.inspect(conn).get_table_names())
+        if set(metadata.tables) <= present:
+            return
+        with self._exclusive("schema") as conn:
+            metadata.create_all(conn)
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[Connection]:
+        """A transaction for read-then-write work that several processes may start at once: it
+        runs alone among the transactions for the same `name` (PostgreSQL: a transaction-level
+        advisory lock), on SQLite among all writers (BEGIN IMMEDIATE). Waits count against the
+        lock timeout."""
+        with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                key = _lock_key(f"newsletter-store:{name}")
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            yield conn
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ON CONFLICT (the same SQL on both backends)."""
+        return sqlite.insert(table) if self.dialect == "sqlite" else postgresql.insert(table)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -189,8 +343,9 @@ class Store:
 
     # --- ingest -----------------------------------------------------------------------------
     def save_listing(self, listing: DailyListing, *, now: dt.datetime) -> IngestOutcome:
-        """Store a listing; identical content changes nothing, new content for a date replaces it."""
-        with self.engine.begin() as conn:
+        """Store a listing; identical content changes nothing, new content for a date replaces it.
+        Concurrent ingests of one listing take turns, so exactly one reports it as ingested."""
+        with self._exclusive("listings") as conn:
             old = conn.execute(
                 sa.select(listings.c.content_hash).where(listings.c.date == listing.date)
             ).scalar_one_or_none()
@@ -233,7 +388,7 @@ class Store:
             if e.paper.id not in known
         ]
         if fresh:
-            conn.execute(papers.insert(), fresh)
+            conn.execute(self._insert(papers).on_conflict_do_nothing(), fresh)
         return len(fresh)
 
     # --- reading ----------------------------------------------------------------------------
@@ -323,21 +478,14 @@ class Store:
         paper_ids: Sequence[str],
         now: dt.datetime,
     ) -> None:
+        """Papers already in the history keep their first edition."""
         email = email.lower()
-        have = set(
-            conn.execute(
-                sa.select(history.c.paper_id).where(
-                    history.c.email == email, history.c.paper_id.in_(list(paper_ids))
-                )
-            ).scalars()
-        )
         rows = [
             {"email": email, "paper_id": pid, "edition": edition, "delivered_at": now}
             for pid in dict.fromkeys(paper_ids)
-            if pid not in have
         ]
         if rows:
-            conn.execute(history.insert(), rows)
+            conn.execute(self._insert(history).on_conflict_do_nothing(), rows)
 
     # --- ledger -----------------------------------------------------------------------------
     def ledger_rows(self, edition: dt.date, emails: Sequence[str] | None = None) -> list[LedgerRow]:
@@ -362,24 +510,20 @@ class Store:
     ) -> LedgerRow:
         """Insert the planned row unless one exists; returns the row as stored (never downgrades)."""
         email = email.lower()
+        values = {
+            "edition": edition,
+            "email": email,
+            "status": "planned",
+            "message_id": message_id,
+            "paper_ids": json.dumps(list(paper_ids)),
+            "attempts": 0,
+            "updated_at": now,
+        }
         with self.engine.begin() as conn:
+            conn.execute(self._insert(ledger).values(**values).on_conflict_do_nothing())
             row = conn.execute(
                 sa.select(ledger).where(ledger.c.edition == edition, ledger.c.email == email)
-            ).one_or_none()
-            if row is None:
-                values = {
-                    "edition": edition,
-                    "email": email,
-                    "status": "planned",
-                    "message_id": message_id,
-                    "paper_ids": json.dumps(list(paper_ids)),
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                conn.execute(ledger.insert().values(**values))
-                row = conn.execute(
-                    sa.select(ledger).where(ledger.c.edition == edition, ledger.c.email == email)
-                ).one()
+            ).one()
         return _ledger_row(row)
 
     def mark_sent(
@@ -437,25 +581,29 @@ class Store:
         """Nothing matched: recorded so status can say why, and re-runs do not re-select."""
         email = email.lower()
         with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(ledger.c.status).where(
-                    ledger.c.edition == edition, ledger.c.email == email
+            inserted = conn.execute(
+                self._insert(ledger)
+                .values(
+                    edition=edition,
+                    email=email,
+                    status="skipped",
+                    paper_ids="[]",
+                    attempts=0,
+                    reason=reason,
+                    updated_at=now,
                 )
-            ).scalar_one_or_none()
-            if exists is None:
+                .on_conflict_do_nothing()
+            ).rowcount
+            if not inserted:
                 conn.execute(
-                    ledger.insert().values(
-                        edition=edition,
-                        email=email,
-                        status="skipped",
-                        paper_ids="[]",
-                        attempts=0,
-                        reason=reason,
-                        updated_at=now,
+                    ledger.update()
+                    .where(
+                        ledger.c.edition == edition,
+                        ledger.c.email == email,
+                        ledger.c.status != "sent",
                     )
+                    .values(updated_at=now, status="skipped", reason=reason)
                 )
-            elif exists != "sent":
-                self._set(conn, edition, email, now, status="skipped", reason=reason)
 
     def reset_for_resend(self, edition: dt.date, email: str, *, now: dt.datetime) -> None:
         """The explicit way to send an edition again: the row goes back to planned."""
@@ -526,16 +674,14 @@ class Store:
         return _utc(value)
 
     def set_last_firing(self, group_key: str, firing: dt.datetime) -> None:
+        insert = self._insert(schedule_state).values(group_key=group_key, last_firing=firing)
         with self.engine.begin() as conn:
-            done = conn.execute(
-                schedule_state.update()
-                .where(schedule_state.c.group_key == group_key)
-                .values(last_firing=firing)
-            ).rowcount
-            if not done:
-                conn.execute(
-                    schedule_state.insert().values(group_key=group_key, last_firing=firing)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[schedule_state.c.group_key],
+                    set_={"last_firing": insert.excluded.last_firing},
                 )
+            )
 
     def open_firing(self, group_key: str) -> tuple[dt.datetime, dt.date] | None:
         """The group's firing that started sending and has not finished: (firing, edition)."""
@@ -594,8 +740,7 @@ class Store:
                 # advisory locks are per database: two stores in two schemas of one database
                 # (deployments side by side, parallel test runs) must not block each other
                 schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
-                digest = hashlib.blake2b(f"{schema}:{name}".encode(), digest_size=8).digest()
-                key = int.from_bytes(digest, "big") - (1 << 63)  # bigint range
+                key = _lock_key(f"{schema}:{name}")
                 got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
                 conn.commit()
                 if not got:
@@ -603,8 +748,7 @@ class Store:
                 try:
                     yield
                 finally:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                    conn.commit()
+                    _advisory_unlock(conn, key, name)
             return
         path = self.lock_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -621,6 +765,22 @@ class Store:
             yield
         finally:
             os.close(fd)  # closing drops the flock
+
+
+def _advisory_unlock(conn: Connection, key: int, name: str) -> None:
+    """Release a session advisory lock. A dead connection needs no unlock: the server drops a
+    session's advisory locks with the session, and failing here would hide the error that
+    ended the block."""
+    try:
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        conn.commit()
+    except ConnectionLost as exc:
+        log.warning(
+            "sender lock for %s: its database connection was lost (%s); the server has "
+            "released the lock",
+            name,
+            exc.cause,
+        )
 
 
 def _paper(row: Any) -> Paper:
