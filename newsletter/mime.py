@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
+from newsletter.addresses import address_key
 from newsletter.errors import ConfigError
 from newsletter.settings import Settings
 
@@ -141,14 +142,14 @@ def format_address(name: str, address: str) -> str:
 
 def message_id(edition: dt.date, email: str, domain: str) -> str:
     """Deterministic per (edition, subscriber), so a resend of the same digest is recognisable."""
-    key = f"{edition.isoformat()}\0{email.strip().lower()}".encode()
+    key = f"{edition.isoformat()}\0{address_key(email)}".encode()
     digest = hashlib.blake2s(key, digest_size=10).hexdigest()
     return f"<digest.{edition.isoformat()}.{digest}@{domain}>"
 
 
 def unsubscribe_token(secret: str, email: str, list_id: str) -> str:
     """HMAC-SHA256 over (list, address), 128 bits, URL-safe; the endpoint recomputes it."""
-    msg = f"unsubscribe\0{list_id}\0{email.strip().lower()}".encode()
+    msg = f"unsubscribe\0{list_id}\0{address_key(email)}".encode()
     mac = hmac.new(secret.encode("utf-8"), msg, hashlib.sha256).digest()[:16]
     return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter import ingest
+from newsletter.addresses import address_key
 from newsletter.errors import NewsletterError
 from newsletter.models import DailyListing, Selection, Subscriber
 from newsletter.selection import PaperIndex, select_for
@@ -195,7 +196,7 @@ def replay(
             store.set_last_firing(group.key, clock)
         history = store.history_before(edition, [s.email for s in subscribers])
         for row in store.ledger_rows(edition, [s.email for s in subscribers]):
-            sub_email = next(s.email for s in subscribers if s.email.lower() == row.email)
+            sub_email = next(s.email for s in subscribers if address_key(s.email) == row.email)
             repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))
             rows.append(ReplayRow(edition, row.email, len(row.paper_ids), repeats, row.status))
     return rows

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from newsletter.addresses import address_key
 from newsletter.errors import LockHeld, SubscriberConfigError
 from newsletter.models import Subscriber
 from newsletter.settings import Settings
@@ -123,7 +124,7 @@ def decide(
     due = tuple(
         s
         for s in group.subscribers
-        if (mark := watermarks.get(s.email.lower())) is None or mark < newest_listing
+        if (mark := watermarks.get(address_key(s.email))) is None or mark < newest_listing
     )
     if not due:
         return Decision(
@@ -216,7 +217,7 @@ async def retry_failures(
     """Temporary failures whose next attempt time has come get another try."""
     from newsletter.deliver import send_edition
 
-    by_email = {s.email.lower(): s for s in subscribers}
+    by_email = {address_key(s.email): s for s in subscribers}
     for edition, emails in store.retry_due(clock()).items():
         subs = [by_email[e] for e in emails if e in by_email]
         if not subs or (stop is not None and stop.is_set()):

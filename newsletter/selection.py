@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from newsletter.addresses import address_key
 from newsletter.models import (
     DailyListing,
     Paper,
@@ -311,7 +312,7 @@ def select_for(
     history = history or {}
     selections = []
     for sub in subscribers:
-        seen = history.get(sub.email.lower(), frozenset())
+        seen = history.get(address_key(sub.email), frozenset())
         excluded = scorer.excluded(sub.exclude)
         found: dict[int, list[tuple[float, int, TopicMatch]]] = {}
         for t, topic in enumerate(sub.topics):

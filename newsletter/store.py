@@ -24,6 +24,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from newsletter.addresses import address_key
 from newsletter.errors import LockHeld, StoreError
 from newsletter.models import DailyListing, ListingEntry, Paper
 
@@ -289,7 +290,7 @@ class Store:
         """Papers each subscriber received in editions before `edition` (re-renders stay equal)."""
         query = sa.select(history.c.email, history.c.paper_id).where(history.c.edition < edition)
         if emails is not None:
-            query = query.where(history.c.email.in_([e.lower() for e in emails]))
+            query = query.where(history.c.email.in_([address_key(e) for e in emails]))
         out: dict[str, set[str]] = defaultdict(set)
         with self.engine.connect() as conn:
             for email, pid in conn.execute(query):
@@ -311,7 +312,7 @@ class Store:
         paper_ids: Sequence[str],
         now: dt.datetime,
     ) -> None:
-        email = email.lower()
+        email = address_key(email)
         have = set(
             conn.execute(
                 sa.select(history.c.paper_id).where(
@@ -331,7 +332,7 @@ class Store:
     def ledger_rows(self, edition: dt.date, emails: Sequence[str] | None = None) -> list[LedgerRow]:
         query = sa.select(ledger).where(ledger.c.edition == edition).order_by(ledger.c.email)
         if emails is not None:
-            query = query.where(ledger.c.email.in_([e.lower() for e in emails]))
+            query = query.where(ledger.c.email.in_([address_key(e) for e in emails]))
         with self.engine.connect() as conn:
             return [_ledger_row(r) for r in conn.execute(query)]
 
@@ -349,7 +350,7 @@ class Store:
         now: dt.datetime,
     ) -> LedgerRow:
         """Insert the planned row unless one exists; returns the row as stored (never downgrades)."""
-        email = email.lower()
+        email = address_key(email)
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(ledger).where(ledger.c.edition == edition, ledger.c.email == email)
@@ -423,7 +424,7 @@ class Store:
 
     def mark_skipped(self, edition: dt.date, email: str, *, reason: str, now: dt.datetime) -> None:
         """Nothing matched: recorded so status can say why, and re-runs do not re-select."""
-        email = email.lower()
+        email = address_key(email)
         with self.engine.begin() as conn:
             exists = conn.execute(
                 sa.select(ledger.c.status).where(
@@ -456,7 +457,7 @@ class Store:
     ) -> None:
         conn.execute(
             ledger.update()
-            .where(ledger.c.edition == edition, ledger.c.email == email.lower())
+            .where(ledger.c.edition == edition, ledger.c.email == address_key(email))
             .values(updated_at=now, **values)
         )
 
@@ -464,7 +465,7 @@ class Store:
         """Each subscriber's newest finished edition (sent, skipped or permanently failed)."""
         out: dict[str, dt.date] = {}
         with self.engine.connect() as conn:
-            for chunk in iter_chunks([e.lower() for e in emails]):
+            for chunk in iter_chunks([address_key(e) for e in emails]):
                 rows = conn.execute(
                     sa.select(ledger.c.email, sa.func.max(ledger.c.edition))
                     .where(

@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from newsletter.addresses import address_key
 from newsletter.errors import SubscriberConfigError
 from newsletter.models import Subscriber, Topic
 
@@ -197,30 +198,35 @@ def parse_subscribers(text: str, source: str = "<subscribers>") -> list[Subscrib
         entries = []
 
     valid: list[tuple[int, SubscriberModel]] = []
-    first_index: dict[str, int] = {}
+    first_index: dict[str, tuple[int, str]] = {}
     for i, entry in enumerate(entries):
         email = entry.get("email") if isinstance(entry, dict) else None
         who = f"subscriber #{i + 1}" + (f" {email!r}" if email else "") + ", "
-        if isinstance(email, str) and email.strip():
-            key = email.strip().lower()
-            if key in first_index:
-                problem(
-                    ["subscribers", i, "email"],
-                    who,
-                    "email",
-                    f"{email!r} duplicates subscriber #{first_index[key] + 1} (emails compare "
-                    "case-insensitively); remove or merge one of them",
-                )
-            else:
-                first_index[key] = i
+        model: SubscriberModel | None = None
         try:
-            valid.append((i, SubscriberModel.model_validate(entry)))
+            model = SubscriberModel.model_validate(entry)
+            valid.append((i, model))
         except ValidationError as exc:
             for e in exc.errors():
                 loc = [p for p in e["loc"]]
                 field = ".".join(map(str, loc)) or "(entry)"
-                model = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
-                problem(["subscribers", i, *loc], who, field, _describe(e, model))
+                kind = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
+                problem(["subscribers", i, *loc], who, field, _describe(e, kind))
+        if isinstance(email, str) and email.strip():
+            key = address_key(model.email if model is not None else email)
+            if key in first_index:
+                n, first = first_index[key]
+                problem(
+                    ["subscribers", i, "email"],
+                    who,
+                    "email",
+                    f"duplicate address: {email!r} duplicates subscriber #{n + 1} {first!r} "
+                    f"(line {lines.find(['subscribers', n, 'email'])}); emails compare "
+                    "case-insensitively, in Unicode NFC, with the domain in Unicode or "
+                    "punycode alike; remove or merge one of them",
+                )
+            else:
+                first_index[key] = (i, email)
 
     if problems:
         # In file order, so the user can fix them top to bottom.

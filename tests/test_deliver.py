@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import mailbox
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -527,3 +528,45 @@ def test_cli_dry_run_and_human_output(world: World) -> None:
 def test_edition_status_of_an_unsent_edition_is_empty(world: World) -> None:
     doc = edition_status(world.store, world.edition)
     assert doc["total"] == 0 and doc["failures"] == [] and doc["counts"]["sent"] == 0
+
+
+# --- one mailbox, one digest ------------------------------------------------------------------
+async def test_one_mailbox_spelled_two_ways_gets_one_digest_and_reruns_never_crash(
+    world: World, tmp_path: Path
+) -> None:
+    # The subscriber file refuses this (test_subscribers); a caller that passes such a list
+    # anyway still sends each mailbox one digest and leaves the ledger consistent.
+    ada = world.subscribers[0]
+    spellings = [
+        dataclasses.replace(ada, email="reader@bücher.example"),
+        dataclasses.replace(ada, email="READER@xn--bcher-kva.example"),
+        dataclasses.replace(ada, email="ada@café.example"),
+        dataclasses.replace(ada, email=unicodedata.normalize("NFD", "ada@café.example")),
+    ]
+    async with running() as server:
+        first = await world.send(server, subscribers=spellings)
+        again = await world.send(server, subscribers=spellings)
+    assert first.sent == 2 and first.failed == 0 and again.sent == 0, first.failures
+    assert sorted(server.handler.by_rcpt()) == [
+        "ada@xn--caf-dma.example",
+        "reader@xn--bcher-kva.example",
+    ]
+    assert world.statuses() == {"reader@bücher.example": "sent", "ada@café.example": "sent"}
+    outbox = tmp_path / "outbox"
+    maildir = world.settings(outbox_dir=outbox)
+    await world.send(settings=maildir, subscribers=spellings, resend=[spellings[1].email])
+    assert len(list(mailbox.Maildir(outbox, create=False))) == 1
+
+
+def test_cli_send_refuses_a_file_naming_one_mailbox_twice(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "subs.yaml"
+    entries = [
+        {"email": e, "topics": [{"name": "RL", "keywords": ["reinforcement learning"]}]}
+        for e in ("élodie@example.org", unicodedata.normalize("NFD", "élodie@example.org"))
+    ]
+    path.write_text(yaml.safe_dump({"subscribers": entries}, allow_unicode=True), "utf-8")
+    with threaded_server() as server:
+        env = {**cli_env(world.settings(server)), "NEWSLETTER_SUBSCRIBERS_FILE": str(path)}
+        result = invoke(["send"], env)
+    assert result.exit_code == 2 and "duplicate" in result.output
+    assert server.handler.received == []
