@@ -508,7 +508,7 @@ class Renderer:
         self._dkim = dkim_enabled(settings)
         if self._dkim:
             load_dkim_key(settings)  # fail now, not at the first message
-        self._from = format_address(settings.sender_name, settings.sender_address)
+        self._from = format_address(settings.sender_name, settings.sender_address, "From")
         self._list_id_bare = self._list_id_value()
         self._list_id = f"{encode_phrase(settings.sender_name)} <{self._list_id_bare}>"
         self._mailto_address = settings.effective_unsubscribe_address

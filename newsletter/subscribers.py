@@ -31,6 +31,8 @@ from newsletter.models import Subscriber, Topic
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAME_MAX = 256  # characters in a display name; longer ones are surely a mistake
+_SHOWN_MAX = 80  # a longer offending value is shortened in messages
 
 
 def _check_time(value: str) -> str:
@@ -55,9 +57,19 @@ def _single_line(value: str) -> str:
     return value.strip()
 
 
+def _display_name(value: str) -> str:
+    if len(value) > NAME_MAX:
+        raise ValueError(
+            f"is {len(value)} characters long; shorten it to at most {NAME_MAX} (it is the "
+            "display name in the digest's To: line and the greeting)"
+        )
+    return value
+
+
 TimeStr = Annotated[str, AfterValidator(_check_time)]
 ZoneStr = Annotated[str, AfterValidator(_check_zone)]
 Line = Annotated[str, AfterValidator(_single_line)]
+DisplayName = Annotated[str, AfterValidator(_single_line), AfterValidator(_display_name)]
 Term = Annotated[str, AfterValidator(_single_line), Field(min_length=1, max_length=200)]
 MaxPapers = Annotated[int, Field(ge=1, le=50)]
 
@@ -80,7 +92,7 @@ class DefaultsModel(_Strict):
 
 class SubscriberModel(_Strict):
     email: str
-    name: Line = ""
+    name: DisplayName = ""
     timezone: ZoneStr | None = None
     send_at: TimeStr | None = None
     max_papers: MaxPapers | None = None
@@ -148,6 +160,8 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = f"{value!r}" if kind != "missing" and not isinstance(value, dict) else ""
+    if len(shown) > _SHOWN_MAX:
+        shown = shown[: _SHOWN_MAX - 3] + "..."
     fix = _FIXES.get(kind, "").format(allowed=_allowed(model))
     if kind == "extra_forbidden":
         return f"unknown field; {fix}"

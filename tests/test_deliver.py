@@ -12,6 +12,9 @@ import logging
 import mailbox
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
+from email import header as email_header
+from email import message_from_bytes
+from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
@@ -570,3 +573,34 @@ def test_cli_send_refuses_a_file_naming_one_mailbox_twice(world: World, tmp_path
         result = invoke(["send"], env)
     assert result.exit_code == 2 and "duplicate" in result.output
     assert server.handler.received == []
+
+
+# --- long display names -----------------------------------------------------------------------
+LONG_NAMES = {
+    "words@example.org": " ".join(["Augusta Ada King, Countess of Lovelace"] * 25),  # 974 chars
+    "atoms@example.org": " ".join(["Ada"] * 330),
+    "one-word@example.org": "A" * 995,
+    "unicode@example.org": "Zoë “Z” Ünal-Øster " * 52,
+}
+
+
+async def test_long_display_names_are_folded_and_accepted_by_the_server(world: World) -> None:
+    ada = world.subscribers[0]
+    subs = [dataclasses.replace(ada, email=e, name=n) for e, n in LONG_NAMES.items()]
+    async with running() as server:
+        report = await world.send(server, subscribers=subs)
+    assert report.sent == len(LONG_NAMES), report.failures
+    for addr, (got,) in server.handler.by_rcpt().items():
+        head = got.data.split(b"\r\n\r\n", 1)[0]
+        assert max(len(line) for line in head.split(b"\r\n")) <= 78
+        to = got.message["To"]
+        assert to.addresses[0].addr_spec == addr
+        # CPython's address parser puts a space between adjacent encoded-words (against
+        # RFC 2047 6.2), so decode the header the RFC way.
+        raw = message_from_bytes(head, policy=compat32)["To"]
+        unfolded = raw.replace("\r\n ", " ")  # RFC 5322 2.2.3: unfolding removes the CRLFs
+        decoded = str(email_header.make_header(email_header.decode_header(unfolded)))
+        name = " ".join(LONG_NAMES[addr].split())
+        assert decoded.removesuffix(f" <{addr}>").strip('"') == name
+        if not unfolded.startswith("=?"):
+            assert to.addresses[0].display_name == name

@@ -137,3 +137,16 @@ def test_subscribers_check_exits_1_on_a_duplicate(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "duplicate" in result.output and "line 8" in result.output
     assert "(line 2)" in result.output and "line 10" in result.output
+
+
+def test_a_display_name_over_256_characters_is_refused_with_its_length() -> None:
+    entry = "  - email: {e}\n    name: {n}\n    topics: [{{name: A, keywords: [a]}}]\n"
+    ok = "subscribers:\n" + entry.format(e="a@example.org", n="A" * 256)
+    assert parse_subscribers(ok, "subs.yaml")[0].name == "A" * 256
+    bad = ok + entry.format(e="b@example.org", n="Ada " * 250)
+    with pytest.raises(SubscriberConfigError) as info:
+        parse_subscribers(bad, "subs.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("subs.yaml, line 6: subscriber #2 'b@example.org', field 'name'")
+    assert "is 999 characters long" in problem and "at most 256" in problem
+    assert len(problem) < 400  # the offending value is shortened, not printed whole
