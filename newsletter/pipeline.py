@@ -53,7 +53,7 @@ def ingest_folder(
     """Ingest every dump under `location`; one bad file never stops the others."""
     results = ingest.read_dumps(
         ingest.dump_files(location),
-        reference=settings.today(),
+        reference=settings.today(now),
         year=year if year is not None else settings.year,
     )
     outcomes: list[FileOutcome] = []
