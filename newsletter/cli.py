@@ -147,7 +147,10 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
         for col in ("file", "date", "papers", "new papers", "status"):
             table.add_column(col)
         for r in rows:
-            status = r["status"] if r["error"] is None else f"[red]rejected[/]: {r['error']}"
+            colour = "yellow" if r["status"] == "skipped" else "red"
+            status = (
+                r["status"] if r["error"] is None else f"[{colour}]{r['status']}[/]: {r['error']}"
+            )
             table.add_row(
                 Path(r["path"]).name,
                 r["date"] or "-",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import hashlib
+import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -254,13 +256,62 @@ def read_dump(path: Path, *, reference: dt.date, year: int | None = None) -> Dai
     )
 
 
-def dump_files(location: Path) -> list[Path]:
-    """The dumps in a folder (`*.txt`, sorted by name), or the single file given."""
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An entry of the seeds folder that is not ingested, and why."""
+
+    path: Path
+    reason: str
+
+
+def scan_dumps(location: Path) -> tuple[list[Path], list[Skipped]]:
+    """The dumps in a folder (`*.txt` regular files or symlinks to them, sorted by name) and
+    every other entry with the reason it is skipped; or the single file given. Hidden entries
+    (dotfiles) are left alone silently. Nothing is opened: a FIFO would block."""
     if location.is_file():
-        return [location]
+        return [location], []
     if not location.is_dir():
         raise IngestError(location, "no such folder; set NEWSLETTER_SEEDS_DIR or pass --seeds")
-    return sorted(p for p in location.glob("*.txt") if p.is_file() and not p.name.startswith("."))
+    dumps: list[Path] = []
+    skipped: list[Skipped] = []
+    for path in sorted(location.iterdir()):
+        if path.name.startswith("."):
+            continue
+        reason = _not_a_dump(path)
+        if reason is None:
+            dumps.append(path)
+        else:
+            skipped.append(Skipped(path, reason))
+    return dumps, skipped
+
+
+def _not_a_dump(path: Path) -> str | None:
+    """Why `path` is not read as a dump, or None when it is one (symlinks are followed)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        target = os.readlink(path) if path.is_symlink() else "?"
+        return f"a broken symlink (its target {target!r} does not exist); fix or remove the link"
+    except OSError as exc:  # a symlink loop, a folder we may not enter
+        return f"cannot be examined ({exc.strerror}); fix or remove it"
+    if stat.S_ISDIR(mode):
+        return "a folder; dumps are read from the top level of the seeds folder only"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file; not read"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file; not read"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a device?); not read"
+    if path.suffix != ".txt":
+        return "not named *.txt; rename it if it is a dump"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied); make it readable or remove it"
+    return None
+
+
+def dump_files(location: Path) -> list[Path]:
+    """The dumps in a folder (`*.txt`, sorted by name), or the single file given."""
+    return scan_dumps(location)[0]
 
 
 def read_dumps(

@@ -35,7 +35,7 @@ class FileOutcome:
     date: str | None
     papers: int
     new_papers: int
-    status: str  # ingested | unchanged | replaced | rejected
+    status: str  # ingested | unchanged | replaced | rejected | skipped
     error: str | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,13 +50,23 @@ def ingest_folder(
     year: int | None = None,
     now: dt.datetime,
 ) -> list[FileOutcome]:
-    """Ingest every dump under `location`; one bad file never stops the others."""
+    """Ingest every dump under `location`; one bad file never stops the others, and every
+    entry that is not a dump is reported as skipped, with the reason."""
+    dumps, skipped = ingest.scan_dumps(location)
+    if not dumps:
+        log.warning(
+            "%s: no dump to ingest (no *.txt file); put the day's page text there as <name>.txt",
+            location,
+        )
     results = ingest.read_dumps(
-        ingest.dump_files(location),
+        dumps,
         reference=settings.today(now),
         year=year if year is not None else settings.year,
     )
     outcomes: list[FileOutcome] = []
+    for entry in skipped:
+        log.warning("%s: skipped: %s", entry.path, entry.reason)
+        outcomes.append(FileOutcome(str(entry.path), None, 0, 0, "skipped", entry.reason))
     seen: dict[dt.date, Path] = {}
     for res in results:
         path = str(res.path)
@@ -86,7 +96,7 @@ def ingest_folder(
                 path, listing.date.isoformat(), saved.papers, saved.new_papers, saved.status, None
             )
         )
-    return outcomes
+    return sorted(outcomes, key=lambda o: o.path)
 
 
 def build_index(store: Store) -> PaperIndex:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from newsletter.ingest import (
     parse_dump,
     read_dump,
     read_dumps,
+    scan_dumps,
 )
 from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings, load_settings
@@ -305,3 +308,34 @@ def test_the_hosts_time_zone_does_not_move_the_year(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2026-11-29"  # the service's zone is UTC: Nov 29 is today
+
+
+# --- a word for every entry of the seeds folder that is not ingested ------------------------
+def test_symlinks_to_dumps_are_followed_and_every_other_entry_is_skipped_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "archive"
+    elsewhere.mkdir()
+    shutil.copy(SEEDS / "001_5dda9fa4defc14f9.txt", elsewhere / "mar11")
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    shutil.copy(SEEDS / "002_2b37b74c05805532.txt", seeds / "b.txt")
+    (seeds / "a.txt").symlink_to(elsewhere / "mar11")  # operators symlink dumps
+    (seeds / "broken.txt").symlink_to(tmp_path / "gone.txt")
+    (seeds / "folder.txt").mkdir()
+    os.mkfifo(seeds / "pipe.txt")  # opening it would block: it must never be opened
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(seeds / "sock.txt"))
+    (seeds / "notes.md").write_text("x")
+    (seeds / ".hidden.txt").write_text("x")
+    dumps, skipped = scan_dumps(seeds)
+    assert [p.name for p in dumps] == ["a.txt", "b.txt"]
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert sorted(reasons) == ["broken.txt", "folder.txt", "notes.md", "pipe.txt", "sock.txt"]
+    assert "broken symlink" in reasons["broken.txt"] and "gone.txt" in reasons["broken.txt"]
+    assert "folder" in reasons["folder.txt"]
+    assert "FIFO" in reasons["pipe.txt"]
+    assert "socket" in reasons["sock.txt"]
+    assert "*.txt" in reasons["notes.md"]
+    listing = read_dump(dumps[0], reference=REFERENCE)
+    assert listing.date == dt.date(2026, 3, 11) and len(listing.entries) == 56
