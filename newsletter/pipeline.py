@@ -122,13 +122,14 @@ def selections_for(
     *,
     index: PaperIndex | None = None,
 ) -> list[Selection]:
-    """Each subscriber's papers for `edition`, minus what earlier editions already gave them.
+    """Each subscriber's papers for `edition`, minus what any other edition (older or newer)
+    already gave them.
 
-    History is taken from editions *before* this one, so rendering the same edition again
-    (a preview after sending, a resend) yields the same content.
+    The papers this edition itself delivered are not history for it, so rendering the same
+    edition again (a preview after sending, a resend) yields the same content.
     """
     listing = edition_listing(store, edition)
-    history = store.history_before(listing.date, [s.email for s in subscribers])
+    history = store.history_elsewhere(listing.date, [s.email for s in subscribers])
     return select_for(
         index or build_index(store),
         listing,
@@ -165,7 +166,7 @@ class ReplayRow:
     edition: dt.date
     email: str
     papers: int
-    repeats_avoided: int  # matching papers left out because an earlier edition sent them
+    repeats_avoided: int  # matching papers left out because another edition sent them
     status: str
 
 
@@ -204,7 +205,7 @@ def replay(
                     )
                 )
             store.set_last_firing(group.key, clock)
-        history = store.history_before(edition, [s.email for s in subscribers])
+        history = store.history_elsewhere(edition, [s.email for s in subscribers])
         for row in store.ledger_rows(edition, [s.email for s in subscribers]):
             sub_email = next(s.email for s in subscribers if address_key(s.email) == row.email)
             repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))

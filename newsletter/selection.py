@@ -297,7 +297,7 @@ def select_for(
     history: Mapping[str, AbstractSet[str]] | None = None,
 ) -> list[Selection]:
     """One Selection per subscriber, in order: the listing's papers reaching `threshold`,
-    minus exclusions and papers in `history` (lower-cased email -> ids delivered in *earlier*
+    minus exclusions and papers in `history` (address key -> ids delivered in *other*
     editions, so a re-render keeps its content), best first, at most `max_papers` each."""
     missing = [e.paper.id for e in listing.entries if e.paper.id not in index.id_to_index]
     if missing:

@@ -297,6 +297,33 @@ class Store:
                 out[email].add(pid)
         return dict(out)
 
+    def history_elsewhere(
+        self, edition: dt.date, emails: Sequence[str] | None = None
+    ) -> dict[str, set[str]]:
+        """Papers each subscriber received in any edition other than `edition`, older or newer,
+        so no edition repeats them whatever order editions are sent in. What `edition` itself
+        delivered (its history and its sent ledger rows) stays, so re-rendering or re-sending
+        it keeps its content."""
+        keys = None if emails is None else [address_key(e) for e in emails]
+        out: dict[str, set[str]] = defaultdict(set)
+        own: dict[str, set[str]] = defaultdict(set)
+        with self.engine.connect() as conn:
+            for chunk in [None] if keys is None else iter_chunks(keys):
+                query = sa.select(history.c.email, history.c.paper_id).where(
+                    history.c.edition != edition
+                )
+                sent = sa.select(ledger.c.email, ledger.c.paper_ids).where(
+                    ledger.c.edition == edition, ledger.c.status == "sent"
+                )
+                if chunk is not None:
+                    query = query.where(history.c.email.in_(list(chunk)))
+                    sent = sent.where(ledger.c.email.in_(list(chunk)))
+                for email, pid in conn.execute(query):
+                    out[email].add(pid)
+                for email, ids in conn.execute(sent):
+                    own[email].update(json.loads(ids))
+        return {email: pids - own[email] for email, pids in out.items() if pids - own[email]}
+
     def record_history(
         self, email: str, edition: dt.date, paper_ids: Sequence[str], *, now: dt.datetime
     ) -> None:

@@ -40,6 +40,7 @@ from newsletter.deliver import (
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
 from newsletter.models import Subscriber, Topic
 from newsletter.pipeline import ingest_folder, selections_for
+from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
@@ -604,3 +605,37 @@ async def test_long_display_names_are_folded_and_accepted_by_the_server(world: W
         assert decoded.removesuffix(f" <{addr}>").strip('"') == name
         if not unfolded.startswith("=?"):
             assert to.addresses[0].display_name == name
+
+
+# --- history across editions, in any order ----------------------------------------------------
+async def test_an_older_edition_sent_after_a_newer_one_repeats_no_paper(world: World) -> None:
+    editions = sorted(world.store.listing_dates(), reverse=True)  # newest first
+    index = paper_index(world.store)
+    threshold = world.settings().relevance_threshold
+    unfiltered: dict[str, list[str]] = {}  # what each edition would send with no history
+    for edition in editions:
+        for sel in select_for(
+            index, world.store.listing(edition), world.subscribers, threshold=threshold
+        ):
+            unfiltered.setdefault(sel.subscriber.email, []).extend(p.paper.id for p in sel.papers)
+    assert any(len(ids) > len(set(ids)) for ids in unfiltered.values()), "needs shared papers"
+
+    async with running() as server:
+        for edition in editions:
+            report = await send_edition(
+                world.settings(server), world.store, world.subscribers, edition, now=clock
+            )
+            assert report.failed == 0
+    sent: dict[str, list[str]] = {}
+    for edition in editions:
+        for row in world.store.ledger_rows(edition):
+            sent.setdefault(row.email, []).extend(row.paper_ids)
+    assert sent and all(len(ids) == len(set(ids)) for ids in sent.values()), sent
+    assert len(server.handler.received) == sum(
+        1 for e in editions for r in world.store.ledger_rows(e) if r.status == "sent"
+    )
+    # re-rendering any edition afterwards gives exactly what it sent
+    for edition in editions:
+        rows = {r.email: set(r.paper_ids) for r in world.store.ledger_rows(edition)}
+        for sel in selections_for(world.store, world.settings(), world.subscribers, edition):
+            assert {p.paper.id for p in sel.papers if p.sent} == rows[sel.subscriber.email]
