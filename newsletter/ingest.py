@@ -96,8 +96,10 @@ def parse_dump(
     source: str = "<text>",
     reference: dt.date,
     year: int | None = None,
+    max_papers: int | None = None,
 ) -> DailyListing:
-    """Parse one dump's text into a DailyListing; raise IngestError naming the line on bad input."""
+    """Parse one dump's text into a DailyListing; raise IngestError naming the line on bad input,
+    or the count when the dump lists more than `max_papers` papers."""
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = [line.rstrip() for line in text.split("\n")]
     if not any(lines):
@@ -107,6 +109,13 @@ def parse_dump(
     header = tuple(line.strip() for line in lines[:date_idx] if line.strip())
     paragraphs = list(_paragraphs(lines, start=date_idx + 1))
     _check_alignment(paragraphs, source)
+    if max_papers is not None and len(paragraphs) // 2 > max_papers:
+        raise IngestError(
+            source,
+            f"{len(paragraphs) // 2} papers, more than NEWSLETTER_MAX_PAPERS_PER_DUMP "
+            f"({max_papers}) allows; a day's page lists far fewer, so check the export, or "
+            "raise the setting if the file is right",
+        )
 
     entries: list[ListingEntry] = []
     first_seen: dict[str, ListingEntry] = {}
@@ -246,14 +255,15 @@ def decode_dump(data: bytes, source: str) -> str:
         ) from None
 
 
-def read_dump(path: Path, *, reference: dt.date, year: int | None = None) -> DailyListing:
+def read_dump(
+    path: Path, *, reference: dt.date, year: int | None = None, max_papers: int | None = None
+) -> DailyListing:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise IngestError(path, f"cannot read the file: {exc.strerror}") from exc
-    return parse_dump(
-        decode_dump(data, str(path)), source=str(path), reference=reference, year=year
-    )
+    text = decode_dump(data, str(path))
+    return parse_dump(text, source=str(path), reference=reference, year=year, max_papers=max_papers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,15 +325,18 @@ def dump_files(location: Path) -> list[Path]:
 
 
 def read_dumps(
-    paths: Iterable[Path], *, reference: dt.date, year: int | None = None
+    paths: Iterable[Path],
+    *,
+    reference: dt.date,
+    year: int | None = None,
+    max_papers: int | None = None,
 ) -> list[DumpResult]:
     """Read every file; a bad file becomes an error result and the others still ingest."""
     results: list[DumpResult] = []
     for path in paths:
         try:
-            results.append(
-                DumpResult(path, listing=read_dump(path, reference=reference, year=year))
-            )
+            listing = read_dump(path, reference=reference, year=year, max_papers=max_papers)
+            results.append(DumpResult(path, listing=listing))
         except IngestError as exc:
             results.append(DumpResult(path, error=exc))
     return results

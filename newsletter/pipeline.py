@@ -62,6 +62,7 @@ def ingest_folder(
         dumps,
         reference=settings.today(now),
         year=year if year is not None else settings.year,
+        max_papers=settings.max_papers_per_dump,
     )
     outcomes: list[FileOutcome] = []
     for entry in skipped:

@@ -271,3 +271,19 @@ def test_ingest_of_a_folder_without_dumps_says_so(env: dict[str, str], tmp_path:
     assert "no dump to ingest" in result.stderr and str(folder) in result.stderr
     as_json = run(env, "ingest", "--seeds", str(folder), "--json")
     assert json.loads(as_json.stdout) == {"files": []} and "no dump" in as_json.stderr
+
+
+def test_a_dump_over_the_paper_cap_is_refused_and_the_others_ingest(env: dict[str, str]) -> None:
+    result = run({**env, "NEWSLETTER_MAX_PAPERS_PER_DUMP": "60"}, "ingest", "--json")
+    assert result.exit_code == 1
+    rows = {Path(f["path"]).name[:3]: f for f in json.loads(result.stdout)["files"]}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "001": "ingested",  # 56 papers
+        "002": "rejected",  # 78
+        "003": "rejected",  # 65
+        "004": "ingested",  # 52
+    }
+    error = rows["002"]["error"]
+    assert error.startswith(rows["002"]["path"]) and "78 papers" in error
+    assert "NEWSLETTER_MAX_PAPERS_PER_DUMP (60)" in error
+    assert "65 papers" in rows["003"]["error"]

@@ -339,3 +339,10 @@ def test_symlinks_to_dumps_are_followed_and_every_other_entry_is_skipped_with_a_
     assert "*.txt" in reasons["notes.md"]
     listing = read_dump(dumps[0], reference=REFERENCE)
     assert listing.date == dt.date(2026, 3, 11) and len(listing.entries) == 56
+
+
+def test_the_paper_cap_counts_the_papers_of_a_dump() -> None:
+    text = (SEEDS / "004_67f282ffe6c058cf.txt").read_text(encoding="utf-8")
+    assert len(parse_dump(text, reference=REFERENCE, max_papers=52).entries) == 52
+    with pytest.raises(IngestError, match=r"^day\.txt: 52 papers, more than .*\(51\)"):
+        parse_dump(text, source="day.txt", reference=REFERENCE, max_papers=51)
