@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from newsletter.addresses import address_key
 from newsletter.errors import ConfigError, NewsletterError, SubscriberConfigError
 from newsletter.models import Subscriber
 from newsletter.pipeline import ingest_folder
@@ -150,7 +151,10 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
         for col in ("file", "date", "papers", "new papers", "status"):
             table.add_column(col)
         for r in rows:
-            status = r["status"] if r["error"] is None else f"[red]rejected[/]: {r['error']}"
+            colour = "yellow" if r["status"] == "skipped" else "red"
+            status = (
+                r["status"] if r["error"] is None else f"[{colour}]{r['status']}[/]: {r['error']}"
+            )
             table.add_row(
                 Path(r["path"]).name,
                 r["date"] or "-",
@@ -209,14 +213,14 @@ def pick_subscribers(subs: list[Subscriber], emails: tuple[str, ...]) -> list[Su
     """The named subscribers (case-insensitive), or all; an unknown email is a usage error."""
     if not emails:
         return subs
-    by_email = {s.email.lower(): s for s in subs}
-    unknown = [e for e in emails if e.lower() not in by_email]
+    by_email = {address_key(s.email): s for s in subs}
+    unknown = [e for e in emails if address_key(e) not in by_email]
     if unknown:
         fail(
             f"not in the subscriber file: {', '.join(repr(e) for e in unknown)}; "
             "check the spelling or add them to the file"
         )
-    return [by_email[e.lower()] for e in dict.fromkeys(emails)]
+    return [by_email[address_key(e)] for e in dict.fromkeys(emails)]
 
 
 @cli.command("select")
@@ -602,7 +606,7 @@ def demo_cmd(app: AppContext) -> None:
     for col in ("subscriber", "papers", "status"):
         table.add_column(col)
     for s in subscribers:
-        row = rows.get(s.email.lower())
+        row = rows.get(address_key(s.email))
         status = row.status if row else "-"
         if row and row.reason and row.status != "sent":
             status += f" ({row.reason})"

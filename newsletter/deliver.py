@@ -62,6 +62,7 @@ import aiosmtplib
 import sqlalchemy as sa
 from aiosmtplib.protocol import normalize_message_line_endings
 
+from newsletter.addresses import address_key
 from newsletter.errors import (
     ConfigError,
     DeliveryError,
@@ -1165,10 +1166,10 @@ class _Preparer:
             listing = edition_listing(self.store, edition)
             threshold = self.settings.relevance_threshold
             again = select_for(self.index, listing, empty, threshold=threshold)
-            matched = {s.subscriber.email.lower() for s in again if s.papers}
+            matched = {address_key(s.subscriber.email) for s in again if s.papers}
         out = []
         for sel in selections:
-            email = sel.subscriber.email.lower()
+            email = address_key(sel.subscriber.email)
             if not any(p.sent for p in sel.papers):
                 out.append(
                     _Prepared(email, skip=SKIP_ALL_SEEN if email in matched else SKIP_NO_MATCH)
@@ -1386,8 +1387,12 @@ class _Job:
 def _scope(
     subscribers: Sequence[Subscriber], only: Sequence[str] | None, resend: Sequence[str]
 ) -> list[Subscriber]:
-    by_email = {s.email.lower(): s for s in subscribers}
-    named = [e.strip().lower() for e in [*(only or ()), *resend]]
+    by_email: dict[str, Subscriber] = {}
+    for s in subscribers:  # one mailbox, one digest (the subscriber file refuses duplicates)
+        kept = by_email.setdefault(address_key(s.email), s)
+        if kept is not s:
+            log.warning("%s: same mailbox as %s; sending it one digest", s.email, kept.email)
+    named = [address_key(e) for e in [*(only or ()), *resend]]
     unknown = [e for e in named if e not in by_email]
     if unknown:
         raise ConfigError(
@@ -1395,7 +1400,7 @@ def _scope(
             "file; check the address (newsletter subscribers check lists them)"
         )
     if only is None and not resend:
-        return list(subscribers)
+        return list(by_email.values())
     return [by_email[e] for e in dict.fromkeys(named)]
 
 
@@ -1530,7 +1535,7 @@ class _Run:
         rows = {r.email: r for r in self.store.ledger_rows(self.edition, [s.email for s in chunk])}
         todo = []
         for sub in chunk:
-            row = rows.get(sub.email.lower())
+            row = rows.get(address_key(sub.email))
             if (
                 row is None
                 or row.status == "planned"
@@ -1846,7 +1851,7 @@ async def send_edition(
     scope = _scope(subscribers, only, resend)
     edition_listing(store, edition)  # NoListing now, not from the middle of the run
     renderer = Renderer(settings)  # a broken template stops the run before anything is sent
-    resends = frozenset(e.strip().lower() for e in resend)
+    resends = frozenset(address_key(e) for e in resend)
     if not dry_run:
         for email in sorted(resends):
             if store.ledger_row(edition, email) is not None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import hashlib
+import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -94,8 +96,10 @@ def parse_dump(
     source: str = "<text>",
     reference: dt.date,
     year: int | None = None,
+    max_papers: int | None = None,
 ) -> DailyListing:
-    """Parse one dump's text into a DailyListing; raise IngestError naming the line on bad input."""
+    """Parse one dump's text into a DailyListing; raise IngestError naming the line on bad input,
+    or the count when the dump lists more than `max_papers` papers."""
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     lines = [line.rstrip() for line in text.split("\n")]
     if not any(lines):
@@ -105,6 +109,13 @@ def parse_dump(
     header = tuple(line.strip() for line in lines[:date_idx] if line.strip())
     paragraphs = list(_paragraphs(lines, start=date_idx + 1))
     _check_alignment(paragraphs, source)
+    if max_papers is not None and len(paragraphs) // 2 > max_papers:
+        raise IngestError(
+            source,
+            f"{len(paragraphs) // 2} papers, more than NEWSLETTER_MAX_PAPERS_PER_DUMP "
+            f"({max_papers}) allows; a day's page lists far fewer, so check the export, or "
+            "raise the setting if the file is right",
+        )
 
     entries: list[ListingEntry] = []
     first_seen: dict[str, ListingEntry] = {}
@@ -244,35 +255,88 @@ def decode_dump(data: bytes, source: str) -> str:
         ) from None
 
 
-def read_dump(path: Path, *, reference: dt.date, year: int | None = None) -> DailyListing:
+def read_dump(
+    path: Path, *, reference: dt.date, year: int | None = None, max_papers: int | None = None
+) -> DailyListing:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise IngestError(path, f"cannot read the file: {exc.strerror}") from exc
-    return parse_dump(
-        decode_dump(data, str(path)), source=str(path), reference=reference, year=year
-    )
+    text = decode_dump(data, str(path))
+    return parse_dump(text, source=str(path), reference=reference, year=year, max_papers=max_papers)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An entry of the seeds folder that is not ingested, and why."""
+
+    path: Path
+    reason: str
+
+
+def scan_dumps(location: Path) -> tuple[list[Path], list[Skipped]]:
+    """The dumps in a folder (`*.txt` regular files or symlinks to them, sorted by name) and
+    every other entry with the reason it is skipped; or the single file given. Hidden entries
+    (dotfiles) are left alone silently. Nothing is opened: a FIFO would block."""
+    if location.is_file():
+        return [location], []
+    if not location.is_dir():
+        raise IngestError(location, "no such folder; set NEWSLETTER_SEEDS_DIR or pass --seeds")
+    dumps: list[Path] = []
+    skipped: list[Skipped] = []
+    for path in sorted(location.iterdir()):
+        if path.name.startswith("."):
+            continue
+        reason = _not_a_dump(path)
+        if reason is None:
+            dumps.append(path)
+        else:
+            skipped.append(Skipped(path, reason))
+    return dumps, skipped
+
+
+def _not_a_dump(path: Path) -> str | None:
+    """Why `path` is not read as a dump, or None when it is one (symlinks are followed)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        target = os.readlink(path) if path.is_symlink() else "?"
+        return f"a broken symlink (its target {target!r} does not exist); fix or remove the link"
+    except OSError as exc:  # a symlink loop, a folder we may not enter
+        return f"cannot be examined ({exc.strerror}); fix or remove it"
+    if stat.S_ISDIR(mode):
+        return "a folder; dumps are read from the top level of the seeds folder only"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file; not read"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file; not read"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a device?); not read"
+    if path.suffix != ".txt":
+        return "not named *.txt; rename it if it is a dump"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied); make it readable or remove it"
+    return None
 
 
 def dump_files(location: Path) -> list[Path]:
     """The dumps in a folder (`*.txt`, sorted by name), or the single file given."""
-    if location.is_file():
-        return [location]
-    if not location.is_dir():
-        raise IngestError(location, "no such folder; set NEWSLETTER_SEEDS_DIR or pass --seeds")
-    return sorted(p for p in location.glob("*.txt") if p.is_file() and not p.name.startswith("."))
+    return scan_dumps(location)[0]
 
 
 def read_dumps(
-    paths: Iterable[Path], *, reference: dt.date, year: int | None = None
+    paths: Iterable[Path],
+    *,
+    reference: dt.date,
+    year: int | None = None,
+    max_papers: int | None = None,
 ) -> list[DumpResult]:
     """Read every file; a bad file becomes an error result and the others still ingest."""
     results: list[DumpResult] = []
     for path in paths:
         try:
-            results.append(
-                DumpResult(path, listing=read_dump(path, reference=reference, year=year))
-            )
+            listing = read_dump(path, reference=reference, year=year, max_papers=max_papers)
+            results.append(DumpResult(path, listing=listing))
         except IngestError as exc:
             results.append(DumpResult(path, error=exc))
     return results

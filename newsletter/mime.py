@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
+from newsletter.addresses import address_key
 from newsletter.errors import ConfigError
 from newsletter.settings import Settings
 
@@ -123,32 +124,41 @@ def encode_unstructured(value: str, name: str) -> str:
     return _fold(tokens, len(name) + 2)
 
 
+def phrase_tokens(value: str) -> list[str]:
+    """A display name as foldable tokens: atoms, a quoted-string split at its spaces, or
+    RFC 2047 encoded-words (non-ASCII text, or a word too long for one line)."""
+    value = clean_header_text(value)
+    words = value.split(" ")
+    if not value.isascii() or "=?" in value or any(len(w) > 70 for w in words):
+        return _encoded_words(value)
+    if _ATEXT.fullmatch(value):
+        return words
+    return ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"').split(" ")
+
+
 def encode_phrase(value: str) -> str:
     """A display name: an atom sequence, a quoted-string, or encoded-words when non-ASCII."""
-    value = clean_header_text(value)
-    if not value.isascii() or "=?" in value:
-        return " ".join(_encoded_words(value))
-    if _ATEXT.fullmatch(value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return " ".join(phrase_tokens(value))
 
 
-def format_address(name: str, address: str) -> str:
+def format_address(name: str, address: str, header: str = "To") -> str:
+    """`name <address>` folded under 78 columns after `header: ` (RFC 5322 2.2.3): a name of
+    any length never makes a line a server refuses ("500 Line too long")."""
     addr = check_address(address)
-    phrase = encode_phrase(name) if name.strip() else ""
-    return f"{phrase} <{addr}>" if phrase else addr
+    phrase = phrase_tokens(name) if name.strip() else []
+    return _fold([*phrase, f"<{addr}>"], len(header) + 2) if phrase else addr
 
 
 def message_id(edition: dt.date, email: str, domain: str) -> str:
     """Deterministic per (edition, subscriber), so a resend of the same digest is recognisable."""
-    key = f"{edition.isoformat()}\0{email.strip().lower()}".encode()
+    key = f"{edition.isoformat()}\0{address_key(email)}".encode()
     digest = hashlib.blake2s(key, digest_size=10).hexdigest()
     return f"<digest.{edition.isoformat()}.{digest}@{domain}>"
 
 
 def unsubscribe_token(secret: str, email: str, list_id: str) -> str:
     """HMAC-SHA256 over (list, address), 128 bits, URL-safe; the endpoint recomputes it."""
-    msg = f"unsubscribe\0{list_id}\0{email.strip().lower()}".encode()
+    msg = f"unsubscribe\0{list_id}\0{address_key(email)}".encode()
     mac = hmac.new(secret.encode("utf-8"), msg, hashlib.sha256).digest()[:16]
     return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter import ingest
+from newsletter.addresses import address_key
 from newsletter.errors import NewsletterError
 from newsletter.models import DailyListing, Selection, Subscriber
 from newsletter.selection import PaperIndex, select_for
@@ -34,7 +35,7 @@ class FileOutcome:
     date: str | None
     papers: int
     new_papers: int
-    status: str  # ingested | unchanged | replaced | rejected
+    status: str  # ingested | unchanged | replaced | rejected | skipped
     error: str | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,13 +50,24 @@ def ingest_folder(
     year: int | None = None,
     now: dt.datetime,
 ) -> list[FileOutcome]:
-    """Ingest every dump under `location`; one bad file never stops the others."""
+    """Ingest every dump under `location`; one bad file never stops the others, and every
+    entry that is not a dump is reported as skipped, with the reason."""
+    dumps, skipped = ingest.scan_dumps(location)
+    if not dumps:
+        log.warning(
+            "%s: no dump to ingest (no *.txt file); put the day's page text there as <name>.txt",
+            location,
+        )
     results = ingest.read_dumps(
-        ingest.dump_files(location),
-        reference=settings.today(),
+        dumps,
+        reference=settings.today(now),
         year=year if year is not None else settings.year,
+        max_papers=settings.max_papers_per_dump,
     )
     outcomes: list[FileOutcome] = []
+    for entry in skipped:
+        log.warning("%s: skipped: %s", entry.path, entry.reason)
+        outcomes.append(FileOutcome(str(entry.path), None, 0, 0, "skipped", entry.reason))
     seen: dict[dt.date, Path] = {}
     for res in results:
         path = str(res.path)
@@ -85,7 +97,7 @@ def ingest_folder(
                 path, listing.date.isoformat(), saved.papers, saved.new_papers, saved.status, None
             )
         )
-    return outcomes
+    return sorted(outcomes, key=lambda o: o.path)
 
 
 def build_index(store: Store) -> PaperIndex:
@@ -111,13 +123,14 @@ def selections_for(
     *,
     index: PaperIndex | None = None,
 ) -> list[Selection]:
-    """Each subscriber's papers for `edition`, minus what earlier editions already gave them.
+    """Each subscriber's papers for `edition`, minus what any other edition (older or newer)
+    already gave them.
 
-    History is taken from editions *before* this one, so rendering the same edition again
-    (a preview after sending, a resend) yields the same content.
+    The papers this edition itself delivered are not history for it, so rendering the same
+    edition again (a preview after sending, a resend) yields the same content.
     """
     listing = edition_listing(store, edition)
-    history = store.history_before(listing.date, [s.email for s in subscribers])
+    history = store.history_elsewhere(listing.date, [s.email for s in subscribers])
     return select_for(
         index or build_index(store),
         listing,
@@ -154,7 +167,7 @@ class ReplayRow:
     edition: dt.date
     email: str
     papers: int
-    repeats_avoided: int  # matching papers left out because an earlier edition sent them
+    repeats_avoided: int  # matching papers left out because another edition sent them
     status: str
 
 
@@ -193,9 +206,9 @@ def replay(
                     )
                 )
             store.set_last_firing(group.key, clock)
-        history = store.history_before(edition, [s.email for s in subscribers])
+        history = store.history_elsewhere(edition, [s.email for s in subscribers])
         for row in store.ledger_rows(edition, [s.email for s in subscribers]):
-            sub_email = next(s.email for s in subscribers if s.email.lower() == row.email)
+            sub_email = next(s.email for s in subscribers if address_key(s.email) == row.email)
             repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))
             rows.append(ReplayRow(edition, row.email, len(row.paper_ids), repeats, row.status))
     return rows

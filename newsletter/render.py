@@ -21,12 +21,14 @@ import datetime as dt
 import hashlib
 import html as htmllib
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import idna
 import jinja2
 from markupsafe import Markup, escape
 from mjml import mjml2html
@@ -226,14 +228,47 @@ _LINK_KINDS = {
 
 
 def link_view(url: str) -> LinkView:
-    parts = urlsplit(url)
-    host = parts.netloc.lower().removeprefix("www.")
-    kind = _LINK_KINDS.get(host, "Project page")
-    if host == "huggingface.co":
+    """A link as shown: the host it really goes to, never a look-alike. User info
+    ("github.com@evil.example") is dropped, a non-ASCII host is shown in punycode
+    ("xn--gthub-n2e.com" for a Cyrillic "і"), and invisible or bidi characters in the path are
+    percent-encoded; the href and the text part use the same cleaned URL."""
+    try:
+        parts = urlsplit(url)
+        host = ascii_host(parts.hostname or "")
+        port = parts.port
+    except ValueError:  # a malformed host or port: show it, inert, as it is
+        return LinkView(url=_visible(url), kind="Link", label=_visible(url))
+    if not host:
+        return LinkView(url=_visible(url), kind="Link", label=_visible(url))
+    at = (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    path, query, fragment = (_visible(x) for x in (parts.path, parts.query, parts.fragment))
+    honest = "@" not in parts.netloc and parts.netloc.isascii() and _visible(url) == url
+    clean = url if honest else urlunsplit((parts.scheme, at, path, query, fragment))
+    bare = host.removeprefix("www.")
+    kind = _LINK_KINDS.get(bare, "Project page")
+    if bare == "huggingface.co":
         first = parts.path.strip("/").split("/", 1)[0]
         kind = {"datasets": "Dataset", "spaces": "Demo"}.get(first, "Model")
-    label = (host + parts.path).rstrip("/")
-    return LinkView(url=url, kind=kind, label=label)
+    label = (at.removeprefix("www.") + path).rstrip("/")
+    return LinkView(url=clean, kind=kind, label=label)
+
+
+def ascii_host(host: str) -> str:
+    """A host name in ASCII: IDNA (punycode) for non-ASCII labels, lower-cased."""
+    if host.isascii():
+        return host.lower()
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:  # not valid IDNA: punycode each label anyway, so it stays visible
+        return ".".join(
+            label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+            for label in host.lower().split(".")
+        )
+
+
+def _visible(text: str) -> str:
+    """Percent-encode control, format (bidi overrides, zero-width) and space characters."""
+    return "".join(quote(c, safe="") if unicodedata.category(c)[0] in "CZ" else c for c in text)
 
 
 @lru_cache(maxsize=16384)  # papers repeat across subscribers: build each view once per day
@@ -508,7 +543,7 @@ class Renderer:
         self._dkim = dkim_enabled(settings)
         if self._dkim:
             load_dkim_key(settings)  # fail now, not at the first message
-        self._from = format_address(settings.sender_name, settings.sender_address)
+        self._from = format_address(settings.sender_name, settings.sender_address, "From")
         self._list_id_bare = self._list_id_value()
         self._list_id = f"{encode_phrase(settings.sender_name)} <{self._list_id_bare}>"
         self._mailto_address = settings.effective_unsubscribe_address

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from newsletter.addresses import address_key
 from newsletter.deliver import DeliveryReport, send_edition
 from newsletter.errors import LockHeld, NewsletterError, SubscriberConfigError
 from newsletter.models import Subscriber
@@ -169,7 +170,7 @@ def _due(group: Group, watermarks: dict[str, dt.date], edition: dt.date) -> tupl
     return tuple(
         s
         for s in group.subscribers
-        if (mark := watermarks.get(s.email.lower())) is None or mark < edition
+        if (mark := watermarks.get(address_key(s.email))) is None or mark < edition
     )
 
 
@@ -220,11 +221,11 @@ async def run_pass(
             log.info("group %s: %s (%s)", d.group.key, d.action, d.reason)
             store.finish_firing(d.group.key, d.firing)
             continue
-        report = await _serve(settings, store, d, clock, stop)
+        done, report = await _serve(settings, store, d, clock, stop)
         if report is not None:
             result.reports.append(report)
-            if not report.complete:
-                continue  # stays open: the next pass resumes it
+        if not done:
+            continue  # stays open: the next pass resumes it
         store.finish_firing(d.group.key, d.firing)
         if d.resume:  # the interrupted firing is done; the group may have a newer one due
             todo[:0] = plan_pass(store, [d.group], clock(), catch_up=settings.catch_up)
@@ -239,12 +240,13 @@ async def _serve(
     d: Decision,
     clock: Clock,
     stop: asyncio.Event | None,
-) -> DeliveryReport | None:
-    """Send a firing's edition to its due recipients; None when there is nobody left."""
+) -> tuple[bool, DeliveryReport | None]:
+    """Send a firing's edition to its due recipients: (is the firing done, what was sent).
+    Another sender holding the edition (LockHeld) is no failure: the firing stays open."""
     assert d.edition is not None
     if not d.recipients:
         log.info("group %s: %s: everyone has the %s edition", d.group.key, d.reason, d.edition)
-        return None
+        return True, None
     log.info(
         "group %s: %s the %s edition to %d subscriber(s)",
         d.group.key,
@@ -252,10 +254,10 @@ async def _serve(
         d.edition,
         len(d.recipients),
     )
-    if not d.resume:
-        store.start_firing(d.group.key, d.firing, d.edition, now=clock())
     try:
         with store.sender_lock(d.edition.isoformat()):
+            if not d.resume:
+                store.start_firing(d.group.key, d.firing, d.edition, now=clock())
             report = await send_edition(
                 settings,
                 store,
@@ -267,7 +269,7 @@ async def _serve(
             )
     except LockHeld as exc:
         log.warning("group %s: %s; will retry at the next pass", d.group.key, exc)
-        return DeliveryReport(d.edition, interrupted=True)
+        return False, None
     if not report.complete:
         log.warning(
             "group %s: the %s edition was stopped with %d digest(s) left; the next pass "
@@ -276,7 +278,7 @@ async def _serve(
             d.edition,
             report.pending,
         )
-    return report
+    return report.complete, report
 
 
 async def retry_failures(
@@ -289,7 +291,7 @@ async def retry_failures(
 ) -> list[DeliveryReport]:
     """Rows whose time has come get another try: `planned` ones a stopped send left behind,
     temporary failures and `unknown` ones at their next attempt time."""
-    by_email = {s.email.lower(): s for s in subscribers}
+    by_email = {address_key(s.email): s for s in subscribers}
     reports = []
     for edition, emails in store.retry_due(clock()).items():
         subs = [by_email[e] for e in emails if e in by_email]

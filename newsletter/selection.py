@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from newsletter.addresses import address_key
 from newsletter.models import (
     DailyListing,
     Paper,
@@ -296,7 +297,7 @@ def select_for(
     history: Mapping[str, AbstractSet[str]] | None = None,
 ) -> list[Selection]:
     """One Selection per subscriber, in order: the listing's papers reaching `threshold`,
-    minus exclusions and papers in `history` (lower-cased email -> ids delivered in *earlier*
+    minus exclusions and papers in `history` (address key -> ids delivered in *other*
     editions, so a re-render keeps its content), best first, at most `max_papers` each."""
     missing = [e.paper.id for e in listing.entries if e.paper.id not in index.id_to_index]
     if missing:
@@ -311,7 +312,7 @@ def select_for(
     history = history or {}
     selections = []
     for sub in subscribers:
-        seen = history.get(sub.email.lower(), frozenset())
+        seen = history.get(address_key(sub.email), frozenset())
         excluded = scorer.excluded(sub.exclude)
         found: dict[int, list[tuple[float, int, TopicMatch]]] = {}
         for t, topic in enumerate(sub.topics):

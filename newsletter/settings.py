@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import zoneinfo
 from pathlib import Path
 from typing import Literal
 
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
     reference_date: dt.date | None = Field(
         None,
         description="Dumps carry no year: each date is read as the latest such date not after "
-        "this one. Default: today.",
+        "this one. Default: today's date in NEWSLETTER_TIMEZONE.",
     )
     year: int | None = Field(
         None, ge=1970, le=2999, description="Pin the year of every dump (overrides inference)."
@@ -196,6 +197,17 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text or json (lines).")
     log_level: str = Field("INFO", description="Python log level.")
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f'{v!r} is not an IANA time zone; use a name such as "Europe/Berlin" or "UTC"'
+            ) from None
+        return v
+
     @field_validator("paper_base_url", "public_base_url")
     @classmethod
     def _absolute_url(cls, v: str | None) -> str | None:
@@ -229,9 +241,14 @@ class Settings(BaseSettings):
     def effective_list_id(self) -> str:
         return self.list_id or f"daily-digest.{self.sender_domain}"
 
-    def today(self) -> dt.date:
-        """The reference date for year inference (the one place that reads the clock)."""
-        return self.reference_date or dt.date.today()
+    def today(self, now: dt.datetime) -> dt.date:
+        """The reference date for year inference: NEWSLETTER_REFERENCE_DATE, else the date of
+        `now` in the service's time zone (never the host's; a naive `now` is taken as UTC)."""
+        if self.reference_date is not None:
+            return self.reference_date
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.UTC)
+        return now.astimezone(zoneinfo.ZoneInfo(self.timezone)).date()
 
     def smtp_secret(self) -> str | None:
         """The SMTP password from env or its file; never logged."""

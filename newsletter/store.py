@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
+from newsletter.addresses import address_key
 from newsletter.errors import ConnectionLost, DatabaseTimeout, LockHeld, StoreError
 from newsletter.models import DailyListing, ListingEntry, Paper
 
@@ -456,12 +457,39 @@ class Store:
         """Papers each subscriber received in editions before `edition` (re-renders stay equal)."""
         query = sa.select(history.c.email, history.c.paper_id).where(history.c.edition < edition)
         if emails is not None:
-            query = query.where(history.c.email.in_([e.lower() for e in emails]))
+            query = query.where(history.c.email.in_([address_key(e) for e in emails]))
         out: dict[str, set[str]] = defaultdict(set)
         with self.engine.connect() as conn:
             for email, pid in conn.execute(query):
                 out[email].add(pid)
         return dict(out)
+
+    def history_elsewhere(
+        self, edition: dt.date, emails: Sequence[str] | None = None
+    ) -> dict[str, set[str]]:
+        """Papers each subscriber received in any edition other than `edition`, older or newer,
+        so no edition repeats them whatever order editions are sent in. What `edition` itself
+        delivered (its history and its sent ledger rows) stays, so re-rendering or re-sending
+        it keeps its content."""
+        keys = None if emails is None else [address_key(e) for e in emails]
+        out: dict[str, set[str]] = defaultdict(set)
+        own: dict[str, set[str]] = defaultdict(set)
+        with self.engine.connect() as conn:
+            for chunk in [None] if keys is None else iter_chunks(keys):
+                query = sa.select(history.c.email, history.c.paper_id).where(
+                    history.c.edition != edition
+                )
+                sent = sa.select(ledger.c.email, ledger.c.paper_ids).where(
+                    ledger.c.edition == edition, ledger.c.status == "sent"
+                )
+                if chunk is not None:
+                    query = query.where(history.c.email.in_(list(chunk)))
+                    sent = sent.where(ledger.c.email.in_(list(chunk)))
+                for email, pid in conn.execute(query):
+                    out[email].add(pid)
+                for email, ids in conn.execute(sent):
+                    own[email].update(json.loads(ids))
+        return {email: pids - own[email] for email, pids in out.items() if pids - own[email]}
 
     def record_history(
         self, email: str, edition: dt.date, paper_ids: Sequence[str], *, now: dt.datetime
@@ -479,7 +507,7 @@ class Store:
         now: dt.datetime,
     ) -> None:
         """Papers already in the history keep their first edition."""
-        email = email.lower()
+        email = address_key(email)
         rows = [
             {"email": email, "paper_id": pid, "edition": edition, "delivered_at": now}
             for pid in dict.fromkeys(paper_ids)
@@ -491,7 +519,7 @@ class Store:
     def ledger_rows(self, edition: dt.date, emails: Sequence[str] | None = None) -> list[LedgerRow]:
         query = sa.select(ledger).where(ledger.c.edition == edition).order_by(ledger.c.email)
         if emails is not None:
-            query = query.where(ledger.c.email.in_([e.lower() for e in emails]))
+            query = query.where(ledger.c.email.in_([address_key(e) for e in emails]))
         with self.engine.connect() as conn:
             return [_ledger_row(r) for r in conn.execute(query)]
 
@@ -509,7 +537,7 @@ class Store:
         now: dt.datetime,
     ) -> LedgerRow:
         """Insert the planned row unless one exists; returns the row as stored (never downgrades)."""
-        email = email.lower()
+        email = address_key(email)
         values = {
             "edition": edition,
             "email": email,
@@ -579,7 +607,7 @@ class Store:
 
     def mark_skipped(self, edition: dt.date, email: str, *, reason: str, now: dt.datetime) -> None:
         """Nothing matched: recorded so status can say why, and re-runs do not re-select."""
-        email = email.lower()
+        email = address_key(email)
         with self.engine.begin() as conn:
             inserted = conn.execute(
                 self._insert(ledger)
@@ -616,7 +644,7 @@ class Store:
     ) -> None:
         conn.execute(
             ledger.update()
-            .where(ledger.c.edition == edition, ledger.c.email == email.lower())
+            .where(ledger.c.edition == edition, ledger.c.email == address_key(email))
             .values(updated_at=now, **values)
         )
 
@@ -625,7 +653,7 @@ class Store:
         unknown: the server may have it, and the row is retried on its own schedule)."""
         out: dict[str, dt.date] = {}
         with self.engine.connect() as conn:
-            for chunk in iter_chunks([e.lower() for e in emails]):
+            for chunk in iter_chunks([address_key(e) for e in emails]):
                 rows = conn.execute(
                     sa.select(ledger.c.email, sa.func.max(ledger.c.edition))
                     .where(
@@ -697,11 +725,18 @@ class Store:
         self, group_key: str, firing: dt.datetime, edition: dt.date, *, now: dt.datetime
     ) -> None:
         """Record that a firing's send has begun (before its first message goes out)."""
+        insert = self._insert(open_firings).values(
+            group_key=group_key, firing=firing, edition=edition, started_at=now
+        )
         with self.engine.begin() as conn:
-            conn.execute(open_firings.delete().where(open_firings.c.group_key == group_key))
             conn.execute(
-                open_firings.insert().values(
-                    group_key=group_key, firing=firing, edition=edition, started_at=now
+                insert.on_conflict_do_update(
+                    index_elements=[open_firings.c.group_key],
+                    set_={
+                        "firing": insert.excluded.firing,
+                        "edition": insert.excluded.edition,
+                        "started_at": insert.excluded.started_at,
+                    },
                 )
             )
 
@@ -729,6 +764,18 @@ class Store:
         db = Path(self.engine.url.database or "memory").name
         return self.lock_dir / f"{db}.send-{name}.lock"
 
+    def sender_key(self, name: str) -> int:
+        """The PostgreSQL advisory lock key of `name`'s sender lock (for monitoring)."""
+        with self.engine.connect() as conn:
+            return self._sender_key(conn, name)
+
+    @staticmethod
+    def _sender_key(conn: Connection, name: str) -> int:
+        # advisory locks are per database: two stores in two schemas of one database
+        # (deployments side by side, parallel test runs) must not block each other
+        schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
+        return _lock_key(f"{schema}:{name}")
+
     @contextlib.contextmanager
     def sender_lock(self, name: str) -> Iterator[None]:
         """Exclusive right to send `name` (an edition). Released by the kernel or the server
@@ -737,10 +784,7 @@ class Store:
         """
         if self.dialect == "postgresql":
             with self.engine.connect() as conn:
-                # advisory locks are per database: two stores in two schemas of one database
-                # (deployments side by side, parallel test runs) must not block each other
-                schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
-                key = _lock_key(f"{schema}:{name}")
+                key = self._sender_key(conn, name)
                 got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
                 conn.commit()
                 if not got:

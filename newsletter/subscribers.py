@@ -25,11 +25,14 @@ from pydantic import (
     field_validator,
 )
 
+from newsletter.addresses import address_key
 from newsletter.errors import SubscriberConfigError
 from newsletter.models import Subscriber, Topic
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAME_MAX = 256  # characters in a display name; longer ones are surely a mistake
+_SHOWN_MAX = 80  # a longer offending value is shortened in messages
 
 
 def _check_time(value: str) -> str:
@@ -54,9 +57,19 @@ def _single_line(value: str) -> str:
     return value.strip()
 
 
+def _display_name(value: str) -> str:
+    if len(value) > NAME_MAX:
+        raise ValueError(
+            f"is {len(value)} characters long; shorten it to at most {NAME_MAX} (it is the "
+            "display name in the digest's To: line and the greeting)"
+        )
+    return value
+
+
 TimeStr = Annotated[str, AfterValidator(_check_time)]
 ZoneStr = Annotated[str, AfterValidator(_check_zone)]
 Line = Annotated[str, AfterValidator(_single_line)]
+DisplayName = Annotated[str, AfterValidator(_single_line), AfterValidator(_display_name)]
 Term = Annotated[str, AfterValidator(_single_line), Field(min_length=1, max_length=200)]
 MaxPapers = Annotated[int, Field(ge=1, le=50)]
 
@@ -79,7 +92,7 @@ class DefaultsModel(_Strict):
 
 class SubscriberModel(_Strict):
     email: str
-    name: Line = ""
+    name: DisplayName = ""
     timezone: ZoneStr | None = None
     send_at: TimeStr | None = None
     max_papers: MaxPapers | None = None
@@ -147,6 +160,8 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = f"{value!r}" if kind != "missing" and not isinstance(value, dict) else ""
+    if len(shown) > _SHOWN_MAX:
+        shown = shown[: _SHOWN_MAX - 3] + "..."
     fix = _FIXES.get(kind, "").format(allowed=_allowed(model))
     if kind == "extra_forbidden":
         return f"unknown field; {fix}"
@@ -197,30 +212,35 @@ def parse_subscribers(text: str, source: str = "<subscribers>") -> list[Subscrib
         entries = []
 
     valid: list[tuple[int, SubscriberModel]] = []
-    first_index: dict[str, int] = {}
+    first_index: dict[str, tuple[int, str]] = {}
     for i, entry in enumerate(entries):
         email = entry.get("email") if isinstance(entry, dict) else None
         who = f"subscriber #{i + 1}" + (f" {email!r}" if email else "") + ", "
-        if isinstance(email, str) and email.strip():
-            key = email.strip().lower()
-            if key in first_index:
-                problem(
-                    ["subscribers", i, "email"],
-                    who,
-                    "email",
-                    f"{email!r} duplicates subscriber #{first_index[key] + 1} (emails compare "
-                    "case-insensitively); remove or merge one of them",
-                )
-            else:
-                first_index[key] = i
+        model: SubscriberModel | None = None
         try:
-            valid.append((i, SubscriberModel.model_validate(entry)))
+            model = SubscriberModel.model_validate(entry)
+            valid.append((i, model))
         except ValidationError as exc:
             for e in exc.errors():
                 loc = [p for p in e["loc"]]
                 field = ".".join(map(str, loc)) or "(entry)"
-                model = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
-                problem(["subscribers", i, *loc], who, field, _describe(e, model))
+                kind = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
+                problem(["subscribers", i, *loc], who, field, _describe(e, kind))
+        if isinstance(email, str) and email.strip():
+            key = address_key(model.email if model is not None else email)
+            if key in first_index:
+                n, first = first_index[key]
+                problem(
+                    ["subscribers", i, "email"],
+                    who,
+                    "email",
+                    f"duplicate address: {email!r} duplicates subscriber #{n + 1} {first!r} "
+                    f"(line {lines.find(['subscribers', n, 'email'])}); emails compare "
+                    "case-insensitively, in Unicode NFC, with the domain in Unicode or "
+                    "punycode alike; remove or merge one of them",
+                )
+            else:
+                first_index[key] = (i, email)
 
     if problems:
         # In file order, so the user can fix them top to bottom.

@@ -20,6 +20,7 @@ import bisect
 import functools
 import math
 import re
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -227,7 +228,8 @@ class Postings:
 
 
 class PaperIndex:
-    """Positional index over the whole collection, built once; term look-ups are memoised."""
+    """Positional index over the whole collection, built once, tokenising each paper once (its
+    token stream is kept for `surfaces`); term look-ups are memoised."""
 
     def __init__(
         self,
@@ -239,8 +241,14 @@ class PaperIndex:
         stop_positions: tuple[tuple[int, ...], ...],
         acronyms: dict[str, tuple[tuple[str, ...], ...]],
         compounds: dict[str, tuple[str, str]],
+        token_places: tuple[array[int], ...],
+        token_spans: tuple[array[int], ...],
     ) -> None:
         self.papers = papers
+        # Each paper's token stream, kept from the one tokenisation in `build`: the position of
+        # each token (ascending) and its (start, end) offsets in the title, then the abstract.
+        self.token_places = token_places
+        self.token_spans = token_spans
         self.positions = positions
         self.abstract_starts = abstract_starts
         self.stop_positions = stop_positions
@@ -257,7 +265,6 @@ class PaperIndex:
         self.id_to_index = {p.id: i for i, p in enumerate(papers)}
         self._cache: dict[str, Postings] = {}
         self._variants: dict[str, tuple[tuple[str, ...], ...]] = {}
-        self._token_cache: dict[int, dict[int, tuple[Token, bool]]] = {}
 
     @classmethod
     def build(cls, papers: Sequence[Paper]) -> PaperIndex:
@@ -267,22 +274,24 @@ class PaperIndex:
         compounds: dict[str, tuple[str, str]] = {}
         lens: list[tuple[int, int, int]] = []  # title tokens, abstract tokens, abstract start
         stops: list[tuple[int, ...]] = []  # positions of stop words, which windows may not skip
+        places: list[array[int]] = []
+        spans: list[array[int]] = []
         for i, paper in enumerate(unique):
-            title, abstract = tokenize(paper.title), tokenize(paper.abstract)
-            title_pos = _positions(title, paper.title, 0)
+            title, title_pos, abstract, abstract_pos = _streams(paper)
             start = (title_pos[-1] if title_pos else 0) + _BREAK
             paper_stops = []
-            for toks, places in (
-                (title, title_pos),
-                (abstract, _positions(abstract, paper.abstract, start)),
-            ):
-                for tok, pos in zip(toks, places, strict=True):
+            paper_spans = array("I")
+            for toks, at in ((title, title_pos), (abstract, abstract_pos)):
+                for tok, pos in zip(toks, at, strict=True):
                     positions[tok.key][i].append(pos)
                     if tok.acronym:
                         positions[tok.acronym][i].append(pos)
                     if tok.key in _STOP_KEYS:
                         paper_stops.append(pos)
+                    paper_spans.extend((tok.start, tok.end))
             stops.append(tuple(paper_stops))
+            places.append(array("I", title_pos + abstract_pos))
+            spans.append(paper_spans)
             lens.append((len(title), len(abstract), start))
             _learn_compounds(title, paper.title, compounds)
             _learn_compounds(abstract, paper.abstract, compounds)
@@ -303,6 +312,8 @@ class PaperIndex:
             tuple(stops),
             _acronym_map(definitions),
             compounds,
+            tuple(places),
+            tuple(spans),
         )
 
     # ---- term look-up --------------------------------------------------------------------
@@ -415,29 +426,32 @@ class PaperIndex:
         return k < len(stops) and stops[k] < before
 
     def surfaces(self, paper_index: int, spans: Iterable[tuple[int, int]]) -> tuple[str, ...]:
-        """The exact text of each span."""
-        at = self._token_cache.get(paper_index)
-        if at is None:
-            if len(self._token_cache) > 4096:
-                self._token_cache.clear()
-            placed = positioned(self.papers[paper_index])
-            at = self._token_cache[paper_index] = {pos: (tok, title) for pos, tok, title in placed}
+        """The exact text of each span, from the token stream kept at build time."""
         paper = self.papers[paper_index]
+        places, offsets = self.token_places[paper_index], self.token_spans[paper_index]
+        in_title = self.title_lens[paper_index]
         out = []
         for first, last in spans:
-            (start, title), (end, _) = at[first], at[last]
-            out.append((paper.title if title else paper.abstract)[start.start : end.end])
+            k, m = bisect.bisect_left(places, first), bisect.bisect_left(places, last)
+            text = paper.title if k < in_title else paper.abstract
+            out.append(text[offsets[2 * k] : offsets[2 * m + 1]])
         return tuple(out)
+
+
+def _streams(paper: Paper) -> tuple[list[Token], list[int], list[Token], list[int]]:
+    """The one tokenisation of a paper: title tokens and positions, abstract tokens and
+    positions, numbered as `positioned` describes."""
+    title, abstract = tokenize(paper.title), tokenize(paper.abstract)
+    title_pos = _positions(title, paper.title, 0)
+    start = (title_pos[-1] if title_pos else 0) + _BREAK
+    return title, title_pos, abstract, _positions(abstract, paper.abstract, start)
 
 
 def positioned(paper: Paper) -> list[tuple[int, Token, bool]]:
     """(position, token, in title?) for the title then the abstract, as the index numbers them:
     positions jump by more than MAX_SLACK at punctuation and between the fields, so neither a
     phrase nor a window ever spans "dynamics. The model" or runs from title into abstract."""
-    title, abstract = tokenize(paper.title), tokenize(paper.abstract)
-    title_pos = _positions(title, paper.title, 0)
-    start = (title_pos[-1] if title_pos else 0) + _BREAK
-    abstract_pos = _positions(abstract, paper.abstract, start)
+    title, title_pos, abstract, abstract_pos = _streams(paper)
     return [(p, t, True) for p, t in zip(title_pos, title, strict=True)] + [
         (p, t, False) for p, t in zip(abstract_pos, abstract, strict=True)
     ]

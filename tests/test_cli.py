@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -238,3 +239,51 @@ def test_preview_with_nothing_matched_says_so_and_writes_nothing(
     assert result.exit_code == 0
     assert "nothing matched" in result.stderr and "no email" in result.stderr
     assert not out.exists()
+
+
+def test_ingest_reports_skipped_entries_and_still_ingests_the_rest(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    (folder / "mar11.txt").symlink_to(SEEDS / "001_5dda9fa4defc14f9.txt")
+    (folder / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    (folder / "old").mkdir()
+    os.mkfifo(folder / "pipe.txt")
+    result = run(env, "ingest", "--seeds", str(folder), "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {Path(f["path"]).name: f for f in json.loads(result.stdout)["files"]}
+    assert set(rows["gone.txt"]) == {"path", "date", "papers", "new_papers", "status", "error"}
+    assert rows["mar11.txt"]["status"] == "ingested" and rows["mar11.txt"]["papers"] == 56
+    for name, why in (("gone.txt", "broken symlink"), ("old", "folder"), ("pipe.txt", "FIFO")):
+        assert rows[name]["status"] == "skipped" and why in rows[name]["error"]
+        assert rows[name]["path"] == str(folder / name)
+        assert str(folder / name) in result.stderr and "skipped" in result.stderr
+    human = run(env, "ingest", "--seeds", str(folder))
+    assert "skipped" in human.stdout and "FIFO" in human.stdout
+
+
+def test_ingest_of_a_folder_without_dumps_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    result = run(env, "ingest", "--seeds", str(folder))
+    assert result.exit_code == 0
+    assert "no dump to ingest" in result.stderr and str(folder) in result.stderr
+    as_json = run(env, "ingest", "--seeds", str(folder), "--json")
+    assert json.loads(as_json.stdout) == {"files": []} and "no dump" in as_json.stderr
+
+
+def test_a_dump_over_the_paper_cap_is_refused_and_the_others_ingest(env: dict[str, str]) -> None:
+    result = run({**env, "NEWSLETTER_MAX_PAPERS_PER_DUMP": "60"}, "ingest", "--json")
+    assert result.exit_code == 1
+    rows = {Path(f["path"]).name[:3]: f for f in json.loads(result.stdout)["files"]}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "001": "ingested",  # 56 papers
+        "002": "rejected",  # 78
+        "003": "rejected",  # 65
+        "004": "ingested",  # 52
+    }
+    error = rows["002"]["error"]
+    assert error.startswith(rows["002"]["path"]) and "78 papers" in error
+    assert "NEWSLETTER_MAX_PAPERS_PER_DUMP (60)" in error
+    assert "65 papers" in rows["003"]["error"]

@@ -10,7 +10,11 @@ import functools
 import json
 import logging
 import mailbox
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
+from email import header as email_header
+from email import message_from_bytes
+from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from newsletter.deliver import (
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
 from newsletter.models import Subscriber, Topic
 from newsletter.pipeline import ingest_folder, selections_for
+from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
@@ -571,3 +576,110 @@ async def test_auth_without_encryption_is_refused_unless_allowed(world: World) -
         )
         report = await world.send(settings=allowed)
     assert report.sent == len(world.emails)
+
+
+# --- one mailbox, one digest ------------------------------------------------------------------
+async def test_one_mailbox_spelled_two_ways_gets_one_digest_and_reruns_never_crash(
+    world: World, tmp_path: Path
+) -> None:
+    # The subscriber file refuses this (test_subscribers); a caller that passes such a list
+    # anyway still sends each mailbox one digest and leaves the ledger consistent.
+    ada = world.subscribers[0]
+    spellings = [
+        dataclasses.replace(ada, email="reader@bücher.example"),
+        dataclasses.replace(ada, email="READER@xn--bcher-kva.example"),
+        dataclasses.replace(ada, email="ada@café.example"),
+        dataclasses.replace(ada, email=unicodedata.normalize("NFD", "ada@café.example")),
+    ]
+    async with running() as server:
+        first = await world.send(server, subscribers=spellings)
+        again = await world.send(server, subscribers=spellings)
+    assert first.sent == 2 and first.failed == 0 and again.sent == 0, first.failures
+    assert sorted(server.handler.by_rcpt()) == [
+        "ada@xn--caf-dma.example",
+        "reader@xn--bcher-kva.example",
+    ]
+    assert world.statuses() == {"reader@bücher.example": "sent", "ada@café.example": "sent"}
+    outbox = tmp_path / "outbox"
+    maildir = world.settings(outbox_dir=outbox)
+    await world.send(settings=maildir, subscribers=spellings, resend=[spellings[1].email])
+    assert len(list(mailbox.Maildir(outbox, create=False))) == 1
+
+
+def test_cli_send_refuses_a_file_naming_one_mailbox_twice(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "subs.yaml"
+    entries = [
+        {"email": e, "topics": [{"name": "RL", "keywords": ["reinforcement learning"]}]}
+        for e in ("élodie@example.org", unicodedata.normalize("NFD", "élodie@example.org"))
+    ]
+    path.write_text(yaml.safe_dump({"subscribers": entries}, allow_unicode=True), "utf-8")
+    with threaded_server() as server:
+        env = {**cli_env(world.settings(server)), "NEWSLETTER_SUBSCRIBERS_FILE": str(path)}
+        result = invoke(["send"], env)
+    assert result.exit_code == 2 and "duplicate" in result.output
+    assert server.handler.received == []
+
+
+# --- long display names -----------------------------------------------------------------------
+LONG_NAMES = {
+    "words@example.org": " ".join(["Augusta Ada King, Countess of Lovelace"] * 25),  # 974 chars
+    "atoms@example.org": " ".join(["Ada"] * 330),
+    "one-word@example.org": "A" * 995,
+    "unicode@example.org": "Zoë “Z” Ünal-Øster " * 52,
+}
+
+
+async def test_long_display_names_are_folded_and_accepted_by_the_server(world: World) -> None:
+    ada = world.subscribers[0]
+    subs = [dataclasses.replace(ada, email=e, name=n) for e, n in LONG_NAMES.items()]
+    async with running() as server:
+        report = await world.send(server, subscribers=subs)
+    assert report.sent == len(LONG_NAMES), report.failures
+    for addr, (got,) in server.handler.by_rcpt().items():
+        head = got.data.split(b"\r\n\r\n", 1)[0]
+        assert max(len(line) for line in head.split(b"\r\n")) <= 78
+        to = got.message["To"]
+        assert to.addresses[0].addr_spec == addr
+        # CPython's address parser puts a space between adjacent encoded-words (against
+        # RFC 2047 6.2), so decode the header the RFC way.
+        raw = message_from_bytes(head, policy=compat32)["To"]
+        unfolded = raw.replace("\r\n ", " ")  # RFC 5322 2.2.3: unfolding removes the CRLFs
+        decoded = str(email_header.make_header(email_header.decode_header(unfolded)))
+        name = " ".join(LONG_NAMES[addr].split())
+        assert decoded.removesuffix(f" <{addr}>").strip('"') == name
+        if not unfolded.startswith("=?"):
+            assert to.addresses[0].display_name == name
+
+
+# --- history across editions, in any order ----------------------------------------------------
+async def test_an_older_edition_sent_after_a_newer_one_repeats_no_paper(world: World) -> None:
+    editions = sorted(world.store.listing_dates(), reverse=True)  # newest first
+    index = paper_index(world.store)
+    threshold = world.settings().relevance_threshold
+    unfiltered: dict[str, list[str]] = {}  # what each edition would send with no history
+    for edition in editions:
+        for sel in select_for(
+            index, world.store.listing(edition), world.subscribers, threshold=threshold
+        ):
+            unfiltered.setdefault(sel.subscriber.email, []).extend(p.paper.id for p in sel.papers)
+    assert any(len(ids) > len(set(ids)) for ids in unfiltered.values()), "needs shared papers"
+
+    async with running() as server:
+        for edition in editions:
+            report = await send_edition(
+                world.settings(server), world.store, world.subscribers, edition, now=clock
+            )
+            assert report.failed == 0
+    sent: dict[str, list[str]] = {}
+    for edition in editions:
+        for row in world.store.ledger_rows(edition):
+            sent.setdefault(row.email, []).extend(row.paper_ids)
+    assert sent and all(len(ids) == len(set(ids)) for ids in sent.values()), sent
+    assert len(server.handler.received) == sum(
+        1 for e in editions for r in world.store.ledger_rows(e) if r.status == "sent"
+    )
+    # re-rendering any edition afterwards gives exactly what it sent
+    for edition in editions:
+        rows = {r.email: set(r.paper_ids) for r in world.store.ledger_rows(edition)}
+        for sel in selections_for(world.store, world.settings(), world.subscribers, edition):
+            assert {p.paper.id for p in sel.papers if p.sent} == rows[sel.subscriber.email]

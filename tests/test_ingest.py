@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.errors import IngestError
+from newsletter.errors import ConfigError, IngestError
 from newsletter.ingest import (
     dump_files,
     extract_links,
@@ -19,7 +25,11 @@ from newsletter.ingest import (
     parse_dump,
     read_dump,
     read_dumps,
+    scan_dumps,
 )
+from newsletter.pipeline import ingest_folder
+from newsletter.settings import Settings, load_settings
+from newsletter.store import Store
 
 from .conftest import FIXTURES, REFERENCE, SEEDS
 
@@ -214,3 +224,125 @@ def test_folder_listing_only_takes_txt_files(tmp_path: Path) -> None:
     assert [p.name for p in dump_files(tmp_path)] == ["a.txt"]
     with pytest.raises(IngestError, match="no such folder"):
         dump_files(tmp_path / "nope")
+
+
+# --- "today" is the date in the service's time zone, of the `now` passed in -----------------
+def _dump_dated(folder: Path, day: str) -> Path:
+    """A copy of one seed with its date line replaced by `day` (e.g. "Nov 29")."""
+    folder.mkdir(exist_ok=True)
+    text = (SEEDS / "001_5dda9fa4defc14f9.txt").read_text(encoding="utf-8")
+    path = folder / "day.txt"
+    path.write_text(text.replace("\nMar 11\n", f"\n{day}\n", 1), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("zone", "now", "today"),
+    [
+        # 20:00 on Nov 28 in Los Angeles is 04:00 on Nov 29 in UTC
+        ("UTC", "2026-11-29T04:00:00+00:00", "2026-11-29"),
+        ("America/Los_Angeles", "2026-11-29T04:00:00+00:00", "2026-11-28"),
+        ("America/Los_Angeles", "2026-11-29T07:59:59+00:00", "2026-11-28"),
+        ("America/Los_Angeles", "2026-11-29T08:00:00+00:00", "2026-11-29"),
+        # 23:30 on Nov 28 in UTC is already Nov 29 in Tokyo
+        ("Asia/Tokyo", "2026-11-28T23:30:00+00:00", "2026-11-29"),
+        ("Asia/Tokyo", "2026-11-28T14:59:00+00:00", "2026-11-28"),
+        ("UTC", "2026-11-28T23:30:00", "2026-11-28"),  # a naive `now` is UTC
+    ],
+)
+def test_today_is_the_date_of_now_in_the_configured_zone(
+    make_settings: Callable[..., Settings], zone: str, now: str, today: str
+) -> None:
+    settings = make_settings(reference_date=None, timezone=zone)
+    assert settings.today(dt.datetime.fromisoformat(now)) == dt.date.fromisoformat(today)
+    pinned = make_settings(timezone=zone)  # NEWSLETTER_REFERENCE_DATE still wins
+    assert pinned.today(dt.datetime.fromisoformat(now)) == REFERENCE
+
+
+def test_an_unknown_service_time_zone_is_a_config_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"NEWSLETTER_TIMEZONE.*IANA"):
+        load_settings(timezone="Mars/Olympus")
+
+
+@pytest.mark.parametrize(
+    ("zone", "year"), [("UTC", 2026), ("Asia/Tokyo", 2026), ("America/Los_Angeles", 2025)]
+)
+def test_ingest_infers_the_year_from_the_now_it_is_given(
+    make_settings: Callable[..., Settings], tmp_path: Path, zone: str, year: int
+) -> None:
+    settings = make_settings(reference_date=None, timezone=zone)
+    store = Store.open(settings.database_url)
+    now = dt.datetime(2026, 11, 29, 4, 0, tzinfo=dt.UTC)  # Nov 28, 20:00 in Los Angeles
+    (row,) = ingest_folder(store, settings, _dump_dated(tmp_path / "d", "Nov 29"), now=now)
+    store.close()
+    assert row.status == "ingested" and row.date == f"{year}-11-29"
+
+
+_CHILD = """
+import datetime as dt, sys, time
+from pathlib import Path
+from newsletter.pipeline import ingest_folder
+from newsletter.settings import Settings
+from newsletter.store import Store
+assert time.strftime("%Z") in ("PST", "PDT"), time.strftime("%Z")  # the host is in LA
+settings = Settings(_env_file=None, database_url=sys.argv[1])
+store = Store.open(settings.database_url)
+now = dt.datetime(2026, 11, 29, 4, 0, tzinfo=dt.UTC)  # 20:00 on Nov 28 on this host
+(row,) = ingest_folder(store, settings, Path(sys.argv[2]), now=now)
+print(row.date)
+"""
+
+
+def test_the_hosts_time_zone_does_not_move_the_year(tmp_path: Path) -> None:
+    folder = _dump_dated(tmp_path / "d", "Nov 29")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {"TZ": "America/Los_Angeles", "NEWSLETTER_SETTINGS_FILE": str(tmp_path / "none")}
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, url, str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2026-11-29"  # the service's zone is UTC: Nov 29 is today
+
+
+# --- a word for every entry of the seeds folder that is not ingested ------------------------
+def test_symlinks_to_dumps_are_followed_and_every_other_entry_is_skipped_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "archive"
+    elsewhere.mkdir()
+    shutil.copy(SEEDS / "001_5dda9fa4defc14f9.txt", elsewhere / "mar11")
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    shutil.copy(SEEDS / "002_2b37b74c05805532.txt", seeds / "b.txt")
+    (seeds / "a.txt").symlink_to(elsewhere / "mar11")  # operators symlink dumps
+    (seeds / "broken.txt").symlink_to(tmp_path / "gone.txt")
+    (seeds / "folder.txt").mkdir()
+    os.mkfifo(seeds / "pipe.txt")  # opening it would block: it must never be opened
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(seeds / "sock.txt"))
+    (seeds / "notes.md").write_text("x")
+    (seeds / ".hidden.txt").write_text("x")
+    dumps, skipped = scan_dumps(seeds)
+    assert [p.name for p in dumps] == ["a.txt", "b.txt"]
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert sorted(reasons) == ["broken.txt", "folder.txt", "notes.md", "pipe.txt", "sock.txt"]
+    assert "broken symlink" in reasons["broken.txt"] and "gone.txt" in reasons["broken.txt"]
+    assert "folder" in reasons["folder.txt"]
+    assert "FIFO" in reasons["pipe.txt"]
+    assert "socket" in reasons["sock.txt"]
+    assert "*.txt" in reasons["notes.md"]
+    listing = read_dump(dumps[0], reference=REFERENCE)
+    assert listing.date == dt.date(2026, 3, 11) and len(listing.entries) == 56
+
+
+def test_the_paper_cap_counts_the_papers_of_a_dump() -> None:
+    text = (SEEDS / "004_67f282ffe6c058cf.txt").read_text(encoding="utf-8")
+    assert len(parse_dump(text, reference=REFERENCE, max_papers=52).entries) == 52
+    with pytest.raises(IngestError, match=r"^day\.txt: 52 papers, more than .*\(51\)"):
+        parse_dump(text, source="day.txt", reference=REFERENCE, max_papers=51)

@@ -624,3 +624,31 @@ def test_preview_files_and_an_escaped_index(renderer: Renderer, tmp_path: Path) 
     assert "&lt;b&gt;&quot;x&quot;&lt;/b&gt;@example.org" in page and "<b>" not in page
     assert 'href="a%20%22b%22%26c.html"' in page and "S &lt;i&gt;" in page
     assert "<td>0</td>" in page
+
+
+# --- link labels show the real host ---------------------------------------------------------
+def test_deceptive_links_show_their_real_host_in_html_and_text(renderer: Renderer) -> None:
+    links = (
+        "https://github.com@evil.example/login",
+        "https://user:secret@github.com.evil.example/x",
+        "https://gіthub.com/x",  # Cyrillic і (U+0456)
+        "https://evil.example/\u202emoc.buhtig",  # a right-to-left override in the path
+        "https://github.com/real/repo",
+    )
+    p = paper("Offline RL with deceptive links", "Offline RL wins. " * 20, links)
+    out = renderer.render(one(p, TopicMatch("Offline RL", ("offline RL",))), now=NOW)
+    plain, html = parts(out.raw)
+    shown = re.findall(r'href="(https://[^"]*)"[^>]*>([^<]*)</a>', html)
+    by_label = {label: unescape(href) for href, label in shown if "papers?q=" not in href}
+    assert by_label == {
+        "evil.example/login": "https://evil.example/login",
+        "github.com.evil.example/x": "https://github.com.evil.example/x",
+        "xn--gthub-n2e.com/x": "https://xn--gthub-n2e.com/x",
+        "evil.example/%E2%80%AEmoc.buhtig": "https://evil.example/%E2%80%AEmoc.buhtig",
+        "github.com/real/repo": "https://github.com/real/repo",
+    }
+    for gone in ("github.com@", "secret", "gіthub", "\u202e"):
+        assert gone not in html and gone not in plain
+    assert "Code: https://github.com/real/repo" in plain
+    assert "Project page: https://evil.example/login" in plain  # not "Code": not GitHub
+    assert "Project page: https://xn--gthub-n2e.com/x" in plain

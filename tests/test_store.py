@@ -206,3 +206,26 @@ def test_schedule_state_round_trip(store: Store) -> None:
     store.set_last_firing("UTC|07:00", NOW)
     store.set_last_firing("UTC|07:00", NOW + dt.timedelta(days=1))
     assert store.last_firing("UTC|07:00") == NOW + dt.timedelta(days=1)
+
+
+def test_history_elsewhere_is_every_other_edition_but_never_its_own(store: Store) -> None:
+    ingest_seeds(store)
+    mar11, mar12, mar14 = dt.date(2026, 3, 11), dt.date(2026, 3, 12), dt.date(2026, 3, 14)
+    store.record_history("Ada@Example.org", mar12, ["p1", "p2"], now=NOW)
+    store.record_history("ada@example.org", mar14, ["p3"], now=NOW)
+    store.record_history("bob@example.org", mar11, ["p1"], now=NOW)
+    # an older edition sees what newer ones sent; an edition never loses its own papers
+    assert store.history_elsewhere(mar11) == {"ada@example.org": {"p1", "p2", "p3"}}
+    assert store.history_elsewhere(mar12, ["ADA@example.org"]) == {"ada@example.org": {"p3"}}
+    assert store.history_elsewhere(mar14) == {
+        "ada@example.org": {"p1", "p2"},
+        "bob@example.org": {"p1"},
+    }
+    assert store.history_elsewhere(mar14, ["carol@example.org"]) == {}
+    # p3 was first delivered on Mar 14 and (a repeat, before this rule) on Mar 12 as well: a
+    # re-render of Mar 12 still shows it, as its sent ledger row says
+    store.plan(mar12, "ada@example.org", message_id="<m@x>", paper_ids=["p3"], now=NOW)
+    store.mark_sent(
+        mar12, "ada@example.org", message_id="<m@x>", paper_ids=["p3"], reply="250", now=NOW
+    )
+    assert store.history_elsewhere(mar12, ["ada@example.org"]) == {}

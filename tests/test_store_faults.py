@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from newsletter.cli import cli
 from newsletter.errors import ConnectionLost, DatabaseTimeout, StoreError
 from newsletter.ingest import read_dump
-from newsletter.store import Store, _lock_key, redact, safe_url
+from newsletter.store import Store, redact, safe_url
 
 from .conftest import REFERENCE, ROOT, SEEDS
 from .test_store import NOW
@@ -127,7 +127,9 @@ def test_send_stops_with_the_lock_timeout_setting_named(db_url: str, tmp_path: P
 
 # --- 2. a lost connection ----------------------------------------------------------------------
 def advisory_lock_holder(url: str, name: str) -> int:
-    key = _lock_key(name)
+    store = Store.open(url)
+    key = store.sender_key(name)
+    store.close()
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         pid = conn.execute(

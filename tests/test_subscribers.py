@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from newsletter.addresses import address_key
+from newsletter.cli import cli
 from newsletter.errors import SubscriberConfigError
 from newsletter.subscribers import load_subscribers, parse_subscribers
 
@@ -87,3 +91,62 @@ def test_not_yaml_and_not_a_mapping() -> None:
 def test_missing_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(SubscriberConfigError, match="NEWSLETTER_SUBSCRIBERS_FILE"):
         load_subscribers(tmp_path / "nope.yaml")
+
+
+# --- one address, one subscriber --------------------------------------------------------------
+NFD_ELODIE = unicodedata.normalize("NFD", "élodie@example.org")
+SAME_MAILBOX = f"""\
+subscribers:
+  - email: reader@bücher.example
+    topics: [{{name: A, keywords: [a]}}]
+  - email: élodie@example.org
+    topics: [{{name: A, keywords: [a]}}]
+  - email: ok@example.org
+    topics: [{{name: A, keywords: [a]}}]
+  - email: READER@xn--bcher-kva.example
+    topics: [{{name: A, keywords: [a]}}]
+  - email: {NFD_ELODIE}
+    topics: [{{name: A, keywords: [a]}}]
+"""
+
+
+def test_address_key_folds_case_unicode_forms_and_punycode() -> None:
+    key = address_key("reader@bücher.example")
+    assert address_key("READER@xn--bcher-kva.example") == key
+    assert address_key(" Reader@BÜCHER.example ") == key
+    assert address_key(NFD_ELODIE) == address_key("élodie@example.org") == "élodie@example.org"
+    assert address_key("ada@example.org") == "ada@example.org"  # stored ledger keys stay valid
+    assert address_key("ada@example.org") != address_key("ada@example.com")
+    assert address_key("not an address") == "not an address"
+
+
+def test_one_mailbox_spelled_twice_is_a_duplicate_naming_both_lines() -> None:
+    with pytest.raises(SubscriberConfigError) as info:
+        parse_subscribers(SAME_MAILBOX, "subs.yaml")
+    first, second = info.value.problems
+    assert first.startswith("subs.yaml, line 8: ") and "duplicate" in first
+    assert "subscriber #1 'reader@bücher.example' (line 2)" in first
+    assert second.startswith("subs.yaml, line 10: ") and "duplicate" in second
+    assert "subscriber #2 'élodie@example.org' (line 4)" in second
+
+
+def test_subscribers_check_exits_1_on_a_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "subs.yaml"
+    path.write_text(SAME_MAILBOX, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["subscribers", "check", str(path)])
+    assert result.exit_code == 1
+    assert "duplicate" in result.output and "line 8" in result.output
+    assert "(line 2)" in result.output and "line 10" in result.output
+
+
+def test_a_display_name_over_256_characters_is_refused_with_its_length() -> None:
+    entry = "  - email: {e}\n    name: {n}\n    topics: [{{name: A, keywords: [a]}}]\n"
+    ok = "subscribers:\n" + entry.format(e="a@example.org", n="A" * 256)
+    assert parse_subscribers(ok, "subs.yaml")[0].name == "A" * 256
+    bad = ok + entry.format(e="b@example.org", n="Ada " * 250)
+    with pytest.raises(SubscriberConfigError) as info:
+        parse_subscribers(bad, "subs.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("subs.yaml, line 6: subscriber #2 'b@example.org', field 'name'")
+    assert "is 999 characters long" in problem and "at most 256" in problem
+    assert len(problem) < 400  # the offending value is shortened, not printed whole
