@@ -126,9 +126,8 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout. Creates no
+    folder: the entry point decides that (settings.prepare_database_folder)."""
     try:
         engine = sa.create_engine(url, future=True)
     except (sa.exc.ArgumentError, ImportError) as exc:

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from newsletter.cli import cli
 
-from .conftest import FIXTURES, ROOT, SEEDS
+from .conftest import EXAMPLE_SUBSCRIBERS, FIXTURES, SEEDS
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def env(tmp_path: Path, db_url: str) -> dict[str, str]:
     return {
         "NEWSLETTER_DATABASE_URL": db_url,
         "NEWSLETTER_SEEDS_DIR": str(SEEDS),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(EXAMPLE_SUBSCRIBERS),
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
         "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
