@@ -39,4 +39,4 @@ preview: $(STAMP)
 	@echo "Open var/preview/index.html in a browser."
 
 clean:
-	rm -rf var/newsletter.db* var/outbox var/preview
+	rm -rf var/newsletter.db* var/outbox var/preview var/replay build dist

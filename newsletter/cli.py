@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -21,10 +22,18 @@ from rich.console import Console
 from rich.table import Table
 
 from newsletter.addresses import address_key
-from newsletter.errors import ConfigError, NewsletterError, SubscriberConfigError
+from newsletter.errors import ConfigError, NewsletterError, StoreError, SubscriberConfigError
 from newsletter.models import Subscriber
-from newsletter.pipeline import ingest_folder
-from newsletter.settings import Settings, load_settings
+from newsletter.pipeline import copy_listings, ingest_folder
+from newsletter.settings import (
+    BUNDLED,
+    BUNDLED_TEMPLATES,
+    SETTINGS_FILE,
+    SUBSCRIBERS_FILE,
+    Settings,
+    load_settings,
+    prepare_database_folder,
+)
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
 
@@ -32,6 +41,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TEMPLATES_DIR = Path("templates")  # where `init --templates` puts the copy, in DIR
+REPLAY_DIR = Path("var/replay")  # the scratch store and Maildir of `replay` without --live
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -87,11 +98,7 @@ class AppContext:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(
-                self.settings.database_url,
-                lock_timeout=self.settings.db_lock_timeout,
-                statement_timeout=self.settings.db_statement_timeout,
-            )
+            self._store = open_store(self.settings)
         return self._store
 
     def now(self) -> dt.datetime:
@@ -102,16 +109,45 @@ class AppContext:
         return load_subscribers(path or self.settings.subscribers_file)
 
 
+def open_store(settings: Settings) -> Store:
+    """The store at the start of a command. Only the default folder (var/) is created; a bad
+    URL or an unreachable database is a configuration error (exit 2), not a failed run."""
+    url = settings.database_url
+    prepare_database_folder(url)
+    try:
+        return Store.open(
+            url,
+            lock_timeout=settings.db_lock_timeout,
+            statement_timeout=settings.db_statement_timeout,
+        )
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def seeds_folder(settings: Settings, given: Path | None = None) -> Path:
+    """The dumps to read (--seeds, else the setting); a missing one is a configuration error."""
+    location = given or settings.seeds_dir
+    if not location.exists():
+        source = "--seeds" if given else "setting NEWSLETTER_SEEDS_DIR"
+        raise ConfigError(
+            f"{source}: no such folder {location}; correct the path or create the folder"
+        )
+    return location
+
+
 pass_app = click.make_pass_decorator(AppContext)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="newsletter", prog_name="newsletter")
 @click.pass_context
 @handle_errors
 def cli(ctx: click.Context) -> None:
     """Trending papers, matched to each subscriber's topics, delivered by email.
 
-    Settings come from NEWSLETTER_* environment variables, .env, and config/newsletter.toml.
+    Settings come from NEWSLETTER_* environment variables, .env, and the settings file
+    (NEWSLETTER_SETTINGS_FILE, else config/newsletter.toml here, else the bundled example).
+    `newsletter init` writes editable copies of the examples.
     """
     settings = load_settings()
     setup_logging(settings)
@@ -143,10 +179,11 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
 
     Example: newsletter ingest --seeds seeds/ --year 2026
     """
-    rows = ingest_files(app, seeds or app.settings.seeds_dir, year)
+    location = seeds_folder(app.settings, seeds)
+    rows = ingest_files(app, location, year)
     if as_json:
         emit_json({"files": rows})
-    else:
+    elif rows:
         table = Table(title="Ingest")
         for col in ("file", "date", "papers", "new papers", "status"):
             table.add_column(col)
@@ -163,6 +200,8 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
                 status,
             )
         out.print(table)
+    if not rows:
+        fail(f"no dump in {location} (a dump is a .txt file): nothing ingested", EXIT_FAILED)
     if any(r["status"] == "rejected" for r in rows):
         sys.exit(EXIT_FAILED)
 
@@ -381,11 +420,15 @@ def subscribers_group() -> None:
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @pass_app
 def subscribers_check_cmd(app: AppContext, file: Path | None) -> None:
-    """Validate the subscriber file: exit 0 when valid, 1 listing every problem when not.
+    """Validate the subscriber file: exit 0 when valid, 1 listing every problem when not
+    (2 when there is no such file).
 
     Example: newsletter subscribers check config/subscribers.yaml
     """
     path = file or app.settings.subscribers_file
+    if not path.is_file():
+        source = "FILE" if file else "setting NEWSLETTER_SUBSCRIBERS_FILE"
+        fail(f"{source}: no such file {path}; correct the path (`newsletter init` writes one)")
     try:
         subs = app.subscribers(path)
     except SubscriberConfigError as exc:
@@ -518,6 +561,7 @@ def run_cmd(app: AppContext, once: bool) -> None:
     from newsletter.schedule import Daemon, PassResult, run_pass
     from newsletter.signals import graceful_stop
 
+    seeds_folder(app.settings)
     subscribers = app.subscribers()
     if once:
 
@@ -553,21 +597,60 @@ def run_cmd(app: AppContext, once: bool) -> None:
     asyncio.run(Daemon(app.settings, app.store, subscribers, app.now).run())
 
 
+def scratch_copy(app: AppContext) -> tuple[Settings, Store]:
+    """Settings and a store for a dry replay: a fresh store under var/replay/ holding a copy of
+    every stored listing, and a Maildir beside it; SMTP is never used."""
+    shutil.rmtree(REPLAY_DIR, ignore_errors=True)
+    REPLAY_DIR.mkdir(parents=True)
+    settings = app.settings.model_copy(
+        update={
+            "database_url": f"sqlite:///{REPLAY_DIR / 'newsletter.db'}",
+            "outbox_dir": REPLAY_DIR / "outbox",
+            "smtp_host": None,
+        }
+    )
+    scratch = open_store(settings)
+    copy_listings(app.store, scratch, now=app.now())
+    return settings, scratch
+
+
 @cli.command("replay")
 @click.option("--from", "start", callback=parse_date, help="First listing date (YYYY-MM-DD).")
 @click.option("--to", "end", callback=parse_date, help="Last listing date (YYYY-MM-DD).")
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Deliver for real: the configured store, ledger and SMTP or Maildir.",
+)
 @pass_app
 @handle_errors
-def replay_cmd(app: AppContext, start: dt.date | None, end: dt.date | None) -> None:
+def replay_cmd(app: AppContext, start: dt.date | None, end: dt.date | None, live: bool) -> None:
     """Deliver every stored listing in date order with a simulated clock, as if the daemon had
     been running those days (backfill, demos). Shows the no-repeat rule at work.
 
-    Example: newsletter replay --from 2026-03-11 --to 2026-03-17
+    Without --live it runs in a scratch copy, renewed on each run: a store under var/replay/
+    with the stored listings and an empty ledger, and the Maildir var/replay/outbox/. The real
+    store and SMTP are left alone. With --live it sends and records for real (a backfill).
+
+    Examples: newsletter replay --from 2026-03-11 --to 2026-03-17
+              newsletter replay --live --from 2026-03-11
     """
     from newsletter.pipeline import replay
 
     subscribers = app.subscribers()
-    rows = replay(app.settings, app.store, subscribers, start=start, end=end)
+    settings, store = app.settings, app.store
+    if not live:
+        settings, store = scratch_copy(app)
+        err.print(
+            f"replay in a scratch copy: store {REPLAY_DIR / 'newsletter.db'}, Maildir "
+            f"{settings.outbox_dir}/ (the real store and SMTP are untouched; --live sends for real)",
+            highlight=False,
+        )
+    try:
+        rows = replay(settings, store, subscribers, start=start, end=end)
+    finally:
+        if not live:
+            store.close()
     if not rows:
         fail("no stored listing in that range; run `newsletter ingest` first", EXIT_FAILED)
     table = Table(title="Replay")
@@ -586,14 +669,16 @@ def replay_cmd(app: AppContext, start: dt.date | None, end: dt.date | None) -> N
 def demo_cmd(app: AppContext) -> None:
     """The main job on the embedded defaults (what `make run` does): ingest the seeds, deliver
     the newest edition to every subscriber now (whatever their send_at), write previews.
+    Always into the local Maildir (NEWSLETTER_OUTBOX_DIR), whatever SMTP is configured; in an
+    empty folder it uses the bundled examples and keeps its data under ./var/.
 
     Example: newsletter demo
     """
     from newsletter.deliver import run_send
     from newsletter.pipeline import edition_listing, write_previews
 
-    settings = app.settings
-    for r in ingest_files(app, settings.seeds_dir, None):
+    settings = app.settings.model_copy(update={"smtp_host": None})  # never real mail
+    for r in ingest_files(app, seeds_folder(settings), None):
         err.print(
             f"ingest {Path(r['path']).name}: {r['status']} {r['date'] or ''} {r['error'] or ''}"
         )
@@ -613,14 +698,69 @@ def demo_cmd(app: AppContext) -> None:
         table.add_row(s.email, str(len(row.paper_ids) if row else 0), status)
     out.print(table)
     out.print(report.summary(), highlight=False, markup=False)
-    where = (
-        settings.smtp_host
-        or f"Maildir {settings.outbox_dir}/ (open with: mutt -f {settings.outbox_dir})"
+    out.print(
+        f"delivered via: Maildir {settings.outbox_dir}/ (open with: mutt -f {settings.outbox_dir})",
+        highlight=False,
     )
-    out.print(f"delivered via: {where}", highlight=False)
+    if app.settings.smtp_host:
+        out.print(
+            f"demo always delivers into the local Maildir; NEWSLETTER_SMTP_HOST "
+            f"({app.settings.smtp_host}) was not used: `newsletter send` sends through it",
+            highlight=False,
+        )
     out.print(f"previews: {index}", highlight=False)
     if report.failed:
         sys.exit(EXIT_FAILED)
+
+
+# --- init -------------------------------------------------------------------------------------
+@cli.command("init")
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--templates", is_flag=True, help="Also copy the email templates to customise.")
+@handle_errors
+def init_cmd(directory: Path, templates: bool) -> None:
+    """Write an editable subscriber file and settings file into DIR/config/ (DIR: default the
+    working folder), where every command run in DIR finds them; with --templates also a copy
+    of the email templates in DIR/templates/. Never overwrites a file (exit 2).
+
+    Example: newsletter init mydigest --templates
+    """
+    plan = {
+        directory / SUBSCRIBERS_FILE: BUNDLED / SUBSCRIBERS_FILE,
+        directory / SETTINGS_FILE: BUNDLED / SETTINGS_FILE,
+    }
+    if templates:
+        plan[directory / TEMPLATES_DIR] = BUNDLED_TEMPLATES
+    existing = [str(target) for target in plan if target.exists()]
+    if existing:
+        fail(
+            f"already there: {', '.join(existing)}; nothing written (move them away, "
+            "or init another folder)"
+        )
+    for target, source in plan.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copyfile(source, target)
+        out.print(f"wrote {target}{'/' if source.is_dir() else ''}", highlight=False)
+    if templates:
+        with (directory / SETTINGS_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(
+                "\n# Written by `newsletter init --templates`: the email templates to edit, "
+                "relative to\n# the folder newsletter runs in. Remove it for the bundled ones.\n"
+                f'template_dir = "{TEMPLATES_DIR}"\n'
+            )
+        out.print(
+            f"the setting template_dir in {SETTINGS_FILE} (NEWSLETTER_TEMPLATE_DIR) points at "
+            f"{TEMPLATES_DIR}/",
+            highlight=False,
+        )
+    out.print(
+        f"next: edit {directory / SUBSCRIBERS_FILE}, then in {directory}: "
+        "`newsletter subscribers check` and `newsletter demo`",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -100,6 +100,17 @@ def ingest_folder(
     return sorted(outcomes, key=lambda o: o.path)
 
 
+def copy_listings(source: Store, target: Store, *, now: dt.datetime) -> int:
+    """Every listing stored in `source` into `target` (a scratch store for a dry replay)."""
+    copied = 0
+    for date in source.listing_dates():
+        listing = source.listing(date)
+        if listing is not None:
+            target.save_listing(listing, now=now)
+            copied += 1
+    return copied
+
+
 def build_index(store: Store) -> PaperIndex:
     """The matcher's index over every stored paper (BM25 statistics need the whole collection)."""
     return PaperIndex.build(store.all_papers())

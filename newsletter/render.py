@@ -503,7 +503,7 @@ def load_templates(
                 None,
                 "template missing",
                 f"NEWSLETTER_TEMPLATE_DIR must hold {', '.join(TEMPLATE_FILES)} "
-                "(copy the bundled templates/ folder and edit it)",
+                "(`newsletter init --templates` writes a copy of the bundled ones to edit)",
             )
     mjml_path, text_path, subject_path = paths
     html_env = _environment(template_dir, html=True)

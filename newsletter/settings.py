@@ -1,19 +1,29 @@
 """All settings in one flat pydantic-settings model, built once at the entry point and passed down.
 
 Precedence (highest first): explicit arguments, environment variables (`NEWSLETTER_*`), a `.env`
-file in the working directory, the settings file (`config/newsletter.toml`, or the file named by
-`NEWSLETTER_SETTINGS_FILE`), then the defaults below. Secrets (SMTP password, signing keys) come
-from the environment or from a file named by a `*_FILE` setting, never from the repository.
+file in the working directory, the settings file, then the defaults below. Secrets (SMTP
+password, signing keys) come from the environment or from a file named by a `*_FILE` setting,
+never from the repository.
+
+The settings file, the subscriber file and the seeds folder are looked up in this order: the
+explicit setting, else `config/newsletter.toml`, `config/subscribers.yaml` or `seeds/` in the
+working folder, else the read-only examples bundled in the package (`newsletter/bundled/`).
+A name that is not a setting (`NEWSLETTER_SMTP_HOTS`) is an error, never silently ignored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
+import shlex
+import tomllib
 import zoneinfo
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -21,11 +31,26 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from newsletter.errors import ConfigError
 
-DEFAULT_SETTINGS_FILE = Path("config/newsletter.toml")
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+BUNDLED = Path(__file__).resolve().parent / "bundled"
+BUNDLED_TEMPLATES = BUNDLED / "templates"
+SETTINGS_FILE = Path("config/newsletter.toml")
+SUBSCRIBERS_FILE = Path("config/subscribers.yaml")
+SEEDS_DIR = Path("seeds")
+DOTENV_FILE = Path(".env")
+DEFAULT_DATABASE_URL = "sqlite:///var/newsletter.db"
+ENV_PREFIX = "NEWSLETTER_"
+SETTINGS_FILE_VAR = "NEWSLETTER_SETTINGS_FILE"
+RESERVED_PREFIX = "NEWSLETTER_TEST_"  # the test suite's own variables, never settings
+
+
+def look_up(relative: Path) -> Path:
+    """`relative` in the working folder when it exists there, else the bundled example."""
+    return relative if relative.exists() else BUNDLED / relative
 
 
 class Settings(BaseSettings):
@@ -39,13 +64,19 @@ class Settings(BaseSettings):
 
     # --- storage and inputs -------------------------------------------------------------
     database_url: str = Field(
-        "sqlite:///var/newsletter.db",
+        DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the store: SQLite (default, WAL) or "
         "postgresql+psycopg://user@host/db for the scale-out backend.",
     )
-    seeds_dir: Path = Field(Path("seeds"), description="Folder of daily dumps to ingest.")
+    seeds_dir: Path = Field(
+        default_factory=lambda: look_up(SEEDS_DIR),
+        description="Folder of daily dumps to ingest (default: seeds/ in the working folder, "
+        "else the bundled example dumps).",
+    )
     subscribers_file: Path = Field(
-        Path("config/subscribers.yaml"), description="The subscriber config file (YAML)."
+        default_factory=lambda: look_up(SUBSCRIBERS_FILE),
+        description="The subscriber config file (YAML; default: config/subscribers.yaml in the "
+        "working folder, else the bundled example).",
     )
     outbox_dir: Path = Field(
         Path("var/outbox"),
@@ -224,8 +255,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get("NEWSLETTER_SETTINGS_FILE", DEFAULT_SETTINGS_FILE))
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        env_file = getattr(dotenv_settings, "env_file", None)
+        dotenv = Path(env_file) if isinstance(env_file, str | Path) else None
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=settings_file(os.environ, dotenv))
         return (init_settings, env_settings, dotenv_settings, toml, file_secret_settings)
 
     # --- derived values ---------------------------------------------------------------------
@@ -272,8 +304,76 @@ def _secret(value: SecretStr | None, path: Path | None, name: str) -> str | None
         ) from exc
 
 
+def read_dotenv(path: Path | None) -> dict[str, str | None]:
+    """The `.env` file's entries, or nothing when there is none."""
+    if path is None or not path.is_file():
+        return {}
+    return dotenv_values(path, encoding="utf-8")
+
+
+def settings_file(environ: Mapping[str, str], dotenv: Path | None = DOTENV_FILE) -> Path:
+    """NEWSLETTER_SETTINGS_FILE (environment, then .env), else config/newsletter.toml in the
+    working folder, else the bundled example (every line a comment)."""
+    explicit = environ.get(SETTINGS_FILE_VAR) or read_dotenv(dotenv).get(SETTINGS_FILE_VAR)
+    return Path(explicit) if explicit else look_up(SETTINGS_FILE)
+
+
+def _closest(name: str, prefix: str = "") -> str:
+    """'; did you mean X?' for the nearest setting name (compared without the prefix)."""
+    fields = [*Settings.model_fields, SETTINGS_FILE_VAR.removeprefix(ENV_PREFIX).lower()]
+    if not prefix:
+        fields.pop()  # the settings file cannot name itself
+    bare = name.lower().removeprefix(ENV_PREFIX.lower())
+    match = difflib.get_close_matches(bare, fields, n=1)
+    if match:
+        return f"; did you mean {prefix}{match[0].upper() if prefix else match[0]}?"
+    return "; the README's Settings table lists every setting"
+
+
+def _unknown_variables(names: Iterable[str], source: str) -> list[str]:
+    """NEWSLETTER_* names that are no setting; other names belong to other tools."""
+    valid = {ENV_PREFIX + field.upper() for field in Settings.model_fields} | {SETTINGS_FILE_VAR}
+    ours = (n for n in names if n.upper().startswith(ENV_PREFIX))
+    return [
+        f"{source}{name} is not a setting{_closest(name, ENV_PREFIX)}"
+        for name in ours
+        if name.upper() not in valid and not name.upper().startswith(RESERVED_PREFIX)
+    ]
+
+
+def _unknown_keys(path: Path) -> list[str]:
+    """Keys of the settings file that are no setting (keys are names without the prefix)."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open("rb") as fh:
+            data: dict[str, Any] = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"settings file {path}: cannot read it as TOML ({exc}); fix it, or point "
+            f"{SETTINGS_FILE_VAR} at another file"
+        ) from exc
+    return [
+        f"settings file {path}: {key} is not a setting{_closest(key)}"
+        for key in data
+        if key not in Settings.model_fields
+    ]
+
+
+def check_setting_names(environ: Mapping[str, str], dotenv: Path = DOTENV_FILE) -> None:
+    """Refuse a misspelt setting in any source (a typo must not fall back to a default)."""
+    problems = [
+        *_unknown_variables(environ, "environment variable "),
+        *_unknown_variables(read_dotenv(dotenv), f"{dotenv}: "),
+        *_unknown_keys(settings_file(environ, dotenv)),
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings once; turn validation errors into a ConfigError naming each setting."""
+    check_setting_names(os.environ)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -286,13 +386,52 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
 
 
+def sqlite_folder(url: str) -> Path | None:
+    """The folder of an SQLite database file; None for other databases and in-memory ones."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # Store.open reports the bad URL
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:") or "uri" in parsed.query:
+        return None
+    return Path(database).expanduser().parent
+
+
+def prepare_database_folder(url: str) -> None:
+    """Create the default store's folder (var/); an explicit URL's folder must exist already,
+    since a new, empty store there would send every subscriber every paper again."""
+    folder = sqlite_folder(url)
+    if folder is None or folder.is_dir():
+        return
+    if url != DEFAULT_DATABASE_URL:
+        raise ConfigError(
+            f"setting NEWSLETTER_DATABASE_URL: the folder {folder} of {url} does not exist; "
+            f"correct the URL, or create the folder (mkdir -p {shlex.quote(str(folder))}) to "
+            "start a new, empty store (it then sends every subscriber every matching paper)"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"setting NEWSLETTER_DATABASE_URL: cannot create {folder} for {url} "
+            f"({exc.strerror}); run in a writable folder or set NEWSLETTER_DATABASE_URL"
+        ) from exc
+
+
 def settings_reference() -> str:
     """The README's settings table, generated from the model so the two never disagree."""
+    looked_up = {"seeds_dir": SEEDS_DIR, "subscribers_file": SUBSCRIBERS_FILE}
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        if isinstance(default, Path) and default.is_absolute():
-            default = "<bundled templates/>"
-        shown = "unset" if default is None else f"`{default}`"
+        if name in looked_up:
+            shown = f"`{looked_up[name]}`, else bundled"
+        elif isinstance(default, Path) and default.is_absolute():
+            shown = "<bundled templates/>"
+        else:
+            shown = "unset" if default is None else f"`{default}`"
         rows.append(f"| `NEWSLETTER_{name.upper()}` | {shown} | {field.description or ''} |")
     return "\n".join(rows)

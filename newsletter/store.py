@@ -174,9 +174,8 @@ def make_engine(
     """An engine for the URL. SQLite gets WAL, foreign keys and `lock_timeout` as its busy
     timeout; PostgreSQL gets lock_timeout and statement_timeout on every connection and a
     pre-ping, so a connection dropped while idle is replaced. Errors from either become
-    StoreErrors in one place (`_ErrorTranslator`)."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    StoreErrors in one place (`_ErrorTranslator`). Creates no folder: the entry point decides
+    that (settings.prepare_database_folder)."""
     try:
         backend = sa.make_url(url).get_backend_name()
         engine = sa.create_engine(url, future=True, pool_pre_ping=backend == "postgresql")

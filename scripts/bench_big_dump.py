@@ -25,7 +25,7 @@ from pathlib import Path
 
 from newsletter.ingest import dump_files, parse_dump, read_dump
 from newsletter.selection import PaperIndex, select_for
-from newsletter.settings import Settings
+from newsletter.settings import BUNDLED, Settings
 from newsletter.subscribers import load_subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def make_dump(n: int) -> str:
     """The text of one day's dump with `n` distinct papers, built from the seed papers."""
     seeds = {
         p.id: p
-        for path in dump_files(ROOT / "seeds")
+        for path in dump_files(BUNDLED / "seeds")
         for p in read_dump(path, reference=REFERENCE).papers
     }
     base = list(seeds.values())
@@ -55,7 +55,7 @@ def make_dump(n: int) -> str:
 def measure(n: int) -> dict[str, float]:
     text = make_dump(n)
     threshold = Settings.model_fields["relevance_threshold"].default
-    subs = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    subs = load_subscribers(BUNDLED / "config" / "subscribers.yaml")
     timings: dict[str, float] = {"papers": n}
     start = time.perf_counter()
     listing = parse_dump(text, source=f"<{n} papers>", reference=REFERENCE)

@@ -24,7 +24,7 @@ from newsletter.ingest import read_dump
 from newsletter.mime import assemble, sign_dkim
 from newsletter.models import Paper, SelectedPaper, Selection, Subscriber, Topic, TopicMatch
 from newsletter.render import EXCERPT_CHARS, Renderer
-from newsletter.settings import Settings
+from newsletter.settings import BUNDLED, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
@@ -51,7 +51,9 @@ def _match(paper: Paper, topic: Topic) -> TopicMatch | None:
 
 def selections(n: int, seed: int = 7) -> list[Selection]:
     rng = random.Random(seed)
-    days = [read_dump(p, reference=dt.date(2026, 11, 21)) for p in sorted(ROOT.glob("seeds/*.txt"))]
+    days = [
+        read_dump(p, reference=dt.date(2026, 11, 21)) for p in sorted(BUNDLED.glob("seeds/*.txt"))
+    ]
     out = []
     for i in range(n):
         day = days[i % len(days)]

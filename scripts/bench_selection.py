@@ -23,7 +23,7 @@ from pathlib import Path
 from newsletter.ingest import dump_files, read_dump
 from newsletter.models import DailyListing, Paper, Subscriber, Topic
 from newsletter.selection import PaperIndex, select_for
-from newsletter.settings import Settings
+from newsletter.settings import BUNDLED, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,7 +191,9 @@ FILLERS = [
 
 def load_papers(copies: int) -> tuple[list[Paper], DailyListing]:
     """Seed papers (times `copies`, under new ids) and the seed day with the most entries."""
-    listings = [read_dump(p, reference=dt.date(2025, 12, 31)) for p in dump_files(ROOT / "seeds")]
+    listings = [
+        read_dump(p, reference=dt.date(2025, 12, 31)) for p in dump_files(BUNDLED / "seeds")
+    ]
     papers = {p.id: p for lst in listings for p in lst.papers}
     extra = [replace(p, id=f"{p.id}-{c}") for c in range(1, copies) for p in papers.values()]
     return [*papers.values(), *extra], max(listings, key=lambda lst: len(lst.entries))

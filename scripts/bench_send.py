@@ -40,7 +40,7 @@ from newsletter.deliver import SmtpTransport, send_edition  # noqa: E402
 from newsletter.models import RenderedEmail, Subscriber, Topic  # noqa: E402
 from newsletter.pipeline import ingest_folder, selections_for  # noqa: E402
 from newsletter.render import Renderer  # noqa: E402
-from newsletter.settings import Settings  # noqa: E402
+from newsletter.settings import BUNDLED, SUBSCRIBERS_FILE, Settings  # noqa: E402
 from newsletter.store import Store  # noqa: E402
 from newsletter.subscribers import load_subscribers  # noqa: E402
 
@@ -103,7 +103,7 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
 
 def generated_subscribers(n: int) -> list[Subscriber]:
     """n subscribers with one to three of the example subscribers' topics each (seeded)."""
-    examples = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    examples = load_subscribers(BUNDLED / SUBSCRIBERS_FILE)
     topics: list[Topic] = [t for s in examples for t in s.topics]
     rng = random.Random(42)
     return [
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                 smtp_max_per_connection=100_000,
             )
             store = Store.open(settings.database_url)
-            ingest_folder(store, settings, ROOT / "seeds", now=NOW)
+            ingest_folder(store, settings, BUNDLED / "seeds", now=NOW)
             edition = store.newest_date()
             assert edition is not None
             subs = generated_subscribers(args.subscribers)

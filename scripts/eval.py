@@ -25,7 +25,7 @@ from typing import Any
 from newsletter.ingest import dump_files, read_dump
 from newsletter.models import Paper, Subscriber, Topic
 from newsletter.selection import PaperIndex, rank_all
-from newsletter.settings import Settings
+from newsletter.settings import BUNDLED, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_DIR = ROOT / "tests" / "eval"
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=default)
     parser.add_argument("--profiles", type=Path, default=EVAL_DIR / "profiles.json")
     parser.add_argument("--qrels", type=Path, default=EVAL_DIR / "qrels.json")
-    parser.add_argument("--seeds", type=Path, default=ROOT / "seeds")
+    parser.add_argument("--seeds", type=Path, default=BUNDLED / "seeds")
     parser.add_argument("--sweep", action="store_true", help="mean F1 over a threshold grid")
     parser.add_argument("--loo", action="store_true", help="leave-one-profile-out threshold")
     args = parser.parse_args(argv)

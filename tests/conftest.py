@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from newsletter.settings import Settings
+from newsletter.settings import BUNDLED, SUBSCRIBERS_FILE, Settings
 from newsletter.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = ROOT / "seeds"
+SEEDS = BUNDLED / "seeds"
+EXAMPLE_SUBSCRIBERS = BUNDLED / SUBSCRIBERS_FILE
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = dt.date(2026, 11, 21)
 PG_URL = os.environ.get(
@@ -99,7 +100,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "database_url": f"sqlite:///{tmp_path / 'newsletter.db'}",
             "seeds_dir": SEEDS,
-            "subscribers_file": ROOT / "config" / "subscribers.yaml",
+            "subscribers_file": EXAMPLE_SUBSCRIBERS,
             "outbox_dir": tmp_path / "outbox",
             "preview_dir": tmp_path / "preview",
             "reference_date": REFERENCE,

@@ -23,10 +23,12 @@ from newsletter.models import (
     Topic,
     TopicMatch,
 )
+from newsletter.settings import BUNDLED, SUBSCRIBERS_FILE
 from newsletter.subscribers import load_subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = sorted((ROOT / "seeds").glob("*.txt"))
+SEEDS = sorted((BUNDLED / "seeds").glob("*.txt"))
+EXAMPLE_SUBSCRIBERS = BUNDLED / SUBSCRIBERS_FILE
 REFERENCE = dt.date(2026, 11, 21)
 NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
 
@@ -43,7 +45,7 @@ def listing(path: Path) -> DailyListing:
 
 
 def subscribers() -> list[Subscriber]:
-    return load_subscribers(ROOT / "config" / "subscribers.yaml")
+    return load_subscribers(EXAMPLE_SUBSCRIBERS)
 
 
 def match(paper: Paper, topic: Topic) -> TopicMatch | None:

@@ -5,22 +5,34 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from newsletter.cli import cli
+from newsletter.store import Store
 
-from .conftest import FIXTURES, ROOT, SEEDS
+from .conftest import EXAMPLE_SUBSCRIBERS, FIXTURES, SEEDS
 
 
 @pytest.fixture
 def env(tmp_path: Path, db_url: str) -> dict[str, str]:
+    return make_env(tmp_path, db_url)
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    """For the tests of the command layer itself, which need one backend only."""
+    return make_env(tmp_path, f"sqlite:///{tmp_path / 'store.db'}")
+
+
+def make_env(tmp_path: Path, db_url: str) -> dict[str, str]:
     return {
         "NEWSLETTER_DATABASE_URL": db_url,
         "NEWSLETTER_SEEDS_DIR": str(SEEDS),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(EXAMPLE_SUBSCRIBERS),
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
         "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
@@ -263,16 +275,6 @@ def test_ingest_reports_skipped_entries_and_still_ingests_the_rest(
     assert "skipped" in human.stdout and "FIFO" in human.stdout
 
 
-def test_ingest_of_a_folder_without_dumps_says_so(env: dict[str, str], tmp_path: Path) -> None:
-    folder = tmp_path / "empty"
-    folder.mkdir()
-    result = run(env, "ingest", "--seeds", str(folder))
-    assert result.exit_code == 0
-    assert "no dump to ingest" in result.stderr and str(folder) in result.stderr
-    as_json = run(env, "ingest", "--seeds", str(folder), "--json")
-    assert json.loads(as_json.stdout) == {"files": []} and "no dump" in as_json.stderr
-
-
 def test_a_dump_over_the_paper_cap_is_refused_and_the_others_ingest(env: dict[str, str]) -> None:
     result = run({**env, "NEWSLETTER_MAX_PAPERS_PER_DUMP": "60"}, "ingest", "--json")
     assert result.exit_code == 1
@@ -287,3 +289,220 @@ def test_a_dump_over_the_paper_cap_is_refused_and_the_others_ingest(env: dict[st
     assert error.startswith(rows["002"]["path"]) and "78 papers" in error
     assert "NEWSLETTER_MAX_PAPERS_PER_DUMP (60)" in error
     assert "65 papers" in rows["003"]["error"]
+
+
+# --- version, init, settings names, exit codes, safe defaults -----------------------------------
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder (the command's cwd); no settings file named explicitly."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("NEWSLETTER_SETTINGS_FILE")
+    return folder
+
+
+def test_version() -> None:
+    result = run({}, "--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"newsletter, version {version('newsletter')}"
+
+
+def test_demo_in_an_empty_folder_uses_the_bundled_examples_and_var(here: Path) -> None:
+    result = run({"NEWSLETTER_REFERENCE_DATE": "2026-11-21"}, "demo")
+    assert result.exit_code == 0, result.stderr
+    assert len(list((here / "var" / "outbox" / "new").iterdir())) == 5
+    assert (here / "var" / "newsletter.db").is_file()
+    assert (here / "var" / "preview" / "index.html").is_file()
+
+
+def test_demo_never_uses_the_configured_smtp_server(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run({**sqlite_env, "NEWSLETTER_SMTP_HOST": "smtp.example.invalid"}, "demo")
+    assert result.exit_code == 0, result.stderr
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 5
+    assert f"Maildir {tmp_path / 'outbox'}/" in result.stdout
+    assert "smtp.example.invalid) was not used" in result.stdout
+
+
+def test_replay_runs_in_a_scratch_copy_unless_live(here: Path) -> None:
+    ref = {"NEWSLETTER_REFERENCE_DATE": "2026-11-21"}
+    assert run(ref, "ingest").exit_code == 0
+    result = run(ref, "replay")
+    assert result.exit_code == 0, result.stderr
+    assert "scratch copy" in result.stderr and "var/replay/outbox/" in result.stderr
+    scratch = list((here / "var" / "replay" / "outbox" / "new").iterdir())
+    assert len(scratch) >= 5
+    assert not (here / "var" / "outbox").exists()
+    store = Store.open("sqlite:///var/newsletter.db")
+    try:
+        assert all(not store.ledger_rows(d) for d in store.listing_dates())
+    finally:
+        store.close()
+    again = run(ref, "replay")  # renewed each run: the same deliveries again
+    assert again.exit_code == 0
+    assert len(list((here / "var" / "replay" / "outbox" / "new").iterdir())) == len(scratch)
+    live = run(ref, "replay", "--live")
+    assert live.exit_code == 0, live.stderr
+    assert "scratch" not in live.stderr
+    assert len(list((here / "var" / "outbox" / "new").iterdir())) == len(scratch)
+
+
+def test_init_writes_editable_files_that_commands_there_pick_up(here: Path) -> None:
+    result = run({}, "init", "--templates")
+    assert result.exit_code == 0, result.stderr
+    assert (here / "config" / "subscribers.yaml").read_bytes() == EXAMPLE_SUBSCRIBERS.read_bytes()
+    assert sorted(p.name for p in (here / "templates").iterdir()) == [
+        "digest.mjml",
+        "digest.txt",
+        "subject.txt",
+    ]
+    assert "template_dir" in result.stdout and "NEWSLETTER_TEMPLATE_DIR" in result.stdout
+    (here / "templates" / "subject.txt").write_text("Custom: {{ summary }}\n", encoding="utf-8")
+    (here / "config" / "subscribers.yaml").write_text(
+        "subscribers:\n  - email: me@example.org\n    topics:\n"
+        "      - {name: RL, keywords: [reinforcement learning]}\n",
+        encoding="utf-8",
+    )
+    ref = {"NEWSLETTER_REFERENCE_DATE": "2026-11-21"}
+    assert run(ref, "ingest").exit_code == 0
+    eml = here / "me.eml"
+    shown = run(ref, "preview", "--email", "me@example.org", "--eml", str(eml))
+    assert shown.exit_code == 0, shown.stderr
+    assert b"Subject: Custom: " in eml.read_bytes()
+
+
+def test_init_into_a_folder_and_refusing_to_overwrite(here: Path) -> None:
+    first = run({}, "init", "site")
+    assert first.exit_code == 0, first.stderr
+    settings_file = here / "site" / "config" / "newsletter.toml"
+    assert settings_file.is_file() and not (here / "site" / "templates").exists()
+    settings_file.write_text('sender_name = "Mine"\n', encoding="utf-8")
+    again = run({}, "init", "site", "--templates")
+    assert again.exit_code == 2
+    assert "site/config/subscribers.yaml" in again.stderr and "newsletter.toml" in again.stderr
+    assert settings_file.read_text(encoding="utf-8") == 'sender_name = "Mine"\n'
+    assert not (here / "site" / "templates").exists()  # all or nothing
+
+
+@pytest.mark.parametrize("command", [["papers"], ["init"], ["subscribers", "check"], ["demo"]])
+def test_an_unknown_environment_variable_stops_every_command(
+    sqlite_env: dict[str, str], command: list[str], here: Path
+) -> None:
+    result = run({**sqlite_env, "NEWSLETTER_SMTP_HOTS": "x"}, *command)
+    assert result.exit_code == 2
+    assert (
+        "environment variable NEWSLETTER_SMTP_HOTS is not a setting; "
+        "did you mean NEWSLETTER_SMTP_HOST?"
+    ) in result.stderr
+    assert not (here / "config").exists()
+
+
+def test_reserved_and_obsolete_names_are_accepted(sqlite_env: dict[str, str], here: Path) -> None:
+    extra = {
+        "NEWSLETTER_TEST_ANYTHING": "1",
+        "NEWSLETTER_LOCK_DIR": str(here),
+        "NEWSLETTER_SETTINGS_FILE": str(here / "none.toml"),
+    }
+    result = run({**sqlite_env, **extra}, "subscribers", "check")
+    assert result.exit_code == 0, result.stderr
+    assert "NEWSLETTER_LOCK_DIR is obsolete" in result.stderr
+
+
+def test_an_unknown_name_in_dotenv_stops_the_command(
+    sqlite_env: dict[str, str], here: Path
+) -> None:
+    (here / ".env").write_text(
+        "OTHER_TOOL_TOKEN=abc\nNEWSLETTER_SENDER_NAME=Me\n", encoding="utf-8"
+    )
+    assert (
+        run(sqlite_env, "subscribers", "check").exit_code == 0
+    )  # other tools' keys are left alone
+    (here / ".env").write_text("OTHER_TOOL_TOKEN=abc\nNEWSLETTER_SMPT_PORT=25\n", encoding="utf-8")
+    result = run(sqlite_env, "subscribers", "check")
+    assert result.exit_code == 2
+    assert (
+        ".env: NEWSLETTER_SMPT_PORT is not a setting; did you mean NEWSLETTER_SMTP_PORT?"
+        in result.stderr
+    )
+
+
+def test_an_unknown_key_in_the_settings_file_stops_the_command(
+    sqlite_env: dict[str, str], here: Path
+) -> None:
+    (here / "config").mkdir()
+    toml = here / "config" / "newsletter.toml"
+    toml.write_text('sender_name = "Me"\nsmtp_hots = "mail.example.org"\n', encoding="utf-8")
+    result = run(
+        sqlite_env, "subscribers", "check"
+    )  # found in the working folder, no setting needed
+    assert result.exit_code == 2
+    assert (
+        "settings file config/newsletter.toml: smtp_hots is not a setting; did you mean smtp_host?"
+    ) in result.stderr
+    named = here / "other.toml"
+    named.write_text("relevance_treshold = 2.5\n", encoding="utf-8")
+    result = run({**sqlite_env, "NEWSLETTER_SETTINGS_FILE": str(named)}, "subscribers", "check")
+    assert result.exit_code == 2
+    assert f"{named}: relevance_treshold is not a setting; did you mean relevance_threshold?" in (
+        result.stderr
+    )
+    named.write_text("relevance_threshold = \n", encoding="utf-8")
+    result = run({**sqlite_env, "NEWSLETTER_SETTINGS_FILE": str(named)}, "subscribers", "check")
+    assert result.exit_code == 2 and "cannot read it as TOML" in result.stderr
+
+
+def test_an_explicit_sqlite_url_needs_an_existing_folder(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no" / "such"
+    result = run({**sqlite_env, "NEWSLETTER_DATABASE_URL": f"sqlite:///{missing}/x.db"}, "status")
+    assert result.exit_code == 2
+    assert "NEWSLETTER_DATABASE_URL" in result.stderr and str(missing) in result.stderr
+    assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize("url", ["nosuchdriver://x", "postgresql+psycopg://nobody@127.0.0.1:1/x"])
+def test_a_bad_or_unreachable_database_at_start_is_exit_2(
+    sqlite_env: dict[str, str], url: str
+) -> None:
+    result = run({**sqlite_env, "NEWSLETTER_DATABASE_URL": url}, "papers")
+    assert result.exit_code == 2
+    assert "NEWSLETTER_DATABASE_URL" in result.stderr
+
+
+def test_a_missing_seeds_folder_is_exit_2_only_for_commands_that_read_it(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run(sqlite_env, "ingest").exit_code == 0
+    missing = {**sqlite_env, "NEWSLETTER_SEEDS_DIR": str(tmp_path / "gone")}
+    result = run(missing, "ingest")
+    assert result.exit_code == 2
+    assert "NEWSLETTER_SEEDS_DIR" in result.stderr and "gone" in result.stderr
+    for command in (["run", "--once"], ["demo"]):
+        assert run(missing, *command).exit_code == 2
+    given = run(sqlite_env, "ingest", "--seeds", str(tmp_path / "nope"))
+    assert given.exit_code == 2 and "--seeds" in given.stderr
+    assert run(missing, "papers").exit_code == 0  # does not read the seeds folder
+
+
+def test_ingest_of_a_folder_without_dumps_says_so(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(sqlite_env, "ingest", "--seeds", str(empty), "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"files": []}
+    assert f"no dump in {empty}" in result.stderr
+
+
+def test_subscribers_check_of_a_missing_file_is_exit_2(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run(sqlite_env, "subscribers", "check", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2 and "nope.yaml" in result.stderr
+    setting = {**sqlite_env, "NEWSLETTER_SUBSCRIBERS_FILE": str(tmp_path / "gone.yaml")}
+    result = run(setting, "subscribers", "check")
+    assert result.exit_code == 2 and "NEWSLETTER_SUBSCRIBERS_FILE" in result.stderr

@@ -22,7 +22,7 @@ from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
-from tests.conftest import ROOT, SEEDS
+from tests.conftest import EXAMPLE_SUBSCRIBERS, ROOT, SEEDS
 from tests.smtpd import ThreadedSMTPServer
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
 
 def write_subscribers(path: Path, n: int) -> list[str]:
     """n subscribers with the example subscribers' topics, in the subscriber file format."""
-    examples = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    examples = load_subscribers(EXAMPLE_SUBSCRIBERS)
     entries = []
     for i in range(n):
         ex = examples[i % len(examples)]

@@ -17,7 +17,7 @@ from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers, parse_subscribers
 
-from .conftest import ROOT, SEEDS
+from .conftest import EXAMPLE_SUBSCRIBERS, SEEDS
 
 SUBS = """\
 defaults: {send_at: "07:00"}
@@ -218,7 +218,7 @@ def test_demo_is_the_main_job(tmp_path: Path, db_url: str) -> None:
     env = {
         "NEWSLETTER_DATABASE_URL": db_url,
         "NEWSLETTER_SEEDS_DIR": str(SEEDS),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(EXAMPLE_SUBSCRIBERS),
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_PREVIEW_DIR": str(tmp_path / "preview"),
     }

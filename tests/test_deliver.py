@@ -44,7 +44,7 @@ from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
-from tests.conftest import ROOT, SEEDS
+from tests.conftest import EXAMPLE_SUBSCRIBERS, SEEDS
 from tests.smtpd import (
     RecordingHandler,
     SMTPServer,
@@ -108,7 +108,7 @@ def make_world(make_settings: Callable[..., Settings], copies: int = 1, **overri
     settings = make_settings()
     store = Store.open(settings.database_url)
     ingest_folder(store, settings, SEEDS, now=NOW)
-    base = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    base = load_subscribers(EXAMPLE_SUBSCRIBERS)
     subs = [
         dataclasses.replace(s, email=f"{s.email.split('@')[0]}.{i}@example.org")
         for i in range(copies)

@@ -27,7 +27,7 @@ from newsletter.errors import ConnectionLost, DatabaseTimeout, StoreError
 from newsletter.ingest import read_dump
 from newsletter.store import Store, redact, safe_url
 
-from .conftest import REFERENCE, ROOT, SEEDS
+from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
 from .test_store import NOW
 
 ED = dt.date(2026, 3, 17)
@@ -108,7 +108,7 @@ def test_send_stops_with_the_lock_timeout_setting_named(db_url: str, tmp_path: P
     env = {
         "NEWSLETTER_DATABASE_URL": db_url,
         "NEWSLETTER_SEEDS_DIR": str(SEEDS),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(ROOT / "config" / "subscribers.yaml"),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(EXAMPLE_SUBSCRIBERS),
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_REFERENCE_DATE": "2026-11-21",
         "NEWSLETTER_DB_LOCK_TIMEOUT": "1",
@@ -249,7 +249,7 @@ def newsletter_env(db_url: str, tmp_path: Path) -> dict[str, str]:
         NEWSLETTER_SETTINGS_FILE=str(tmp_path / "no-settings.toml"),
         NEWSLETTER_DATABASE_URL=db_url,
         NEWSLETTER_SEEDS_DIR=str(SEEDS),
-        NEWSLETTER_SUBSCRIBERS_FILE=str(ROOT / "config" / "subscribers.yaml"),
+        NEWSLETTER_SUBSCRIBERS_FILE=str(EXAMPLE_SUBSCRIBERS),
         NEWSLETTER_OUTBOX_DIR=str(tmp_path / "outbox"),
         NEWSLETTER_REFERENCE_DATE="2026-11-21",
         NEWSLETTER_LOG_LEVEL="WARNING",

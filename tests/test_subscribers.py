@@ -14,7 +14,7 @@ from newsletter.cli import cli
 from newsletter.errors import SubscriberConfigError
 from newsletter.subscribers import load_subscribers, parse_subscribers
 
-from .conftest import ROOT
+from .conftest import EXAMPLE_SUBSCRIBERS
 
 BAD = """\
 defaults: {max_papers: 10, send_at: "7am", timezone: UTC}
@@ -41,7 +41,7 @@ subscribers:
 
 
 def test_example_file_is_valid_and_defaults_apply() -> None:
-    subs = load_subscribers(ROOT / "config" / "subscribers.yaml")
+    subs = load_subscribers(EXAMPLE_SUBSCRIBERS)
     assert 4 <= len(subs) <= 6
     ada = subs[0]
     assert ada.email == "ada@example.org" and ada.timezone == "Europe/London"

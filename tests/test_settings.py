@@ -1,0 +1,87 @@
+"""Settings: where the files are looked up, and which names are settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from newsletter.errors import ConfigError
+from newsletter.settings import (
+    BUNDLED,
+    Settings,
+    check_setting_names,
+    prepare_database_folder,
+    settings_file,
+)
+
+from .conftest import ROOT
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEWSLETTER_SETTINGS_FILE")
+    return tmp_path
+
+
+def test_without_local_files_the_bundled_examples_are_used(here: Path) -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.seeds_dir == BUNDLED / "seeds" and s.seeds_dir.is_dir()
+    assert s.subscribers_file == BUNDLED / "config" / "subscribers.yaml"
+    assert s.subscribers_file.is_file()
+    assert s.template_dir == BUNDLED / "templates" and (s.template_dir / "digest.mjml").is_file()
+    assert settings_file({}) == BUNDLED / "config" / "newsletter.toml"
+
+
+def test_the_working_folder_comes_before_the_bundled_examples(here: Path) -> None:
+    (here / "seeds").mkdir()
+    (here / "config").mkdir()
+    (here / "config" / "subscribers.yaml").write_text("subscribers: []\n", encoding="utf-8")
+    (here / "config" / "newsletter.toml").write_text('sender_name = "Here"\n', encoding="utf-8")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.seeds_dir == Path("seeds") and s.subscribers_file == Path("config/subscribers.yaml")
+    assert s.sender_name == "Here"
+
+
+def test_an_explicit_setting_comes_first(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (here / "seeds").mkdir()
+    other = here / "elsewhere.toml"
+    other.write_text('sender_name = "Elsewhere"\n', encoding="utf-8")
+    (here / ".env").write_text(f"NEWSLETTER_SETTINGS_FILE={other}\n", encoding="utf-8")
+    monkeypatch.setenv("NEWSLETTER_SEEDS_DIR", "/srv/dumps")
+    s = Settings()
+    assert s.seeds_dir == Path("/srv/dumps") and s.sender_name == "Elsewhere"
+
+
+def test_every_name_in_the_readme_table_is_accepted() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = re.findall(r"^\| `(NEWSLETTER_[A-Z0-9_]+)` \|", readme, re.M)
+    assert len(names) == len(Settings.model_fields)
+    check_setting_names({n: "x" for n in [*names, "NEWSLETTER_SETTINGS_FILE", "HOME"]})
+
+
+def test_closest_name_or_a_pointer_to_the_table() -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_setting_names({"NEWSLETTER_XYZZY": "1", "newsletter_smtp_hots": "x"})
+    lines = str(caught.value).splitlines()
+    assert lines[0] == (
+        "environment variable NEWSLETTER_XYZZY is not a setting; "
+        "the README's Settings table lists every setting"
+    )
+    assert lines[1].endswith(
+        "newsletter_smtp_hots is not a setting; did you mean NEWSLETTER_SMTP_HOST?"
+    )
+
+
+def test_only_the_default_database_folder_is_created(here: Path) -> None:
+    prepare_database_folder("sqlite:///var/newsletter.db")
+    assert (here / "var").is_dir()
+    with pytest.raises(ConfigError, match="NEWSLETTER_DATABASE_URL"):
+        prepare_database_folder(f"sqlite:///{here}/data/x.db")
+    assert not (here / "data").exists()
+    (here / "data").mkdir()
+    prepare_database_folder(f"sqlite:///{here}/data/x.db")
+    prepare_database_folder("sqlite:///:memory:")
+    prepare_database_folder("postgresql+psycopg://u@h/db")
