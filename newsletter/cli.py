@@ -7,6 +7,7 @@ With --json, stdout carries exactly one JSON document; logs and progress go to s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -22,9 +23,28 @@ from rich.console import Console
 from rich.table import Table
 
 from newsletter.addresses import address_key
+from newsletter.deliver import edition_status, run_send
 from newsletter.errors import ConfigError, NewsletterError, StoreError, SubscriberConfigError
+from newsletter.logs import configure
 from newsletter.models import Subscriber
-from newsletter.pipeline import copy_listings, ingest_folder
+from newsletter.pipeline import (
+    copy_listings,
+    edition_listing,
+    ingest_folder,
+    paper_index,
+    selections_for,
+    write_previews,
+)
+from newsletter.render import Renderer, write_preview, write_preview_index
+from newsletter.schedule import (
+    Daemon,
+    PassResult,
+    group_subscribers,
+    replay,
+    run_pass,
+    schedule_table,
+)
+from newsletter.selection import rank_all
 from newsletter.settings import (
     BUNDLED,
     BUNDLED_TEMPLATES,
@@ -34,6 +54,7 @@ from newsletter.settings import (
     load_settings,
     prepare_database_folder,
 )
+from newsletter.signals import graceful_stop
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
 
@@ -83,7 +104,6 @@ def emit_json(doc: Any) -> None:
 
 
 def setup_logging(settings: Settings) -> None:
-    from newsletter.logs import configure
 
     configure(settings.log_level, settings.log_format)
 
@@ -217,7 +237,6 @@ def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
 
     Example: newsletter papers --date 2026-03-17 --json
     """
-    from newsletter.pipeline import edition_listing
 
     store = app.store
     listing = edition_listing(store, date)
@@ -284,13 +303,11 @@ def select_cmd(
 
     Example: newsletter select --email ada@example.org --date 2026-03-17
     """
-    from newsletter.pipeline import build_index, edition_listing, selections_for
-    from newsletter.selection import rank_all
 
     if all_papers and date is not None:
         fail("--all and --date exclude each other: --all ranks every stored paper")
     subs = pick_subscribers(app.subscribers(file), emails)
-    index = build_index(app.store)
+    index = paper_index(app.store)
     threshold = app.settings.relevance_threshold
     if all_papers:
         picked = [(s, rank_all(index, s, threshold=threshold, limit=limit)) for s in subs]
@@ -365,8 +382,6 @@ def preview_cmd(
     Examples: newsletter preview --email ada@example.org -o ada.html --eml ada.eml
               newsletter preview --all -o var/preview
     """
-    from newsletter.pipeline import edition_listing, selections_for
-    from newsletter.render import Renderer, write_preview, write_preview_index
 
     if everyone == (email is not None):
         fail("give either --email EMAIL or --all")
@@ -468,8 +483,6 @@ def send_cmd(
 
     Example: newsletter send --date 2026-03-17 --json
     """
-    from newsletter.deliver import run_send
-    from newsletter.pipeline import edition_listing
 
     subscribers = app.subscribers()
     edition = edition_listing(app.store, date).date
@@ -502,8 +515,6 @@ def status_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
 
     Example: newsletter status --date 2026-03-17 --json
     """
-    from newsletter.deliver import edition_status
-    from newsletter.schedule import group_subscribers, schedule_table
 
     date = date or app.store.newest_date()
     if date is None:
@@ -556,10 +567,6 @@ def run_cmd(app: AppContext, once: bool) -> None:
     Examples: newsletter run            (daemon; SIGTERM/Ctrl-C stop it cleanly)
               newsletter run --once     (from cron: */10 * * * *)
     """
-    import asyncio
-
-    from newsletter.schedule import Daemon, PassResult, run_pass
-    from newsletter.signals import graceful_stop
 
     seeds_folder(app.settings)
     subscribers = app.subscribers()
@@ -635,7 +642,6 @@ def replay_cmd(app: AppContext, start: dt.date | None, end: dt.date | None, live
     Examples: newsletter replay --from 2026-03-11 --to 2026-03-17
               newsletter replay --live --from 2026-03-11
     """
-    from newsletter.pipeline import replay
 
     subscribers = app.subscribers()
     settings, store = app.settings, app.store
@@ -674,8 +680,6 @@ def demo_cmd(app: AppContext) -> None:
 
     Example: newsletter demo
     """
-    from newsletter.deliver import run_send
-    from newsletter.pipeline import edition_listing, write_previews
 
     settings = app.settings.model_copy(update={"smtp_host": None})  # never real mail
     for r in ingest_files(app, seeds_folder(settings), None):

@@ -4,6 +4,7 @@
      ├── ConfigError            settings or the subscriber file (SubscriberConfigError lists all problems)
      │    └── SubscriberConfigError
      ├── IngestError            a dump that cannot be read (file, line)
+     ├── NoListing              no listing stored for the requested date
      ├── StoreError             the database (URL, schema, lock held by another sender)
      │    ├── LockHeld
      │    ├── DatabaseTimeout   a lock or statement timeout ran out (names the setting)
@@ -49,6 +50,10 @@ class IngestError(NewsletterError):
         self.reason = message
         where = f"{self.path}, line {line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class NoListing(NewsletterError):
+    """No listing is stored for the requested date."""
 
 
 class StoreError(NewsletterError):

@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
+import dkim
+
 from newsletter.addresses import address_key
 from newsletter.errors import ConfigError
 from newsletter.settings import Settings
@@ -261,7 +263,6 @@ def sign_dkim(raw: bytes, settings: Settings) -> bytes:
     """
     if not dkim_enabled(settings):
         return raw
-    import dkim  # imported lazily: only senders that sign pay for it
 
     selector, domain = str(settings.dkim_selector), str(settings.dkim_domain)
     head = raw.split(b"\r\n\r\n", 1)[0]

@@ -117,3 +117,17 @@ class RenderedEmail:
     text: str
     raw: bytes
     paper_ids: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class LedgerOutcome:
+    """What became of one (edition, subscriber) row in a run, as the ledger records it."""
+
+    email: str  # address_key form
+    status: str  # sent | failed | unknown | failed_permanent | skipped
+    attempts: int = 0
+    reply: str | None = None
+    reason: str | None = None
+    message_id: str | None = None
+    paper_ids: tuple[str, ...] = ()
+    next_attempt_at: dt.datetime | None = None

@@ -14,8 +14,9 @@ from typing import Any
 
 from newsletter import ingest
 from newsletter.addresses import address_key
-from newsletter.errors import NewsletterError
+from newsletter.errors import NoListing
 from newsletter.models import DailyListing, Selection, Subscriber
+from newsletter.render import Renderer, write_preview, write_preview_index
 from newsletter.selection import PaperIndex, select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
@@ -23,8 +24,8 @@ from newsletter.store import Store
 log = logging.getLogger(__name__)
 
 
-class NoListing(NewsletterError):
-    """No listing is stored for the requested date."""
+SKIP_NO_MATCH = "no paper above the relevance threshold"
+SKIP_ALL_SEEN = "every matching paper already received"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +112,19 @@ def copy_listings(source: Store, target: Store, *, now: dt.datetime) -> int:
     return copied
 
 
-def build_index(store: Store) -> PaperIndex:
-    """The matcher's index over every stored paper (BM25 statistics need the whole collection)."""
-    return PaperIndex.build(store.all_papers())
+_INDEXES: dict[int, PaperIndex] = {}
+
+
+def paper_index(store: Store) -> PaperIndex:
+    """The matcher's index over every stored paper (BM25 statistics need the whole collection),
+    built once per process and set of papers: building takes ~0.4 s, and the daemon sends an
+    edition per group of subscribers. The one place the index is built."""
+    all_papers = store.all_papers()
+    key = hash(tuple(all_papers))
+    if key not in _INDEXES:
+        _INDEXES.clear()
+        _INDEXES[key] = PaperIndex.build(all_papers)
+    return _INDEXES[key]
 
 
 def edition_listing(store: Store, edition: dt.date | None) -> DailyListing:
@@ -143,7 +154,7 @@ def selections_for(
     listing = edition_listing(store, edition)
     history = store.history_elsewhere(listing.date, [s.email for s in subscribers])
     return select_for(
-        index or build_index(store),
+        index or paper_index(store),
         listing,
         subscribers,
         threshold=settings.relevance_threshold,
@@ -161,8 +172,6 @@ def write_previews(
     out_dir: Path | None = None,
 ) -> Path:
     """Every subscriber's digest of `edition` as HTML/.eml files plus an index.html."""
-    from newsletter.render import Renderer, write_preview, write_preview_index
-
     renderer = Renderer(settings)
     target = out_dir or settings.preview_dir
     entries = [
@@ -173,53 +182,28 @@ def write_previews(
     return write_preview_index(entries, target)
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayRow:
-    edition: dt.date
-    email: str
-    papers: int
-    repeats_avoided: int  # matching papers left out because another edition sent them
-    status: str
-
-
-def replay(
-    settings: Settings,
+def skip_reasons(
     store: Store,
-    subscribers: Sequence[Subscriber],
+    settings: Settings,
+    selections: Sequence[Selection],
+    edition: dt.date,
     *,
-    start: dt.date | None = None,
-    end: dt.date | None = None,
-) -> list[ReplayRow]:
-    """Deliver each stored listing in date order, each group at its own send time that day."""
-    import asyncio
-
-    from newsletter.deliver import send_edition
-    from newsletter.schedule import firing_on, group_subscribers
-
-    index = build_index(store)
-    rows: list[ReplayRow] = []
-    for edition in store.listing_dates():
-        if (start and edition < start) or (end and edition > end):
-            continue
-        listing = edition_listing(store, edition)
-        fresh = {
-            sel.subscriber.email: {p.paper.id for p in sel.papers}
-            for sel in select_for(
-                index, listing, subscribers, threshold=settings.relevance_threshold
-            )
-        }
-        for group in group_subscribers(subscribers):
-            clock = firing_on(group, edition)
-            with store.sender_lock(edition.isoformat()):
-                asyncio.run(
-                    send_edition(
-                        settings, store, list(group.subscribers), edition, now=lambda c=clock: c
-                    )
-                )
-            store.set_last_firing(group.key, clock)
-        history = store.history_elsewhere(edition, [s.email for s in subscribers])
-        for row in store.ledger_rows(edition, [s.email for s in subscribers]):
-            sub_email = next(s.email for s in subscribers if address_key(s.email) == row.email)
-            repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))
-            rows.append(ReplayRow(edition, row.email, len(row.paper_ids), repeats, row.status))
-    return rows
+    index: PaperIndex | None = None,
+) -> dict[str, str]:
+    """Why each selection with nothing to send is empty (keyed by address_key): nothing
+    matched, or everything that matched was already received (found by selecting again
+    without the history)."""
+    empty = [s.subscriber for s in selections if not any(p.sent for p in s.papers)]
+    if not empty:
+        return {}
+    again = select_for(
+        index or paper_index(store),
+        edition_listing(store, edition),
+        empty,
+        threshold=settings.relevance_threshold,
+    )
+    matched = {address_key(s.subscriber.email) for s in again if s.papers}
+    return {
+        address_key(s.email): SKIP_ALL_SEEN if address_key(s.email) in matched else SKIP_NO_MATCH
+        for s in empty
+    }

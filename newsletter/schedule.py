@@ -27,14 +27,19 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
 from newsletter.addresses import address_key
 from newsletter.deliver import DeliveryReport, send_edition
 from newsletter.errors import LockHeld, NewsletterError, SubscriberConfigError
 from newsletter.models import Subscriber
-from newsletter.pipeline import ingest_folder
+from newsletter.pipeline import edition_listing, ingest_folder, paper_index
+from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.signals import graceful_stop
 from newsletter.store import Store
+from newsletter.subscribers import load_subscribers
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +320,54 @@ async def retry_failures(
     return reports
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayRow:
+    edition: dt.date
+    email: str
+    papers: int
+    repeats_avoided: int  # matching papers left out because another edition sent them
+    status: str
+
+
+def replay(
+    settings: Settings,
+    store: Store,
+    subscribers: Sequence[Subscriber],
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[ReplayRow]:
+    """Deliver each stored listing in date order, each group at its own send time that day, as
+    if the daemon had been running those days (backfill, demos)."""
+    index = paper_index(store)
+    rows: list[ReplayRow] = []
+    for edition in store.listing_dates():
+        if (start and edition < start) or (end and edition > end):
+            continue
+        listing = edition_listing(store, edition)
+        fresh = {
+            sel.subscriber.email: {p.paper.id for p in sel.papers}
+            for sel in select_for(
+                index, listing, subscribers, threshold=settings.relevance_threshold
+            )
+        }
+        for group in group_subscribers(subscribers):
+            clock = firing_on(group, edition)
+            with store.sender_lock(edition.isoformat()):
+                asyncio.run(
+                    send_edition(
+                        settings, store, list(group.subscribers), edition, now=lambda c=clock: c
+                    )
+                )
+            store.set_last_firing(group.key, clock)
+        history = store.history_elsewhere(edition, [s.email for s in subscribers])
+        for row in store.ledger_rows(edition, [s.email for s in subscribers]):
+            sub_email = next(s.email for s in subscribers if address_key(s.email) == row.email)
+            repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))
+            rows.append(ReplayRow(edition, row.email, len(row.paper_ids), repeats, row.status))
+    return rows
+
+
 class Daemon:
     """APScheduler cron jobs (one per group) over `run_pass`, with a hot-reloaded subscriber file."""
 
@@ -331,7 +384,6 @@ class Daemon:
         self._pass: asyncio.Task[object] | None = None  # the pass running now, if any
 
     def _install_jobs(self, scheduler: object) -> None:
-        from apscheduler.triggers.cron import CronTrigger
 
         sched = scheduler  # AsyncIOScheduler; typed loosely because APScheduler 3 ships no stubs
         for job in sched.get_jobs():  # type: ignore[attr-defined]
@@ -377,7 +429,6 @@ class Daemon:
 
     async def _reload(self, scheduler: object) -> None:
         """Re-read the subscriber file when it changes; an invalid file keeps the last good one."""
-        from newsletter.subscribers import load_subscribers
 
         mtime = _mtime(self.settings.subscribers_file)
         if mtime == self._mtime:
@@ -393,7 +444,6 @@ class Daemon:
         log.info("subscriber file reloaded: %d subscribers", len(fresh))
 
     async def run(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         with graceful_stop(self.stop, self._abandon):
             await self._serve_until_stopped(AsyncIOScheduler(timezone="UTC"))

@@ -188,7 +188,8 @@ def test_subscriber_file_hot_reload_keeps_the_last_good_one(
 def test_replay_walks_every_listing_without_repeats(
     daemon_settings: Settings, store: Store
 ) -> None:
-    from newsletter.pipeline import ingest_folder, replay
+    from newsletter.pipeline import ingest_folder
+    from newsletter.schedule import replay
 
     ingest_folder(store, daemon_settings, SEEDS, now=utc(2026, 3, 17, 0, 0))
     subs = parse_subscribers(SUBS)

@@ -27,19 +27,23 @@ from hypothesis import strategies as st
 
 from newsletter.cli import cli
 from newsletter.deliver import (
-    SKIP_ALL_SEEN,
-    SKIP_NO_MATCH,
     DeliveryReport,
+    SmtpTransport,
     classify,
     edition_status,
-    paper_index,
     send_edition,
     smtp_endpoint,
     wire_form,
 )
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
 from newsletter.models import Subscriber, Topic
-from newsletter.pipeline import ingest_folder, selections_for
+from newsletter.pipeline import (
+    SKIP_ALL_SEEN,
+    SKIP_NO_MATCH,
+    ingest_folder,
+    paper_index,
+    selections_for,
+)
 from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
@@ -183,7 +187,6 @@ async def test_connections_are_reused_and_renewed_after_the_cap(make_settings: A
 
 
 async def test_a_message_with_a_leading_dot_line_arrives_intact(world: World) -> None:
-    from newsletter.deliver import SmtpTransport
     from newsletter.models import RenderedEmail
 
     raw = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.ingest import dump_files, read_dump
-from newsletter.models import ListingEntry
+from newsletter.models import LedgerOutcome, ListingEntry
 from newsletter.store import Store
 
 from .conftest import REFERENCE, SEEDS
@@ -100,38 +100,55 @@ def test_history_before_an_edition_excludes_that_edition(store: Store) -> None:
 
 
 def test_ledger_lifecycle(store: Store) -> None:
+    """The batched writes the send loop uses (plan_rows, record_outcomes), as production
+    runs them, on SQLite and PostgreSQL."""
     ed = dt.date(2026, 3, 17)
-    row = store.plan(ed, "Ada@example.org", message_id="<m1@x>", paper_ids=["a", "b"], now=NOW)
+    store.plan_rows(ed, [("Ada@example.org", "<m1@x>", ("a", "b"))], now=NOW)
+    row = store.ledger_row(ed, "ada@example.org")
+    assert row is not None
     assert (
         row.status == "planned" and row.paper_ids == ("a", "b") and row.email == "ada@example.org"
     )
     # planning again never resets a row
-    again = store.plan(ed, "ada@example.org", message_id="<m2@x>", paper_ids=["c"], now=NOW)
-    assert again.message_id == "<m1@x>"
+    store.plan_rows(ed, [("ada@example.org", "<m2@x>", ("c",))], now=NOW)
+    again = store.ledger_row(ed, "ada@example.org")
+    assert again is not None and again.message_id == "<m1@x>"
     later = NOW + dt.timedelta(minutes=5)
-    store.mark_failed(
-        ed,
-        "ada@example.org",
-        permanent=False,
-        reply="451 try later",
-        attempts=2,
-        next_attempt_at=later,
-        now=NOW,
+    failed = LedgerOutcome(
+        "ada@example.org", "failed", attempts=2, reply="451 try later", next_attempt_at=later
     )
+    store.record_outcomes(ed, [failed], now=NOW)
     row2 = store.ledger_row(ed, "ada@example.org")
     assert row2 is not None and row2.status == "failed" and row2.attempts == 2
-    assert row2.next_attempt_at == later
-    store.mark_sent(
-        ed, "ada@example.org", message_id="<m1@x>", paper_ids=["a", "b"], reply="250 ok", now=NOW
+    assert row2.next_attempt_at == later and row2.last_reply == "451 try later"
+    sent = LedgerOutcome(
+        "ada@example.org",
+        "sent",
+        attempts=1,
+        reply="250 ok",
+        message_id="<m1@x>",
+        paper_ids=("a", "b"),
     )
+    store.record_outcomes(ed, [sent], now=NOW)
     row3 = store.ledger_row(ed, "ada@example.org")
     assert row3 is not None and row3.status == "sent" and row3.attempts == 3
+    assert row3.next_attempt_at is None
     assert store.history_before(ed + dt.timedelta(days=1)) == {"ada@example.org": {"a", "b"}}
-    store.mark_skipped(ed, "ada@example.org", reason="nothing", now=NOW)
+    skip = LedgerOutcome("ada@example.org", "skipped", reason="nothing")
+    bob = LedgerOutcome("bob@example.org", "skipped", reason="no paper above the threshold")
+    store.record_outcomes(ed, [skip, bob], now=NOW)
     row4 = store.ledger_row(ed, "ada@example.org")
     assert row4 is not None and row4.status == "sent"  # skipped never overwrites sent
-    store.mark_skipped(ed, "bob@example.org", reason="no paper above the threshold", now=NOW)
     assert [r.status for r in store.ledger_rows(ed)] == ["sent", "skipped"]
+    # an unknown outcome counts its papers as had (no later edition repeats them)
+    unknown = LedgerOutcome("carol@example.org", "unknown", attempts=1, paper_ids=("z",))
+    store.record_outcomes(ed, [unknown], now=NOW)
+    assert store.history_before(ed + dt.timedelta(days=1))["carol@example.org"] == {"z"}
+    assert sorted(store.edition_counts(ed)) == [
+        ("sent", None, 1),
+        ("skipped", "no paper above the threshold", 1),
+        ("unknown", None, 1),
+    ]
     assert store.watermarks(["ADA@example.org", "bob@example.org"]) == {
         "ada@example.org": ed,
         "bob@example.org": ed,
@@ -224,8 +241,10 @@ def test_history_elsewhere_is_every_other_edition_but_never_its_own(store: Store
     assert store.history_elsewhere(mar14, ["carol@example.org"]) == {}
     # p3 was first delivered on Mar 14 and (a repeat, before this rule) on Mar 12 as well: a
     # re-render of Mar 12 still shows it, as its sent ledger row says
-    store.plan(mar12, "ada@example.org", message_id="<m@x>", paper_ids=["p3"], now=NOW)
-    store.mark_sent(
-        mar12, "ada@example.org", message_id="<m@x>", paper_ids=["p3"], reply="250", now=NOW
+    store.plan_rows(mar12, [("ada@example.org", "<m@x>", ("p3",))], now=NOW)
+    store.record_outcomes(
+        mar12,
+        [LedgerOutcome("ada@example.org", "sent", message_id="<m@x>", paper_ids=("p3",))],
+        now=NOW,
     )
     assert store.history_elsewhere(mar12, ["ada@example.org"]) == {}

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from newsletter.cli import cli
 from newsletter.errors import ConnectionLost, DatabaseTimeout, StoreError
 from newsletter.ingest import read_dump
+from newsletter.models import LedgerOutcome
 from newsletter.store import Store, redact, safe_url
 
 from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
@@ -66,7 +67,7 @@ def terminate(url: str, pid: int) -> None:
 
 
 def plan(store: Store) -> None:
-    store.plan(ED, "ada@example.org", message_id="<m@x>", paper_ids=["a"], now=NOW)
+    store.plan_rows(ED, [("ada@example.org", "<m@x>", ("a",))], now=NOW)
 
 
 # --- 1. lock and statement timeouts -------------------------------------------------------------
@@ -291,7 +292,8 @@ def test_racing_first_writes_are_idempotent(db_url: str) -> None:
             statuses.append(store.save_listing(listing, now=NOW).status)
             store.set_last_firing("UTC|07:00", NOW)
             plan(store)
-            store.mark_skipped(ED, "bob@example.org", reason="nothing matched", now=NOW)
+            skip = LedgerOutcome("bob@example.org", "skipped", reason="nothing matched")
+            store.record_outcomes(ED, [skip], now=NOW)
             store.record_history("ada@example.org", ED, ["a", "b"], now=NOW)
         except BaseException as exc:  # handed to the test thread
             errors.append(exc)

@@ -1,0 +1,508 @@
+"""SMTP through aiosmtplib (the only module that imports it besides `failures`): a pool of
+reused connections with reconnects, per-phase timeouts, a per-connection message cap, an optional
+rate limit, a shared connection backoff, fewer connections after a 421, one login attempt until a
+connection has worked."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+
+from newsletter.deliver.failures import Fatal, Unreachable, backoff, classify, find_cause, oneline
+from newsletter.deliver.wire import PLAIN_ADDRESS, wire_form
+from newsletter.errors import (
+    ConfigError,
+    DeliveryError,
+    OutcomeUnknown,
+)
+from newsletter.models import RenderedEmail
+from newsletter.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def smtp_endpoint(settings: Settings) -> tuple[str, int]:
+    """(security, port): security defaults by port (465 tls, 25 none, else starttls)."""
+    port, security = settings.smtp_port, settings.smtp_security
+    if security is None:
+        security = {465: "tls", 25: "none"}.get(port or 587, "starttls")
+    if port is None:
+        port = {"tls": 465, "none": 25}.get(security, 587)
+    return security, port
+
+
+def _sender_fatal(code: int) -> bool:
+    """A 5xx to MAIL FROM is about us, not the subscriber; 552 is this message's size."""
+    return 500 <= code < 600 and code != 552
+
+
+class _Client(aiosmtplib.SMTP):
+    """One pooled connection: aiosmtplib.SMTP plus a fast path for messages in wire form.
+
+    sendmail() runs a line-ending regex over the message twice (once for SIZE, once in DATA)
+    and a dot-stuffing regex once, and parses both addresses with email.utils: together more
+    CPU than everything else the sender does. The fast path sends MAIL, RCPT and DATA itself
+    with the payload from `wire_form`; any other message goes through sendmail() unchanged.
+    """
+
+    def __init__(self, *, data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_timeout = data_timeout  # the final reply to DATA (RFC 5321: 10 minutes)
+        self.messages = 0  # sent on this connection
+
+    async def send_raw(
+        self, sender: str, recipient: str, raw: bytes, wire: bytes | None = None
+    ) -> str:
+        plain = PLAIN_ADDRESS.fullmatch(sender) and PLAIN_ADDRESS.fullmatch(recipient)
+        if plain and wire is None:
+            wire = wire_form(raw)
+        if not plain or wire is None:
+            _errors, reply = await self.sendmail(sender, [recipient], raw)
+            return f"250 {oneline(reply)}"
+        if self.is_ehlo_or_helo_needed:  # learn SIZE and 8BITMIME before the first MAIL
+            try:
+                await self.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await self.helo()
+        options = []
+        if self.supports_extension("size"):
+            options.append(b"SIZE=%d" % len(raw))
+        if not raw.isascii() and self.supports_extension("8bitmime"):
+            options.append(b"BODY=8BITMIME")
+        try:
+            # MAIL and RCPT by hand: mail()/rcpt() parse each address with email.utils
+            # (~70 us each); ours were checked once (PLAIN_ADDRESS) and the protocol still
+            # refuses any control character in a command.
+            reply = await self.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *options)
+            if reply.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+            reply = await self.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
+            if reply.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+            reply = await self._data_wire(wire)
+            return f"{reply.code} {oneline(reply.message)}"
+        except aiosmtplib.SMTPResponseException:
+            # reset the envelope so the connection can carry the next message
+            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+                await self.rset()
+            raise
+
+    async def login(
+        self,
+        username: str | bytes,
+        password: str | bytes,
+        /,
+        timeout: Any = None,  # noqa: ASYNC109 (aiosmtplib's signature)
+    ) -> aiosmtplib.SMTPResponse:
+        """aiosmtplib's login tries every mechanism the server offers; after a 535 (the
+        credentials are wrong) each further try is one more failed login at the provider,
+        which may lock the account. Stop at the first 535."""
+        await self._ehlo_or_helo_if_needed()
+        if not self.supports_extension("auth"):
+            return await super().login(username, password)  # its clear error
+        last: aiosmtplib.SMTPAuthenticationError | None = None
+        for name in self.supported_auth_methods:
+            method = getattr(self, f"auth_{name.replace('-', '')}")
+            try:
+                response: aiosmtplib.SMTPResponse = await method(
+                    username, password, timeout=self.timeout
+                )
+                return response
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                if exc.code == 535:
+                    raise
+                last = exc  # a mechanism the server offers but does not support: next one
+        raise last or aiosmtplib.SMTPException("No suitable authentication method found.")
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: Any = None,  # noqa: ASYNC109 (aiosmtplib's signature; ours are per phase)
+    ) -> aiosmtplib.SMTPResponse:
+        """sendmail()'s DATA (addresses that need quoting) goes through `_data_wire` too, so
+        every message gets the same phase timeouts and the same `unknown` rule."""
+        raw = message.encode("ascii") if isinstance(message, str) else message
+        wire = wire_form(normalize_message_line_endings(raw))
+        assert wire is not None  # normalised: CRLF endings throughout
+        return await self._data_wire(wire)
+
+    async def _data_wire(self, wire: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA, the message, the final reply. Until the message has been handed over, a
+        failure means "not sent" (temporary); after it, a timeout or a hang-up means the server
+        may have queued it: OutcomeUnknown, never an immediate resend."""
+        start = await self.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        try:
+            # as aiosmtplib's own DATA does: a reply is expected from now on (its protocol
+            # drops data that arrives while no reply is pending, and the drain below yields)
+            protocol._response_pending = True
+            protocol.write(wire)
+            # flow control: returns once the transport buffer is below its high-water mark,
+            # i.e. (for a digest) once the kernel has taken the whole message
+            await asyncio.wait_for(protocol._drain_helper(), self.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
+            self.close()
+            raise aiosmtplib.SMTPServerDisconnected(
+                "connection lost while sending the message"
+            ) from exc
+        try:
+            reply = await protocol.read_response(timeout=self.data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            self.close()
+            what = (
+                f"no reply within {self.data_timeout:g} s"
+                if isinstance(exc, aiosmtplib.SMTPTimeoutError)
+                else "the connection was lost"
+            )
+            raise OutcomeUnknown(
+                f"the whole message was sent but {what} after it; the server may have it"
+            ) from exc
+        if reply.code == 421:
+            self.close()
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return reply
+
+
+class _Gate:
+    """A counting semaphore whose size can change (the pool shrinks after a 421)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        while self.used >= self.size:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                else:
+                    self._wake()  # we were woken but will not run: pass the turn on
+                raise
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.size - self.used
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+
+class _RateLimit:
+    """Spaces message starts evenly: at most `rate` per second across all connections."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.smtp_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"setting NEWSLETTER_SMTP_CA_FILE: cannot load {str(settings.smtp_ca_file)!r} "
+                f"({exc}); point it at a PEM CA bundle"
+            ) from exc
+    if not settings.smtp_validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class SmtpTransport:
+    """A pool of reused SMTP connections with reconnects, a per-connection message cap, an
+    optional rate limit and a shared connection backoff: when the server is down, senders wait
+    for one probe instead of each hammering it, and after NEWSLETTER_SMTP_MAX_ATTEMPTS failed
+    rounds the remaining messages fail fast (temporary) until a later probe succeeds."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.smtp_host:
+            raise ConfigError("setting NEWSLETTER_SMTP_HOST: not set; SMTP needs a server name")
+        self.host = settings.smtp_host
+        self.security, self.port = smtp_endpoint(settings)
+        if (
+            settings.smtp_username
+            and self.security == "none"
+            and not settings.smtp_allow_plaintext_auth
+        ):
+            raise ConfigError(
+                f"setting NEWSLETTER_SMTP_USERNAME is set but NEWSLETTER_SMTP_SECURITY is none "
+                f"(port {self.port}): the password would cross the network in clear; use "
+                "starttls (587) or tls (465), or set NEWSLETTER_SMTP_ALLOW_PLAINTEXT_AUTH=true "
+                "for a relay on a trusted network"
+            )
+        self.where = f"{self.host}:{self.port}"
+        self.name = f"SMTP {self.where} ({self.security})"
+        self.username = settings.smtp_username
+        self._password = settings.smtp_secret()  # never logged, never in a message
+        self.timeout = settings.smtp_timeout
+        self.data_timeout = settings.smtp_data_timeout
+        self.helo = settings.smtp_helo_name
+        self.pool_size = settings.smtp_pool_size
+        self.concurrency = 2 * settings.smtp_pool_size  # extra senders wait on ledger commits
+        self.max_per_connection = settings.smtp_max_per_connection
+        self.max_attempts = settings.smtp_max_attempts
+        self.retry_base = settings.smtp_retry_base
+        self._tls = _tls_context(settings) if self.security != "none" else None
+        self._gate = _Gate(self.pool_size)
+        self._rate = _RateLimit(settings.smtp_rate_limit) if settings.smtp_rate_limit else None
+        self._idle: list[_Client] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._round = 0  # connection failures in one round count once
+        self._failures = 0  # consecutive failed rounds
+        self._retry_at = 0.0
+        self._last_error: DeliveryError | None = None
+        self._ok_since_421 = 0
+        # Until one connection has worked, connect one at a time: a refused login then costs
+        # one attempt per run, not one per pooled connection (providers lock accounts).
+        self.first_of = asyncio.Lock()
+        self._connected_once = False
+        self._fatal: DeliveryError | None = None
+
+    def __repr__(self) -> str:
+        return f"<SmtpTransport {self.where} user={self.username!r}>"
+
+    async def start(self) -> None:
+        if not self.helo:  # aiosmtplib would look it up again for every connection
+            self.helo = await asyncio.to_thread(socket.getfqdn)
+
+    async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
+        if self._rate is not None:
+            await self._rate.wait()
+        await self._gate.acquire()
+        client: _Client | None = None
+        reusable = False
+        try:
+            client = await self._checkout()
+            try:
+                reply = await client.send_raw(sender, message.to, message.raw, wire)
+            except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+                if isinstance(exc, aiosmtplib.SMTPSenderRefused) and _sender_fatal(exc.code):
+                    raise Fatal(
+                        DeliveryError(
+                            f"{self.where} refused the sender address {sender!r}: {exc.code} "
+                            f"{oneline(exc.message)}; check NEWSLETTER_SENDER_ADDRESS and "
+                            "that this server relays for it (NEWSLETTER_SMTP_USERNAME)",
+                            code=exc.code,
+                            permanent=True,
+                        )
+                    ) from exc
+                err = classify(exc, message.to, self.where)
+                if err.code == 421:  # the server wants fewer of us: drop this connection
+                    self._slow_down()
+                    client.close()
+                # after a reply (and RSET) the connection is clean; after anything else, not
+                replied = (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)
+                reusable = isinstance(exc, replied) and client.is_connected
+                raise err from exc
+            client.messages += 1
+            reusable = True
+            self._after_success()
+            return reply
+        finally:
+            if client is not None:
+                self._checkin(client, reusable)
+            self._gate.release()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            self._retire(client)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- connections ------------------------------------------------------------------------
+    async def _checkout(self) -> _Client:
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+            client.close()
+        return await self._connect()
+
+    def _checkin(self, client: _Client, reusable: bool) -> None:
+        if not reusable:  # mid-transaction (cancelled, or an error we cannot read): hang up
+            client.close()
+        elif client.is_connected and client.messages < self.max_per_connection:
+            self._idle.append(client)
+        else:
+            self._retire(client)
+
+    def _retire(self, client: _Client) -> None:
+        if not client.is_connected:
+            client.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._quit(client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _quit(self, client: _Client) -> None:
+        try:
+            await client.quit(timeout=min(self.timeout, 5.0))
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            client.close()
+
+    async def _connect(self) -> _Client:
+        if self._connected_once:
+            return await self._open()
+        async with self.first_of:
+            if self._fatal is not None:
+                raise Fatal(self._fatal)
+            client = await self._open()
+            self._connected_once = True
+            return client
+
+    async def _open(self) -> _Client:
+        while True:
+            wait = self._retry_at - time.monotonic()
+            if wait > 0 and self._failures >= self.max_attempts and self._last_error:
+                raise Unreachable(self._last_error)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            round_ = self._round
+            try:
+                client = self._new_client()
+            except ValueError as exc:  # e.g. a HELO name aiosmtplib will not send
+                raise Fatal(
+                    DeliveryError(
+                        f"cannot talk to {self.where}: {exc}; check NEWSLETTER_SMTP_HOST and "
+                        "NEWSLETTER_SMTP_HELO_NAME",
+                        permanent=True,
+                    )
+                ) from exc
+            try:
+                await client.connect()
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                client.close()
+                fatal = self._fatal_reason(exc)
+                if fatal is not None:
+                    self._fatal = DeliveryError(fatal, permanent=True)
+                    raise Fatal(self._fatal) from exc
+                err = DeliveryError(
+                    f"cannot connect to {self.where}: {oneline(str(exc))}",
+                    code=getattr(exc, "code", None),
+                )
+                if round_ == self._round:  # the first of a burst of concurrent failures
+                    self._round += 1
+                    self._failures += 1
+                    self._last_error = err
+                    delay = backoff(self.retry_base, self._failures)
+                    self._retry_at = time.monotonic() + delay
+                    log.warning("%s; next connection attempt in %.1f s", err, delay)
+                raise err from exc
+            if self._failures:
+                log.info("connected to %s again", self.where)
+                self._failures, self._round = 0, self._round + 1
+            return client
+
+    def _new_client(self) -> _Client:
+        return _Client(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self._password,
+            local_hostname=self.helo,
+            timeout=self.timeout,
+            data_timeout=self.data_timeout,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=self._tls,
+        )
+
+    def _fatal_reason(self, exc: BaseException) -> str | None:
+        """Why no retry can fix this connection failure (a setting), or None."""
+        where = self.where
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return (
+                f"{where} refused the login as {self.username!r}: {exc.code} "
+                f"{oneline(exc.message)}; check NEWSLETTER_SMTP_USERNAME and the password "
+                "(NEWSLETTER_SMTP_PASSWORD or NEWSLETTER_SMTP_PASSWORD_FILE)"
+            )
+        cert = find_cause(exc, ssl.SSLCertVerificationError)
+        if cert is not None:
+            return (
+                f"the TLS certificate of {where} is not trusted ({cert.verify_message}); set "
+                "NEWSLETTER_SMTP_CA_FILE to the CA that signed it (or, for a test server only, "
+                "NEWSLETTER_SMTP_VALIDATE_CERTS=false)"
+            )
+        tls = find_cause(exc, ssl.SSLError)
+        if tls is not None:
+            return (
+                f"TLS with {where} failed ({tls.reason or tls}); check that "
+                f"NEWSLETTER_SMTP_SECURITY={self.security} suits port {self.port} "
+                "(465: tls, 587: starttls, 25: none)"
+            )
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 500:
+            return (
+                f"{where} refused the session: {exc.code} {oneline(exc.message)}; check "
+                "NEWSLETTER_SMTP_HOST, NEWSLETTER_SMTP_PORT and NEWSLETTER_SMTP_HELO_NAME"
+            )
+        if type(exc) in (aiosmtplib.SMTPException, aiosmtplib.SMTPNotSupported):
+            return (
+                f"{where}: {exc} (security {self.security}, user {self.username!r}); check "
+                "NEWSLETTER_SMTP_SECURITY and NEWSLETTER_SMTP_USERNAME"
+            )
+        return None
+
+    # -- 421: fewer connections for a while ---------------------------------------------------
+    def _slow_down(self) -> None:
+        self._ok_since_421 = 0
+        smaller = max(1, self._gate.size // 2)
+        if smaller < self._gate.size:
+            log.warning(
+                "%s answered 421; using %d connection(s) instead of %d for a while",
+                self.where,
+                smaller,
+                self._gate.size,
+            )
+            self._gate.resize(smaller)
+
+    def _after_success(self) -> None:
+        if self._gate.size < self.pool_size:
+            self._ok_since_421 += 1
+            if self._ok_since_421 >= 50:  # additive increase, as TCP does
+                self._ok_since_421 = 0
+                self._gate.resize(self._gate.size + 1)

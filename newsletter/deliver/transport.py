@@ -1,0 +1,32 @@
+"""The transport protocol and the choice between SMTP and the local Maildir."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from newsletter.deliver.maildir import MaildirTransport
+from newsletter.deliver.smtp import SmtpTransport
+from newsletter.models import RenderedEmail
+from newsletter.settings import Settings
+
+
+# --- transports ---------------------------------------------------------------------------------
+class Transport(Protocol):
+    name: str
+    concurrency: int  # how many messages it can usefully have in flight
+
+    async def start(self) -> None: ...
+
+    async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
+        """Deliver one message; returns the final reply. Raises DeliveryError. `wire` is
+        `wire_form(message.raw)` when the caller has it already."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def make_transport(settings: Settings) -> Transport:
+    """SMTP when NEWSLETTER_SMTP_HOST is set, otherwise the Maildir outbox."""
+    if settings.smtp_host:
+        return SmtpTransport(settings)
+    return MaildirTransport(settings.outbox_dir)
