@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import (
     StoreError,
@@ -54,7 +54,7 @@ class LedgerWriter:
             if self._executor is None:
                 return fn(*args)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except sa.exc.SQLAlchemyError as exc:
+        except SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StoreError(
                 f"cannot write the delivery ledger ({type(cause).__name__}: {cause}); messages "
