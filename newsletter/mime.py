@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
-import dkim
+import dkim  # type: ignore[import-untyped]
 
 from newsletter.addresses import address_key
 from newsletter.errors import ConfigError
@@ -76,7 +76,9 @@ def check_address(address: str) -> str:
 
 def _encoded_words(text: str) -> list[str]:
     """RFC 2047 B-encoded words of at most 72 chars, never splitting a UTF-8 sequence."""
-    words, chunk, size = [], [], 0
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for ch in text:
         n = len(ch.encode("utf-8"))
         if size + n > _EW_BYTES:
@@ -282,4 +284,4 @@ def sign_dkim(raw: bytes, settings: Settings) -> bytes:
         )
     except dkim.DKIMException as exc:
         raise ConfigError(f"DKIM signing failed for d={domain} s={selector}: {exc}") from exc
-    return signature + raw
+    return bytes(signature) + raw

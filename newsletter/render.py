@@ -446,10 +446,10 @@ def _compile_mjml(source: str, path: Path) -> str:
         )
     root = path.parent.resolve()
 
-    def include(name: str) -> str:
-        target = (root / name).resolve()
+    def include(path: str) -> str:
+        target = (root / path).resolve()
         if not target.is_relative_to(root):
-            raise ValueError(f"mj-include {name!r} points outside the template folder")
+            raise ValueError(f"mj-include {path!r} points outside the template folder")
         return target.read_text(encoding="utf-8")
 
     try:

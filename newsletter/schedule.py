@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
 from newsletter.addresses import address_key
 from newsletter.deliver import DeliveryReport, send_edition
@@ -356,7 +356,7 @@ def replay(
             with store.sender_lock(edition.isoformat()):
                 asyncio.run(
                     send_edition(
-                        settings, store, list(group.subscribers), edition, now=lambda c=clock: c
+                        settings, store, list(group.subscribers), edition, now=_fixed(clock)
                     )
                 )
             store.set_last_firing(group.key, clock)
@@ -366,6 +366,11 @@ def replay(
             repeats = len(fresh.get(sub_email, set()) & history.get(row.email, set()))
             rows.append(ReplayRow(edition, row.email, len(row.paper_ids), repeats, row.status))
     return rows
+
+
+def _fixed(moment: dt.datetime) -> Clock:
+    """A clock stopped at `moment` (replay delivers each day as of its send time)."""
+    return lambda: moment
 
 
 class Daemon:

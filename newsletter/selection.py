@@ -114,7 +114,7 @@ class _Scorer:
     def __init__(self, index: PaperIndex, within: Collection[int] | None) -> None:
         self.index = index
         self.within = None if within is None else frozenset(within)
-        self.slots = sorted(range(len(index.papers)) if within is None else self.within)
+        self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
         self._slot_of = {i: n for n, i in enumerate(self.slots)}
         self._weights: dict[tuple[str, bool], dict[int, float]] = {}
         self._packed: dict[str, int] = {}

@@ -14,9 +14,7 @@ from typing import Any
 from newsletter.addresses import address_key
 from newsletter.deliver.report import DeliveryReport
 from newsletter.deliver.run import Run, scope
-from newsletter.errors import (
-    DeliveryError,
-)
+from newsletter.errors import DeliveryError
 from newsletter.models import Subscriber
 from newsletter.pipeline import edition_listing
 from newsletter.render import Renderer

@@ -13,10 +13,7 @@ from typing import Literal, TypeVar
 
 import aiosmtplib
 
-from newsletter.errors import (
-    DeliveryError,
-    RecipientRefused,
-)
+from newsletter.errors import DeliveryError, RecipientRefused
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,8 @@ def classify(exc: BaseException, recipient: str, where: str) -> DeliveryError:
 
 def backoff(base: float, attempt: int, cap: float = 300.0) -> float:
     """Exponential backoff with jitter: base x 2^(attempt-1), times a factor in [0.5, 1.5)."""
-    return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+    delay: float = min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+    return delay
 
 
 def next_attempt_after(now: dt.datetime, attempts: int) -> dt.datetime:

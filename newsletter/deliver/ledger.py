@@ -12,9 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.errors import (
-    StoreError,
-)
+from newsletter.errors import StoreError
 from newsletter.models import LedgerOutcome
 from newsletter.store import Store
 

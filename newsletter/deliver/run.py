@@ -27,11 +27,7 @@ from newsletter.deliver.progress import Progress
 from newsletter.deliver.report import Tally
 from newsletter.deliver.transport import Transport, make_transport
 from newsletter.deliver.workers import InlinePool, Prepared, Preparer, ProcessPool
-from newsletter.errors import (
-    ConfigError,
-    DeliveryError,
-    OutcomeUnknown,
-)
+from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
 from newsletter.models import LedgerOutcome, RenderedEmail, Subscriber
 from newsletter.settings import Settings
 from newsletter.store import LedgerRow, Store

@@ -19,11 +19,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.deliver.failures import Fatal, Unreachable, backoff, classify, find_cause, oneline
 from newsletter.deliver.wire import PLAIN_ADDRESS, wire_form
-from newsletter.errors import (
-    ConfigError,
-    DeliveryError,
-    OutcomeUnknown,
-)
+from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
 from newsletter.models import RenderedEmail
 from newsletter.settings import Settings
 
@@ -32,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def smtp_endpoint(settings: Settings) -> tuple[str, int]:
     """(security, port): security defaults by port (465 tls, 25 none, else starttls)."""
-    port, security = settings.smtp_port, settings.smtp_security
+    port: int | None = settings.smtp_port
+    security: str | None = settings.smtp_security
     if security is None:
         security = {465: "tls", 25: "none"}.get(port or 587, "starttls")
     if port is None:
@@ -82,14 +79,14 @@ class _Client(aiosmtplib.SMTP):
             # MAIL and RCPT by hand: mail()/rcpt() parse each address with email.utils
             # (~70 us each); ours were checked once (PLAIN_ADDRESS) and the protocol still
             # refuses any control character in a command.
-            reply = await self.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *options)
-            if reply.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
-            reply = await self.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
-            if reply.code not in (250, 251):
-                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-            reply = await self._data_wire(wire)
-            return f"{reply.code} {oneline(reply.message)}"
+            got = await self.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *options)
+            if got.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(got.code, got.message, sender)
+            got = await self.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
+            if got.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(got.code, got.message, recipient)
+            got = await self._data_wire(wire)
+            return f"{got.code} {oneline(got.message)}"
         except aiosmtplib.SMTPResponseException:
             # reset the envelope so the connection can carry the next message
             with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):

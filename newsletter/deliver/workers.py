@@ -7,22 +7,21 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.addresses import address_key
 from newsletter.deliver.wire import wire_form
-from newsletter.errors import (
-    NewsletterError,
-)
+from newsletter.errors import NewsletterError
 from newsletter.models import RenderedEmail, Subscriber
 from newsletter.pipeline import paper_index, selections_for, skip_reasons
 from newsletter.render import Renderer
@@ -177,16 +176,14 @@ class ProcessPool:
     def __init__(self, settings: Settings, preparer: Preparer, workers: int) -> None:
         global _WORKER
         self.depth = 2 * workers
+        init: Callable[[], None]
         if "fork" in multiprocessing.get_all_start_methods():
             _WORKER = preparer
-            ctx, init, args = "fork", _worker_init_forked, (preparer.store.lock_dir,)
+            ctx, init = "fork", functools.partial(_worker_init_forked, preparer.store.lock_dir)
         else:
-            ctx, init, args = "spawn", _worker_init_spawned, (settings,)
+            ctx, init = "spawn", functools.partial(_worker_init_spawned, settings)
         self._executor = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context(ctx),
-            initializer=init,
-            initargs=args,
+            workers, mp_context=multiprocessing.get_context(ctx), initializer=init
         )
         self._executor.submit(_noop)  # start the workers now, while we have no threads
 
