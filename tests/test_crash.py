@@ -31,7 +31,7 @@ POOL = 4  # connections; at most 2 x POOL messages are in flight (the module's g
 NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
 
 
-def write_subscribers(path: Path, n: int) -> list[str]:
+def write_subscribers(path: Path, n: int, send_at: str = "07:00") -> list[str]:
     """n subscribers with the example subscribers' topics, in the subscriber file format."""
     examples = load_subscribers(EXAMPLE_SUBSCRIBERS)
     entries = []
@@ -44,7 +44,7 @@ def write_subscribers(path: Path, n: int) -> list[str]:
                 "topics": [{"name": t.name, "keywords": list(t.keywords)} for t in ex.topics],
             }
         )
-    doc = {"defaults": {"max_papers": 3, "send_at": "07:00", "timezone": "UTC"}}  # small: fast
+    doc = {"defaults": {"max_papers": 3, "send_at": send_at, "timezone": "UTC"}}  # small: fast
     path.write_text(yaml.safe_dump({**doc, "subscribers": entries}), encoding="utf-8")
     return [e["email"] for e in entries]
 
@@ -66,8 +66,8 @@ def environment(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
-def prepare(tmp_path: Path, n: int) -> list[str]:
-    emails = write_subscribers(tmp_path / "subscribers.yaml", n)
+def prepare(tmp_path: Path, n: int, send_at: str = "07:00") -> list[str]:
+    emails = write_subscribers(tmp_path / "subscribers.yaml", n, send_at)
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         database_url=f"sqlite:///{tmp_path / 'newsletter.db'}",
@@ -212,3 +212,76 @@ def test_two_senders_from_two_folders_exclude_each_other(tmp_path: Path) -> None
     assert sorted(got) == sorted(e.lower() for e in emails)
     assert all(len(copies) == 1 for copies in got.values())
     assert not any((f / "var").exists() for f in folders)  # no stray lock folders either
+
+
+def due_now() -> str:
+    """A send time that passed a minute ago (UTC): the daemon's catch-up pass serves it."""
+    return f"{dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1):%H:%M}"
+
+
+def daemon(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_the_daemon_stopped_mid_send_finishes_the_edition_after_a_restart(
+    tmp_path: Path, signals: int
+) -> None:
+    """A deploy in the send window: SIGTERM (systemd's stop) to the daemon mid-edition. One
+    signal finishes what is in flight and repeats nothing; a second abandons the in-flight
+    messages (each may arrive twice, with the same Message-ID). Either way the firing is not
+    "served": the next `run --once` (catch-up off, so only the open firing can explain a
+    send) delivers the rest, and a further one sends nothing."""
+    n = 600
+    emails = prepare(tmp_path, n, send_at=due_now())
+    server = ThreadedSMTPServer().start()
+    server.handler.delay("DATA", 0.01, times=100_000)  # a real relay's pace, not loopback's
+    try:
+        env = environment(tmp_path, server.port)
+        target = kill_after(server, 60, signal.SIGTERM)
+        first = daemon(env)
+        target.append(first.pid)
+        if signals == 2:  # the second signal right behind the first
+            fired = threading.Event()
+
+            def twice(k: int) -> None:
+                if k >= 60 and not fired.is_set():
+                    fired.set()
+                    os.kill(first.pid, signal.SIGTERM)
+                    os.kill(first.pid, signal.SIGTERM)
+
+            server.handler.on_message = twice
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        stopped_at = len(server.handler.received)
+        assert stopped_at < n, "the daemon finished before the stop; slow the server down"
+        doc = ledger(tmp_path)
+        assert doc["counts"]["sent"] < n
+        server.handler.on_message = None
+        env_off = {**env, "NEWSLETTER_CATCH_UP": "false"}
+        resumed = daemon(env_off, "--once")
+        _, err = resumed.communicate(timeout=180)
+        assert resumed.returncode == 0, err
+        again = daemon(env_off, "--once")
+        _, err = again.communicate(timeout=60)
+        assert again.returncode == 0, err
+    finally:
+        server.stop()
+    got = server.handler.by_rcpt()
+    assert sorted(got) == sorted(e.lower() for e in emails)  # nobody lost
+    repeated = {e: copies for e, copies in got.items() if len(copies) > 1}
+    if signals == 1:
+        assert repeated == {}  # a clean stop repeats nothing
+    else:
+        assert len(repeated) <= 2 * POOL
+        assert all(c[0].message_id == c[1].message_id for c in repeated.values())
+    doc = ledger(tmp_path)
+    assert doc["counts"]["sent"] == n and doc["total"] == n
+    assert len(server.handler.received) == n + len(repeated)
