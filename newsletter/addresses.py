@@ -1,4 +1,8 @@
-"""One address, one key: the form every email address is compared and stored under.
+"""E-mail addresses, in one place: validating them, their comparison key, their wire form.
+
+`validate_address` is the one validation (the subscriber file and the settings use it);
+`check_address` gives the plain ASCII form an SMTP command and a header carry (or says why an
+address cannot be sent to); `address_key` is the form every address is compared and stored under.
 
 `reader@bücher.example` and `reader@xn--bcher-kva.example`, the NFC and NFD spellings of
 `élodie@example.org`, and `Ada@Example.org` are each one mailbox. `address_key` folds them to one
@@ -11,9 +15,24 @@ up by it.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import idna
+from email_validator import EmailNotValidError, validate_email
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def validate_address(value: str) -> str:
+    """The address, normalised, or ValueError saying what is wrong with it (syntax only: no
+    DNS lookups at validation time)."""
+    try:
+        return str(validate_email(value, check_deliverability=False).normalized)
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address ({exc})") from None
 
 
 def address_key(email: str) -> str:
@@ -33,3 +52,23 @@ def _domain_key(domain: str) -> str:
         except idna.IDNAError:  # not a valid IDNA label: compare it as written
             labels.append(label)
     return unicodedata.normalize("NFC", ".".join(labels)).lower()
+
+
+def check_address(address: str) -> str:
+    """A plain ASCII addr-spec (IDN domains as punycode) or ValueError saying what is wrong."""
+    if _CONTROL.search(address) or any(c.isspace() for c in address):
+        raise ValueError(f"address {address!r} contains whitespace or a control character")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"address {address!r} is not of the form name@domain")
+    if not local.isascii():
+        raise ValueError(f"address {address!r} has a non-ASCII local part (needs SMTPUTF8)")
+    if not _LOCAL.fullmatch(local):
+        raise ValueError(f"address {address!r} has a local part that needs quoting")
+    try:
+        domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
+    except UnicodeError as exc:
+        raise ValueError(f"address {address!r} has an invalid domain ({exc})") from None
+    if not all(_LABEL.fullmatch(label) for label in domain.split(".")):
+        raise ValueError(f"address {address!r} has an invalid domain")
+    return f"{local}@{domain}"

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import dkim  # type: ignore[import-untyped]
 
-from newsletter.addresses import address_key
+from newsletter.addresses import address_key, check_address
 from newsletter.errors import ConfigError
 from newsletter.settings import Settings
 
@@ -42,8 +42,6 @@ DKIM_HEADERS = (
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")  # a phrase that needs no quoting
-_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # 39 bytes -> 52 base64 chars -> a 64-char encoded-word: fits the 75-char limit of RFC 2047
 # and, after "Subject: " or "Reply-To: ", the 78-column line limit of RFC 5322.
 _EW_BYTES = 39
@@ -52,26 +50,6 @@ _EW_BYTES = 39
 def clean_header_text(value: str) -> str:
     """Fold CR/LF, tabs and other control characters to single spaces (no header injection)."""
     return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
-
-
-def check_address(address: str) -> str:
-    """A plain ASCII addr-spec (IDN domains as punycode) or ValueError saying what is wrong."""
-    if _CONTROL.search(address) or any(c.isspace() for c in address):
-        raise ValueError(f"address {address!r} contains whitespace or a control character")
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"address {address!r} is not of the form name@domain")
-    if not local.isascii():
-        raise ValueError(f"address {address!r} has a non-ASCII local part (needs SMTPUTF8)")
-    if not _LOCAL.fullmatch(local):
-        raise ValueError(f"address {address!r} has a local part that needs quoting")
-    try:
-        domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
-    except UnicodeError as exc:
-        raise ValueError(f"address {address!r} has an invalid domain ({exc})") from None
-    if not all(_LABEL.fullmatch(label) for label in domain.split(".")):
-        raise ValueError(f"address {address!r} has an invalid domain")
-    return f"{local}@{domain}"
 
 
 def _encoded_words(text: str) -> list[str]:

@@ -33,10 +33,10 @@ import jinja2
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
+from newsletter.addresses import check_address
 from newsletter.errors import ConfigError, RenderError
 from newsletter.mime import (
     assemble,
-    check_address,
     clean_header_text,
     dkim_enabled,
     encode_phrase,

@@ -34,6 +34,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from newsletter.addresses import validate_address
 from newsletter.errors import ConfigError
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
@@ -238,6 +239,11 @@ class Settings(BaseSettings):
                 f'{v!r} is not an IANA time zone; use a name such as "Europe/Berlin" or "UTC"'
             ) from None
         return v
+
+    @field_validator("sender_address", "reply_to", "unsubscribe_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return None if v is None else validate_address(v)
 
     @field_validator("paper_base_url", "public_base_url")
     @classmethod

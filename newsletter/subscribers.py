@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -25,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from newsletter.addresses import address_key
+from newsletter.addresses import address_key, validate_address
 from newsletter.errors import SubscriberConfigError
 from newsletter.models import Subscriber, Topic
 
@@ -102,10 +101,7 @@ class SubscriberModel(_Strict):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        try:
-            return validate_email(value, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            raise ValueError(f"is not a valid email address ({exc})") from None
+        return validate_address(value)
 
 
 _FIXES = {

@@ -38,7 +38,7 @@ from newsletter.render import (
     write_preview,
     write_preview_index,
 )
-from newsletter.settings import BUNDLED_TEMPLATES, Settings
+from newsletter.settings import BUNDLED_TEMPLATES, Settings, load_settings
 
 from .render_helpers import (
     BANDITS,
@@ -315,8 +315,6 @@ def test_public_base_url_without_signing_key_is_a_config_error(
 @pytest.mark.parametrize(
     ("overrides", "setting"),
     [
-        ({"sender_address": "not an address"}, "NEWSLETTER_SENDER_ADDRESS"),
-        ({"reply_to": "x@y\r\nBcc: evil@example.com"}, "NEWSLETTER_REPLY_TO"),
         ({"list_id": "two words"}, "NEWSLETTER_LIST_ID"),
         ({"dkim_selector": "s1"}, "NEWSLETTER_DKIM_DOMAIN"),
     ],
@@ -326,6 +324,22 @@ def test_bad_settings_are_config_errors_naming_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match=setting):
         Renderer(make_settings(**overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"sender_address": "not an address"}, "NEWSLETTER_SENDER_ADDRESS"),
+        ({"reply_to": "x@y\r\nBcc: evil@example.com"}, "NEWSLETTER_REPLY_TO"),
+        ({"unsubscribe_address": "nobody"}, "NEWSLETTER_UNSUBSCRIBE_ADDRESS"),
+    ],
+)
+def test_bad_addresses_in_settings_stop_at_load_naming_the_setting(
+    overrides: dict[str, str], setting: str
+) -> None:
+    """The same address validation as the subscriber file, when the settings load."""
+    with pytest.raises(ConfigError, match=setting):
+        load_settings(_env_file=None, **overrides)
 
 
 def test_non_ascii_subject_and_names_are_rfc2047_encoded(make_settings: MakeSettings) -> None:
