@@ -1548,6 +1548,11 @@ class _Run:
                     self.stored_ids[row.email] = (row.message_id, row.attempts)
             else:
                 self.tally.unchanged += 1
+        # Unsubscribed (readers.py): no digest, whatever the subscriber file says.
+        gone = self.store.unsubscribed([s.email for s in todo])
+        for email in sorted(gone):
+            self._finish(_Outcome(email, "skipped", reason="unsubscribed"))
+        todo = [s for s in todo if address_key(s.email) not in gone]
         self._progress()
         return todo
 
@@ -1615,6 +1620,10 @@ class _Run:
 
     async def _attempt(self, job: _Job) -> None:
         assert self.transport is not None and self.ledger is not None
+        # Unsubscribed while this edition is being sent: this digest stays unsent.
+        if await self.ledger.call(self.store.unsubscribed, [job.email]):
+            self._finish(_Outcome(job.email, "skipped", reason="unsubscribed"))
+            return self._done()
         job.attempts += 1
         try:
             reply = await self.transport.send(job.message, self.sender, job.wire)

@@ -63,6 +63,15 @@ def vote_by_reader(
     return vote(store, subscribers, reader(store, reader_id).email, paper_id, choice, now=now)
 
 
+def paper_vote(store: Store, reader_id: str, paper_id: str) -> tuple[Paper, str | None]:
+    """The paper a vote link is about and the reader's current vote on it (None: no vote)."""
+    who = reader(store, reader_id)
+    paper = store.papers_by_id([paper_id]).get(paper_id)
+    if paper is None:
+        raise NotFound("this paper is not in our store (any more)")
+    return paper, vote_map(store, who.email, [paper_id]).get(paper_id)
+
+
 def votes(store: Store, email: str) -> list[VoteRow]:
     return store.votes(email)
 

@@ -789,9 +789,7 @@ class Store:
     def all_reader_ids(self) -> dict[str, str]:
         """Every address that has a reader id (address_key -> id)."""
         with self.engine.connect() as conn:
-            return dict(
-                conn.execute(sa.select(readers.c.email, readers.c.reader_id)).all()
-            )
+            return dict(conn.execute(sa.select(readers.c.email, readers.c.reader_id)).all())
 
     def reader(self, reader_id: str) -> ReaderRow | None:
         """The reader a link's id belongs to (None: no such reader)."""
