@@ -15,7 +15,13 @@ from newsletter import readers
 from newsletter.store import ReaderRow
 from newsletter.web.pages import call, context, masked, small_body, verified_reader
 
-ONE_CLICK = b"List-Unsubscribe=One-Click"
+ONE_CLICK = b"List-Unsubscribe=One-Click"  # urlencoded; multipart carries name and value apart
+ONE_CLICK_PART = (b'name="List-Unsubscribe"', b"One-Click")
+
+
+def one_click(body: bytes) -> bool:
+    """Whether a POST body is RFC 8058's (urlencoded or multipart/form-data)."""
+    return ONE_CLICK in body or all(part in body for part in ONE_CLICK_PART)
 
 
 def _page(request: Request, row: ReaderRow, reader: str, state: str) -> Response:
@@ -40,7 +46,7 @@ async def confirm_unsubscribe(request: Request) -> Response:
 async def unsubscribe(request: Request) -> Response:
     reader = verified_reader(request, "subscription")
     body = await small_body(request)
-    how: readers.How = "one-click" if ONE_CLICK in body else "page"
+    how: readers.How = "one-click" if one_click(body) else "page"
     web = context(request)
     row = await call(readers.unsubscribe_reader, web.store, reader, how=how, now=web.now())
     return _page(request, row, reader, "unsubscribed")
