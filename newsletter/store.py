@@ -817,6 +817,10 @@ class Store:
         """Record `status` for the address (creating its reader row), with when and how.
         Setting the state it already has keeps the original time and way."""
         key = address_key(email)
+        with self.engine.connect() as conn:  # the same state again (a repeated POST): no write
+            row = conn.execute(sa.select(readers).where(readers.c.email == key)).one_or_none()
+        if row is not None and row.status == status:
+            return _reader_row(row)
         insert = self._insert(readers).values(
             email=key,
             reader_id=new_reader_id(),
