@@ -22,9 +22,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from newsletter.addresses import address_key
+from newsletter import feedback, readers
+from newsletter.addresses import address_key, check_address
 from newsletter.deliver import edition_status, run_send
-from newsletter.errors import ConfigError, NewsletterError, StoreError, SubscriberConfigError
+from newsletter.errors import (
+    ConfigError,
+    NewsletterError,
+    NotFound,
+    StoreError,
+    SubscriberConfigError,
+)
 from newsletter.logs import configure
 from newsletter.models import Subscriber
 from newsletter.pipeline import (
@@ -57,6 +64,7 @@ from newsletter.settings import (
 from newsletter.signals import graceful_stop
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
+from newsletter.web import serve
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -451,6 +459,148 @@ def subscribers_check_cmd(app: AppContext, file: Path | None) -> None:
         sys.exit(EXIT_FAILED)
     topics = sum(len(s.topics) for s in subs)
     out.print(f"{path}: valid ({len(subs)} subscribers, {topics} topics)", highlight=False)
+
+
+@subscribers_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def subscribers_list_cmd(app: AppContext, as_json: bool) -> None:
+    """List every subscriber with their state: active, or unsubscribed (when, and how: one-click,
+    page or cli). Addresses removed from the file but still unsubscribed come last.
+
+    Example: newsletter subscribers list --json
+    """
+    rows = readers.subscription_list(app.store, app.subscribers())
+    if as_json:
+        emit_json({"subscribers": [r.as_dict() for r in rows]})
+        return
+    table = Table(title="Subscribers")
+    for col in ("email", "status", "since", "how", "in file"):
+        table.add_column(col)
+    for r in rows:
+        since = f"{r.changed_at:%Y-%m-%d %H:%M}" if r.changed_at else "-"
+        colour = "green" if r.status == "active" else "yellow"
+        table.add_row(
+            r.email, f"[{colour}]{r.status}[/]", since, r.how or "-", "yes" if r.in_file else "no"
+        )
+    out.print(table)
+
+
+def _address(email: str) -> str:
+    try:
+        check_address(email.strip())
+    except ValueError as exc:
+        fail(f"EMAIL: {exc}")
+    return email.strip()
+
+
+@cli.command("unsubscribe")
+@click.argument("email")
+@pass_app
+@handle_errors
+def unsubscribe_cmd(app: AppContext, email: str) -> None:
+    """Unsubscribe an address: it gets no digest from now on, whatever the subscriber file
+    says (also none of an edition being sent right now), until `resubscribe`.
+
+    Example: newsletter unsubscribe ada@example.org
+    """
+    row = readers.unsubscribe(app.store, _address(email), how="cli", now=app.now())
+    out.print(
+        f"{email}: {row.status} (since {row.status_at:%Y-%m-%d %H:%M} UTC, {row.status_how})",
+        highlight=False,
+    )
+
+
+@cli.command("resubscribe")
+@click.argument("email")
+@pass_app
+@handle_errors
+def resubscribe_cmd(app: AppContext, email: str) -> None:
+    """Subscribe an unsubscribed address again (from the next edition on).
+
+    Example: newsletter resubscribe ada@example.org
+    """
+    row = readers.resubscribe(app.store, _address(email), how="cli", now=app.now())
+    if not any(address_key(s.email) == row.email for s in app.subscribers()):
+        err.print(f"warning: {email} is not in the subscriber file, so it still gets nothing")
+    out.print(f"{email}: {row.status}", highlight=False)
+
+
+# --- feedback ---------------------------------------------------------------------------------
+@cli.group("feedback")
+def feedback_group() -> None:
+    """Readers' thumbs up / down on papers."""
+
+
+@feedback_group.command("add")
+@click.argument("email")
+@click.argument("paper_id")
+@click.argument("vote", type=click.Choice(["up", "down", "clear"]))
+@pass_app
+@handle_errors
+def feedback_add_cmd(app: AppContext, email: str, paper_id: str, vote: str) -> None:
+    """Record a subscriber's vote on a paper (the latest wins; `clear` removes it). PAPER_ID is
+    the id that `papers --json` and `select --json` show.
+
+    Example: newsletter feedback add ada@example.org 3f2a9c0d1e2b4a5f up
+    """
+    try:
+        paper = feedback.vote(
+            app.store,
+            app.subscribers(),
+            email,
+            paper_id,
+            feedback.check_choice(vote),
+            now=app.now(),
+        )
+    except NotFound as exc:
+        fail(str(exc))
+    done = "cleared the vote on" if vote == "clear" else f"voted {vote} on"
+    out.print(f"{email}: {done} {paper.title}", highlight=False, markup=False)
+
+
+@feedback_group.command("list")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def feedback_list_cmd(app: AppContext, email: str, as_json: bool) -> None:
+    """Show a reader's votes, newest first.
+
+    Example: newsletter feedback list ada@example.org --json
+    """
+    rows = feedback.votes(app.store, email)
+    if as_json:
+        emit_json(feedback.votes_json(rows))
+        return
+    table = Table(title=f"Votes of {email}")
+    for col in ("paper id", "vote", "at", "title"):
+        table.add_column(col)
+    for v in rows:
+        table.add_row(v.paper_id, v.vote, f"{v.at:%Y-%m-%d %H:%M}", v.title)
+    out.print(table)
+
+
+# --- the web app ------------------------------------------------------------------------------
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@pass_app
+@handle_errors
+def serve_cmd(app: AppContext, host: str, port: int) -> None:
+    """Serve the reader's side: one-click unsubscribe, the editions in a browser, the Atom
+    feeds and the vote links, at NEWSLETTER_PUBLIC_BASE_URL (put a TLS proxy in front).
+
+    Example: newsletter serve --host 127.0.0.1 --port 8080
+    """
+    if not app.settings.public_base_url:
+        log.warning(
+            "NEWSLETTER_PUBLIC_BASE_URL is unset: emails carry no links to this app; set it "
+            "to the URL readers reach it at (https://...)"
+        )
+    app.subscribers()  # an invalid subscriber file stops us now (exit 2)
+    serve(app.settings, app.store, host=host, port=port)
 
 
 # --- send and status --------------------------------------------------------------------------

@@ -10,6 +10,8 @@
      │    ├── DatabaseTimeout   a lock or statement timeout ran out (names the setting)
      │    └── ConnectionLost    the server went away mid-run (run the command again)
      ├── RenderError            a template that fails to compile or render
+     ├── BadToken               a link's token is forged, altered, swapped or expired
+     ├── NotFound               no such reader, subscriber, paper, edition or day
      └── DeliveryError          a transport failure (temporary unless `permanent`)
           ├── RecipientRefused  the server refused one recipient (5xx: permanent)
           └── OutcomeUnknown    the whole message went out but no final reply came back
@@ -85,6 +87,18 @@ class ConnectionLost(StoreError, ConnectionError):
 
 class RenderError(NewsletterError):
     """A template cannot be compiled or rendered."""
+
+
+class BadToken(NewsletterError):
+    """A link's token is forged, altered, made for another reader or purpose, or expired."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        self.expired = expired
+        super().__init__(message)
+
+
+class NotFound(NewsletterError):
+    """The reader, subscriber, paper, edition or day asked for does not exist."""
 
 
 class DeliveryError(NewsletterError):

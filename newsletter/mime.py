@@ -13,11 +13,9 @@ import binascii
 import datetime as dt
 import email.utils
 import hashlib
-import hmac
 import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import quote
 
 import dkim  # type: ignore[import-untyped]
 
@@ -136,23 +134,6 @@ def message_id(edition: dt.date, email: str, domain: str) -> str:
     key = f"{edition.isoformat()}\0{address_key(email)}".encode()
     digest = hashlib.blake2s(key, digest_size=10).hexdigest()
     return f"<digest.{edition.isoformat()}.{digest}@{domain}>"
-
-
-def unsubscribe_token(secret: str, email: str, list_id: str) -> str:
-    """HMAC-SHA256 over (list, address), 128 bits, URL-safe; the endpoint recomputes it."""
-    msg = f"unsubscribe\0{list_id}\0{address_key(email)}".encode()
-    mac = hmac.new(secret.encode("utf-8"), msg, hashlib.sha256).digest()[:16]
-    return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
-
-
-def verify_unsubscribe_token(secret: str, email: str, list_id: str, token: str) -> bool:
-    return hmac.compare_digest(unsubscribe_token(secret, email, list_id), token)
-
-
-def unsubscribe_https(base_url: str, secret: str, email: str, list_id: str) -> str:
-    """`<base>/unsubscribe?e=<address>&t=<token>`: GET shows a page, POST is one-click."""
-    token = unsubscribe_token(secret, email, list_id)
-    return f"{base_url.rstrip('/')}/unsubscribe?e={quote(email, safe='@')}&t={token}"
 
 
 def unsubscribe_mailto(address: str) -> str:

@@ -13,6 +13,9 @@ Template context (the same for all three templates):
          excerpt_html (escaped, matched terms in <strong class="hl">), links [{url, kind, label}]
   subscriber (Subscriber), first_name, subscriber_topics_phrase, digest_topics_phrase
   sender_name, postal_address, source_name, unsubscribe_url (https if configured, else mailto)
+  archive_url ("view in browser"), day_url (the day's whole listing), and
+  votes {paper id: {"up": url, "down": url}}: set only with NEWSLETTER_PUBLIC_BASE_URL
+  (None / empty otherwise); every link of the HTML part must also be in the text part
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from mjml import mjml2html
 
 from newsletter.addresses import check_address
 from newsletter.errors import ConfigError, RenderError
+from newsletter.links import Links, one_click_allowed
 from newsletter.mime import (
     assemble,
     clean_header_text,
@@ -46,7 +50,6 @@ from newsletter.mime import (
     load_dkim_key,
     message_id,
     sign_dkim,
-    unsubscribe_https,
     unsubscribe_mailto,
 )
 from newsletter.models import (
@@ -58,7 +61,10 @@ from newsletter.models import (
     Topic,
     TopicMatch,
 )
+from newsletter.readers import ReaderIds
 from newsletter.settings import Settings
+from newsletter.store import Store
+from newsletter.tokens import Tokens, signing_keys
 
 __all__ = [
     "PreviewEntry",
@@ -534,10 +540,23 @@ def load_templates(
     return html_tpl, text_tpl, subject_tpl
 
 
-class Renderer:
-    """Compiles the templates once; `render` then costs one Jinja pass per part plus MIME."""
+class ReaderLinks(NamedTuple):
+    """One reader's links in one digest (with NEWSLETTER_PUBLIC_BASE_URL only)."""
 
-    def __init__(self, settings: Settings) -> None:
+    unsubscribe: str
+    archive: str
+    day: str
+    votes: dict[str, dict[str, str]]  # paper id -> {"up": url, "down": url}
+
+
+class Renderer:
+    """Compiles the templates once; `render` then costs one Jinja pass per part plus MIME.
+
+    With NEWSLETTER_PUBLIC_BASE_URL the links to the web app carry the reader's opaque id from
+    the store (`store`, else one opened from the settings on first use) and signed tokens.
+    """
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self._check_settings(settings)
         self._dkim = dkim_enabled(settings)
@@ -547,7 +566,12 @@ class Renderer:
         self._list_id_bare = self._list_id_value()
         self._list_id = f"{encode_phrase(settings.sender_name)} <{self._list_id_bare}>"
         self._mailto_address = settings.effective_unsubscribe_address
-        self._secret = settings.signing_secret()
+        self._links: Links | None = None
+        if settings.public_base_url:
+            tokens = Tokens(signing_keys(settings), max_age_days=settings.link_max_age_days)
+            self._links = Links(settings.public_base_url, tokens)
+        self._one_click = one_click_allowed(settings.public_base_url)
+        self._reader_ids = ReaderIds(settings, store)
         self._html, self._text, self._subject = load_templates(
             Path(settings.template_dir), self._sample_contexts()
         )
@@ -563,12 +587,6 @@ class Renderer:
                 check_address(value)
             except ValueError as exc:
                 raise ConfigError(f"setting NEWSLETTER_{name.upper()}: {exc}") from None
-        if settings.public_base_url and not settings.signing_secret():
-            raise ConfigError(
-                "setting NEWSLETTER_PUBLIC_BASE_URL is set but no signing key: set "
-                "NEWSLETTER_SIGNING_KEY or NEWSLETTER_SIGNING_KEY_FILE (a long random secret) "
-                "so the https unsubscribe links can be signed, or unset the base URL"
-            )
         dkim = {
             "dkim_selector": settings.dkim_selector,
             "dkim_domain": settings.dkim_domain,
@@ -592,32 +610,43 @@ class Renderer:
 
     def _sample_contexts(self) -> list[dict[str, Any]]:
         """Each sample with and without excerpts (the size guard may drop them)."""
-        return [
-            self._context(sel, sel.papers, budget, self.unsubscribe_url(sel.subscriber.email))
-            for sel in sample_selections()
-            for budget in (EXCERPT_CHARS, 0)
-        ]
+        mailto = unsubscribe_mailto(self._mailto_address)
+        contexts = []
+        for sel in sample_selections():
+            links = self._reader_links("sample-reader", sel)
+            for budget in (EXCERPT_CHARS, 0):
+                contexts.append(self._context(sel, sel.papers, budget, mailto, links))
+        return contexts
 
     # -- rendering ---------------------------------------------------------------------
-    def unsubscribe_links(self, email: str) -> tuple[str | None, str]:
-        """(signed https link or None, mailto link) for this subscriber."""
-        mailto = unsubscribe_mailto(self._mailto_address)
-        base = self.settings.public_base_url
-        if not base or not self._secret:
-            return None, mailto
-        return unsubscribe_https(base, self._secret, email, self._list_id_bare), mailto
+    def _reader_links(self, reader_id: str, selection: Selection) -> ReaderLinks | None:
+        if self._links is None:
+            return None
+        links = self._links
+        return ReaderLinks(
+            unsubscribe=links.unsubscribe(reader_id),
+            archive=links.archive(reader_id, selection.edition),
+            day=links.day(selection.edition),
+            votes={
+                sp.paper.id: {v: links.vote(reader_id, sp.paper.id, v) for v in ("up", "down")}
+                for sp in selection.papers
+                if sp.sent
+            },
+        )
 
-    def unsubscribe_url(self, email: str) -> str:
-        """The link shown in the body: the one-click https page if configured, else mailto."""
-        https, mailto = self.unsubscribe_links(email)
-        return https or mailto
+    def links_for(self, selection: Selection, now: dt.datetime) -> ReaderLinks | None:
+        """The reader's web links for this digest; None without NEWSLETTER_PUBLIC_BASE_URL."""
+        if self._links is None:
+            return None
+        return self._reader_links(self._reader_ids(selection.subscriber.email, now), selection)
 
     def _context(
         self,
         selection: Selection,
         papers: Sequence[SelectedPaper],
         budget: int,
-        unsubscribe_url: str,
+        mailto: str,
+        links: ReaderLinks | None,
     ) -> dict[str, Any]:
         base = self.settings.paper_base_url
         groups = []
@@ -661,7 +690,10 @@ class Renderer:
             "sender_name": self.settings.sender_name,
             "postal_address": self.settings.postal_address,
             "source_name": SOURCE_NAME,
-            "unsubscribe_url": unsubscribe_url,
+            "unsubscribe_url": links.unsubscribe if links else mailto,
+            "archive_url": links.archive if links else None,
+            "day_url": links.day if links else None,
+            "votes": links.votes if links else {},
         }
 
     def render(self, selection: Selection, *, now: dt.datetime) -> RenderedEmail:
@@ -673,11 +705,13 @@ class Renderer:
                 f"{sub.email}: no papers to send for {selection.edition}; skip empty digests"
             )
         to = format_address(sub.name, sub.email)  # ValueError on a bad or injected address
-        https, mailto = self.unsubscribe_links(sub.email)
+        mailto = unsubscribe_mailto(self._mailto_address)
+        links = self.links_for(selection, now)
+        https = links.unsubscribe if links else None
         # Long digests get shorter excerpts: easier to scan, and well under Gmail's clip limit.
         budget = EXCERPT_CHARS if len(papers) <= 10 else max(220, EXCERPT_CHARS * 10 // len(papers))
         while True:
-            ctx = self._context(selection, papers, budget, https or mailto)
+            ctx = self._context(selection, papers, budget, mailto, links)
             html = self._html.render(ctx)
             if len(html.encode("utf-8")) <= HTML_BUDGET or budget == 0:
                 break
@@ -714,7 +748,7 @@ class Renderer:
         if self.settings.reply_to:
             headers.append(("Reply-To", check_address(self.settings.reply_to)))
         headers += [("List-Id", self._list_id), ("List-Unsubscribe", unsub)]
-        if https and https.startswith("https://"):  # RFC 8058 needs an https URI
+        if https and self._one_click:  # RFC 8058 wants https (loopback http for testing)
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         headers.append(("Precedence", "bulk"))  # tells vacation responders to stay quiet
         return headers

@@ -47,6 +47,7 @@ DEFAULT_DATABASE_URL = "sqlite:///var/newsletter.db"
 ENV_PREFIX = "NEWSLETTER_"
 SETTINGS_FILE_VAR = "NEWSLETTER_SETTINGS_FILE"
 RESERVED_PREFIX = "NEWSLETTER_TEST_"  # the test suite's own variables, never settings
+SECRET_FIELDS = frozenset({"smtp_password", "signing_key", "signing_key_previous"})
 
 
 def look_up(relative: Path) -> Path:
@@ -141,8 +142,10 @@ class Settings(BaseSettings):
     )
     public_base_url: str | None = Field(
         None,
-        description="Public https base URL of the unsubscribe endpoint; when set, "
-        "List-Unsubscribe carries an https link and one-click unsubscribe (RFC 8058).",
+        description="Public base URL of the web app (`newsletter serve`), e.g. "
+        "https://digest.example.org. When set, every email links to it (unsubscribe page, "
+        "view in browser, votes, the day's listing) and, for https (or http://127.0.0.1 and "
+        "http://localhost, for local testing), carries RFC 8058 one-click unsubscribe headers.",
     )
     unsubscribe_address: str | None = Field(
         None, description="mailto: target for unsubscribe (default: unsubscribe@<sender domain>)."
@@ -151,9 +154,28 @@ class Settings(BaseSettings):
         None, description="List-Id value (default: daily-digest.<sender domain>)."
     )
     signing_key: SecretStr | None = Field(
-        None, description="Secret that signs unsubscribe tokens (env only, or signing_key_file)."
+        None,
+        description="Secret that signs the links in every email (unsubscribe, votes, archive): "
+        "any string of at least 32 bytes (UTF-8), env only or signing_key_file. Unset: created "
+        "once in var/signing-key (mode 0600), shared by send and serve run in the same folder.",
     )
     signing_key_file: Path | None = Field(None, description="File holding the signing key.")
+    signing_key_previous: SecretStr | None = Field(
+        None,
+        description="The key used before a rotation: links signed with it keep working until "
+        "it is removed (keep it at least NEWSLETTER_LINK_MAX_AGE_DAYS). Env only, or "
+        "signing_key_previous_file.",
+    )
+    signing_key_previous_file: Path | None = Field(
+        None, description="File holding the previous signing key."
+    )
+    link_max_age_days: int = Field(
+        365,
+        ge=60,
+        le=3650,
+        description="Days a signed link in an email (unsubscribe, votes, view in browser, the "
+        "feed) keeps working; at least 60.",
+    )
 
     # --- delivery ---------------------------------------------------------------------------
     smtp_host: str | None = Field(None, description="SMTP server; unset = local Maildir outbox.")
@@ -245,6 +267,14 @@ class Settings(BaseSettings):
     def _address(cls, v: str | None) -> str | None:
         return None if v is None else validate_address(v)
 
+    @field_validator("signing_key", "signing_key_previous")
+    @classmethod
+    def _long_key(cls, v: SecretStr | None) -> SecretStr | None:
+        problem = None if v is None else key_problem(v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("paper_base_url", "public_base_url")
     @classmethod
     def _absolute_url(cls, v: str | None) -> str | None:
@@ -293,7 +323,36 @@ class Settings(BaseSettings):
         return _secret(self.smtp_password, self.smtp_password_file, "smtp_password_file")
 
     def signing_secret(self) -> str | None:
-        return _secret(self.signing_key, self.signing_key_file, "signing_key_file")
+        """The configured signing key (env or file; None: not configured); never logged."""
+        return _key(self.signing_key, self.signing_key_file, "signing_key_file")
+
+    def previous_signing_secret(self) -> str | None:
+        """The key before the last rotation, still accepted on links; never logged."""
+        return _key(
+            self.signing_key_previous, self.signing_key_previous_file, "signing_key_previous_file"
+        )
+
+
+MIN_KEY_BYTES = 32
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot sign links: any string of at least MIN_KEY_BYTES bytes (UTF-8) can."""
+    size = len(key.encode("utf-8"))
+    if size >= MIN_KEY_BYTES:
+        return None
+    return (
+        f"a signing key needs at least {MIN_KEY_BYTES} bytes, this one has {size}; make a long "
+        "random one: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    )
+
+
+def _key(value: SecretStr | None, path: Path | None, name: str) -> str | None:
+    key = _secret(value, path, name)
+    problem = None if key is None or value is not None else key_problem(key)
+    if problem:  # from the file (the variable itself is checked when the settings are built)
+        raise ConfigError(f"setting NEWSLETTER_{name.upper()} ({path}): {problem}")
+    return key
 
 
 def _secret(value: SecretStr | None, path: Path | None, name: str) -> str | None:
@@ -386,9 +445,8 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
-            lines.append(
-                f"setting NEWSLETTER_{name.upper()}: {err['msg']} (got {err.get('input')!r})"
-            )
+            got = "***" if name in SECRET_FIELDS else repr(err.get("input"))  # never a secret
+            lines.append(f"setting NEWSLETTER_{name.upper()}: {err['msg']} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
 
 

@@ -3,7 +3,9 @@
 Tables: papers (one row per paper however often it appears), listings (one per date, with its
 source file and content hash) and their ranked entries; the delivery ledger (one row per
 edition and subscriber) and each subscriber's paper history. Recording a delivery as sent and
-adding its papers to the history happen in one transaction.
+adding its papers to the history happen in one transaction. For the reader's side: `readers`
+(one row per address: the opaque id its links carry, and the subscription state with when and
+how it last changed) and `votes` (the latest thumbs up/down per reader and paper).
 
 Safe under concurrency and failure: first use creates the schema one process at a time, every
 insert-if-missing is an INSERT .. ON CONFLICT, and one `handle_error` hook on the engine turns
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sqlite3
 import tempfile
 from collections import defaultdict
@@ -119,7 +122,32 @@ open_firings = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# The reader's side. An address gets a row the first time a link is made for it (or its state
+# changes); `reader_id` is random, so a URL never carries the address or anything derived from
+# it. No row means active: the subscriber file decides who exists.
+readers = sa.Table(
+    "readers",
+    metadata,
+    sa.Column("email", sa.String(320), primary_key=True),  # address_key
+    sa.Column("reader_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("status", sa.String(20), nullable=False),  # active | unsubscribed
+    sa.Column("status_at", sa.DateTime(timezone=True)),  # when it last changed (None: never)
+    sa.Column("status_how", sa.String(20)),  # one-click | page | cli
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+votes = sa.Table(
+    "votes",
+    metadata,
+    sa.Column("email", sa.String(320), primary_key=True),  # address_key
+    sa.Column("paper_id", sa.String(32), sa.ForeignKey("papers.id"), primary_key=True),
+    sa.Column("vote", sa.String(4), nullable=False),  # up | down (a cleared vote has no row)
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
 IngestStatus = Literal["ingested", "unchanged", "replaced"]
+SubscriptionStatus = Literal["active", "unsubscribed"]
+Vote = Literal["up", "down"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +169,37 @@ class LedgerRow:
     last_reply: str | None
     reason: str | None
     updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderRow:
+    email: str  # address_key
+    reader_id: str
+    status: SubscriptionStatus
+    status_at: dt.datetime | None
+    status_how: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRow:
+    paper_id: str
+    title: str
+    vote: Vote
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A paper in a reader's history: which edition brought it, and when."""
+
+    paper: Paper
+    edition: dt.date
+    delivered_at: dt.datetime
+
+
+def new_reader_id() -> str:
+    """96 random bits, URL-safe: what a reader's links carry instead of the address."""
+    return secrets.token_urlsafe(12)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -638,6 +697,203 @@ class Store:
                 out[edition].append(email)
         return dict(out)
 
+    # --- readers: ids, subscription state, votes --------------------------------------------
+    def ping(self) -> None:
+        """One round trip to the database (StoreError when it does not answer)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1)).scalar_one()
+
+    def reader_ids(self, emails: Iterable[str], *, now: dt.datetime) -> dict[str, str]:
+        """The opaque reader id of each address (by address_key), created where missing.
+        Safe when several processes create them at once (INSERT .. ON CONFLICT DO NOTHING)."""
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
+        out: dict[str, str] = {}
+        with self.engine.begin() as conn:
+            for chunk in iter_chunks(keys):
+                out.update(self._reader_ids(conn, chunk))
+            missing = [k for k in keys if k not in out]
+            if missing:
+                rows = [
+                    {
+                        "email": k,
+                        "reader_id": new_reader_id(),
+                        "status": "active",
+                        "created_at": now,
+                    }
+                    for k in missing
+                ]
+                conn.execute(self._insert(readers).on_conflict_do_nothing(), rows)
+                for chunk in iter_chunks(missing):
+                    out.update(self._reader_ids(conn, chunk))
+        return out
+
+    @staticmethod
+    def _reader_ids(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+        query = sa.select(readers.c.email, readers.c.reader_id).where(
+            readers.c.email.in_(list(keys))
+        )
+        return dict(conn.execute(query).all())
+
+    def all_reader_ids(self) -> dict[str, str]:
+        """Every address that has a reader id (address_key -> id)."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(readers.c.email, readers.c.reader_id)).all())
+
+    def reader(self, reader_id: str) -> ReaderRow | None:
+        """The reader a link's id belongs to (None: no such reader)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(readers).where(readers.c.reader_id == reader_id)
+            ).one_or_none()
+        return None if row is None else _reader_row(row)
+
+    def readers(self, emails: Iterable[str] | None = None) -> dict[str, ReaderRow]:
+        """Stored reader rows by address_key (all of them when `emails` is None)."""
+        query = sa.select(readers).order_by(readers.c.email)
+        out: dict[str, ReaderRow] = {}
+        with self.engine.connect() as conn:
+            if emails is None:
+                return {r.email: _reader_row(r) for r in conn.execute(query)}
+            for chunk in iter_chunks(list(dict.fromkeys(address_key(e) for e in emails))):
+                rows = conn.execute(query.where(readers.c.email.in_(list(chunk))))
+                out.update({r.email: _reader_row(r) for r in rows})
+        return out
+
+    def set_subscription(
+        self, email: str, status: SubscriptionStatus, *, how: str, now: dt.datetime
+    ) -> ReaderRow:
+        """Record `status` for the address (creating its reader row), with when and how.
+        Setting the state it already has keeps the original time and way."""
+        key = address_key(email)
+        with self.engine.connect() as conn:  # the same state again (a repeated POST): no write
+            row = conn.execute(sa.select(readers).where(readers.c.email == key)).one_or_none()
+        if row is not None and row.status == status:
+            return _reader_row(row)
+        insert = self._insert(readers).values(
+            email=key,
+            reader_id=new_reader_id(),
+            status=status,
+            status_at=now,
+            status_how=how,
+            created_at=now,
+        )
+        changed = readers.c.status != insert.excluded.status
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[readers.c.email],
+                    set_={
+                        "status": insert.excluded.status,
+                        "status_at": sa.case(
+                            (changed, insert.excluded.status_at), else_=readers.c.status_at
+                        ),
+                        "status_how": sa.case(
+                            (changed, insert.excluded.status_how), else_=readers.c.status_how
+                        ),
+                    },
+                )
+            )
+            row = conn.execute(sa.select(readers).where(readers.c.email == key)).one()
+        return _reader_row(row)
+
+    def unsubscribed(self, emails: Iterable[str]) -> set[str]:
+        """The address_keys among `emails` that are unsubscribed (delivery skips them)."""
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in iter_chunks(keys):
+                out.update(
+                    conn.execute(
+                        sa.select(readers.c.email).where(
+                            readers.c.email.in_(list(chunk)),
+                            readers.c.status == "unsubscribed",
+                        )
+                    ).scalars()
+                )
+        return out
+
+    def unsubscribe_mark(self) -> tuple[int, dt.datetime | None]:
+        """Changes whenever someone unsubscribes (count and latest change of unsubscribed
+        readers): a send in progress polls this cheap query and re-reads the set on a change."""
+        with self.engine.connect() as conn:
+            n, latest = conn.execute(
+                sa.select(sa.func.count(), sa.func.max(readers.c.status_at)).where(
+                    readers.c.status == "unsubscribed"
+                )
+            ).one()
+        return int(n), _utc(latest)
+
+    def set_vote(self, email: str, paper_id: str, vote: Vote | None, *, now: dt.datetime) -> None:
+        """The reader's latest vote on a paper (`None` clears it)."""
+        key = address_key(email)
+        with self.engine.begin() as conn:
+            if vote is None:
+                conn.execute(
+                    votes.delete().where(votes.c.email == key, votes.c.paper_id == paper_id)
+                )
+                return
+            insert = self._insert(votes).values(email=key, paper_id=paper_id, vote=vote, at=now)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[votes.c.email, votes.c.paper_id],
+                    set_={"vote": insert.excluded.vote, "at": insert.excluded.at},
+                )
+            )
+
+    def votes(self, email: str, paper_ids: Iterable[str] | None = None) -> list[VoteRow]:
+        """The reader's votes, newest first (only on `paper_ids` when given)."""
+        query = (
+            sa.select(votes.c.paper_id, papers.c.title, votes.c.vote, votes.c.at)
+            .join(papers, papers.c.id == votes.c.paper_id)
+            .where(votes.c.email == address_key(email))
+            .order_by(votes.c.at.desc(), votes.c.paper_id)
+        )
+        if paper_ids is not None:
+            query = query.where(votes.c.paper_id.in_(list(paper_ids)))
+        with self.engine.connect() as conn:
+            return [
+                VoteRow(r.paper_id, r.title, r.vote, _utc(r.at) or r.at)
+                for r in conn.execute(query)
+            ]
+
+    def papers_by_id(self, paper_ids: Iterable[str]) -> dict[str, Paper]:
+        ids = list(dict.fromkeys(paper_ids))
+        out: dict[str, Paper] = {}
+        with self.engine.connect() as conn:
+            for chunk in iter_chunks(ids):
+                rows = conn.execute(sa.select(papers).where(papers.c.id.in_(list(chunk))))
+                out.update({r.id: _paper(r) for r in rows})
+        return out
+
+    def delivered_editions(self, email: str) -> list[LedgerRow]:
+        """The reader's editions that went out (sent, or unknown: it may well have arrived),
+        newest first, each with its paper ids in digest order."""
+        query = (
+            sa.select(ledger)
+            .where(
+                ledger.c.email == address_key(email),
+                ledger.c.status.in_(["sent", "unknown"]),
+            )
+            .order_by(ledger.c.edition.desc())
+        )
+        with self.engine.connect() as conn:
+            return [_ledger_row(r) for r in conn.execute(query)]
+
+    def received(self, email: str, *, limit: int = 50) -> list[Received]:
+        """The papers the reader was sent, newest first (the reader's Atom feed)."""
+        query = (
+            sa.select(papers, history.c.edition, history.c.delivered_at)
+            .join(papers, papers.c.id == history.c.paper_id)
+            .where(history.c.email == address_key(email))
+            .order_by(history.c.delivered_at.desc(), history.c.edition.desc(), papers.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                Received(_paper(r), r.edition, _utc(r.delivered_at) or r.delivered_at)
+                for r in conn.execute(query)
+            ]
+
     # --- scheduling state and the sender lock ----------------------------------------------
     def last_firing(self, group_key: str) -> dt.datetime | None:
         with self.engine.connect() as conn:
@@ -919,6 +1175,16 @@ def _upsert_outcomes(
 def _paper(row: Any) -> Paper:
     return Paper(
         id=row.id, title=row.title, abstract=row.abstract, links=tuple(json.loads(row.links))
+    )
+
+
+def _reader_row(row: Any) -> ReaderRow:
+    return ReaderRow(
+        email=row.email,
+        reader_id=row.reader_id,
+        status=row.status,
+        status_at=_utc(row.status_at),
+        status_how=row.status_how,
     )
 
 

@@ -357,7 +357,9 @@ def test_init_writes_editable_files_that_commands_there_pick_up(here: Path) -> N
         "digest.mjml",
         "digest.txt",
         "subject.txt",
+        "web",  # the web app's pages (newsletter serve), editable too
     ]
+    assert (here / "templates" / "web" / "archive.html").is_file()
     assert "template_dir" in result.stdout and "NEWSLETTER_TEMPLATE_DIR" in result.stdout
     (here / "templates" / "subject.txt").write_text("Custom: {{ summary }}\n", encoding="utf-8")
     (here / "config" / "subscribers.yaml").write_text(

@@ -18,12 +18,11 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from newsletter.errors import ConfigError, RenderError
+from newsletter.errors import BadToken, ConfigError, RenderError
 from newsletter.mime import (
     clean_header_text,
     encode_phrase,
     encode_unstructured,
-    verify_unsubscribe_token,
 )
 from newsletter.models import Paper, SelectedPaper, Selection, Subscriber, Topic, TopicMatch
 from newsletter.render import (
@@ -39,6 +38,7 @@ from newsletter.render import (
     write_preview_index,
 )
 from newsletter.settings import BUNDLED_TEMPLATES, Settings, load_settings
+from newsletter.tokens import SigningKeys, Tokens
 
 from .render_helpers import (
     BANDITS,
@@ -292,24 +292,56 @@ def test_https_unsubscribe_and_one_click_only_with_public_base_url(
     msg = parse(out.raw)
     https, mailto = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
     assert mailto == "mailto:unsubscribe@example.org?subject=unsubscribe"
-    m = re.fullmatch(
-        r"https://news\.example\.org/unsubscribe\?e=ada@example\.org&t=([\w-]+)", https
-    )
-    assert m and verify_unsubscribe_token(
-        "k" * 32, "ada@example.org", "daily-digest.example.org", m[1]
-    )
-    assert not verify_unsubscribe_token(
-        "other", "ada@example.org", "daily-digest.example.org", m[1]
-    )
+    m = re.fullmatch(r"https://news\.example\.org/unsubscribe\?r=([\w-]+)&t=([\w.-]+)", https)
+    assert m, https
+    assert "ada" not in https  # an opaque reader id, never the address
+    tokens = Tokens(SigningKeys("k" * 32), max_age_days=365)
+    tokens.verify("subscription", m[2], m[1])
+    with pytest.raises(BadToken):
+        Tokens(SigningKeys("o" * 32), max_age_days=365).verify("subscription", m[2], m[1])
+    with pytest.raises(BadToken):
+        tokens.verify("vote", m[2], m[1])
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert https in hrefs(out.html) and https in out.text
 
 
-def test_public_base_url_without_signing_key_is_a_config_error(
-    make_settings: MakeSettings,
+@pytest.mark.parametrize(
+    ("base", "one_click"),
+    [
+        ("https://news.example.org", True),
+        ("http://127.0.0.1:8080", True),
+        ("http://localhost:8080/", True),
+        ("http://news.example.org", False),
+        ("http://localhost.evil.example", False),
+    ],
+)
+def test_one_click_headers_for_https_and_loopback_http_only(
+    make_settings: MakeSettings, base: str, one_click: bool
 ) -> None:
-    with pytest.raises(ConfigError, match="NEWSLETTER_SIGNING_KEY"):
-        Renderer(make_settings(public_base_url="https://news.example.org"))
+    settings = make_settings(public_base_url=base, signing_key="k" * 32)
+    msg = parse(Renderer(settings).render(select(listing(SEEDS[0]), reader(OFFLINE)), now=NOW).raw)
+    assert base.rstrip("/") + "/unsubscribe?r=" in msg["List-Unsubscribe"]
+    assert (msg["List-Unsubscribe-Post"] is not None) == one_click
+
+
+def test_every_html_link_is_in_the_text_part_votes_included(make_settings: MakeSettings) -> None:
+    settings = make_settings(public_base_url="https://news.example.org", signing_key="k" * 32)
+    out = Renderer(settings).render(select(listing(SEEDS[0]), reader(OFFLINE)), now=NOW)
+    links = [h for h in hrefs(out.html) if h.startswith("http")]
+    votes = [h for h in links if "/vote/" in h]
+    assert len(votes) == 2 * len(out.paper_ids)
+    assert any("/archive/" in h for h in links) and any("/day/" in h for h in links)
+    assert [h for h in links if h not in out.text] == []
+
+
+def test_public_base_url_without_signing_key_creates_one_in_var(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Renderer(make_settings(public_base_url="https://news.example.org"))
+    key = tmp_path / "var" / "signing-key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert len(key.read_text().strip().encode()) >= 32
 
 
 @pytest.mark.parametrize(
@@ -602,7 +634,7 @@ def test_dkim_signature_verifies_and_covers_the_list_headers(
         dkim_domain="example.org",
         dkim_private_key_file=pem,
         public_base_url="https://news.example.org",
-        signing_key="secret",
+        signing_key="s" * 32,
     )
     out = Renderer(settings).render(select(listing(SEEDS[0]), reader(OFFLINE)), now=NOW)
     assert out.raw.startswith(b"DKIM-Signature: ")

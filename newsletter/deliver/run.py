@@ -8,6 +8,7 @@ import collections
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64  # subscribers per select/render task
 POOL_MIN_SUBSCRIBERS = 1000  # below this, rendering in a process pool costs more than it saves
+UNSUBSCRIBE_CHECK_S = 0.25  # how stale the run's view of unsubscribes may get
+SKIP_UNSUBSCRIBED = "unsubscribed"
 
 
 # --- the send loop ------------------------------------------------------------------------------
@@ -106,6 +109,9 @@ class Run:
         self.brake = Brake(settings.smtp_brake_after)
         self.held: list[tuple[Job, DeliveryError]] = []  # refusals the brake has not judged
         self.produced = False
+        self.gone: set[str] = set()  # unsubscribed since the run's chunk was picked
+        self._gone_mark: tuple[int, dt.datetime | None] | None = None
+        self._gone_checked = 0.0
         self.progress: Progress | None = None  # started after the workers (it has a thread)
 
     # -- orchestration ----------------------------------------------------------------------
@@ -214,6 +220,11 @@ class Run:
                     self.stored_ids[row.email] = (row.message_id, row.attempts)
             else:
                 self.tally.unchanged += 1
+        # unsubscribed readers get no digest, whatever the subscriber file says
+        gone = self.store.unsubscribed([s.email for s in todo])
+        for email in sorted(gone):
+            self._finish(LedgerOutcome(email, "skipped", reason=SKIP_UNSUBSCRIBED))
+        todo = [s for s in todo if address_key(s.email) not in gone]
         self._progress()
         return todo
 
@@ -281,6 +292,10 @@ class Run:
 
     async def _attempt(self, job: Job) -> None:
         assert self.transport is not None and self.ledger is not None
+        if await self._unsubscribed(job.email):  # while this edition was being sent
+            self._finish(LedgerOutcome(job.email, "skipped", reason=SKIP_UNSUBSCRIBED))
+            self._done()
+            return
         job.attempts += 1
         try:
             reply = await self.transport.send(job.message, self.sender, job.wire)
@@ -321,6 +336,22 @@ class Run:
             await self.ledger.record_and_wait(outcome)  # commit before the next message
             self.tally.sent += 1
             self._done()
+
+    async def _unsubscribed(self, email: str) -> bool:
+        """Has this reader unsubscribed during the run? One cheap query every
+        UNSUBSCRIBE_CHECK_S (not one per message); the set is re-read only on a change."""
+        assert self.ledger is not None
+        now = time.monotonic()
+        if now - self._gone_checked >= UNSUBSCRIBE_CHECK_S:
+            self._gone_checked = now
+            mark = await self.ledger.call(self.store.unsubscribe_mark)
+            if mark != self._gone_mark:
+                first = self._gone_mark is None
+                self._gone_mark = mark
+                if not first or mark[0]:
+                    emails = [s.email for s in self.scope]
+                    self.gone = await self.ledger.call(self.store.unsubscribed, emails)
+        return email in self.gone
 
     def _retry_later(self, job: Job, err: DeliveryError) -> None:
         job.last_error = err

@@ -1,0 +1,18 @@
+"""GET /healthz: 200 and JSON when the store answers, 503 when it does not (for probes)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from newsletter.errors import StoreError
+from newsletter.web.pages import call, context
+
+
+async def healthz(request: Request) -> JSONResponse:
+    try:
+        await call(context(request).store.ping)
+    except StoreError as exc:
+        body = {"status": "error", "store": "unreachable", "error": str(exc)}
+        return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"status": "ok", "store": "ok"}, headers={"Cache-Control": "no-store"})
