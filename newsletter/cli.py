@@ -7,6 +7,7 @@ With --json, stdout carries exactly one JSON document; logs and progress go to s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from newsletter.addresses import address_key
 from newsletter.errors import ConfigError, NewsletterError, StoreError, SubscriberConfigError
+from newsletter.fetch import days_since, dump_folder, fetch_days
 from newsletter.models import Subscriber
 from newsletter.pipeline import copy_listings, ingest_folder
 from newsletter.settings import (
@@ -206,6 +208,53 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
         sys.exit(EXIT_FAILED)
 
 
+# --- fetch ------------------------------------------------------------------------------------
+MAX_FETCH_DAYS = 366  # one --since run: a year at most (be polite to the source)
+
+
+@cli.command("fetch")
+@click.option("--date", "date", callback=parse_date, help="The day, YYYY-MM-DD (default: today).")
+@click.option("--since", "since", callback=parse_date, help="Every day from YYYY-MM-DD to today.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def fetch_cmd(app: AppContext, date: dt.date | None, since: dt.date | None, as_json: bool) -> None:
+    """Fetch days from the Daily Papers API (NEWSLETTER_SOURCE_URL) into the seeds folder and
+    the store. Today is the date in NEWSLETTER_TIMEZONE. Exit 1 when a day failed (the others
+    are still stored).
+
+    Examples: newsletter fetch
+              newsletter fetch --since 2026-03-01 --json
+    """
+    if date is not None and since is not None:
+        fail("give --date or --since, not both")
+    now = app.now()
+    today = app.settings.local_date(now)
+    if since is not None and since > today:
+        fail(f"--since {since} is after today ({today} in {app.settings.timezone})")
+    dates = days_since(since, today) if since is not None else [date or today]
+    if len(dates) > MAX_FETCH_DAYS:
+        fail(f"--since {since} asks for {len(dates)} days; fetch at most {MAX_FETCH_DAYS} a run")
+    rows = [o.as_dict() for o in asyncio.run(fetch_days(app.settings, app.store, dates, now=now))]
+    if as_json:
+        emit_json({"days": rows})
+    else:
+        table = Table(
+            title=f"Fetch from {app.settings.source_url} into {dump_folder(app.settings)}"
+        )
+        for col in ("date", "status", "papers"):
+            table.add_column(col)
+        for r in rows:
+            status = r["status"] if r["error"] is None else f"[red]{r['status']}[/]: {r['error']}"
+            table.add_row(r["date"], status, str(r["papers"]))
+        out.print(table)
+    for r in rows:
+        if r["error"] is not None:
+            log.error("%s: %s", r["date"], r["error"])
+    if any(r["status"] == "failed" for r in rows):
+        sys.exit(EXIT_FAILED)
+
+
 # --- papers -----------------------------------------------------------------------------------
 @cli.command("papers")
 @click.option("--date", "date", callback=parse_date, help="YYYY-MM-DD (default: newest).")
@@ -231,6 +280,9 @@ def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
                     "abstract": e.paper.abstract,
                     "rank": e.rank,
                     "links": list(e.paper.links),
+                    "arxiv_id": e.paper.arxiv_id,
+                    "authors": list(e.paper.authors),
+                    "upvotes": e.paper.upvotes,
                     "dates": [d.isoformat() for d, _, _ in appearances.get(e.paper.id, [])],
                 }
                 for e in listing.entries
@@ -556,8 +608,6 @@ def run_cmd(app: AppContext, once: bool) -> None:
     Examples: newsletter run            (daemon; SIGTERM/Ctrl-C stop it cleanly)
               newsletter run --once     (from cron: */10 * * * *)
     """
-    import asyncio
-
     from newsletter.schedule import Daemon, PassResult, run_pass
     from newsletter.signals import graceful_stop
 

@@ -4,6 +4,7 @@
      ├── ConfigError            settings or the subscriber file (SubscriberConfigError lists all problems)
      │    └── SubscriberConfigError
      ├── IngestError            a dump that cannot be read (file, line)
+     ├── FetchError             a day the source did not give (URL, reason, HTTP status)
      ├── StoreError             the database (URL, schema, lock held by another sender)
      │    ├── LockHeld
      │    ├── DatabaseTimeout   a lock or statement timeout ran out (names the setting)
@@ -49,6 +50,17 @@ class IngestError(NewsletterError):
         self.reason = message
         where = f"{self.path}, line {line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class FetchError(NewsletterError):
+    """A day could not be fetched from the source: unreachable, refused, or a malformed answer.
+    Nothing of that day was stored."""
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{url}: {reason}")
 
 
 class StoreError(NewsletterError):
