@@ -79,12 +79,13 @@ def decode_json(data: bytes | str, source: str) -> Any:
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(data.rstrip())
-        what = "truncated JSON" if truncated else "not valid JSON"
+        # the text ends mid-document: at the error, or inside a string that never closes
+        truncated = exc.pos >= len(data.rstrip()) or exc.msg.startswith("Unterminated string")
+        what = "truncated JSON (the answer stops mid-document)" if truncated else "not valid JSON"
         start = data.lstrip()[:1]
-        hint = " (it looks like an HTML page, not the API's JSON)" if start == "<" else ""
+        hint = "; it looks like an HTML page, not the API's JSON" if start == "<" else ""
         raise IngestError(
-            source, f"{what}: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}"
+            source, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno}){hint}"
         ) from None
 
 

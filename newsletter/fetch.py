@@ -120,12 +120,12 @@ class SourceClient:
         *,
         timeout: httpx.Timeout | float = TIMEOUT,
         attempts: int = ATTEMPTS,
-        backoff: float = BACKOFF,
+        backoff: float | None = None,
         max_retry_after: float = MAX_RETRY_AFTER,
     ) -> None:
         self.base_url = base_url
         self.attempts = attempts
-        self.backoff = backoff
+        self.backoff = BACKOFF if backoff is None else backoff
         self.max_retry_after = max_retry_after
         self._http = httpx.AsyncClient(
             timeout=timeout,
@@ -340,12 +340,13 @@ async def fetch_before_firing(
     dates: Sequence[dt.date],
     *,
     now: dt.datetime,
-    budget: float = FIRING_BUDGET,
+    budget: float | None = None,
     client: SourceClient | None = None,
 ) -> list[DayOutcome]:
     """The daemon's fetch before a firing: each firing's local day, once (another process
     fetching the same day is left to it), at most `budget` seconds in all. Whatever happens
     is logged, never raised: the stored editions are sent either way."""
+    budget = FIRING_BUDGET if budget is None else budget
     outcomes: list[DayOutcome] = []
     try:
         async with asyncio.timeout(budget), client or SourceClient(settings.source_url) as source:
