@@ -238,6 +238,9 @@ def fetch_cmd(app: AppContext, date: dt.date | None, since: dt.date | None, as_j
     rows = [o.as_dict() for o in asyncio.run(fetch_days(app.settings, app.store, dates, now=now))]
     if as_json:
         emit_json({"days": rows})
+        for r in rows:  # the reasons, for whoever reads stderr
+            if r["error"] is not None:
+                log.error("fetch %s failed: %s", r["date"], r["error"])
     else:
         table = Table(
             title=f"Fetch from {app.settings.source_url} into {dump_folder(app.settings)}"
@@ -248,9 +251,6 @@ def fetch_cmd(app: AppContext, date: dt.date | None, since: dt.date | None, as_j
             status = r["status"] if r["error"] is None else f"[red]{r['status']}[/]: {r['error']}"
             table.add_row(r["date"], status, str(r["papers"]))
         out.print(table)
-    for r in rows:
-        if r["error"] is not None:
-            log.error("%s: %s", r["date"], r["error"])
     if any(r["status"] == "failed" for r in rows):
         sys.exit(EXIT_FAILED)
 

@@ -160,7 +160,9 @@ class SourceClient:
             except _Retry as retry:
                 if attempt >= self.attempts:
                     raise FetchError(
-                        url, f"{retry.reason}, {attempt} attempts", status=retry.status
+                        url,
+                        f"{retry.reason} (gave up after {attempt} attempts)",
+                        status=retry.status,
                     ) from None
                 wait = (
                     retry.wait if retry.wait is not None else backoff_delay(attempt, self.backoff)

@@ -191,7 +191,7 @@ def test_a_slow_server_times_out_and_nothing_is_stored(
     assert time.monotonic() - started < 1.0
     assert outcome.status == "failed"
     assert outcome.error is not None and outcome.error.startswith(api.url + "?date=2026-03-17: ")
-    assert "timed out" in outcome.error and "2 attempts" in outcome.error
+    assert "timed out" in outcome.error and "gave up after 2 attempts" in outcome.error
     assert not seeds.exists() and local_store.listing(MAR17) is None
 
 
