@@ -32,6 +32,7 @@ from newsletter.errors import (
     StoreError,
     SubscriberConfigError,
 )
+from newsletter.fetch import days_since, dump_folder, fetch_days
 from newsletter.logs import configure
 from newsletter.models import Subscriber
 from newsletter.pipeline import (
@@ -234,6 +235,53 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
         sys.exit(EXIT_FAILED)
 
 
+# --- fetch ------------------------------------------------------------------------------------
+MAX_FETCH_DAYS = 366  # one --since run: a year at most (be polite to the source)
+
+
+@cli.command("fetch")
+@click.option("--date", "date", callback=parse_date, help="The day, YYYY-MM-DD (default: today).")
+@click.option("--since", "since", callback=parse_date, help="Every day from YYYY-MM-DD to today.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def fetch_cmd(app: AppContext, date: dt.date | None, since: dt.date | None, as_json: bool) -> None:
+    """Fetch days from the Daily Papers API (NEWSLETTER_SOURCE_URL) into the seeds folder and
+    the store. Today is the date in NEWSLETTER_TIMEZONE. Exit 1 when a day failed (the others
+    are still stored).
+
+    Examples: newsletter fetch
+              newsletter fetch --since 2026-03-01 --json
+    """
+    if date is not None and since is not None:
+        fail("give --date or --since, not both")
+    now = app.now()
+    today = app.settings.local_date(now)
+    if since is not None and since > today:
+        fail(f"--since {since} is after today ({today} in {app.settings.timezone})")
+    dates = days_since(since, today) if since is not None else [date or today]
+    if len(dates) > MAX_FETCH_DAYS:
+        fail(f"--since {since} asks for {len(dates)} days; fetch at most {MAX_FETCH_DAYS} a run")
+    rows = [o.as_dict() for o in asyncio.run(fetch_days(app.settings, app.store, dates, now=now))]
+    if as_json:
+        emit_json({"days": rows})
+        for r in rows:  # the reasons, for whoever reads stderr
+            if r["error"] is not None:
+                log.error("fetch %s failed: %s", r["date"], r["error"])
+    else:
+        table = Table(
+            title=f"Fetch from {app.settings.source_url} into {dump_folder(app.settings)}"
+        )
+        for col in ("date", "status", "papers"):
+            table.add_column(col)
+        for r in rows:
+            status = r["status"] if r["error"] is None else f"[red]{r['status']}[/]: {r['error']}"
+            table.add_row(r["date"], status, str(r["papers"]))
+        out.print(table)
+    if any(r["status"] == "failed" for r in rows):
+        sys.exit(EXIT_FAILED)
+
+
 # --- papers -----------------------------------------------------------------------------------
 @cli.command("papers")
 @click.option("--date", "date", callback=parse_date, help="YYYY-MM-DD (default: newest).")
@@ -258,6 +306,9 @@ def papers_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
                     "abstract": e.paper.abstract,
                     "rank": e.rank,
                     "links": list(e.paper.links),
+                    "arxiv_id": e.paper.arxiv_id,
+                    "authors": list(e.paper.authors),
+                    "upvotes": e.paper.upvotes,
                     "dates": [d.isoformat() for d, _, _ in appearances.get(e.paper.id, [])],
                 }
                 for e in listing.entries

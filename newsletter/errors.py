@@ -5,6 +5,7 @@
      │    └── SubscriberConfigError
      ├── IngestError            a dump that cannot be read (file, line)
      ├── NoListing              no listing stored for the requested date
+     ├── FetchError             a day the source did not give (URL, reason, HTTP status)
      ├── StoreError             the database (URL, schema, lock held by another sender)
      │    ├── LockHeld
      │    ├── DatabaseTimeout   a lock or statement timeout ran out (names the setting)
@@ -56,6 +57,17 @@ class IngestError(NewsletterError):
 
 class NoListing(NewsletterError):
     """No listing is stored for the requested date."""
+
+
+class FetchError(NewsletterError):
+    """A day could not be fetched from the source: unreachable, refused, or a malformed answer.
+    Nothing of that day was stored."""
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{url}: {reason}")
 
 
 class StoreError(NewsletterError):

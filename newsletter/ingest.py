@@ -1,7 +1,9 @@
-"""Ingest: parse the text dumps of the "Daily Papers" page into DailyListings.
+"""Ingest: parse the dumps of the "Daily Papers" listing into DailyListings.
 
-`parse_dump` is pure (text in, listing out); `read_dump` / `read_dumps` are the only functions
-that touch files. A dump is: header lines (anything before the first date line), a date line
+Two kinds of dump, one day per file: the page's text (`*.txt`, below) and the API's JSON as
+`newsletter fetch` saves it (`*.json`, named after its day: `daily-papers-2026-03-17.json`; see
+`parse_json_dump`). `parse_dump` and `parse_json_dump` are pure (text in, listing out);
+`read_dump` / `read_dumps` are the only functions that touch files. A dump is: header lines (anything before the first date line), a date line
 such as `Mar 17` (no year), then blank-line-separated paragraphs alternating title and abstract
 in trending order. A file that cannot be read safely is rejected whole, with the reason and line:
 pairing a title with the wrong abstract would be worse than skipping the day.
@@ -10,8 +12,10 @@ pairing a title with the wrong abstract would be worse than skipping the day.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import stat
@@ -20,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from newsletter.dailypapers import ApiPaper, parse_daily_papers
 from newsletter.errors import IngestError
 from newsletter.models import DailyListing, ListingEntry, Paper
 
@@ -29,6 +34,8 @@ _DATE_LINE = re.compile(r"^([A-Za-z]{3,9})\.? +(\d{1,2})$")
 _URL = re.compile(r"https?://[^\s<>\"'`]+")
 _URL_TRAILING = ".,;:!?'\"*"
 _SENTENCE_END = re.compile(r"[.!?](?:\s+|$)(?=[A-Z(\[]|$)")
+_DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})\.json$")
+DUMP_SUFFIXES = (".txt", ".json")
 
 # A paragraph standing where a title should be is "abstract-like" when it is long or made of
 # several sentences; real titles in the dumps are at most ~150 characters, abstracts 1,300+.
@@ -234,6 +241,78 @@ def _check_alignment(paragraphs: list[_Paragraph], source: str) -> None:
         )
 
 
+def json_dump_name(date: dt.date) -> str:
+    """The file name `fetch` gives a day's JSON dump; ingest reads the day back from it."""
+    return f"daily-papers-{date.isoformat()}.json"
+
+
+def json_dump_date(source: str) -> dt.date:
+    """The day of a JSON dump, from its name: the API's answer does not carry the day it was
+    asked for (`publishedAt` is when each paper was published, often days earlier)."""
+    m = _DATE_IN_NAME.search(Path(source).name)
+    with contextlib.suppress(ValueError):
+        if m:
+            return dt.date.fromisoformat(m.group(1))
+    raise IngestError(
+        source,
+        "a JSON dump's name must end in its day, YYYY-MM-DD.json (as `newsletter fetch` "
+        "names them: daily-papers-2026-03-17.json); rename it",
+    )
+
+
+def parse_json_dump(
+    data: bytes | str, *, source: str, date: dt.date, max_papers: int | None = None
+) -> DailyListing:
+    """One day's Daily Papers API answer as a listing for `date`, ranked by upvotes (the
+    page's trending order; ties keep the API's order). A paper keeps its id rule (the hash of
+    its normalised title), so one already known from a text dump is the same record, now with
+    its arXiv id, authors and upvotes. An empty list is a listing with no entries."""
+    day = parse_daily_papers(data, source=source)
+    if max_papers is not None and len(day.papers) > max_papers:
+        raise IngestError(
+            source,
+            f"{len(day.papers)} papers, more than NEWSLETTER_MAX_PAPERS_PER_DUMP "
+            f"({max_papers}) allows; raise the setting if the answer is right",
+        )
+    ranked = sorted(day.papers, key=lambda p: -(p.upvotes or 0))
+    entries: list[ListingEntry] = []
+    seen: dict[str, ListingEntry] = {}
+    warnings = list(day.warnings)
+    for api in ranked:
+        paper = _api_paper(api)
+        if paper.id in seen:
+            warnings.append(
+                f"{source}: entry {api.position} ({api.title[:60]!r}) is listed again; "
+                f"kept it once, at rank {seen[paper.id].rank}"
+            )
+            continue
+        seen[paper.id] = entry = ListingEntry(rank=len(entries) + 1, paper=paper)
+        entries.append(entry)
+    content = json.dumps(
+        [[e.paper.id, e.paper.title, e.paper.abstract, list(e.paper.links)] for e in entries]
+    )
+    return DailyListing(
+        date=date,
+        source=source,
+        entries=tuple(entries),
+        content_hash=hashlib.sha256(content.encode("utf-8")).hexdigest(),
+        warnings=tuple(warnings),
+    )
+
+
+def _api_paper(api: ApiPaper) -> Paper:
+    links = dict.fromkeys([*api.links, *extract_links(api.summary)])
+    return Paper(
+        id=paper_id(api.title),
+        title=api.title,
+        abstract=api.summary,
+        links=tuple(links),
+        arxiv_id=api.arxiv_id,
+        authors=api.authors,
+        upvotes=api.upvotes,
+    )
+
+
 def decode_dump(data: bytes, source: str) -> str:
     """Bytes to text, rejecting empty, binary and non-UTF-8 files with the line at fault."""
     if not data.strip(b"\xef\xbb\xbf \t\r\n"):
@@ -262,6 +341,9 @@ def read_dump(
         data = path.read_bytes()
     except OSError as exc:
         raise IngestError(path, f"cannot read the file: {exc.strerror}") from exc
+    if path.suffix == ".json":
+        date = json_dump_date(str(path))
+        return parse_json_dump(data, source=str(path), date=date, max_papers=max_papers)
     text = decode_dump(data, str(path))
     return parse_dump(text, source=str(path), reference=reference, year=year, max_papers=max_papers)
 
@@ -275,7 +357,8 @@ class Skipped:
 
 
 def scan_dumps(location: Path) -> tuple[list[Path], list[Skipped]]:
-    """The dumps in a folder (`*.txt` regular files or symlinks to them, sorted by name) and
+    """The dumps in a folder (`*.txt` and `*.json` regular files or symlinks to them, sorted by
+    name) and
     every other entry with the reason it is skipped; or the single file given. Hidden entries
     (dotfiles) are left alone silently. Nothing is opened: a FIFO would block."""
     if location.is_file():
@@ -312,15 +395,15 @@ def _not_a_dump(path: Path) -> str | None:
         return "a socket, not a regular file; not read"
     if not stat.S_ISREG(mode):
         return "not a regular file (a device?); not read"
-    if path.suffix != ".txt":
-        return "not named *.txt; rename it if it is a dump"
+    if path.suffix not in DUMP_SUFFIXES:
+        return "not named *.txt (page text) or *.json (a fetched day); rename it if it is a dump"
     if not os.access(path, os.R_OK):
         return "not readable (permission denied); make it readable or remove it"
     return None
 
 
 def dump_files(location: Path) -> list[Path]:
-    """The dumps in a folder (`*.txt`, sorted by name), or the single file given."""
+    """The dumps in a folder (`*.txt`, `*.json`, sorted by name), or the single file given."""
     return scan_dumps(location)[0]
 
 

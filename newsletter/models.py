@@ -8,12 +8,18 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Paper:
-    """One paper, however often it appears: `id` is derived from the normalised title."""
+    """One paper, however often it appears: `id` is derived from the normalised title.
+
+    What only the Daily Papers API knows (arXiv id, authors, upvotes) is kept when known; a
+    paper seen only in text dumps has none of it."""
 
     id: str
     title: str
     abstract: str
     links: tuple[str, ...] = ()
+    arxiv_id: str | None = None
+    authors: tuple[str, ...] = ()  # full names, as the source gave them
+    upvotes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +33,7 @@ class ListingEntry:
 
 @dataclass(frozen=True, slots=True)
 class DailyListing:
-    """One day's trending papers, parsed from one dump."""
+    """One day's trending papers, parsed from one dump (a text dump or a fetched JSON one)."""
 
     date: dt.date
     source: str

@@ -56,7 +56,8 @@ def ingest_folder(
     dumps, skipped = ingest.scan_dumps(location)
     if not dumps:
         log.warning(
-            "%s: no dump to ingest (no *.txt file); put the day's page text there as <name>.txt",
+            "%s: no dump to ingest (no *.txt or *.json file); run `newsletter fetch`, or put "
+            "the day's page text there as <name>.txt",
             location,
         )
     results = ingest.read_dumps(
@@ -70,13 +71,23 @@ def ingest_folder(
         log.warning("%s: skipped: %s", entry.path, entry.reason)
         outcomes.append(FileOutcome(str(entry.path), None, 0, 0, "skipped", entry.reason))
     seen: dict[dt.date, Path] = {}
-    for res in results:
+    # A fetched day (JSON) carries ids and authors: it wins over a text dump of the same day.
+    for res in sorted(results, key=lambda r: r.path.suffix != ".json"):
         path = str(res.path)
         if res.listing is None:
             log.error("%s", res.error)
             outcomes.append(FileOutcome(path, None, 0, 0, "rejected", str(res.error)))
             continue
         listing = res.listing
+        if not listing.entries:
+            reason = "no papers that day (a weekend or a holiday): no edition"
+            outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "skipped", reason))
+            continue
+        if listing.date in seen and seen[listing.date].suffix == ".json" != res.path.suffix:
+            reason = f"{seen[listing.date].name} (fetched) is the listing of that day"
+            log.info("%s: skipped: %s", path, reason)
+            outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "skipped", reason))
+            continue
         if listing.date in seen:
             error = (
                 f"{path}: same date {listing.date:%b %d %Y} as {seen[listing.date]}; keep one "

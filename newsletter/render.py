@@ -9,8 +9,11 @@ Template context (the same for all three templates):
   summary, headline, intro, preheader, preheader_pad   one-line texts ("7 papers on X from Mar 17")
   edition (date), edition_short ("Mar 17"), edition_long ("Tuesday, March 17, 2026")
   count, grouped (bool), groups [{topic, count_label, papers}], papers (flat, in shown order)
-  paper: id, rank (0 = unranked), title, url, topics, terms, excerpt (plain),
-         excerpt_html (escaped, matched terms in <strong class="hl">), links [{url, kind, label}]
+  paper: id, rank (0 = unranked), title, url (the paper's Hugging Face page when its arXiv id
+         is known, else a search for its title), topics, terms, excerpt (plain),
+         excerpt_html (escaped, matched terms in <strong class="hl">), links [{url, kind, label}],
+         authors ("A. Lovelace, C. Babbage et al."; "" when unknown), arxiv_id, arxiv_url
+         (https://arxiv.org/abs/<id>; "" when unknown)
   subscriber (Subscriber), first_name, subscriber_topics_phrase, digest_topics_phrase
   sender_name, postal_address, source_name, unsubscribe_url (https if configured, else mailto)
   archive_url ("view in browser"), day_url (the day's whole listing), and
@@ -37,6 +40,7 @@ from markupsafe import Markup, escape
 from mjml import mjml2html
 
 from newsletter.addresses import check_address
+from newsletter.dailypapers import arxiv_page, paper_page
 from newsletter.errors import ConfigError, RenderError
 from newsletter.links import Links, one_click_allowed
 from newsletter.mime import (
@@ -118,6 +122,9 @@ class PaperView(NamedTuple):
     excerpt: str
     excerpt_html: Markup
     links: tuple[LinkView, ...]
+    authors: str = ""
+    arxiv_id: str = ""
+    arxiv_url: str = ""
 
 
 class GroupView(NamedTuple):
@@ -277,6 +284,36 @@ def _visible(text: str) -> str:
     return "".join(quote(c, safe="") if unicodedata.category(c)[0] in "CZ" else c for c in text)
 
 
+# --- authors -----------------------------------------------------------------------------
+# Particles, written in lower case, begin the surname: "Johannes van der Waals" -> "J. van der
+# Waals". Capitalised ("Bin", "Van") they are given names and are shortened like any other.
+_PARTICLES = frozenset(
+    ["van", "von", "der", "den", "de", "del", "della", "di", "da", "dos", "das", "du", "le", "la"]
+)
+AUTHORS_SHOWN = 2
+
+
+def initials(given: str) -> str:
+    """ "Ada" -> "A.", "Jean-Paul" -> "J.-P."; an initial already ("A.") stays."""
+    return "-".join(part[0] + "." for part in given.split("-") if part)
+
+
+def short_name(name: str) -> str:
+    """ "Ada Lovelace" -> "A. Lovelace": initials for the given names, the surname in full.
+    A one-word name, or one written in a script without capitals (CJK), is kept as it is."""
+    words = name.split()
+    if len(words) < 2 or not words[0][0].isupper():
+        return name
+    cut = next((i for i, w in enumerate(words[1:], 1) if w in _PARTICLES), len(words) - 1)
+    return " ".join([*(initials(w) for w in words[:cut]), *words[cut:]])
+
+
+def author_line(authors: Sequence[str], shown: int = AUTHORS_SHOWN) -> str:
+    """The first authors as an email shows them: "A. Author, B. Author et al."."""
+    names = [short_name(a) for a in authors[:shown]]
+    return ", ".join(names) + (" et al." if len(authors) > shown else "")
+
+
 @lru_cache(maxsize=16384)  # papers repeat across subscribers: build each view once per day
 def paper_view(
     paper: Paper,
@@ -288,16 +325,21 @@ def paper_view(
     base_url: str,
 ) -> PaperView:
     text = excerpt(paper.abstract, highlights, budget, paper.title) if budget else ""
+    title = " ".join(paper.title.split())
+    arxiv_id = paper.arxiv_id or ""
     return PaperView(
         id=paper.id,
         rank=rank,
-        title=" ".join(paper.title.split()),
-        url=base_url + quote(" ".join(paper.title.split()), safe=""),
+        title=title,
+        url=paper_page(arxiv_id) if arxiv_id else base_url + quote(title, safe=""),
         topics=topics,
         terms=terms,
         excerpt=text,
         excerpt_html=highlight(text, highlights),
         links=tuple(link_view(u) for u in paper.links if u.startswith(("https://", "http://"))),
+        authors=author_line(paper.authors),
+        arxiv_id=arxiv_id,
+        arxiv_url=arxiv_page(arxiv_id) if arxiv_id else "",
     )
 
 
@@ -769,6 +811,8 @@ def sample_selections() -> list[Selection]:
         abstract="We study offline RL with a regret of $O(\\sqrt{T})$. It works — mostly. "
         "Code is at https://github.com/example/conservative-q-learning-with-a-long-name.",
         links=("https://github.com/example/conservative-q-learning-with-a-long-name",),
+        arxiv_id="2403.03950",
+        authors=("Zoë Reader", "Jean-Paul van der Berg", "Ada Lovelace"),
     )
     p2 = Paper(id="sample-2", title="Preference Optimisation", abstract="RLHF, revisited.")
     m1 = TopicMatch("Offline RL", ("offline RL",), highlights=("offline RL",), score=2.0)

@@ -33,6 +33,7 @@ from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped
 from newsletter.addresses import address_key
 from newsletter.deliver import DeliveryReport, send_edition
 from newsletter.errors import LockHeld, NewsletterError, SubscriberConfigError
+from newsletter.fetch import fetch_before_firing
 from newsletter.models import Subscriber
 from newsletter.pipeline import edition_listing, ingest_folder, paper_index
 from newsletter.selection import select_for
@@ -208,11 +209,14 @@ async def run_pass(
     only: str | None = None,
     stop: asyncio.Event | None = None,
 ) -> PassResult:
-    """One pass: ingest new dumps, finish open firings, serve every due group (or just
-    `only`), then retry what is due (stopped sends' planned rows, temporary failures)."""
+    """One pass: fetch the day of each due firing (NEWSLETTER_FETCH), ingest new dumps, finish
+    open firings, serve every due group (or just `only`), then retry what is due (stopped
+    sends' planned rows, temporary failures)."""
     now = clock()
-    ingest_folder(store, settings, settings.seeds_dir, now=now)
     groups = [g for g in group_subscribers(subscribers) if only is None or g.key == only]
+    if settings.fetch:
+        await fetch_before_firing(settings, store, firing_days(store, groups, now), now=now)
+    ingest_folder(store, settings, settings.seeds_dir, now=now)
     result = PassResult()
     todo = plan_pass(store, groups, now, catch_up=settings.catch_up)
     while todo:
@@ -237,6 +241,16 @@ async def run_pass(
     if stop is None or not stop.is_set():
         result.reports.extend(await retry_failures(settings, store, subscribers, clock, stop=stop))
     return result
+
+
+def firing_days(store: Store, groups: Sequence[Group], now: dt.datetime) -> list[dt.date]:
+    """The local date of each group's firing not served yet: the days to fetch first."""
+    days: dict[dt.date, None] = {}
+    for g in groups:
+        firing, served = last_firing(g, now), store.last_firing(g.key)
+        if served is None or served < firing:
+            days.setdefault(local_date(g, firing), None)
+    return list(days)
 
 
 async def _serve(

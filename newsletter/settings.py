@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         description="Seconds one PostgreSQL statement may run (statement_timeout).",
     )
 
+    # --- the source -------------------------------------------------------------------------
+    source_url: str = Field(
+        "https://huggingface.co/api/daily_papers",
+        description="The Daily Papers API: `newsletter fetch` and the daemon ask "
+        "<this URL>?date=YYYY-MM-DD for each day and save the answer in the seeds folder.",
+    )
+    fetch: bool = Field(
+        True,
+        description="`newsletter run` fetches the day's listing from NEWSLETTER_SOURCE_URL "
+        "before each send time (the group's local date; about 15 s at most). `demo` never "
+        "fetches; `newsletter fetch` always does.",
+    )
+
     # --- matching ---------------------------------------------------------------------------
     relevance_threshold: float = Field(
         1.9,
@@ -131,7 +144,8 @@ class Settings(BaseSettings):
     )
     paper_base_url: str = Field(
         "https://huggingface.co/papers?q=",
-        description="Each title links to this URL followed by the URL-encoded title.",
+        description="A title without an arXiv id (text dumps) links to this URL followed by "
+        "the URL-encoded title; one with an id links to https://huggingface.co/papers/<id>.",
     )
     sender_name: str = Field("Trending Papers", description="Display name in From.")
     sender_address: str = Field("digest@example.org", description="Address in From.")
@@ -275,7 +289,7 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return v
 
-    @field_validator("paper_base_url", "public_base_url")
+    @field_validator("paper_base_url", "public_base_url", "source_url")
     @classmethod
     def _absolute_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("https://", "http://")):
@@ -314,6 +328,10 @@ class Settings(BaseSettings):
         `now` in the service's time zone (never the host's; a naive `now` is taken as UTC)."""
         if self.reference_date is not None:
             return self.reference_date
+        return self.local_date(now)
+
+    def local_date(self, now: dt.datetime) -> dt.date:
+        """The date of `now` in the service's time zone (a naive `now` is taken as UTC)."""
         if now.tzinfo is None:
             now = now.replace(tzinfo=dt.UTC)
         return now.astimezone(zoneinfo.ZoneInfo(self.timezone)).date()

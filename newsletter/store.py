@@ -1,7 +1,10 @@
 """The store: SQLAlchemy 2 Core over SQLite (default, WAL) or PostgreSQL, unchanged SQL for both.
 
-Tables: papers (one row per paper however often it appears), listings (one per date, with its
-source file and content hash) and their ranked entries; the delivery ledger (one row per
+Tables: papers (one row per paper however often it appears) and paper_meta (what the Daily
+Papers API adds to a paper: arXiv id, authors, upvotes, links; a table of its own, so that
+create_all adds it to a store made before it), listings (one per date, with its source file
+and content hash) and their ranked entries, fetched_days (each fetched day's HTTP validators,
+for conditional requests); the delivery ledger (one row per
 edition and subscriber) and each subscriber's paper history. Recording a delivery as sent and
 adding its papers to the history happen in one transaction. For the reader's side: `readers`
 (one row per address: the opaque id its links carry, and the subscription state with when and
@@ -53,6 +56,29 @@ papers = sa.Table(
     sa.Column("abstract", sa.Text, nullable=False),
     sa.Column("links", sa.Text, nullable=False, default="[]"),  # JSON list
     sa.Column("first_seen", sa.Date, nullable=False),
+)
+
+# Known only for papers that came from the API; a text dump never erases it.
+paper_meta = sa.Table(
+    "paper_meta",
+    metadata,
+    sa.Column("paper_id", sa.String(32), sa.ForeignKey("papers.id"), primary_key=True),
+    sa.Column("arxiv_id", sa.String(64)),
+    sa.Column("authors", sa.Text, nullable=False, default="[]"),  # JSON list of full names
+    sa.Column("upvotes", sa.Integer),
+    sa.Column("links", sa.Text, nullable=False, default="[]"),  # JSON list: code, project page
+)
+
+# One row per day fetched from the source: what to send in the next conditional request.
+fetched_days = sa.Table(
+    "fetched_days",
+    metadata,
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("etag", sa.Text),
+    sa.Column("last_modified", sa.Text),
+    sa.Column("papers", sa.Integer, nullable=False),
+    sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 listings = sa.Table(
@@ -155,6 +181,18 @@ class IngestOutcome:
     status: IngestStatus
     papers: int
     new_papers: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedDay:
+    """A day fetched before: the URL asked, the server's validators, its paper count."""
+
+    date: dt.date
+    url: str
+    etag: str | None
+    last_modified: str | None
+    papers: int
+    fetched_at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,8 +447,10 @@ class Store:
                 sa.select(listings.c.content_hash).where(listings.c.date == listing.date)
             ).scalar_one_or_none()
             if old == listing.content_hash:
+                self._upsert_meta(conn, listing)  # upvotes move while the listing stays
                 return IngestOutcome("unchanged", len(listing.entries), 0)
             new_papers = self._upsert_papers(conn, listing)
+            self._upsert_meta(conn, listing)
             if old is not None:
                 conn.execute(listing_entries.delete().where(listing_entries.c.date == listing.date))
                 conn.execute(listings.delete().where(listings.c.date == listing.date))
@@ -450,6 +490,86 @@ class Store:
             conn.execute(self._insert(papers).on_conflict_do_nothing(), fresh)
         return len(fresh)
 
+    def _upsert_meta(self, conn: Connection, listing: DailyListing) -> None:
+        """The API's facts about each paper; rewritten only when they changed, and never
+        erased by a listing that does not know them (a text dump)."""
+        rows = [
+            {
+                "paper_id": p.id,
+                "arxiv_id": p.arxiv_id,
+                "authors": json.dumps(list(p.authors), ensure_ascii=False),
+                "upvotes": p.upvotes,
+                "links": json.dumps(list(p.links)),
+            }
+            for p in listing.papers
+            if p.arxiv_id is not None or p.authors or p.upvotes is not None
+        ]
+        if not rows:
+            return
+        insert = self._insert(paper_meta)
+        changed = sa.or_(
+            *(
+                paper_meta.c[name].is_distinct_from(insert.excluded[name])
+                for name in ("arxiv_id", "authors", "upvotes", "links")
+            )
+        )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[paper_meta.c.paper_id],
+                set_={
+                    name: insert.excluded[name]
+                    for name in ("arxiv_id", "authors", "upvotes", "links")
+                },
+                where=changed,
+            ),
+            rows,
+        )
+
+    # --- fetching ---------------------------------------------------------------------------
+    def fetched_day(self, date: dt.date) -> FetchedDay | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(fetched_days).where(fetched_days.c.date == date)
+            ).one_or_none()
+        if row is None:
+            return None
+        return FetchedDay(
+            date=row.date,
+            url=row.url,
+            etag=row.etag,
+            last_modified=row.last_modified,
+            papers=row.papers,
+            fetched_at=_utc(row.fetched_at) or row.fetched_at,
+        )
+
+    def record_fetch(
+        self,
+        date: dt.date,
+        *,
+        url: str,
+        etag: str | None,
+        last_modified: str | None,
+        papers: int,
+        now: dt.datetime,
+    ) -> None:
+        """Remember a day's answer: its validators make the next request conditional."""
+        values = {
+            "date": date,
+            "url": url,
+            "etag": etag,
+            "last_modified": last_modified,
+            "papers": papers,
+            "fetched_at": now,
+        }
+        insert = self._insert(fetched_days).values(**values)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[fetched_days.c.date],
+                    set_={k: insert.excluded[k] for k in values if k != "date"},
+                )
+            )
+
     # --- reading ----------------------------------------------------------------------------
     def listing_dates(self) -> list[dt.date]:
         with self.engine.connect() as conn:
@@ -467,8 +587,9 @@ class Store:
             if head is None:
                 return None
             rows = conn.execute(
-                sa.select(listing_entries.c.rank, listing_entries.c.line, papers)
+                sa.select(listing_entries.c.rank, listing_entries.c.line, *_PAPER_COLUMNS)
                 .join(papers, papers.c.id == listing_entries.c.paper_id)
+                .outerjoin(paper_meta, paper_meta.c.paper_id == papers.c.id)
                 .where(listing_entries.c.date == date)
                 .order_by(listing_entries.c.rank)
             ).all()
@@ -479,7 +600,11 @@ class Store:
 
     def all_papers(self) -> list[Paper]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(papers).order_by(papers.c.first_seen, papers.c.id))
+            rows = conn.execute(
+                sa.select(*_PAPER_COLUMNS)
+                .outerjoin(paper_meta, paper_meta.c.paper_id == papers.c.id)
+                .order_by(papers.c.first_seen, papers.c.id)
+            )
             return [_paper(r) for r in rows]
 
     def paper_dates(self, paper_ids: Iterable[str]) -> dict[str, list[tuple[dt.date, int, str]]]:
@@ -861,7 +986,11 @@ class Store:
         out: dict[str, Paper] = {}
         with self.engine.connect() as conn:
             for chunk in iter_chunks(ids):
-                rows = conn.execute(sa.select(papers).where(papers.c.id.in_(list(chunk))))
+                rows = conn.execute(
+                    sa.select(*_PAPER_COLUMNS)
+                    .outerjoin(paper_meta, paper_meta.c.paper_id == papers.c.id)
+                    .where(papers.c.id.in_(list(chunk)))
+                )
                 out.update({r.id: _paper(r) for r in rows})
         return out
 
@@ -882,8 +1011,10 @@ class Store:
     def received(self, email: str, *, limit: int = 50) -> list[Received]:
         """The papers the reader was sent, newest first (the reader's Atom feed)."""
         query = (
-            sa.select(papers, history.c.edition, history.c.delivered_at)
+            sa.select(*_PAPER_COLUMNS, history.c.edition, history.c.delivered_at)
+            .select_from(history)
             .join(papers, papers.c.id == history.c.paper_id)
+            .outerjoin(paper_meta, paper_meta.c.paper_id == papers.c.id)
             .where(history.c.email == address_key(email))
             .order_by(history.c.delivered_at.desc(), history.c.edition.desc(), papers.c.id)
             .limit(limit)
@@ -1030,6 +1161,15 @@ def _advisory_unlock(conn: Connection, key: int, name: str) -> None:
         )
 
 
+_PAPER_COLUMNS = (
+    papers,
+    paper_meta.c.arxiv_id,
+    paper_meta.c.authors.label("meta_authors"),
+    paper_meta.c.upvotes,
+    paper_meta.c.links.label("meta_links"),
+)
+
+
 # --- the ledger's batched writes ------------------------------------------------------------------
 # `sent` is written once per message and dominated the sender's CPU through SQLAlchemy's
 # per-row parameter processing (~20 us a row, ten history rows a digest); these go to the
@@ -1173,8 +1313,17 @@ def _upsert_outcomes(
 
 
 def _paper(row: Any) -> Paper:
+    """A paper row (outer-joined with its paper_meta): the API's links first, then the
+    abstract's."""
+    links = [*json.loads(row.meta_links or "[]"), *json.loads(row.links)]
     return Paper(
-        id=row.id, title=row.title, abstract=row.abstract, links=tuple(json.loads(row.links))
+        id=row.id,
+        title=row.title,
+        abstract=row.abstract,
+        links=tuple(dict.fromkeys(links)),
+        arxiv_id=row.arxiv_id,
+        authors=tuple(json.loads(row.meta_authors or "[]")),
+        upvotes=row.upvotes,
     )
 
 

@@ -24,6 +24,7 @@ PG_URL = os.environ.get(
     "NEWSLETTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
+NO_SOURCE = "http://127.0.0.1:9/api/daily_papers"  # the discard port: refused at once
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,10 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         if key.startswith("NEWSLETTER_") and key != "NEWSLETTER_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
     monkeypatch.setenv("NEWSLETTER_SETTINGS_FILE", str(ROOT / "tests" / "no-such-settings.toml"))
+    # Nothing in the suite may reach the real source: fetching is off, and a test that turns
+    # it on without its own server gets a port where nothing listens.
+    monkeypatch.setenv("NEWSLETTER_FETCH", "false")
+    monkeypatch.setenv("NEWSLETTER_SOURCE_URL", NO_SOURCE)
 
 
 def _postgres_reachable() -> str | None:
@@ -104,6 +109,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "outbox_dir": tmp_path / "outbox",
             "preview_dir": tmp_path / "preview",
             "reference_date": REFERENCE,
+            "fetch": False,
+            "source_url": NO_SOURCE,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

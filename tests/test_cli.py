@@ -96,7 +96,11 @@ def test_papers_json_in_rank_order_with_dates(env: dict[str, str]) -> None:
     assert result.exit_code == 0
     papers = json.loads(result.stdout)
     assert len(papers) == 78 and [p["rank"] for p in papers] == list(range(1, 79))
-    assert set(papers[0]) == {"id", "title", "abstract", "rank", "links", "dates"}
+    assert set(papers[0]) == {
+        *("id", "title", "abstract", "rank", "links", "dates"),
+        *("arxiv_id", "authors", "upvotes"),  # known only for fetched days
+    }
+    assert (papers[0]["arxiv_id"], papers[0]["authors"], papers[0]["upvotes"]) == (None, [], None)
     dichotomy = next(p for p in papers if p["title"].startswith("Dichotomy"))
     assert dichotomy["dates"] == ["2026-03-12", "2026-03-14", "2026-03-17"]
     day = json.loads(run(env, "papers", "--date", "2026-03-11", "--json").stdout)
