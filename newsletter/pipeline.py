@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,10 @@ from typing import Any
 from newsletter import ingest
 from newsletter.addresses import address_key
 from newsletter.errors import NewsletterError
+from newsletter.health import Health, subscriber_health
+from newsletter.learning import Votes
 from newsletter.models import DailyListing, Selection, Subscriber
-from newsletter.selection import PaperIndex, select_for
+from newsletter.selection import PaperIndex, Tuning, select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
 
@@ -126,6 +128,16 @@ def edition_listing(store: Store, edition: dt.date | None) -> DailyListing:
     return listing
 
 
+def matcher_tuning(settings: Settings) -> Tuning:
+    """The matcher's tuned constants, from the settings."""
+    return Tuning(
+        relative=settings.relevance_relative,
+        floor=settings.relevance_floor,
+        description_weight=settings.description_weight,
+        vote_weight=settings.vote_weight,
+    )
+
+
 def selections_for(
     store: Store,
     settings: Settings,
@@ -133,9 +145,10 @@ def selections_for(
     edition: dt.date,
     *,
     index: PaperIndex | None = None,
+    votes: Mapping[str, Votes] | None = None,
 ) -> list[Selection]:
     """Each subscriber's papers for `edition`, minus what any other edition (older or newer)
-    already gave them.
+    already gave them; `votes` (address key -> paper id -> +1/-1) are the readers' own.
 
     The papers this edition itself delivered are not history for it, so rendering the same
     edition again (a preview after sending, a resend) yields the same content.
@@ -148,6 +161,23 @@ def selections_for(
         subscribers,
         threshold=settings.relevance_threshold,
         history=history,
+        votes=votes,
+        tuning=matcher_tuning(settings),
+    )
+
+
+def health_report(
+    store: Store, settings: Settings, subscribers: Sequence[Subscriber], *, days: int
+) -> list[Health]:
+    """How each subscriber's topics fared over the last `days` stored editions."""
+    dates = store.listing_dates()[-days:] if days > 0 else []
+    listings = [lst for d in dates if (lst := store.listing(d)) is not None]
+    return subscriber_health(
+        build_index(store),
+        listings,
+        subscribers,
+        threshold=settings.relevance_threshold,
+        tuning=matcher_tuning(settings),
     )
 
 
@@ -205,7 +235,11 @@ def replay(
         fresh = {
             sel.subscriber.email: {p.paper.id for p in sel.papers}
             for sel in select_for(
-                index, listing, subscribers, threshold=settings.relevance_threshold
+                index,
+                listing,
+                subscribers,
+                threshold=settings.relevance_threshold,
+                tuning=matcher_tuning(settings),
             )
         }
         for group in group_subscribers(subscribers):
