@@ -217,11 +217,15 @@ class _Scorer:
             self._weights[term, keyword] = cached
         return cached
 
-    def _specificity(self, postings: Postings) -> float:
+    def _specific_idf(self) -> float:
+        """The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
+        (0, meaning "no cap", with too few papers to tell)."""
         n = len(self.index.papers)
-        if n < MIN_COLLECTION:
-            return 1.0
-        return min(1.0, postings.soft_idf / soft_idf(n, int(GENERIC_SHARE * n)))
+        return soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
+
+    def _specificity(self, postings: Postings) -> float:
+        ref = self._specific_idf()
+        return min(1.0, postings.soft_idf / ref) if ref else 1.0
 
     def _packed_weights(self, term: str) -> int:
         cached = self._packed.get(term)
@@ -239,8 +243,10 @@ class _Scorer:
         weight = self.tuning.description_weight
         if idfs and weight > 0:
             # The share of the best score a paper could reach on these terms; with a short
-            # description that share is capped so one term counts at most TERM_CAP of a keyword.
-            best_possible = max(sum(idfs) * (K1 + 1), weight * max(idfs) / TERM_CAP)
+            # description that share is capped so one term counts at most TERM_CAP of a keyword
+            # (a specific one, so a description of generic words alone stays weak evidence).
+            full = max(self._specific_idf(), max(idfs))
+            best_possible = max(sum(idfs) * (K1 + 1), weight * full / TERM_CAP)
             total = sum(self._packed_weights(t) for t in query.weak)
             lanes = array("Q", total.to_bytes(8 * len(self.slots), sys.byteorder))
             scale = weight / best_possible / _FIXED

@@ -409,10 +409,9 @@ class PaperIndex:
         """The keys of the collection that share a derivational base with `key` (not itself)."""
         found: set[str] = set()
         for base in (key, *derivation_bases(key)):
-            family = self.families.get(base)
-            if family is not None:
+            if base in self.positions:
                 found.add(base)
-                found.update(family)
+            found.update(self.families.get(base, ()))
         found.discard(key)
         return tuple(sorted(found))
 
