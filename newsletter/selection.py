@@ -236,21 +236,22 @@ class _Scorer:
             cached = self._packed[term] = int.from_bytes(lanes.tobytes(), sys.byteorder)
         return cached
 
-    def scores(self, topic: Topic) -> _Scores:
-        query = self.compile(topic)
-        weak: dict[int, float] = {}
+    def _weak_lanes(self, query: _Query) -> tuple[array[int], float] | None:
+        """The description's packed sums (one lane per slot) and the scale to a score."""
         idfs = [self.index.lookup(t).soft_idf for t in query.weak]
         weight = self.tuning.description_weight
-        if idfs and weight > 0:
-            # The share of the best score a paper could reach on these terms; with a short
-            # description that share is capped so one term counts at most TERM_CAP of a keyword
-            # (a specific one, so a description of generic words alone stays weak evidence).
-            full = max(self._specific_idf(), max(idfs))
-            best_possible = max(sum(idfs) * (K1 + 1), weight * full / TERM_CAP)
-            total = sum(self._packed_weights(t) for t in query.weak)
-            lanes = array("Q", total.to_bytes(8 * len(self.slots), sys.byteorder))
-            scale = weight / best_possible / _FIXED
-            weak = {self.slots[n]: scale * v for n, v in enumerate(lanes) if v}
+        if not idfs or weight <= 0:
+            return None
+        # The share of the best score a paper could reach on these terms; with a short
+        # description that share is capped so one term counts at most TERM_CAP of a keyword
+        # (a specific one, so a description of generic words alone stays weak evidence).
+        full = max(self._specific_idf(), max(idfs))
+        best_possible = max(sum(idfs) * (K1 + 1), weight * full / TERM_CAP)
+        total = sum(self._packed_weights(t) for t in query.weak)
+        lanes = array("Q", total.to_bytes(8 * len(self.slots), sys.byteorder))
+        return lanes, weight / best_possible / _FIXED
+
+    def _keyword_scores(self, query: _Query) -> tuple[dict[int, float], dict[int, tuple[int, ...]]]:
         hits: dict[int, list[tuple[float, int]]] = {}
         for k, group in enumerate(query.keywords):
             for i, w in self.weights(group[0], keyword=True).items():
@@ -261,20 +262,46 @@ class _Scorer:
             found.sort(reverse=True)
             keyword[i] = sum(w * KEYWORD_DECAY**n for n, (w, _) in enumerate(found))
             matched[i] = tuple(sorted(k for _, k in found))
+        return keyword, matched
+
+    def scores(self, topic: Topic) -> _Scores:
+        query = self.compile(topic)
+        weak: dict[int, float] = {}
+        packed = self._weak_lanes(query)
+        if packed is not None:
+            lanes, scale = packed
+            weak = {self.slots[n]: scale * v for n, v in enumerate(lanes) if v}
+        keyword, matched = self._keyword_scores(query)
         return _Scores(query, keyword, matched, weak)
+
+    def top_scores(self, topic: Topic, k: int) -> list[float]:
+        """The k best scores of the topic within this scorer, without a dict per paper: the
+        papers with a keyword hit, plus the best description-only lanes."""
+        query = self.compile(topic)
+        keyword, _ = self._keyword_scores(query)
+        packed = self._weak_lanes(query)
+        if packed is None:
+            return heapq.nlargest(k, keyword.values())
+        lanes, scale = packed
+        slot_of = self._slot_of
+        hit = {slot_of[i] for i in keyword}
+        with_keyword = (keyword[i] + scale * lanes[slot_of[i]] for i in keyword)
+        top_lanes = heapq.nlargest(k + len(hit), range(len(lanes)), key=lanes.__getitem__)
+        without = (scale * lanes[n] for n in top_lanes if n not in hit)
+        return heapq.nlargest(k, (s for s in (*with_keyword, *without) if s > 0))
 
     def full(self) -> _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
             self._full = _Scorer(self.index, None, self.tuning)
+            self._full._texts = self._texts  # compiled descriptions do not depend on `within`
         return self._full
 
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
         cached = self._references.get(topic)
         if cached is None:
-            scores = self.full().scores(topic)
-            best = heapq.nlargest(REF_RANK, (scores.score(i) for i in scores.papers()))
+            best = self.full().top_scores(topic, REF_RANK)
             cached = self._references[topic] = best[-1] if best else 0.0
         return cached
 
