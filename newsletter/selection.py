@@ -40,6 +40,7 @@ import heapq
 import math
 import sys
 from array import array
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -284,10 +285,16 @@ class _Scorer:
             return heapq.nlargest(k, keyword.values())
         lanes, scale = packed
         slot_of = self._slot_of
-        hit = {slot_of[i] for i in keyword}
-        with_keyword = (keyword[i] + scale * lanes[slot_of[i]] for i in keyword)
-        top_lanes = heapq.nlargest(k + len(hit), range(len(lanes)), key=lanes.__getitem__)
-        without = (scale * lanes[n] for n in top_lanes if n not in hit)
+        with_keyword = [keyword[i] + scale * lanes[slot_of[i]] for i in keyword]
+        # The best lanes of the papers without a keyword: the best lanes overall (sorted in C)
+        # minus the keyword papers' own values (equal values are interchangeable).
+        skip = Counter(lanes[slot_of[i]] for i in keyword)
+        without: list[float] = []
+        for v in sorted(lanes, reverse=True)[: k + len(keyword)]:
+            if skip[v]:
+                skip[v] -= 1
+            elif len(without) < k:
+                without.append(scale * v)
         return heapq.nlargest(k, (s for s in (*with_keyword, *without) if s > 0))
 
     def full(self) -> _Scorer:
