@@ -254,9 +254,13 @@ class _Scorer:
 
     def _keyword_scores(self, query: _Query) -> tuple[dict[int, float], dict[int, tuple[int, ...]]]:
         hits: dict[int, list[tuple[float, int]]] = {}
+        # Specificity is relative to the topic's most specific keyword: a reader whose every
+        # keyword is broad ("reinforcement learning") still gets their subject at full weight.
+        found = [self.index.lookup(g[0]) for g in query.keywords]
+        most = max((self._specificity(p) for p in found if p.tf), default=1.0)
         for k, group in enumerate(query.keywords):
             for i, w in self.weights(group[0], keyword=True).items():
-                hits.setdefault(i, []).append((w, k))
+                hits.setdefault(i, []).append((w / most, k))
         keyword: dict[int, float] = {}
         matched: dict[int, tuple[int, ...]] = {}
         for i, found in hits.items():
