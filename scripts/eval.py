@@ -260,9 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     print(f"{len(index.papers)} papers, {len(pids)} profiles")
-    shipped_results = [
-        measure(bench.ranking(p, shipped), grades[p], p, everything) for p in pids
-    ]
+    shipped_results = [measure(bench.ranking(p, shipped), grades[p], p, everything) for p in pids]
     print_table(f"shipped defaults ({shipped.label()}), tuned on all profiles", shipped_results, {})
 
     chosen = {p: choose(bench, grades, [q for q in pids if q != p], everything) for p in pids}
