@@ -34,11 +34,13 @@ from newsletter.errors import (
 )
 from newsletter.fetch import days_since, dump_folder, fetch_days
 from newsletter.logs import configure
-from newsletter.models import Subscriber
+from newsletter.models import SelectedPaper, Subscriber
 from newsletter.pipeline import (
     copy_listings,
     edition_listing,
+    health_report,
     ingest_folder,
+    matcher_tuning,
     paper_index,
     selections_for,
     write_previews,
@@ -362,19 +364,35 @@ def select_cmd(
 
     Example: newsletter select --email ada@example.org --date 2026-03-17
     """
-
     if all_papers and date is not None:
         fail("--all and --date exclude each other: --all ranks every stored paper")
     subs = pick_subscribers(app.subscribers(file), emails)
     index = paper_index(app.store)
     threshold = app.settings.relevance_threshold
+    near: dict[str, list[SelectedPaper]] = {}
     if all_papers:
-        picked = [(s, rank_all(index, s, threshold=threshold, limit=limit)) for s in subs]
+        tuning = matcher_tuning(app.settings)
+        votes = app.store.vote_map([s.email for s in subs])  # `sent` with the reader's votes
+        picked = [
+            (
+                s,
+                rank_all(
+                    index,
+                    s,
+                    threshold=threshold,
+                    limit=limit,
+                    tuning=tuning,
+                    votes=votes.get(address_key(s.email)),
+                ),
+            )
+            for s in subs
+        ]
         title = "All stored papers by relevance"
     else:
         edition = edition_listing(app.store, date).date
         selections = selections_for(app.store, app.settings, subs, edition, index=index)
         picked = [(sel.subscriber, list(sel.papers[:limit])) for sel in selections]
+        near = {sel.subscriber.email: list(sel.near_misses) for sel in selections}
         title = f"Edition {edition}"
     if as_json:
         emit_json(
@@ -382,17 +400,8 @@ def select_cmd(
                 "subscribers": [
                     {
                         "email": s.email,
-                        "papers": [
-                            {
-                                "id": p.paper.id,
-                                "title": p.paper.title,
-                                "score": round(p.score, 4),
-                                "sent": p.sent,
-                                "topics": list(p.topics),
-                                "matched_terms": list(p.matched_terms),
-                            }
-                            for p in papers
-                        ],
+                        "papers": [_paper_json(p) for p in papers],
+                        "near_misses": [_paper_json(p) for p in near.get(s.email, [])],
                     }
                     for s, papers in picked
                 ]
@@ -401,18 +410,43 @@ def select_cmd(
         return
     for s, papers in picked:
         table = Table(title=f"{title}: {s.email} ({len(papers)} papers)", title_justify="left")
-        for col in ("#", "score", "send", "title", "topics", "matched"):
+        order = "score" if all_papers else "order (score x trending bonus)"
+        for col in ("trending #", order, "send", "title", "topics", "matched"):
             table.add_column(col)
         for p in papers:
             table.add_row(
                 str(p.rank or "-"),
-                f"{p.score:.2f}",
-                "yes" if p.sent else "no",
+                f"{p.score:.2f}" if all_papers else f"{p.mixed:.2f} ({p.score:.2f})",
+                "closest" if p.near_miss else "yes" if p.sent else "no",
                 p.paper.title,
                 ", ".join(p.topics),
-                ", ".join(p.matched_terms),
+                ", ".join(p.matched_terms) + (f"; like {p.liked!r}" if p.liked else ""),
             )
         out.print(table)
+        misses = near.get(s.email, [])
+        if not papers and misses:
+            out.print(
+                "Nothing reached the send threshold. Closest (not sent; `on_empty: closest` "
+                "would send them, labelled; `newsletter subscribers health` says what to change):"
+            )
+            for p in misses:
+                terms = ", ".join(p.matched_terms) or "-"
+                out.print(f"  {p.score:.2f}  {p.paper.title}  [{terms}]", highlight=False)
+
+
+def _paper_json(p: SelectedPaper) -> dict[str, Any]:
+    return {
+        "id": p.paper.id,
+        "title": p.paper.title,
+        "score": round(p.score, 4),
+        "sent": p.sent,
+        "near_miss": p.near_miss,
+        "trending_rank": p.rank or None,
+        "order": round(p.mixed, 4),
+        "topics": list(p.topics),
+        "matched_terms": list(p.matched_terms),
+        "liked": p.liked or None,
+    }
 
 
 # --- preview --------------------------------------------------------------------------------
@@ -652,6 +686,38 @@ def serve_cmd(app: AppContext, host: str, port: int) -> None:
         )
     app.subscribers()  # an invalid subscriber file stops us now (exit 2)
     serve(app.settings, app.store, host=host, port=port)
+
+
+@subscribers_group.command("health")
+@click.option("--subscribers", "file", type=click.Path(path_type=Path), help="Subscriber file.")
+@click.option("--days", type=click.IntRange(1), default=7, show_default=True, help="Editions.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+@handle_errors
+def subscribers_health_cmd(app: AppContext, file: Path | None, days: int, as_json: bool) -> None:
+    """How each subscriber's topics fared over the last N stored editions: editions where
+    nothing matched, editions flooded (more than half the listing matched), keywords that
+    never match a stored paper, the closest near misses, and what to change.
+
+    Example: newsletter subscribers health --days 14 --json
+    """
+    reports = health_report(app.store, app.settings, app.subscribers(file), days=days)
+    if as_json:
+        emit_json({"subscribers": [r.as_dict() for r in reports]})
+        return
+    for r in reports:
+        out.print(
+            f"{r.email}: {r.editions} editions, {len(r.empty)} with nothing matched, "
+            f"{len(r.flooded)} flooded",
+            highlight=False,
+        )
+        for m in r.near_misses:
+            out.print(
+                f"  near miss {m.edition}: {m.score:.2f} (bar {m.needed:.2f}) {m.title}",
+                highlight=False,
+            )
+        for line in r.advice:
+            out.print(f"  - {line}", highlight=False, markup=False)
 
 
 # --- send and status --------------------------------------------------------------------------

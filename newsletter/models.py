@@ -64,6 +64,7 @@ class Subscriber:
     topics: tuple[Topic, ...] = ()
     exclude: tuple[str, ...] = ()
     line: int = 0  # line in the subscriber file, for messages
+    on_empty: str = "skip"  # skip | closest: on a day nothing matches, send the closest 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,11 @@ class SelectedPaper:
     paper: Paper
     score: float
     rank: int = 0  # trending rank in the edition's listing; 0 when not from a listing
-    sent: bool = True  # score passes the global send threshold
+    sent: bool = True  # the send decision (calibrated threshold, the reader's votes)
     matches: tuple[TopicMatch, ...] = ()
+    mixed: float = 0.0  # the order in the digest: score with the trending bonus (0: unranked)
+    near_miss: bool = False  # sent only because nothing matched and on_empty is "closest"
+    liked: str = ""  # title of the up-voted paper whose likeness lifted this one
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -110,6 +114,8 @@ class Selection:
     subscriber: Subscriber
     edition: dt.date
     papers: tuple[SelectedPaper, ...] = field(default_factory=tuple)
+    # When nothing was sent: the listing's best papers that did not make it, best first.
+    near_misses: tuple[SelectedPaper, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,11 @@ from typing import Any
 from newsletter import ingest
 from newsletter.addresses import address_key
 from newsletter.errors import NoListing
+from newsletter.health import Health, subscriber_health
+from newsletter.learning import Votes
 from newsletter.models import DailyListing, Selection, Subscriber
 from newsletter.render import Renderer, write_preview, write_preview_index
-from newsletter.selection import PaperIndex, select_for
+from newsletter.selection import PaperIndex, Tuning, select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
 
@@ -148,6 +150,16 @@ def edition_listing(store: Store, edition: dt.date | None) -> DailyListing:
     return listing
 
 
+def matcher_tuning(settings: Settings) -> Tuning:
+    """The matcher's tuned constants, from the settings."""
+    return Tuning(
+        relative=settings.relevance_relative,
+        floor=settings.relevance_floor,
+        description_weight=settings.description_weight,
+        vote_weight=settings.vote_weight,
+    )
+
+
 def selections_for(
     store: Store,
     settings: Settings,
@@ -155,21 +167,42 @@ def selections_for(
     edition: dt.date,
     *,
     index: PaperIndex | None = None,
+    votes: Mapping[str, Votes] | None = None,
 ) -> list[Selection]:
     """Each subscriber's papers for `edition`, minus what any other edition (older or newer)
-    already gave them.
+    already gave them, with each reader's votes (address key -> paper id -> +1/-1; read from
+    the store unless given) applied to that reader alone.
 
     The papers this edition itself delivered are not history for it, so rendering the same
     edition again (a preview after sending, a resend) yields the same content.
     """
     listing = edition_listing(store, edition)
     history = store.history_elsewhere(listing.date, [s.email for s in subscribers])
+    if votes is None:  # the readers' own votes (email links, archive pages, feedback add)
+        votes = store.vote_map([s.email for s in subscribers])
     return select_for(
         index or paper_index(store),
         listing,
         subscribers,
         threshold=settings.relevance_threshold,
         history=history,
+        votes=votes,
+        tuning=matcher_tuning(settings),
+    )
+
+
+def health_report(
+    store: Store, settings: Settings, subscribers: Sequence[Subscriber], *, days: int
+) -> list[Health]:
+    """How each subscriber's topics fared over the last `days` stored editions."""
+    dates = store.listing_dates()[-days:] if days > 0 else []
+    listings = [lst for d in dates if (lst := store.listing(d)) is not None]
+    return subscriber_health(
+        paper_index(store),
+        listings,
+        subscribers,
+        threshold=settings.relevance_threshold,
+        tuning=matcher_tuning(settings),
     )
 
 
@@ -212,6 +245,7 @@ def skip_reasons(
         edition_listing(store, edition),
         empty,
         threshold=settings.relevance_threshold,
+        tuning=matcher_tuning(settings),
     )
     matched = {address_key(s.subscriber.email) for s in again if s.papers}
     return {

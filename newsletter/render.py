@@ -9,11 +9,15 @@ Template context (the same for all three templates):
   summary, headline, intro, preheader, preheader_pad   one-line texts ("7 papers on X from Mar 17")
   edition (date), edition_short ("Mar 17"), edition_long ("Tuesday, March 17, 2026")
   count, grouped (bool), groups [{topic, count_label, papers}], papers (flat, in shown order)
-  paper: id, rank (0 = unranked), title, url (the paper's Hugging Face page when its arXiv id
-         is known, else a search for its title), topics, terms, excerpt (plain),
-         excerpt_html (escaped, matched terms in <strong class="hl">), links [{url, kind, label}],
-         authors ("A. Lovelace, C. Babbage et al."; "" when unknown), arxiv_id, arxiv_url
-         (https://arxiv.org/abs/<id>; "" when unknown)
+  paper: id, rank (trending rank in the day's listing; 0 = unranked), title, title_html
+         (escaped, matched words highlighted), url (the paper's Hugging Face page when its arXiv
+         id is known, else a search for its title), topics, terms (the matched terms), excerpt
+         (plain), excerpt_html (escaped, matched terms in <strong class="hl">), links
+         [{url, kind, label}], authors ("A. Lovelace, C. Babbage et al."; "" when unknown),
+         arxiv_id, arxiv_url (https://arxiv.org/abs/<id>; "" when unknown), near_miss (sent
+         only as one of the closest), liked (title of the paper the reader voted up that this
+         one is like, or "")
+  closest (bool: nothing matched; the papers are the closest ones, on_empty: closest)
   subscriber (Subscriber), first_name, subscriber_topics_phrase, digest_topics_phrase
   sender_name, postal_address, source_name, unsubscribe_url (https if configured, else mailto)
   archive_url ("view in browser"), day_url (the day's whole listing), and
@@ -125,6 +129,9 @@ class PaperView(NamedTuple):
     authors: str = ""
     arxiv_id: str = ""
     arxiv_url: str = ""
+    title_html: Markup = Markup("")
+    near_miss: bool = False
+    liked: str = ""
 
 
 class GroupView(NamedTuple):
@@ -340,6 +347,7 @@ def paper_view(
         authors=author_line(paper.authors),
         arxiv_id=arxiv_id,
         arxiv_url=arxiv_page(arxiv_id) if arxiv_id else "",
+        title_html=highlight(" ".join(paper.title.split()), highlights),
     )
 
 
@@ -418,13 +426,19 @@ def _best_topic(sp: SelectedPaper) -> str:
     return max(sp.matches, key=lambda m: m.score).topic  # ties: the first match wins
 
 
-def group_papers(papers: Sequence[SelectedPaper]) -> list[tuple[str, list[SelectedPaper]]]:
-    """Papers under their best topic; groups in order of their best paper, "other" last."""
+def group_papers(
+    papers: Sequence[SelectedPaper], topic_order: Sequence[str] = ()
+) -> list[tuple[str, list[SelectedPaper]]]:
+    """Papers under their best topic, each group in the papers' order; groups in the order of
+    `topic_order` (the subscriber's, so the subject does not reshuffle from day to day), other
+    topics after them in order of their best paper, "other" last."""
     groups: dict[str, list[SelectedPaper]] = {}
     for sp in papers:
         groups.setdefault(_best_topic(sp), []).append(sp)
     other = groups.pop(OTHER_TOPIC, None)
-    return [*groups.items(), *([(OTHER_TOPIC, other)] if other else [])]
+    position = {name: n for n, name in enumerate(topic_order)}
+    ordered = sorted(groups.items(), key=lambda g: position.get(g[0], len(position)))
+    return [*ordered, *([(OTHER_TOPIC, other)] if other else [])]
 
 
 # --- templates ---------------------------------------------------------------------------
@@ -692,18 +706,20 @@ class Renderer:
     ) -> dict[str, Any]:
         base = self.settings.paper_base_url
         groups = []
-        for topic, members in group_papers(papers):
+        sub = selection.subscriber
+        for topic, members in group_papers(papers, [t.name for t in sub.topics]):
             views = []
             for sp in members:
                 topics = tuple(dict.fromkeys(m.topic for m in sp.matches))
                 hl = tuple(dict.fromkeys(h for m in sp.matches for h in m.highlights))
-                views.append(
-                    paper_view(sp.paper, sp.rank, topics, sp.matched_terms, hl, budget, base)
-                )
+                view = paper_view(sp.paper, sp.rank, topics, sp.matched_terms, hl, budget, base)
+                if sp.near_miss or sp.liked:
+                    view = view._replace(near_miss=sp.near_miss, liked=sp.liked)
+                views.append(view)
             groups.append(GroupView(topic, _plural(len(views), "paper"), tuple(views)))
         flat = [p for g in groups for p in g.papers]
-        sub = selection.subscriber
         ed = selection.edition
+        closest = bool(papers) and all(sp.near_miss for sp in papers)
         digest_topics = [g.topic for g in groups if g.topic != OTHER_TOPIC]
         headline = f"{_plural(len(flat), 'paper')} on {join_names(digest_topics, 2)}"
         if not digest_topics:
@@ -711,11 +727,24 @@ class Renderer:
         edition_short = f"{_MONTHS[ed.month - 1][:3]} {ed.day}"
         first_name = sub.name.split()[0] if sub.name.strip() else ""
         hello = f"Hi {first_name}, here" if first_name else "Here"
+        order = (
+            "best match first (the match score, with a small bonus for the paper's trending "
+            "rank that day)"
+        )
+        intro = f"{hello} is what matched your topics among the papers trending on "
+        intro += f"{edition_short}, {'grouped by topic, each ' if len(groups) > 1 else ''}{order}."
+        if closest:
+            headline = f"{_plural(len(flat), 'closest paper')} (nothing matched your topics)"
+            intro = (
+                f"{hello.replace('here', 'nothing').replace('Here', 'Nothing')} reached your "
+                f"topics' bar on {edition_short}. You asked for the closest papers on such a "
+                f"day (on_empty: closest); here they are, {order}."
+            )
         return {
             "summary": f"{headline} from {edition_short}",
             "headline": headline,
-            "intro": f"{hello} is what matched your topics among the papers trending on "
-            f"{edition_short}, best match first.",
+            "intro": intro,
+            "closest": closest,
             "preheader": _shorten(" · ".join(p.title for p in flat[:3]), 150),
             "preheader_pad": _PREHEADER_PAD,
             "edition": ed,

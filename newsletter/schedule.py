@@ -35,7 +35,7 @@ from newsletter.deliver import DeliveryReport, send_edition
 from newsletter.errors import LockHeld, NewsletterError, SubscriberConfigError
 from newsletter.fetch import fetch_before_firing
 from newsletter.models import Subscriber
-from newsletter.pipeline import edition_listing, ingest_folder, paper_index
+from newsletter.pipeline import edition_listing, ingest_folder, matcher_tuning, paper_index
 from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.signals import graceful_stop
@@ -362,7 +362,11 @@ def replay(
         fresh = {
             sel.subscriber.email: {p.paper.id for p in sel.papers}
             for sel in select_for(
-                index, listing, subscribers, threshold=settings.relevance_threshold
+                index,
+                listing,
+                subscribers,
+                threshold=settings.relevance_threshold,
+                tuning=matcher_tuning(settings),
             )
         }
         for group in group_subscribers(subscribers):

@@ -2,33 +2,51 @@
 
 A paper's score for one topic (term matching and BM25F live in `textindex`):
 - keywords: each of the user's terms is matched as a phrase and weighted by BM25F's saturated
-  term frequency (title boosted, length-normalised against the collection). The matching
+  term frequency (title boosted, length-normalised against the collection), times its
+  specificity: 1 for a term in at most GENERIC_SHARE of the stored papers, less (its idf
+  relative to that share's) for one that matches everything ("reinforcement learning",
+  "planning"), so a passing mention of a generic keyword is weak evidence. The matching
   keywords' weights are sorted and summed with a geometric decay, so a second keyword adds half
   of what the first did and no topic scores more than twice its best keyword: the score does
-  not grow with the length of the list, which keeps one global threshold fair to a user with
-  two keywords and to one with ten;
+  not grow with the length of the list;
 - description: its content words, hyphenated compounds and adjacent pairs ("count bonuses"),
-  plus the words inside multi-word keywords, as a BM25 bag of words (with idf, as free text
-  needs), normalised to the share of the best score a paper could reach on them and weighted so
-  that description words alone rarely reach the threshold;
+  plus the words inside multi-word keywords, as a BM25 bag of words with an idf that is small
+  but never 0 for common words (the reader's own subject still counts), normalised to the share
+  of the best score a paper could reach on them, times `Tuning.description_weight`;
 - exclude terms are a hard filter.
-A subscriber's score for a paper is their best topic's. A paper is sent when it reaches the
-global threshold; the sent papers are ordered by score with a bonus for the day's trending rank.
+A subscriber's score for a paper is their best topic's.
+
+The send decision is calibrated per topic: a topic's threshold is the global one, lowered for
+a topic whose own best papers over the whole stored collection score low (a narrow topic, or
+two short keywords and no description), to `relative` times its REF_RANK-th best score, but
+never below the absolute `floor`. So one global setting is fair to a narrow and a broad
+topic, and a topic that matches nothing well still sends nothing. A reader's votes (see
+`learning`) then move their scores and threshold. The sent papers are ordered by the mixed
+score: relevance with a bonus for the day's trending rank.
+
+When nothing is sent, the Selection carries the closest near misses; a subscriber with
+`on_empty: closest` gets them, labelled as such.
 
 Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised), each
-distinct topic is scored once per edition, and each subscriber merges a few short lists.
+distinct topic is scored once per edition (and over the whole collection only when one of its
+papers falls between the floor and the global threshold), and each subscriber merges a few
+short lists.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import math
 import sys
 from array import array
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from newsletter.addresses import address_key
+from newsletter.learning import NO_READER, Reader, Votes, learn
 from newsletter.models import (
     DailyListing,
     Paper,
@@ -38,17 +56,43 @@ from newsletter.models import (
     Topic,
     TopicMatch,
 )
-from newsletter.textindex import K1, STOPWORDS, PaperIndex, Token, tokenize
+from newsletter.textindex import K1, STOPWORDS, PaperIndex, Postings, Token, soft_idf, tokenize
 
-__all__ = ["PaperIndex", "rank_all", "score_papers", "select_for"]
+__all__ = [
+    "CLOSEST",
+    "DEFAULT_TUNING",
+    "PaperIndex",
+    "Tuning",
+    "calibrated_threshold",
+    "rank_all",
+    "score_papers",
+    "select_for",
+    "topic_reference",
+]
 
 KEYWORD_DECAY = 0.5
-# A paper scoring on every description term as high as BM25 allows would add WEAK_WEIGHT; papers
-# on the topic cover 15-30% of that, so the description adds about what a title mention does.
-WEAK_WEIGHT = 8.0
 TERM_CAP = 0.5  # a description term counts at most half as much as the same word as a keyword
 TREND_BONUS = 0.5  # trending rank 1 multiplies the score by 1.5, rank 3 by 1.25 (DCG discount)
+GENERIC_SHARE = 0.05  # a keyword in at most this share of the papers has full weight
+MIN_COLLECTION = 50  # with fewer stored papers, document frequency says nothing: no discount
+REF_RANK = 3  # a topic's own scale: the score of its 3rd best paper over the whole collection
+CLOSEST = 3  # near misses shown (or sent, with on_empty: closest) when nothing matched
 _FIXED = float(1 << 24)  # fixed-point scale of the packed description weights
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """The matcher's tuned constants besides the global threshold (from `Settings`; chosen
+    leave-one-profile-out by scripts/eval.py)."""
+
+    relative: float = 0.7  # share of the topic's REF_RANK-th best score that is sent ...
+    floor: float = 1.2  # ... if it reaches this absolute score too
+    # A paper scoring on every description term as high as BM25 allows would add this.
+    description_weight: float = 8.0
+    vote_weight: float = 2.0  # score change for a paper identical to the reader's liked ones
+
+
+DEFAULT_TUNING = Tuning()
 
 Scored = dict[int, tuple[float, tuple[TopicMatch, ...]]]
 
@@ -111,8 +155,15 @@ class _Scorer:
     also exact, so a score never depends on the order of the terms.
     """
 
-    def __init__(self, index: PaperIndex, within: Collection[int] | None) -> None:
+    def __init__(
+        self, index: PaperIndex, within: Collection[int] | None, tuning: Tuning = DEFAULT_TUNING
+    ) -> None:
         self.index = index
+        self.tuning = tuning
+        self._full: _Scorer | None = None if within is not None else self
+        self._references: dict[Topic, float] = {}
+        self._thresholds: dict[tuple[Topic, float], float] = {}
+        self._closest: dict[tuple[Topic, float], list[tuple[int, float, TopicMatch]]] = {}
         self.within = None if within is None else frozenset(within)
         self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
         self._slot_of = {i: n for n, i in enumerate(self.slots)}
@@ -139,24 +190,25 @@ class _Scorer:
         return _Query(topic, tuple(tuple(g) for g in groups.values()), tuple(weak.values()))
 
     def _evidence(self, text: str) -> tuple[tuple[tuple[tuple[str, ...], ...], str], ...]:
-        """(variants, term) of the content terms of `text` that carry evidence: a term in
-        half the papers or more has none (and would cost the most to sum)."""
+        """(variants, term) of the content terms of `text` that occur in the collection."""
         cached = self._texts.get(text)
         if cached is None:
             found = ((self.index.variants(t), t) for t in _content_terms(text))
-            cached = tuple((v, t) for v, t in found if v and self.index.lookup(t).idf > 0)
+            cached = tuple((v, t) for v, t in found if v and self.index.lookup(t).tf)
             self._texts[text] = cached
         return cached
 
     def weights(self, term: str, keyword: bool) -> dict[int, float]:
-        """Weight of `term` per paper: BM25F's saturated tf, times idf for description terms
-        only. The user chose a keyword, so its rarity says nothing about how much they want it
-        (and leaving idf out keeps a keyword's scale independent of the collection's size);
-        description words are free text, where idf tells "bonuses" from "problems"."""
+        """Weight of `term` per paper: BM25F's saturated tf, times the keyword's specificity or
+        the description term's idf. The user chose a keyword, so its rarity says little about
+        how much they want it (and a rare keyword keeps a scale independent of the collection's
+        size), but one that matches everything is weak evidence; description words are free
+        text, where idf tells "bonuses" from "problems"."""
         cached = self._weights.get((term, keyword))
         if cached is None:
             postings = self.index.lookup(term)
-            idf, tf = 1.0 if keyword else postings.idf, postings.tf
+            idf = self._specificity(postings) if keyword else postings.soft_idf
+            tf = postings.tf
             if self.within is None:
                 cached = {i: idf * t for i, t in tf.items()}
             elif len(self.within) < len(tf):
@@ -165,6 +217,16 @@ class _Scorer:
                 cached = {i: idf * t for i, t in tf.items() if i in self.within}
             self._weights[term, keyword] = cached
         return cached
+
+    def _specific_idf(self) -> float:
+        """The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
+        (0, meaning "no cap", with too few papers to tell)."""
+        n = len(self.index.papers)
+        return soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
+
+    def _specificity(self, postings: Postings) -> float:
+        ref = self._specific_idf()
+        return min(1.0, postings.soft_idf / ref) if ref else 1.0
 
     def _packed_weights(self, term: str) -> int:
         cached = self._packed.get(term)
@@ -175,42 +237,125 @@ class _Scorer:
             cached = self._packed[term] = int.from_bytes(lanes.tobytes(), sys.byteorder)
         return cached
 
+    def _weak_lanes(self, query: _Query) -> tuple[array[int], float] | None:
+        """The description's packed sums (one lane per slot) and the scale to a score."""
+        idfs = [self.index.lookup(t).soft_idf for t in query.weak]
+        weight = self.tuning.description_weight
+        if not idfs or weight <= 0:
+            return None
+        # The share of the best score a paper could reach on these terms; with a short
+        # description that share is capped so one term counts at most TERM_CAP of a keyword
+        # (a specific one, so a description of generic words alone stays weak evidence).
+        full = max(self._specific_idf(), max(idfs))
+        best_possible = max(sum(idfs) * (K1 + 1), weight * full / TERM_CAP)
+        total = sum(self._packed_weights(t) for t in query.weak)
+        lanes = array("Q", total.to_bytes(8 * len(self.slots), sys.byteorder))
+        return lanes, weight / best_possible / _FIXED
+
+    def _keyword_scores(self, query: _Query) -> tuple[dict[int, float], dict[int, tuple[int, ...]]]:
+        hits: dict[int, list[tuple[float, int]]] = {}
+        # Specificity is relative to the topic's most specific keyword: a reader whose every
+        # keyword is broad ("reinforcement learning") still gets their subject at full weight.
+        found = [self.index.lookup(g[0]) for g in query.keywords]
+        most = max((self._specificity(p) for p in found if p.tf), default=1.0)
+        for k, group in enumerate(query.keywords):
+            for i, w in self.weights(group[0], keyword=True).items():
+                hits.setdefault(i, []).append((w / most, k))
+        keyword: dict[int, float] = {}
+        matched: dict[int, tuple[int, ...]] = {}
+        for i, got in hits.items():
+            got.sort(reverse=True)
+            keyword[i] = sum(w * KEYWORD_DECAY**n for n, (w, _) in enumerate(got))
+            matched[i] = tuple(sorted(k for _, k in got))
+        return keyword, matched
+
     def scores(self, topic: Topic) -> _Scores:
         query = self.compile(topic)
         weak: dict[int, float] = {}
-        idfs = [self.index.lookup(t).idf for t in query.weak]
-        if idfs:
-            # The share of the best score a paper could reach on these terms; with a short
-            # description that share is capped so one term counts at most TERM_CAP of a keyword.
-            best_possible = max(sum(idfs) * (K1 + 1), WEAK_WEIGHT * max(idfs) / TERM_CAP)
-            total = sum(self._packed_weights(t) for t in query.weak)
-            lanes = array("Q", total.to_bytes(8 * len(self.slots), sys.byteorder))
-            scale = WEAK_WEIGHT / best_possible / _FIXED
+        packed = self._weak_lanes(query)
+        if packed is not None:
+            lanes, scale = packed
             weak = {self.slots[n]: scale * v for n, v in enumerate(lanes) if v}
-        hits: dict[int, list[tuple[float, int]]] = {}
-        for k, group in enumerate(query.keywords):
-            for i, w in self.weights(group[0], keyword=True).items():
-                hits.setdefault(i, []).append((w, k))
-        keyword: dict[int, float] = {}
-        matched: dict[int, tuple[int, ...]] = {}
-        for i, found in hits.items():
-            found.sort(reverse=True)
-            keyword[i] = sum(w * KEYWORD_DECAY**n for n, (w, _) in enumerate(found))
-            matched[i] = tuple(sorted(k for _, k in found))
+        keyword, matched = self._keyword_scores(query)
         return _Scores(query, keyword, matched, weak)
+
+    def top_scores(self, topic: Topic, k: int) -> list[float]:
+        """The k best scores of the topic within this scorer, without a dict per paper: the
+        papers with a keyword hit, plus the best description-only lanes."""
+        query = self.compile(topic)
+        keyword, _ = self._keyword_scores(query)
+        packed = self._weak_lanes(query)
+        if packed is None:
+            return heapq.nlargest(k, keyword.values())
+        lanes, scale = packed
+        slot_of = self._slot_of
+        with_keyword = [keyword[i] + scale * lanes[slot_of[i]] for i in keyword]
+        # The best lanes of the papers without a keyword: the best lanes overall (sorted in C)
+        # minus the keyword papers' own values (equal values are interchangeable).
+        skip = Counter(lanes[slot_of[i]] for i in keyword)
+        without: list[float] = []
+        for v in sorted(lanes, reverse=True)[: k + len(keyword)]:
+            if skip[v]:
+                skip[v] -= 1
+            elif len(without) < k:
+                without.append(scale * v)
+        return heapq.nlargest(k, (s for s in (*with_keyword, *without) if s > 0))
+
+    def full(self) -> _Scorer:
+        """A scorer over the whole collection (this one when it already is)."""
+        if self._full is None:
+            self._full = _Scorer(self.index, None, self.tuning)
+            self._full._texts = self._texts  # compiled descriptions do not depend on `within`
+        return self._full
+
+    def reference(self, topic: Topic) -> float:
+        """The topic's own scale: its REF_RANK-th best score over the whole collection."""
+        cached = self._references.get(topic)
+        if cached is None:
+            best = self.full().top_scores(topic, REF_RANK)
+            cached = self._references[topic] = best[-1] if best else 0.0
+        return cached
+
+    def threshold_for(self, topic: Topic, threshold: float) -> float:
+        """The topic's calibrated send threshold (see the module docstring)."""
+        cached = self._thresholds.get((topic, threshold))
+        if cached is None:
+            cached = calibrated_threshold(threshold, self.reference(topic), self.tuning)
+            self._thresholds[topic, threshold] = cached
+        return cached
+
+    def _totals(self, topic: Topic) -> tuple[_Scores, dict[int, float]]:
+        scores = self.scores(topic)
+        keyword, weak = scores.keyword, scores.weak
+        total = {i: keyword.get(i, 0.0) + w for i, w in weak.items()}
+        total.update((i, s) for i, s in keyword.items() if i not in weak)
+        return scores, total
 
     def sends(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """(paper, score, explanation) for each paper this topic alone sends, computed once
-        per distinct topic."""
+        per distinct topic. The calibrated threshold is only worked out when it matters: when
+        a paper scores between the floor and the global threshold."""
         cached = self._sends.get((topic, threshold))
         if cached is None:
-            scores = self.scores(topic)
-            keyword, weak = scores.keyword, scores.weak
-            total = {i: keyword.get(i, 0.0) + w for i, w in weak.items()}
-            total.update((i, s) for i, s in keyword.items() if i not in weak)
-            passing = sorted((i, s) for i, s in total.items() if s >= threshold)
+            scores, total = self._totals(topic)
+            cut = threshold
+            if any(self.tuning.floor <= s < threshold for s in total.values()):
+                cut = self.threshold_for(topic, threshold)
+            passing = sorted((i, s) for i, s in total.items() if s >= cut)
             cached = [(i, s, self.match(scores, i)) for i, s in passing]
             self._sends[topic, threshold] = cached
+        return cached
+
+    def closest(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
+        """The CLOSEST best papers this topic does not send (score > 0), best first."""
+        cached = self._closest.get((topic, threshold))
+        if cached is None:
+            scores, total = self._totals(topic)
+            sent = {i for i, _, _ in self.sends(topic, threshold)}
+            rest = ((s, i) for i, s in total.items() if i not in sent and s > 0)
+            best = heapq.nsmallest(CLOSEST, ((-s, i) for s, i in rest))
+            cached = [(i, -s, self.match(scores, i)) for s, i in best]
+            self._closest[topic, threshold] = cached
         return cached
 
     def excluded(self, terms: tuple[str, ...]) -> frozenset[int]:
@@ -253,13 +398,28 @@ class _Scorer:
         return cached
 
 
+def calibrated_threshold(threshold: float, reference: float, tuning: Tuning) -> float:
+    """A topic's send threshold: the global one, lowered towards `relative` x the topic's own
+    reference score (its REF_RANK-th best over the stored papers), never below `floor`."""
+    return min(threshold, max(tuning.floor, tuning.relative * reference))
+
+
+def topic_reference(index: PaperIndex, topic: Topic, tuning: Tuning = DEFAULT_TUNING) -> float:
+    """A topic's REF_RANK-th best score over every stored paper (its own scale)."""
+    return _Scorer(index, None, tuning).reference(topic)
+
+
 def score_papers(
-    index: PaperIndex, subscriber: Subscriber, *, threshold: float = math.inf
+    index: PaperIndex,
+    subscriber: Subscriber,
+    *,
+    threshold: float = math.inf,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> Scored:
     """paper index -> (score, explanations) for every paper in the index that scores above 0
-    and no exclude term hits. The explanations are the topics reaching `threshold`, best
-    first, or the best topic alone when none does."""
-    scorer = _Scorer(index, None)
+    and no exclude term hits, without votes. The explanations are the topics reaching
+    `threshold`, best first, or the best topic alone when none does."""
+    scorer = _Scorer(index, None, tuning)
     excluded = scorer.excluded(subscriber.exclude)
     per_topic = [scorer.scores(topic) for topic in subscriber.topics]
     papers = set().union(*(s.papers() for s in per_topic)) - excluded
@@ -275,15 +435,85 @@ def score_papers(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    score: float  # best topic's score, plus the votes' change
+    sent: bool
+    matches: tuple[TopicMatch, ...]
+    liked: str
+
+
+def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | None) -> Reader:
+    """What this subscriber's own votes teach (NO_READER without votes)."""
+    if not votes:
+        return NO_READER
+    full = scorer.full()
+    voted = [full.index.id_to_index[p] for p in votes if p in full.index.id_to_index]
+    margins = {i: -threshold for i in voted}
+    for topic in sub.topics:
+        scores, cut = full.scores(topic), full.threshold_for(topic, threshold)
+        for i in voted:
+            margins[i] = max(margins[i], scores.score(i) - cut)
+    weight = scorer.tuning.vote_weight
+    return learn(full.index, votes, weight=weight, margins=margins, threshold=threshold)
+
+
+def _judge(
+    scorer: _Scorer, sub: Subscriber, threshold: float, reader: Reader
+) -> dict[int, _Verdict]:
+    """Score and send decision of every paper within the scorer for one subscriber: the best
+    topic's score, sent when some topic's calibrated threshold is reached, the reader's votes
+    moving both."""
+    excluded = scorer.excluded(sub.exclude)
+    per_topic = [(scorer.scores(t), scorer.threshold_for(t, threshold)) for t in sub.topics]
+    papers = set().union(*(s.papers() for s, _ in per_topic))
+    if reader is not NO_READER:
+        papers = set(scorer.slots)  # likeness to liked papers can lift any paper
+    out: dict[int, _Verdict] = {}
+    for i in sorted(papers - excluded):
+        ranked = sorted(
+            ((s.score(i), s.score(i) - cut, t) for t, (s, cut) in enumerate(per_topic)),
+            key=lambda x: (-x[0], x[2]),
+        )
+        best = ranked[0][0] if ranked else 0.0
+        margin = max((m for _, m, _ in ranked), default=-threshold)
+        change, liked = (0.0, "") if reader is NO_READER else reader.adjust(scorer.index.vector(i))
+        score = best + change
+        if score <= 0:
+            continue
+        sent = margin + change >= reader.shift
+        shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
+        matches = tuple(scorer.match(per_topic[t][0], i) for _, _, t in shown)
+        out[i] = _Verdict(score, sent, matches, liked)
+    return out
+
+
 def rank_all(
-    index: PaperIndex, subscriber: Subscriber, *, threshold: float, limit: int | None = None
+    index: PaperIndex,
+    subscriber: Subscriber,
+    *,
+    threshold: float,
+    limit: int | None = None,
+    tuning: Tuning = DEFAULT_TUNING,
+    votes: Votes | None = None,
 ) -> list[SelectedPaper]:
     """Every paper with a score > 0, by relevance alone (no history, no max_papers): for
-    previews and evaluation. `sent` tells whether the paper reaches the threshold."""
-    scored = score_papers(index, subscriber, threshold=threshold)
-    order = sorted(scored, key=lambda i: (-scored[i][0], index.papers[i].id))
+    previews and evaluation. `sent` is the real send decision: the topic's calibrated
+    threshold, and the reader's `votes` (paper id -> +1/-1) when given."""
+    scorer = _Scorer(index, None, tuning)
+    reader = _reader(scorer, subscriber, threshold, votes)
+    judged = _judge(scorer, subscriber, threshold, reader)
+    order = sorted(judged, key=lambda i: (-judged[i].score, index.papers[i].id))
     return [
-        SelectedPaper(index.papers[i], scored[i][0], 0, scored[i][0] >= threshold, scored[i][1])
+        SelectedPaper(
+            index.papers[i],
+            judged[i].score,
+            0,
+            judged[i].sent,
+            judged[i].matches,
+            0.0,
+            liked=judged[i].liked,
+        )
         for i in order[:limit]
     ]
 
@@ -295,10 +525,15 @@ def select_for(
     *,
     threshold: float,
     history: Mapping[str, AbstractSet[str]] | None = None,
+    votes: Mapping[str, Votes] | None = None,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> list[Selection]:
-    """One Selection per subscriber, in order: the listing's papers reaching `threshold`,
-    minus exclusions and papers in `history` (address key -> ids delivered in *other*
-    editions, so a re-render keeps its content), best first, at most `max_papers` each."""
+    """One Selection per subscriber, in order: the listing's papers each subscriber's send
+    decision picks, minus exclusions and papers in `history` (address key -> ids delivered in
+    *other* editions, so a re-render keeps its content), by mixed score, at most `max_papers`.
+    `votes` (address key -> paper id -> +1/-1) change only that reader's results. When nothing
+    is sent, `near_misses` holds the closest papers; with `on_empty: closest` they are sent,
+    marked `near_miss`."""
     missing = [e.paper.id for e in listing.entries if e.paper.id not in index.id_to_index]
     if missing:
         raise ValueError(f"listing papers missing from the index (rebuild it): {missing[:5]}")
@@ -308,29 +543,92 @@ def select_for(
         i = index.id_to_index[entry.paper.id]
         if entry.rank < rank_of.get(i, entry.rank + 1):
             rank_of[i], paper_of[i] = entry.rank, entry.paper
-    scorer = _Scorer(index, rank_of)
+    scorer = _Scorer(index, rank_of, tuning)
     history = history or {}
+    votes = votes or {}
     selections = []
     for sub in subscribers:
-        seen = history.get(address_key(sub.email), frozenset())
-        excluded = scorer.excluded(sub.exclude)
-        found: dict[int, list[tuple[float, int, TopicMatch]]] = {}
-        for t, topic in enumerate(sub.topics):
-            for i, score, match in scorer.sends(topic, threshold):
-                if i not in excluded and paper_of[i].id not in seen:
-                    found.setdefault(i, []).append((-score, t, match))
-        best = {i: -min(f)[0] for i, f in found.items()}
+        key = address_key(sub.email)
+        seen = history.get(key, frozenset())
+        reader_votes = votes.get(key)
+        if reader_votes:
+            reader = _reader(scorer, sub, threshold, reader_votes)
+            judged = _judge(scorer, sub, threshold, reader)
+            passing = {i: v for i, v in judged.items() if v.sent}
+            near = [
+                (i, v.score, v.matches, v.liked)
+                for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
+                if not v.sent and paper_of[i].id not in seen
+            ][:CLOSEST]
+        else:
+            passing = _sent_without_votes(scorer, sub, threshold)
+            near = [] if passing else _closest(scorer, sub, threshold, paper_of, seen)
+        kept = {i: v for i, v in passing.items() if paper_of[i].id not in seen}
         order = sorted(
-            best, key=lambda i: (-_mixed(best[i], rank_of[i]), rank_of[i], paper_of[i].id)
+            kept,
+            key=lambda i: (-_mixed(kept[i].score, rank_of[i]), rank_of[i], paper_of[i].id),
         )
         picked = tuple(
             SelectedPaper(
-                paper_of[i], best[i], rank_of[i], True, tuple(m for *_, m in sorted(found[i]))
+                paper_of[i],
+                v.score,
+                rank_of[i],
+                True,
+                v.matches,
+                _mixed(v.score, rank_of[i]),
+                liked=v.liked,
             )
             for i in order[: max(0, sub.max_papers)]
+            for v in (kept[i],)
         )
-        selections.append(Selection(sub, listing.date, picked))
+        misses: tuple[SelectedPaper, ...] = ()
+        if not passing:
+            misses = tuple(
+                SelectedPaper(
+                    paper_of[i], s, rank_of[i], False, m, _mixed(s, rank_of[i]), liked=liked
+                )
+                for i, s, m, liked in near
+            )
+            if sub.on_empty == "closest":
+                picked = tuple(
+                    dataclasses.replace(sp, sent=True, near_miss=True)
+                    for sp in misses[: max(0, sub.max_papers)]
+                )
+        selections.append(Selection(sub, listing.date, picked, misses))
     return selections
+
+
+def _sent_without_votes(scorer: _Scorer, sub: Subscriber, threshold: float) -> dict[int, _Verdict]:
+    """The papers some topic sends (cached per distinct topic), each with its best score and
+    the sending topics' explanations, best first."""
+    excluded = scorer.excluded(sub.exclude)
+    found: dict[int, list[tuple[float, int, TopicMatch]]] = {}
+    for t, topic in enumerate(sub.topics):
+        for i, score, match in scorer.sends(topic, threshold):
+            if i not in excluded:
+                found.setdefault(i, []).append((-score, t, match))
+    return {
+        i: _Verdict(-min(f)[0], True, tuple(m for *_, m in sorted(f)), "") for i, f in found.items()
+    }
+
+
+def _closest(
+    scorer: _Scorer,
+    sub: Subscriber,
+    threshold: float,
+    paper_of: Mapping[int, Paper],
+    seen: AbstractSet[str],
+) -> list[tuple[int, float, tuple[TopicMatch, ...], str]]:
+    """The best CLOSEST papers of the listing no topic sends, not excluded, not seen."""
+    excluded = scorer.excluded(sub.exclude)
+    best: dict[int, tuple[float, TopicMatch]] = {}
+    for topic in sub.topics:
+        for i, score, match in scorer.closest(topic, threshold):
+            fresh = i not in excluded and paper_of[i].id not in seen
+            if fresh and score > best.get(i, (0.0, match))[0]:
+                best[i] = (score, match)
+    order = sorted(best, key=lambda i: (-best[i][0], paper_of[i].id))[:CLOSEST]
+    return [(i, best[i][0], (best[i][1],), "") for i in order]
 
 
 def _mixed(score: float, rank: int) -> float:

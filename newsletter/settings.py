@@ -132,10 +132,36 @@ class Settings(BaseSettings):
     # --- matching ---------------------------------------------------------------------------
     relevance_threshold: float = Field(
         1.9,
-        description="Global relevance score a paper needs to be sent (same for every subscriber). "
-        "Scale: a keyword mentioned once in an abstract scores about 1, in the title about 1.4; "
-        "more mentions, further keywords and the topic's description add to that. 1.9 asks for "
-        "more than one passing mention.",
+        description="Relevance score that always sends a paper (the same for every subscriber). "
+        "Scale: a specific keyword mentioned once in an abstract scores about 1, in the title "
+        "about 1.4; more mentions, further keywords and the topic's description add to that. "
+        "A topic whose own best papers score lower gets a lower bar (see "
+        "NEWSLETTER_RELEVANCE_RELATIVE and NEWSLETTER_RELEVANCE_FLOOR).",
+    )
+    relevance_relative: float = Field(
+        0.7,
+        ge=0,
+        description="Per-topic calibration: a paper is also sent when it scores this share of "
+        "the topic's own 3rd-best score over all stored papers (and reaches the floor), so a "
+        "narrow topic or two short keywords are not held to a broad topic's bar.",
+    )
+    relevance_floor: float = Field(
+        1.2,
+        ge=0,
+        description="No paper scoring below this is sent, however low its topic's scale: a "
+        "topic that matches nothing well stays silent (and `subscribers health` says why).",
+    )
+    description_weight: float = Field(
+        8.0,
+        ge=0,
+        description="Weight of a topic's description: a paper matching every description term "
+        "as strongly as BM25 allows would add this much (on-topic papers get 15-30% of it).",
+    )
+    vote_weight: float = Field(
+        2.0,
+        ge=0,
+        description="How far a reader's votes move their scores: a paper identical to the "
+        "papers they voted up gains this much, one identical to those voted down loses it.",
     )
 
     # --- rendering --------------------------------------------------------------------------

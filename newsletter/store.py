@@ -981,6 +981,21 @@ class Store:
                 for r in conn.execute(query)
             ]
 
+    def vote_map(self, emails: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Each reader's votes for the matcher: address key -> paper id -> +1 (up) | -1 (down)."""
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for chunk in iter_chunks(keys):
+                rows = conn.execute(
+                    sa.select(votes.c.email, votes.c.paper_id, votes.c.vote).where(
+                        votes.c.email.in_(list(chunk))
+                    )
+                )
+                for email, paper_id, vote in rows:
+                    out.setdefault(email, {})[paper_id] = 1 if vote == "up" else -1
+        return out
+
     def papers_by_id(self, paper_ids: Iterable[str]) -> dict[str, Paper]:
         ids = list(dict.fromkeys(paper_ids))
         out: dict[str, Paper] = {}

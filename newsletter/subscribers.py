@@ -12,7 +12,7 @@ import re
 import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -71,6 +71,7 @@ Line = Annotated[str, AfterValidator(_single_line)]
 DisplayName = Annotated[str, AfterValidator(_single_line), AfterValidator(_display_name)]
 Term = Annotated[str, AfterValidator(_single_line), Field(min_length=1, max_length=200)]
 MaxPapers = Annotated[int, Field(ge=1, le=50)]
+OnEmpty = Literal["skip", "closest"]
 
 
 class _Strict(BaseModel):
@@ -87,6 +88,7 @@ class DefaultsModel(_Strict):
     max_papers: MaxPapers = 10
     send_at: TimeStr = "07:00"
     timezone: ZoneStr = "UTC"
+    on_empty: OnEmpty = "skip"
 
 
 class SubscriberModel(_Strict):
@@ -95,6 +97,7 @@ class SubscriberModel(_Strict):
     timezone: ZoneStr | None = None
     send_at: TimeStr | None = None
     max_papers: MaxPapers | None = None
+    on_empty: OnEmpty | None = None
     topics: list[TopicModel] = Field(min_length=1)
     exclude: list[Term] = []
 
@@ -115,6 +118,8 @@ _FIXES = {
     "list_type": "write a YAML list, e.g. [a, b]",
     "string_type": "write text",
     "model_type": "write a mapping of field: value",
+    "literal_error": "write skip (send nothing on a day nothing matches) or closest (send the "
+    "3 closest papers, labelled)",
 }
 
 
@@ -258,6 +263,7 @@ def _to_subscriber(m: SubscriberModel, d: DefaultsModel, line: int) -> Subscribe
         ),
         exclude=tuple(m.exclude),
         line=line,
+        on_empty=m.on_empty or d.on_empty,
     )
 
 

@@ -7,6 +7,9 @@ Folding rules, the same for papers and for the user's terms:
 - ordinary words are lower-cased and lightly stemmed (plural, -ing/-ed, British spelling);
 - all-caps tokens (RL, LLMs) are also indexed under a case-sensitive acronym key, which is the
   only key an all-caps term looks up;
+- a derived form meets the base word the collection uses ("robotics"/"robotic" = "robot",
+  "exploration"/"exploratory" = "explore", "curiosity" = "curious"), through a few
+  derivational suffixes, and only when that base occurs in some stored paper;
 - "reinforcement learning (RL)" in any paper teaches the index that RL = reinforcement learning
   (both ways), and "pre-training" in any paper that it = "pretraining";
 - a multi-word term also matches, at half weight, with up to two content words inserted
@@ -92,6 +95,44 @@ def stem(word: str) -> str:
 
 
 _STOP_KEYS = frozenset(stem(w) for w in STOPWORDS)
+
+# Derivational suffixes of a stemmed key -> what the base ends in instead. Deliberately few
+# (no "-al", "-ive", "-ity"), so "general"/"generative" and "causal"/"cause" stay apart.
+_DERIVATIONS = (
+    ("ically", ""),
+    ("ical", ""),
+    ("ic", ""),  # robotic(s) -> robot
+    ("atory", ""),  # exploratory -> explor(e)
+    ("ation", ""),  # exploration -> explor(e), optimization -> optimiz(e)
+    ("ation", "at"),  # simulation -> simulat(e)
+    ("ion", ""),  # prediction -> predict
+    ("osity", "ous"),  # curiosity -> curious
+    ("ment", ""),  # alignment -> align
+)
+_MIN_BASE = 4
+
+
+def derivation_bases(key: str) -> tuple[str, ...]:
+    """Candidate base keys of a stemmed key by the derivational suffixes above."""
+    if not key.isalpha() or not key.islower():
+        return ()
+    return tuple(
+        key[: -len(suffix)] + repl
+        for suffix, repl in _DERIVATIONS
+        if key.endswith(suffix) and len(key) - len(suffix) + len(repl) >= _MIN_BASE
+    )
+
+
+def derivation_families(vocabulary: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """base key -> the keys of the collection derived from it, for each base the collection
+    itself uses ("robot" -> ("robotic",) when both occur)."""
+    vocab = set(vocabulary)
+    families: dict[str, set[str]] = defaultdict(set)
+    for key in vocab:
+        for base in derivation_bases(key):
+            if base in vocab and base != key:
+                families[base].add(key)
+    return {base: tuple(sorted(keys)) for base, keys in sorted(families.items())}
 
 
 class Token(NamedTuple):  # a NamedTuple: millions are made per index build, and cheaply
@@ -225,6 +266,13 @@ class Postings:
     tf: dict[int, float]
     spans: dict[int, tuple[tuple[int, int], ...]]
     exact: frozenset[int]  # papers with at least one exact (gap-free) occurrence
+    soft_idf: float = 0.0  # log(1 + (N - df + 0.5) / (df + 0.5)): small but never 0 (Lucene)
+
+
+def soft_idf(n: int, df: int) -> float:
+    """BM25 idf as Lucene computes it: a word in most papers weighs little, never nothing, so
+    a reader whose own subject is "reinforcement learning" still gets evidence from it."""
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
 
 class PaperIndex:
@@ -243,8 +291,10 @@ class PaperIndex:
         compounds: dict[str, tuple[str, str]],
         token_places: tuple[array[int], ...],
         token_spans: tuple[array[int], ...],
+        families: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.papers = papers
+        self.families = families if families is not None else derivation_families(positions)
         # Each paper's token stream, kept from the one tokenisation in `build`: the position of
         # each token (ascending) and its (start, end) offsets in the title, then the abstract.
         self.token_places = token_places
@@ -265,6 +315,7 @@ class PaperIndex:
         self.id_to_index = {p.id: i for i, p in enumerate(papers)}
         self._cache: dict[str, Postings] = {}
         self._variants: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._vectors: dict[int, dict[str, float]] = {}
 
     @classmethod
     def build(cls, papers: Sequence[Paper]) -> PaperIndex:
@@ -314,13 +365,14 @@ class PaperIndex:
             compounds,
             tuple(places),
             tuple(spans),
+            derivation_families(frozen),
         )
 
     # ---- term look-up --------------------------------------------------------------------
 
     def variants(self, term: str) -> tuple[tuple[str, ...], ...]:
         """Every key sequence that counts as `term`: acronyms expanded or contracted, hyphenated
-        compounds joined or split. Sorted, so matching is deterministic."""
+        compounds joined or split, derived forms and their base. Sorted, so matching is deterministic."""
         cached = self._variants.get(term)
         if cached is None:
             cached = self._variants[term] = self._find_variants(term)
@@ -350,6 +402,18 @@ class PaperIndex:
             for exp, short in self.expansions_by_first.get(key, ()):
                 if keys[i : i + len(exp)] == exp:
                     yield (*keys[:i], short, *keys[i + len(exp) :])
+            for alt in self.related(key):
+                yield (*keys[:i], alt, *keys[i + 1 :])
+
+    def related(self, key: str) -> tuple[str, ...]:
+        """The keys of the collection that share a derivational base with `key` (not itself)."""
+        found: set[str] = set()
+        for base in (key, *derivation_bases(key)):
+            if base in self.positions:
+                found.add(base)
+            found.update(self.families.get(base, ()))
+        found.discard(key)
+        return tuple(sorted(found))
 
     def lookup(self, term: str) -> Postings:
         """Occurrences of one user term over the whole collection (memoised per distinct term)."""
@@ -374,7 +438,7 @@ class PaperIndex:
             if any(merged[i].values()):
                 exact_in.add(i)
         idf = max(0.0, math.log((n - df + 0.5) / (df + 0.5)))
-        result = Postings(idf, saturated, spans, frozenset(exact_in))
+        result = Postings(idf, saturated, spans, frozenset(exact_in), soft_idf(n, df))
         self._cache[term] = result
         return result
 
@@ -384,6 +448,23 @@ class PaperIndex:
         tf = TITLE_WEIGHT * tf_title / (1 - B + B * self.title_lens[i] / self.avg_title)
         tf += tf_abstract / (1 - B + B * self.abstract_lens[i] / self.avg_abstract)
         return tf * (K1 + 1) / (tf + K1)
+
+    def vector(self, i: int) -> dict[str, float]:
+        """Paper i as a unit-length tf-idf vector over its content keys (title words count
+        TITLE_WEIGHT times): what a reader's votes are compared with."""
+        cached = self._vectors.get(i)
+        if cached is None:
+            paper, n = self.papers[i], len(self.papers)
+            counts: dict[str, float] = {}
+            for text, weight in ((paper.title, TITLE_WEIGHT), (paper.abstract, 1.0)):
+                for tok in tokenize(text):
+                    key = tok.acronym or tok.key
+                    if len(key) > 2 and key not in _STOP_KEYS:
+                        counts[key] = counts.get(key, 0.0) + weight
+            raw = {k: c * soft_idf(n, len(self.positions.get(k, ()))) for k, c in counts.items()}
+            norm = math.sqrt(sum(w * w for w in raw.values())) or 1.0
+            cached = self._vectors[i] = {k: w / norm for k, w in raw.items()}
+        return cached
 
     def in_title(self, paper_index: int, span: tuple[int, int]) -> bool:
         return span[0] < self.abstract_starts[paper_index]

@@ -1,35 +1,60 @@
-"""Measure the matcher against the bundled relevance judgements (`make eval`).
+"""Measure the matcher against the judged profiles (`make eval`), never tuning on the one scored.
 
-For each profile in `tests/eval/profiles.json`: nDCG@10 of the relevance ranking of every
-seed paper (gains 0/1/2 from `qrels.json`), and precision, recall and F1 of the send decision at
-the global threshold, counting grade 2 as relevant. `--sweep` shows how F1 moves with the
-threshold and `--loo` picks the threshold on all profiles but one and scores the held-out one,
-an honest check that a single threshold carries over to profiles it was not chosen on.
+Profiles: `tests/eval/profiles.json` + `qrels.json`, plus `profiles_extra.json` +
+`qrels_extra.json` when present. Each profile is a one-topic subscriber; qrels grade every seed
+paper 0/1/2 (2 = relevant).
 
-    .venv/bin/python scripts/eval.py [--threshold 1.9] [--sweep] [--loo]
-        [--profiles tests/eval/profiles.json --qrels tests/eval/qrels.json]
+1. Leave one profile out (LOO): for each profile, the tuned constants (global threshold,
+   calibration `relative` and `floor`, description weight) are the grid point with the best
+   mean F1 + nDCG@10 over the *other* profiles; the held-out profile is scored with them:
+   nDCG@10 of the ranking of every seed paper, precision / recall / F1 of the send decision.
+2. Simulated reader: the papers are split in two halves (by id). On each seed day, the reader
+   reads the digest of the first half's papers of that day and votes: up on sent grade-2
+   papers, down on sent grade-0 papers, and up on 3 missed grade-2 papers from the rest of that
+   day's listing (their archive page, in trending order). The second half is then scored
+   before and after the votes, with the LOO constants, the vote weight also chosen on the
+   other profiles.
+
+    .venv/bin/python scripts/eval.py [--profiles P.json --qrels Q.json] [--no-extra]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from newsletter.ingest import dump_files, read_dump
-from newsletter.models import Paper, Subscriber, Topic
-from newsletter.selection import PaperIndex, rank_all
+from newsletter.models import DailyListing, Subscriber, Topic
+from newsletter.selection import (
+    DEFAULT_TUNING,
+    PaperIndex,
+    Tuning,
+    calibrated_threshold,
+    rank_all,
+    topic_reference,
+)
 from newsletter.settings import BUNDLED, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_DIR = ROOT / "tests" / "eval"
-GRID = [round(0.25 * i, 2) for i in range(1, 25)]
+# A small grid over the few exposed constants: with a dozen profiles, a finer one would fit
+# the profiles it is chosen on rather than carry over to the held-out one.
+THRESHOLDS = (1.7, 1.9, 2.1, 2.3)
+RELATIVES = (0.6, 0.7, 0.8)
+FLOORS = (1.0, 1.2, 1.4)
+DESCRIPTION_WEIGHTS = (4.0, 8.0, 12.0)
+VOTE_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+MISSED_UPVOTES = 3
+
+Grades = Mapping[str, int]  # title -> 0/1/2
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +67,34 @@ class Result:
     sent: int
 
 
-def load_papers(seeds: Path) -> list[Paper]:
-    """Every distinct paper of the dumps (the year is irrelevant here, so it is pinned)."""
-    papers: dict[str, Paper] = {}
-    for path in dump_files(seeds):
-        for paper in read_dump(path, reference=dt.date(2025, 12, 31)).papers:
-            papers.setdefault(paper.id, paper)
-    return list(papers.values())
+@dataclass(frozen=True, slots=True)
+class Config:
+    threshold: float
+    tuning: Tuning
+
+    def label(self) -> str:
+        t = self.tuning
+        return (
+            f"T={self.threshold:g} rel={t.relative:g} floor={t.floor:g} "
+            f"desc={t.description_weight:g}"
+        )
+
+
+def load_listings(seeds: Path) -> list[DailyListing]:
+    """The seed dumps (the year is irrelevant here, so it is pinned)."""
+    return [read_dump(path, reference=dt.date(2025, 12, 31)) for path in dump_files(seeds)]
+
+
+def load_profiles(
+    profiles: Path, qrels: Path, extra: bool
+) -> tuple[list[dict[str, Any]], dict[str, Grades]]:
+    found = json.loads(profiles.read_text(encoding="utf-8"))
+    grades = json.loads(qrels.read_text(encoding="utf-8"))
+    more = profiles.with_name("profiles_extra.json"), qrels.with_name("qrels_extra.json")
+    if extra and more[0].exists() and more[1].exists():
+        found += json.loads(more[0].read_text(encoding="utf-8"))
+        grades.update(json.loads(more[1].read_text(encoding="utf-8")))
+    return [p for p in found if p["id"] in grades], grades
 
 
 def profile_subscriber(profile: Mapping[str, Any]) -> Subscriber:
@@ -73,79 +119,186 @@ def ndcg(ranked: Sequence[int], all_gains: Sequence[int], k: int = 10) -> float:
     return dcg(ranked) / ideal if ideal else 0.0
 
 
-def scored(index: PaperIndex, profile: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """(title, score) of every paper with a score > 0, best first."""
-    ranked = rank_all(index, profile_subscriber(profile), threshold=math.inf)
-    return [(sp.paper.title, sp.score) for sp in ranked]
-
-
 def measure(
-    ranking: list[tuple[str, float]], qrels: Mapping[str, int], threshold: float, name: str
+    ranking: Sequence[tuple[str, float, bool]], grades: Grades, name: str, within: set[str]
 ) -> Result:
-    gains = [qrels.get(title, 0) for title, _ in ranking]
-    sent = {title for title, score in ranking if score >= threshold}
-    relevant = {title for title, grade in qrels.items() if grade == 2}
+    """`ranking`: (title, score, sent) best first; only titles in `within` count."""
+    ranked = [(t, s, sent) for t, s, sent in ranking if t in within]
+    gains = [grades.get(t, 0) for t, _, _ in ranked]
+    sent = {t for t, _, s in ranked if s}
+    relevant = {t for t, g in grades.items() if g == 2 and t in within}
     hits = len(sent & relevant)
     precision = hits / len(sent) if sent else 0.0
     recall = hits / len(relevant) if relevant else 0.0
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    return Result(name, ndcg(gains, list(qrels.values())), precision, recall, f1, len(sent))
+    all_gains = [g for t, g in grades.items() if t in within]
+    return Result(name, ndcg(gains, all_gains), precision, recall, f1, len(sent))
 
 
-def best_threshold(rankings: Mapping[str, list[tuple[str, float]]], qrels: Mapping) -> float:
-    """The grid threshold with the best mean F1 over `rankings` (ties: the lower one)."""
-    return max(
-        GRID,
-        key=lambda t: (
-            statistics.mean(measure(r, qrels[p], t, p).f1 for p, r in rankings.items()),
-            -t,
-        ),
+class Bench:
+    """Scores each profile once per description weight; the send decision per config then
+    follows from the score and the topic's reference (`calibrated_threshold`)."""
+
+    def __init__(self, index: PaperIndex, profiles: Sequence[Mapping[str, Any]]) -> None:
+        self.index = index
+        self.profiles = {p["id"]: profile_subscriber(p) for p in profiles}
+        self._scored: dict[tuple[str, float], tuple[list[tuple[str, float]], float]] = {}
+
+    def scored(self, pid: str, weight: float) -> tuple[list[tuple[str, float]], float]:
+        key = (pid, weight)
+        if key not in self._scored:
+            sub = self.profiles[pid]
+            tuning = replace(DEFAULT_TUNING, description_weight=weight)
+            ranked = rank_all(self.index, sub, threshold=math.inf, tuning=tuning)
+            reference = topic_reference(self.index, sub.topics[0], tuning)
+            self._scored[key] = ([(sp.paper.title, sp.score) for sp in ranked], reference)
+        return self._scored[key]
+
+    def ranking(self, pid: str, config: Config) -> list[tuple[str, float, bool]]:
+        scored, reference = self.scored(pid, config.tuning.description_weight)
+        cut = calibrated_threshold(config.threshold, reference, config.tuning)
+        return [(t, s, s >= cut) for t, s in scored]
+
+
+def grid() -> list[Config]:
+    return [
+        Config(t, replace(DEFAULT_TUNING, relative=r, floor=f, description_weight=w))
+        for t, r, f, w in itertools.product(THRESHOLDS, RELATIVES, FLOORS, DESCRIPTION_WEIGHTS)
+        if f <= t
+    ]
+
+
+def choose(
+    bench: Bench, grades: Mapping[str, Grades], pids: Sequence[str], titles: set[str]
+) -> Config:
+    """The grid point with the best mean F1 + nDCG@10 over `pids` (ties: first in the grid)."""
+
+    def value(config: Config) -> float:
+        results = [measure(bench.ranking(p, config), grades[p], p, titles) for p in pids]
+        return statistics.mean(r.f1 + r.ndcg10 for r in results)
+
+    return max(grid(), key=value)
+
+
+def print_table(title: str, results: Sequence[Result], notes: Mapping[str, str]) -> None:
+    print(f"\n{title}")
+    print(f"{'profile':<22} {'nDCG@10':>8} {'P':>6} {'R':>6} {'F1':>6} {'sent':>5}  constants")
+    for r in results:
+        print(
+            f"{r.profile:<22} {r.ndcg10:8.3f} {r.precision:6.3f} {r.recall:6.3f} {r.f1:6.3f} "
+            f"{r.sent:5d}  {notes.get(r.profile, '')}"
+        )
+    mean = [statistics.mean(getattr(r, f) for r in results) for f in Result.__slots__[1:5]]
+    print(f"{'mean':<22} {mean[0]:8.3f} {mean[1]:6.3f} {mean[2]:6.3f} {mean[3]:6.3f}")
+
+
+# --- simulated reader --------------------------------------------------------------------
+
+
+def half_of(paper_id: str) -> int:
+    return int(paper_id, 16) % 2
+
+
+def simulate_votes(
+    bench: Bench,
+    pid: str,
+    config: Config,
+    listings: Sequence[DailyListing],
+    grades: Grades,
+) -> dict[str, int]:
+    """The votes a reader casts on the first half's papers, day by day (see the docstring)."""
+    sent = {t for t, _, s in bench.ranking(pid, config) if s}
+    votes: dict[str, int] = {}
+    for listing in sorted(listings, key=lambda lst: lst.date):
+        day = [e.paper for e in sorted(listing.entries, key=lambda e: e.rank)]
+        mine = [p for p in day if half_of(p.id) == 0]
+        for p in mine:
+            if p.title in sent and grades.get(p.title, 0) == 2:
+                votes[p.id] = 1
+            elif p.title in sent and grades.get(p.title, 0) == 0:
+                votes[p.id] = -1
+        missed = [p for p in mine if p.title not in sent and grades.get(p.title, 0) == 2]
+        for p in missed[:MISSED_UPVOTES]:
+            votes[p.id] = 1
+    return votes
+
+
+def with_votes(
+    bench: Bench, pid: str, config: Config, weight: float, votes: Mapping[str, int]
+) -> list[tuple[str, float, bool]]:
+    tuning = replace(config.tuning, vote_weight=weight)
+    ranked = rank_all(
+        bench.index, bench.profiles[pid], threshold=config.threshold, tuning=tuning, votes=votes
     )
+    return [(sp.paper.title, sp.score, sp.sent) for sp in ranked]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    default = Settings.model_fields["relevance_threshold"].default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threshold", type=float, default=default)
     parser.add_argument("--profiles", type=Path, default=EVAL_DIR / "profiles.json")
     parser.add_argument("--qrels", type=Path, default=EVAL_DIR / "qrels.json")
     parser.add_argument("--seeds", type=Path, default=BUNDLED / "seeds")
-    parser.add_argument("--sweep", action="store_true", help="mean F1 over a threshold grid")
-    parser.add_argument("--loo", action="store_true", help="leave-one-profile-out threshold")
+    parser.add_argument("--no-extra", action="store_true", help="ignore the *_extra.json files")
     args = parser.parse_args(argv)
 
-    index = PaperIndex.build(load_papers(args.seeds))
-    profiles = json.loads(args.profiles.read_text(encoding="utf-8"))
-    qrels = json.loads(args.qrels.read_text(encoding="utf-8"))
-    rankings = {p["id"]: scored(index, p) for p in profiles}
-    results = [measure(rankings[p], qrels[p], args.threshold, p) for p in rankings]
+    listings = load_listings(args.seeds)
+    papers = {p.id: p for lst in listings for p in lst.papers}
+    index = PaperIndex.build(list(papers.values()))
+    profiles, grades = load_profiles(args.profiles, args.qrels, not args.no_extra)
+    pids = [p["id"] for p in profiles]
+    bench = Bench(index, profiles)
+    everything = {p.title for p in papers.values()}
 
-    print(f"{len(index.papers)} papers, threshold {args.threshold:g}")
-    print(f"{'profile':<14} {'nDCG@10':>8} {'P':>6} {'R':>6} {'F1':>6} {'sent':>5}")
-    for r in results:
-        print(
-            f"{r.profile:<14} {r.ndcg10:8.3f} {r.precision:6.3f} {r.recall:6.3f} {r.f1:6.3f} {r.sent:5d}"
+    settings = Settings.model_fields
+    shipped = Config(
+        settings["relevance_threshold"].default,
+        Tuning(
+            settings["relevance_relative"].default,
+            settings["relevance_floor"].default,
+            settings["description_weight"].default,
+            settings["vote_weight"].default,
+        ),
+    )
+    print(f"{len(index.papers)} papers, {len(pids)} profiles")
+    shipped_results = [measure(bench.ranking(p, shipped), grades[p], p, everything) for p in pids]
+    print_table(f"shipped defaults ({shipped.label()}), tuned on all profiles", shipped_results, {})
+
+    chosen = {p: choose(bench, grades, [q for q in pids if q != p], everything) for p in pids}
+    loo = [measure(bench.ranking(p, chosen[p]), grades[p], p, everything) for p in pids]
+    print_table(
+        "leave one profile out, without votes (constants chosen on the other profiles)",
+        loo,
+        {p: chosen[p].label() for p in pids},
+    )
+
+    # The simulated reader: votes on half 0, scored on half 1.
+    second = {p.title for p in papers.values() if half_of(p.id) == 1}
+    votes = {p: simulate_votes(bench, p, chosen[p], listings, grades[p]) for p in pids}
+    after_by_weight = {
+        (p, w): measure(with_votes(bench, p, chosen[p], w, votes[p]), grades[p], p, second)
+        for p in pids
+        for w in VOTE_WEIGHTS
+    }
+    before = [measure(bench.ranking(p, chosen[p]), grades[p], p, second) for p in pids]
+    after, notes = [], {}
+    for p in pids:
+        others = [q for q in pids if q != p]
+        weight = max(
+            VOTE_WEIGHTS,
+            key=lambda w: statistics.mean(
+                after_by_weight[q, w].f1 + after_by_weight[q, w].ndcg10 for q in others
+            ),
         )
-    mean = [
-        statistics.mean(getattr(r, f) for r in results)
-        for f in ("ndcg10", "precision", "recall", "f1")
+        after.append(after_by_weight[p, weight])
+        ups = sum(1 for v in votes[p].values() if v > 0)
+        notes[p] = f"vote weight {weight:g}; {ups} up, {len(votes[p]) - ups} down"
+    print_table("simulated reader, second half of the papers, BEFORE votes (LOO)", before, {})
+    print_table("simulated reader, second half of the papers, AFTER votes (LOO)", after, notes)
+    gain = [
+        statistics.mean(a.f1 for a in after) - statistics.mean(b.f1 for b in before),
+        statistics.mean(a.ndcg10 for a in after) - statistics.mean(b.ndcg10 for b in before),
     ]
-    print(f"{'mean':<14} {mean[0]:8.3f} {mean[1]:6.3f} {mean[2]:6.3f} {mean[3]:6.3f}")
-
-    if args.sweep:
-        print("\nthreshold  mean F1   " + "  ".join(f"{p[:8]:>8}" for p in rankings))
-        for t in GRID:
-            f1s = [measure(r, qrels[p], t, p).f1 for p, r in rankings.items()]
-            row = "  ".join(f"{f:8.3f}" for f in f1s)
-            print(f"{t:9.2f}  {statistics.mean(f1s):7.3f}   {row}")
-    if args.loo:
-        print("\nleave one profile out: threshold chosen on the others -> held-out F1")
-        held = []
-        for p in rankings:
-            t = best_threshold({q: r for q, r in rankings.items() if q != p}, qrels)
-            held.append(measure(rankings[p], qrels[p], t, p).f1)
-            print(f"{p:<14} threshold {t:4.2f}  F1 {held[-1]:.3f}")
-        print(f"{'mean':<14} {'':14}  F1 {statistics.mean(held):.3f}")
+    print(f"\nvotes change mean F1 by {gain[0]:+.3f} and mean nDCG@10 by {gain[1]:+.3f}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -138,16 +139,15 @@ def _select(env: dict[str, str], *args: str) -> dict[str, list[dict[str, object]
 
 
 @pytest.mark.parametrize("date", ["2026-03-11", "2026-03-12", "2026-03-14", "2026-03-17"])
-def test_every_example_subscriber_gets_at_least_three_papers(
-    env: dict[str, str], date: str
-) -> None:
+def test_every_example_subscriber_gets_at_least_two_papers(env: dict[str, str], date: str) -> None:
     run(env, "ingest")
     picked = _select(env, "--date", date)
     assert len(picked) == 5
     for email, papers in picked.items():
-        assert len(papers) >= 3, email
+        # (2, not 3: a passing mention of a generic keyword like "exploration" no longer sends)
+        assert len(papers) >= 2, email
         for p in papers:
-            assert set(p) == {"id", "title", "score", "sent", "topics", "matched_terms"}
+            assert {"id", "title", "score", "sent", "topics", "matched_terms"} <= set(p)
             assert p["sent"] is True and p["topics"] and p["matched_terms"]
 
 
@@ -161,7 +161,52 @@ def test_select_all_ranks_by_relevance_with_limit(env: dict[str, str]) -> None:
     everything = _select(env, "--all", "--email", "kenji@example.org")["kenji@example.org"]
     sent = [p["sent"] for p in everything]
     assert len(everything) > 30 and sent[0] is True and sent[-1] is False
-    assert sent == sorted(sent, reverse=True)  # one global threshold cuts the ranking once
+    # The global threshold always sends; the floor never does (the bar between is per topic).
+    assert all(p["sent"] for p in everything if float(p["score"]) >= 1.9)  # type: ignore[arg-type]
+    assert not any(p["sent"] for p in everything if float(p["score"]) < 1.2)  # type: ignore[arg-type]
+
+
+TWO_SHORT_KEYWORDS = (
+    "defaults: {on_empty: skip}\n"
+    "subscribers:\n"
+    "  - email: short@example.org\n"
+    "    topics: [{name: Exploration, keywords: [exploration, curiosity]}]\n"
+    "  - email: closest@example.org\n"
+    "    on_empty: closest\n"
+    "    topics: [{name: Exploration, keywords: [exploration, curiosity]}]\n"
+    "  - email: zed@example.org\n"
+    "    topics: [{name: Geology, keywords: [plate tectonics, sedimentary rock]}]\n"
+)
+
+
+def test_two_short_keywords_get_a_labelled_result_or_a_health_report_saying_why(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    subs = tmp_path / "subs.yaml"
+    subs.write_text(TWO_SHORT_KEYWORDS, encoding="utf-8")
+    env = {**env, "NEWSLETTER_SUBSCRIBERS_FILE": str(subs)}
+    run(env, "ingest")
+    result = run(env, "subscribers", "health", "--days", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    reports = {r["email"]: r for r in json.loads(result.stdout)["subscribers"]}
+    for r in reports.values():
+        keys = {"email", "editions", "empty", "flooded", "dead_keywords", "near_misses"}
+        assert keys <= set(r) and r["editions"] == 4
+    short = reports["short@example.org"]
+    for date in ("2026-03-11", "2026-03-12", "2026-03-14", "2026-03-17"):
+        picked = _select(env, "--date", date)
+        if picked["short@example.org"]:
+            continue
+        # Nothing sent: the health report lists the edition, the near misses and the advice.
+        assert date in short["empty"] and short["near_misses"] and short["advice"]
+        closest = picked["closest@example.org"]
+        assert 0 < len(closest) <= 3
+        assert all(p["near_miss"] and p["sent"] for p in closest)
+    zed = reports["zed@example.org"]
+    assert zed["dead_keywords"] == ["plate tectonics", "sedimentary rock"]
+    assert len(zed["empty"]) == 4 and any("never matched" in a for a in zed["advice"])
+    text = run(env, "subscribers", "health").stdout
+    assert "short@example.org" in text and "zed@example.org" in text
 
 
 def test_select_never_repeats_a_received_paper(env: dict[str, str]) -> None:
@@ -211,7 +256,7 @@ def test_preview_one_subscriber_as_html_eml_and_text(env: dict[str, str], tmp_pa
     result = run(env, "preview", "--email", "ada@example.org", "-o", str(html), "--eml", str(eml))
     assert result.exit_code == 0, result.stderr
     picked = _select(env, "--email", "ada@example.org")["ada@example.org"]
-    page = html.read_text(encoding="utf-8")
+    page = re.sub(r"<[^>]+>", "", html.read_text(encoding="utf-8"))  # titles carry highlights
     msg = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
     assert msg["To"].addresses[0].addr_spec == "ada@example.org"
     text = run(env, "preview", "--email", "ada@example.org", "--text").stdout

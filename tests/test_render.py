@@ -80,6 +80,11 @@ def hrefs(html: str) -> list[str]:
     return [unescape(h) for h in re.findall(r'href="([^"]*)"', html)]
 
 
+def untagged(html: str) -> str:
+    """The HTML with its tags removed (titles carry highlight tags around matched words)."""
+    return re.sub(r"<[^>]+>", "", html)
+
+
 def norm(text: str) -> str:
     return " ".join(text.split())
 
@@ -114,7 +119,7 @@ def test_every_seed_renders_a_complete_valid_message(
     assert sorted(out.paper_ids) == sorted(sp.paper.id for sp in sel.papers)
     for sp in sel.papers:
         title = norm(sp.paper.title)
-        assert str(escape_html(title)) in html
+        assert str(escape_html(title)) in untagged(html)
         assert title in norm(plain)
         for link in sp.paper.links:
             assert link in hrefs(html) and link in plain.split()
@@ -134,7 +139,8 @@ def test_paper_ids_follow_the_order_shown(renderer: Renderer) -> None:
     sel = select(listing(SEEDS[1]), reader(OFFLINE, RLHF, EXPLORATION))
     out = renderer.render(sel, now=NOW)
     titles = {sp.paper.id: escape_html(norm(sp.paper.title)) for sp in sel.papers}
-    positions = [out.html.index(f">{titles[pid]}</a>") for pid in out.paper_ids]
+    shown = untagged(out.html)
+    positions = [shown.index(f"{titles[pid]}") for pid in out.paper_ids]
     assert positions == sorted(positions)
 
 
@@ -160,8 +166,10 @@ def test_several_topics_are_grouped_each_paper_once_under_its_best_topic(
     heads = re.findall(r"text-transform:uppercase;color:#4338ca;\">([^<]+?) <span", out.html)
     assert heads == ["Offline RL", "RLHF", "More trending papers"]
     assert out.paper_ids == ("a", "b", "c")
-    assert out.html.count(">Beta RLHF paper</a>") == 1
-    assert out.html.index(">RLHF <span") < out.html.index(">Beta RLHF paper</a>")
+    title = '<strong class="hl"[^>]*>RLHF</strong>'
+    assert len(re.findall(f">Beta {title} paper</a>", out.html)) == 1  # title words highlighted
+    assert out.html.index(">RLHF <span") < re.search(f">Beta {title} paper</a>", out.html).start()
+    assert "Matched: offline RL, RLHF" in out.html and "Matched: offline RL, RLHF" in out.text
     assert "OFFLINE RL · 1 paper" in out.text and "RLHF · 1 paper" in out.text
     assert out.subject == "3 papers on Offline RL and RLHF from Mar 17"
 
@@ -174,7 +182,8 @@ def test_one_topic_is_not_grouped_and_has_summary_rank_and_topics(renderer: Rend
     assert "Tuesday, March 17, 2026" in out.html and "Tuesday, March 17, 2026" in out.text
     assert "· 1 paper" not in out.text and f"· {n} papers" not in out.html
     first = sel.papers[0]
-    assert f">#{first.rank}</span>" in out.html and f"Trending #{first.rank} on Mar 17" in out.text
+    assert f">#{first.rank}</span>" in out.html and "trending rank <span" in out.html
+    assert f"Trending rank #{first.rank} on Mar 17" in out.text
     assert "Exploration</span>" in out.html
     assert "Hi Ada, here is what matched your topics" in out.html
 
@@ -581,7 +590,7 @@ def test_custom_templates_are_used(make_settings: MakeSettings, template_dir: Pa
     ("name", "old", "new", "expect"),
     [
         ("digest.mjml", "{{ headline }}", "{{ headlin }}", "'headlin' is undefined"),
-        ("digest.mjml", "{{ p.title }}", "{{ p.titel }}", "has no attribute 'titel'"),
+        ("digest.mjml", "{{ p.title_html }}", "{{ p.titel }}", "has no attribute 'titel'"),
         ("digest.mjml", "{% endif %}", "{% endfi %}", "Jinja syntax error"),
         ("digest.txt", "{{ p.url }}", "{{ p.url | nosuchfilter }}", "No filter named"),
         ("digest.txt", "{% endfor %}", "{% endfor %}{% endfor %}", "Jinja syntax error"),

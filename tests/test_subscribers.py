@@ -150,3 +150,25 @@ def test_a_display_name_over_256_characters_is_refused_with_its_length() -> None
     assert problem.startswith("subs.yaml, line 6: subscriber #2 'b@example.org', field 'name'")
     assert "is 999 characters long" in problem and "at most 256" in problem
     assert len(problem) < 400  # the offending value is shortened, not printed whole
+
+
+def test_on_empty_comes_from_the_subscriber_or_the_defaults() -> None:
+    text = (
+        "defaults: {on_empty: closest}\n"
+        "subscribers:\n"
+        "  - {email: a@example.org, topics: [{name: T, keywords: [x]}]}\n"
+        "  - {email: b@example.org, on_empty: skip, topics: [{name: T, keywords: [x]}]}\n"
+    )
+    a, b = parse_subscribers(text)
+    assert (a.on_empty, b.on_empty) == ("closest", "skip")
+    (c,) = parse_subscribers(
+        "subscribers:\n  - {email: c@x.org, topics: [{name: T, keywords: [x]}]}\n"
+    )
+    assert c.on_empty == "skip"
+    with pytest.raises(SubscriberConfigError) as err:
+        parse_subscribers(
+            "subscribers:\n  - {email: d@x.org, on_empty: never, topics: [{name: T, keywords: [x]}]}\n"
+        )
+    assert (
+        "line 2" in str(err.value) and "on_empty" in str(err.value) and "closest" in str(err.value)
+    )
