@@ -55,6 +55,7 @@ class Reader:
     weight: float
     shift: float  # added to the reader's send threshold (negative: sends more)
     baseline: float = 0.0  # the mean of (up - down) likeness over the collection
+    vetoed: frozenset[int] = frozenset()  # papers the reader voted down: never sent to them
 
     def adjust(self, vector: Mapping[str, float]) -> tuple[float, str]:
         """(score change, title of the liked paper this one is most like, or ""). The change
@@ -116,4 +117,5 @@ def learn(
     sample = range(0, len(index.papers), max(1, len(index.papers) // BASELINE_SAMPLE))
     likeness = [_dot(index.vector(i), up) - _dot(index.vector(i), down) for i in sample]
     baseline = sum(likeness) / len(likeness) if likeness else 0.0
-    return Reader(liked, up, down, weight, threshold_shift(voted, threshold), baseline)
+    shift = threshold_shift(voted, threshold)
+    return Reader(liked, up, down, weight, shift, baseline, vetoed=frozenset(downs))

@@ -481,7 +481,7 @@ def _judge(
         score = best + change
         if score <= 0:
             continue
-        sent = margin + change >= reader.shift
+        sent = margin + change >= reader.shift and i not in reader.vetoed  # "not for me"
         shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
         matches = tuple(scorer.match(per_topic[t][0], i) for _, _, t in shown)
         out[i] = _Verdict(score, sent, matches, liked)

@@ -219,3 +219,30 @@ def test_serve_refuses_a_short_signing_key_before_listening(
     assert "NEWSLETTER_SIGNING_KEY" in result.output  # type: ignore[attr-defined]
     assert "at least 32 bytes" in result.output  # type: ignore[attr-defined]
     assert "tiny-secret" not in result.output  # type: ignore[attr-defined]
+
+
+def test_votes_added_from_the_command_line_change_that_readers_ranking_only(
+    cli_env: Callable[..., object],
+) -> None:
+    """`feedback add` is read by the matcher: `select --all --json` of the voter changes (a
+    down-voted paper sinks and is no longer sent), the other readers' results do not."""
+    run = cli_env
+
+    def ranking() -> dict[str, dict[str, tuple[float, bool]]]:
+        doc = json.loads(run("select", "--all", "--json").stdout)  # type: ignore[attr-defined]
+        return {
+            s["email"]: {p["id"]: (p["score"], p["sent"]) for p in s["papers"]}
+            for s in doc["subscribers"]
+        }
+
+    run("ingest")
+    before = ranking()
+    ada = before["ada@example.org"]
+    top = max((pid for pid, (_, sent) in ada.items() if sent), key=lambda pid: ada[pid][0])
+    run("feedback", "add", "ada@example.org", top, "down")
+    after = ranking()
+    assert after["ada@example.org"][top][0] < ada[top][0]
+    assert after["ada@example.org"][top][1] is False
+    for email, papers in before.items():
+        if email != "ada@example.org":
+            assert after[email] == papers
