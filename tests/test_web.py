@@ -29,13 +29,14 @@ from pydantic import SecretStr
 from newsletter.addresses import address_key
 from newsletter.deliver import send_edition
 from newsletter.links import Links
-from newsletter.models import Subscriber
+from newsletter.models import Paper, Subscriber
 from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
 from newsletter.tokens import SigningKeys, Tokens
 from newsletter.web import create_app
+from newsletter.web.pages import WebContext
 
 from .conftest import EXAMPLE_SUBSCRIBERS, IN_CI, SEEDS
 from .smtpd import RecordingHandler, SMTPServer
@@ -541,3 +542,25 @@ def test_in_a_browser_the_archive_page_reads_on_a_phone(site: Site, browser: Any
     assert fits(page)
     page.get_by_role("link", name=re.compile("More like this")).first.click()
     assert "More like this?" in page.get_by_role("heading").inner_text()
+
+
+def test_the_pages_link_a_papers_own_page_and_show_its_authors(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """As the email does: with an arXiv id (from the Daily Papers API) the title links to the
+    paper's page, the authors and the arXiv link are shown; without one, the search link."""
+    settings = make_settings(signing_key=KEY)
+    store = Store.open(settings.database_url)
+    web = WebContext(settings, store, Tokens(SigningKeys(KEY), max_age_days=365), lambda: [])
+    known = Paper(
+        "p1", "A Paper", "Abstract.", arxiv_id="2503.01234", authors=("Ada Lovelace", "C. B.")
+    )
+    view = web.paper_view(known, 3)
+    assert view["url"] == "https://huggingface.co/papers/2503.01234"
+    assert view["arxiv_url"] == "https://arxiv.org/abs/2503.01234" and "Lovelace" in view["authors"]
+    html_out = web.env.get_template("_paper.html").module.paper_block(view, voting=False)  # type: ignore[attr-defined]
+    assert 'href="https://huggingface.co/papers/2503.01234"' in str(html_out)
+    assert "arxiv.org/abs/2503.01234" in str(html_out) and "Lovelace" in str(html_out)
+    plain = web.paper_view(Paper("p2", "Another Paper", "Abstract."))
+    assert plain["url"].startswith(settings.paper_base_url) and plain["authors"] == ""
+    store.close()

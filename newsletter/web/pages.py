@@ -21,10 +21,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from newsletter.dailypapers import arxiv_page, paper_page
 from newsletter.errors import BadToken, SubscriberConfigError
 from newsletter.links import Links
 from newsletter.models import Paper, Subscriber
-from newsletter.render import link_view
+from newsletter.render import author_line, link_view
 from newsletter.settings import BUNDLED_TEMPLATES, Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
@@ -110,6 +111,9 @@ class WebContext:
         return Response(body, status_code=status, headers=headers, media_type=media_type)
 
     def paper_url(self, paper: Paper) -> str:
+        """As in the email: the paper's page when its arXiv id is known, else a search."""
+        if paper.arxiv_id:
+            return paper_page(paper.arxiv_id)
         return self.settings.paper_base_url + quote(" ".join(paper.title.split()), safe="")
 
     def paper_view(self, paper: Paper, rank: int = 0) -> dict[str, Any]:
@@ -118,6 +122,9 @@ class WebContext:
             "id": paper.id,
             "title": " ".join(paper.title.split()),
             "url": self.paper_url(paper),
+            "authors": author_line(paper.authors),
+            "arxiv_id": paper.arxiv_id or "",
+            "arxiv_url": arxiv_page(paper.arxiv_id) if paper.arxiv_id else "",
             "abstract": " ".join(paper.abstract.split()),
             "links": links,
             "rank": rank,
