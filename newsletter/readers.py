@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -126,6 +126,16 @@ class ReaderIds:
             )
             weakref.finalize(self, self._own.close)
         return self._own
+
+    def prime(self, emails: Iterable[str], now: dt.datetime) -> None:
+        """Create the missing ids of a whole chunk in one transaction (a first send to a new
+        list would otherwise insert them one by one)."""
+        store = self._open()
+        if self._cache is None:
+            self._cache = store.all_reader_ids()
+        missing = [k for k in dict.fromkeys(address_key(e) for e in emails) if k not in self._cache]
+        if missing:
+            self._cache.update(store.reader_ids(missing, now=now))
 
     def __call__(self, email: str, now: dt.datetime) -> str:
         store = self._open()

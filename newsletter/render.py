@@ -690,6 +690,11 @@ class Renderer:
             },
         )
 
+    def prime(self, subscribers: Iterable[Subscriber], now: dt.datetime) -> None:
+        """Get the reader ids of a chunk of subscribers ready in one go (with web links)."""
+        if self._links is not None:
+            self._reader_ids.prime((s.email for s in subscribers), now)
+
     def links_for(self, selection: Selection, now: dt.datetime) -> ReaderLinks | None:
         """The reader's web links for this digest; None without NEWSLETTER_PUBLIC_BASE_URL."""
         if self._links is None:

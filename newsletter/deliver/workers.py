@@ -56,6 +56,7 @@ class Preparer:
             self.store, self.settings, subscribers, edition, index=self.index
         )
         why_empty = skip_reasons(self.store, self.settings, selections, edition, index=self.index)
+        self.renderer.prime([s.subscriber for s in selections], now)
         out = []
         for sel in selections:
             email = address_key(sel.subscriber.email)
