@@ -2,8 +2,8 @@
 the full send).
 
 Each stage's benchmark lives beside it (bench_subscribers, bench_selection, bench_render,
-bench_send) and can run
-alone with its own options; this runs them in pipeline order with their defaults.
+bench_send) and can run alone with its own options; this runs them in pipeline order with their
+defaults.
 """
 
 from __future__ import annotations
