@@ -17,22 +17,44 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 import idna
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+-]{1,64}(?:\.[A-Za-z0-9_+-]{1,64})*")
 
 
 def validate_address(value: str) -> str:
     """The address, normalised, or ValueError saying what is wrong with it (syntax only: no
-    DNS lookups at validation time)."""
+    DNS lookups at validation time).
+
+    A plain address (a short dot-atom of letters, digits, `_`, `+`, `-` before the @) is
+    validated by its domain alone, once per domain: email_validator normalises such a local
+    part to itself. Anything else, or any domain it refuses, gets the full validation."""
+    local, at, domain = value.rpartition("@")
+    plain = at and len(value) <= 128 and _PLAIN_LOCAL.fullmatch(local)
+    if plain and len(local) <= 64 and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES:
+        normal = _normal_domain(domain)
+        if normal is not None and len(normal) <= 64:
+            return f"{local}@{normal}"
     try:
         return str(validate_email(value, check_deliverability=False).normalized)
     except EmailNotValidError as exc:
         raise ValueError(f"is not a valid email address ({exc})") from None
+
+
+@lru_cache(maxsize=1024)
+def _normal_domain(domain: str) -> str | None:
+    """The domain as email_validator normalises it, or None if it refuses it."""
+    try:
+        return str(validate_email(f"a@{domain}", check_deliverability=False).domain)
+    except EmailNotValidError:
+        return None
 
 
 def address_key(email: str) -> str:
@@ -44,6 +66,7 @@ def address_key(email: str) -> str:
     return f"{local.lower()}@{_domain_key(domain)}"
 
 
+@lru_cache(maxsize=1024)
 def _domain_key(domain: str) -> str:
     labels = []
     for label in domain.rstrip(".").split("."):

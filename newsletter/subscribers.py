@@ -8,9 +8,9 @@ and the fix, so a user can correct the whole file in one pass. The validated fil
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import re
 import zoneinfo
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +27,16 @@ from pydantic import (
 from newsletter.addresses import address_key, validate_address
 from newsletter.errors import SubscriberConfigError
 from newsletter.models import Subscriber, Topic
+from newsletter.yamlfile import (
+    Lines,
+    Loader,
+    NotPlain,
+    PureLoader,
+    line_of,
+    read_document,
+    read_document_nodes,
+    walk,
+)
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -123,35 +133,6 @@ _FIXES = {
 }
 
 
-class _Lines:
-    """Line numbers of the YAML nodes, looked up by the path pydantic reports."""
-
-    def __init__(self, node: yaml.Node | None) -> None:
-        self.root = node
-
-    def find(self, path: Sequence[str | int]) -> int:
-        node, line = self.root, 1
-        for part in path:
-            if node is None:
-                break
-            line = node.start_mark.line + 1
-            nxt: yaml.Node | None = None
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if k.value == part:
-                        line, nxt = k.start_mark.line + 1, v
-                        break
-            elif (
-                isinstance(node, yaml.SequenceNode)
-                and isinstance(part, int)
-                and part < len(node.value)
-            ):
-                nxt = node.value[part]
-                line = nxt.start_mark.line + 1
-            node = nxt
-        return line
-
-
 def _allowed(model: type[BaseModel]) -> str:
     return ", ".join(model.model_fields)
 
@@ -174,79 +155,144 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
 
 
 def parse_subscribers(text: str, source: str = "<subscribers>") -> list[Subscriber]:
-    """Validate the file's text; raise SubscriberConfigError listing every problem."""
+    """Validate the file's text; raise SubscriberConfigError listing every problem.
+
+    The text is read once, with LibYAML's C parser where PyYAML has it. A file that is not
+    valid YAML is read again by the pure-Python parser, so the message (and its line) is the
+    same whichever parser is installed."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        return _parse(text, source, Loader)
+    except _NotYaml:
+        if Loader is PureLoader:
+            raise
+        return _parse(text, source, PureLoader)
+
+
+class _NotYaml(SubscriberConfigError):
+    pass
+
+
+def _parse(text: str, source: str, loader: type[Any]) -> list[Subscriber]:
+    check = _Check(source)
+    gc.disable()  # a load allocates millions of objects and frees none: collecting is waste
+    try:
+        try:
+            raw, lines = read_document(text, loader, "subscribers", check.entry)
+        except NotPlain:
+            check = _Check(source)
+            raw, lines = read_document_nodes(text, loader)
+            entries = raw.get("subscribers") if isinstance(raw, dict) else None
+            if isinstance(entries, list):
+                raw["subscribers"] = [
+                    check.entry_at(i, entry, walk(lines, ["subscribers", i]))
+                    for i, entry in enumerate(entries)
+                ]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise SubscriberConfigError(
+        raise _NotYaml(
             source, [f"{source}, {where}not valid YAML ({getattr(exc, 'problem', exc)})"]
         ) from None
-    lines = _Lines(node)
-    problems: list[tuple[int, str]] = []
+    finally:
+        gc.enable()
+    return check.finish(raw, lines)
 
-    def problem(path: Sequence[str | int], who: str, field: str, text_: str) -> None:
-        line = lines.find(path)
-        problems.append((line, f"{source}, line {line}: {who}field {field!r}: {text_}"))
 
-    if not isinstance(raw, dict):
-        raise SubscriberConfigError(
-            source, [f"{source}, line 1: expected a mapping with 'defaults' and 'subscribers'"]
-        )
-    for key in raw:
-        if key not in ("defaults", "subscribers"):
-            problem([key], "", str(key), "unknown top-level key; allowed: defaults, subscribers")
+class _Check:
+    """The checks of one file: each subscriber as it is read, then the whole."""
 
-    defaults = DefaultsModel()
-    try:
-        defaults = DefaultsModel.model_validate(raw.get("defaults") or {})
-    except ValidationError as exc:
-        for e in exc.errors():
-            path = ["defaults", *e["loc"]]
-            problem(path, "defaults: ", ".".join(map(str, e["loc"])), _describe(e, DefaultsModel))
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
+        self.first_index: dict[str, tuple[int, str, int]] = {}
 
-    entries = raw.get("subscribers")
-    if not isinstance(entries, list) or not entries:
-        problem(["subscribers"], "", "subscribers", "give a list with at least one subscriber")
-        entries = []
+    def problem(
+        self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
+    ) -> None:
+        line = at[1]
+        message = f"{self.source}, line {line}: {who}field {field!r}: {text}"
+        self.problems.append((line, phase, message))
 
-    valid: list[tuple[int, SubscriberModel]] = []
-    first_index: dict[str, tuple[int, str]] = {}
-    for i, entry in enumerate(entries):
+    def entry(self, i: int, entry: Any, lines: Lines) -> SubscriberModel | None:
+        """Check subscriber #i+1 as it is read (`lines`: its own)."""
+        return self.entry_at(i, entry, (lines, line_of(lines)))
+
+    def entry_at(self, i: int, entry: Any, at: tuple[Lines | None, int]) -> SubscriberModel | None:
+        """Check subscriber #i+1, found `at` in the lines; the model, or None if invalid."""
+        lines, start = at
         email = entry.get("email") if isinstance(entry, dict) else None
         who = f"subscriber #{i + 1}" + (f" {email!r}" if email else "") + ", "
         model: SubscriberModel | None = None
         try:
             model = SubscriberModel.model_validate(entry)
-            valid.append((i, model))
         except ValidationError as exc:
             for e in exc.errors():
-                loc = [p for p in e["loc"]]
+                loc = list(e["loc"])
                 field = ".".join(map(str, loc)) or "(entry)"
                 kind = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
-                problem(["subscribers", i, *loc], who, field, _describe(e, kind))
+                self.problem(2, walk(lines, loc, start), who, field, _describe(e, kind))
         if isinstance(email, str) and email.strip():
             key = address_key(model.email if model is not None else email)
-            if key in first_index:
-                n, first = first_index[key]
-                problem(
-                    ["subscribers", i, "email"],
+            at = walk(lines, ["email"], start)
+            if key in self.first_index:
+                n, first, first_line = self.first_index[key]
+                self.problem(
+                    2,
+                    at,
                     who,
                     "email",
                     f"duplicate address: {email!r} duplicates subscriber #{n + 1} {first!r} "
-                    f"(line {lines.find(['subscribers', n, 'email'])}); emails compare "
+                    f"(line {first_line}); emails compare "
                     "case-insensitively, in Unicode NFC, with the domain in Unicode or "
                     "punycode alike; remove or merge one of them",
                 )
             else:
-                first_index[key] = (i, email)
+                self.first_index[key] = (i, email, at[1])
+        return model
 
-    if problems:
-        # In file order, so the user can fix them top to bottom.
-        raise SubscriberConfigError(source, [m for _, m in sorted(problems, key=lambda p: p[0])])
-    return [_to_subscriber(m, defaults, lines.find(["subscribers", i])) for i, m in valid]
+    def finish(self, raw: Any, lines: Lines | None) -> list[Subscriber]:
+        """The top-level checks; the subscribers, or SubscriberConfigError with every problem."""
+        source = self.source
+        if not isinstance(raw, dict):
+            raise SubscriberConfigError(
+                source, [f"{source}, line 1: expected a mapping with 'defaults' and 'subscribers'"]
+            )
+        for key in raw:
+            if key not in ("defaults", "subscribers"):
+                self.problem(
+                    0,
+                    walk(lines, [key]),
+                    "",
+                    str(key),
+                    "unknown top-level key; allowed: defaults, subscribers",
+                )
+
+        defaults = DefaultsModel()
+        try:
+            defaults = DefaultsModel.model_validate(raw.get("defaults") or {})
+        except ValidationError as exc:
+            for e in exc.errors():
+                at = walk(lines, ["defaults", *e["loc"]])
+                field = ".".join(map(str, e["loc"]))
+                self.problem(1, at, "defaults: ", field, _describe(e, DefaultsModel))
+
+        entries = raw.get("subscribers")
+        if not isinstance(entries, list) or not entries:
+            at = walk(lines, ["subscribers"])
+            self.problem(1, at, "", "subscribers", "give a list with at least one subscriber")
+            entries = []
+
+        if self.problems:
+            # In file order, so the user can fix them top to bottom.
+            raise SubscriberConfigError(
+                source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
+            )
+        items, _ = walk(lines, ["subscribers"])
+        return [
+            _to_subscriber(m, defaults, walk(items, [i])[1])
+            for i, m in enumerate(entries)
+            if m is not None
+        ]
 
 
 def _to_subscriber(m: SubscriberModel, d: DefaultsModel, line: int) -> Subscriber:

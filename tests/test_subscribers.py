@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from newsletter import subscribers
 from newsletter.addresses import address_key
 from newsletter.cli import cli
 from newsletter.errors import SubscriberConfigError
@@ -172,3 +175,58 @@ def test_on_empty_comes_from_the_subscriber_or_the_defaults() -> None:
     assert (
         "line 2" in str(err.value) and "on_empty" in str(err.value) and "closest" in str(err.value)
     )
+
+
+# --- one reading, whichever YAML parser is installed ------------------------------------------
+ANCHORED = """\
+subscribers:
+  - email: a@example.org
+    topics: [&rl {name: RL, keywords: [offline RL]}]
+
+  - <<: {email: b@example.org, hobby: chess}
+    topics: [*rl]
+"""
+NOT_YAML = BAD.replace("    hobby: chess\n", "    hobby: [chess\n")
+
+
+@pytest.mark.parametrize(
+    "text", [EXAMPLE_SUBSCRIBERS.read_text(encoding="utf-8"), BAD, SAME_MAILBOX, ANCHORED, NOT_YAML]
+)
+def test_c_and_pure_python_parsers_give_the_same_subscribers_and_messages(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def outcome(loader: type[Any]) -> object:
+        monkeypatch.setattr(subscribers, "Loader", loader)
+        try:
+            return parse_subscribers(text, "subs.yaml")
+        except SubscriberConfigError as exc:
+            return exc.problems
+
+    assert yaml.__with_libyaml__, "production reads with LibYAML: the C path must be tested"
+    assert subscribers.Loader is yaml.CSafeLoader
+    with_c, pure = outcome(yaml.CSafeLoader), outcome(yaml.SafeLoader)
+    assert with_c == pure
+    if text is NOT_YAML:  # the line, in the words of the pure-Python parser, as always
+        assert with_c == ["subs.yaml, line 13: not valid YAML (expected ',' or ']', but got ':')"]
+    elif text is BAD:
+        assert isinstance(with_c, list) and len(with_c) == 12
+    else:
+        assert isinstance(with_c, list) and len(with_c) in (1, 2, 5)  # problems or subscribers
+
+
+def test_anchors_aliases_and_merge_keys_still_load_with_their_lines() -> None:
+    with pytest.raises(SubscriberConfigError) as info:
+        parse_subscribers(ANCHORED, "subs.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("subs.yaml, line 5: subscriber #2 'b@example.org', field 'hobby'")
+    a = parse_subscribers(ANCHORED.replace(", hobby: chess", ""), "subs.yaml")
+    assert [s.email for s in a] == ["a@example.org", "b@example.org"]
+    assert a[1].topics == a[0].topics and [s.line for s in a] == [2, 5]
+
+
+def test_a_large_file_reads_in_one_pass_with_each_subscribers_line() -> None:
+    entry = "  - email: reader{i}@example.org\n    topics: [{{name: T, keywords: [k{i}]}}]\n"
+    text = "subscribers:\n" + "".join(entry.format(i=i) for i in range(2000))
+    subs = parse_subscribers(text)
+    assert len(subs) == 2000 and subs[1999].line == 2 + 2 * 1999
+    assert subs[1999].topics[0].keywords == ("k1999",)

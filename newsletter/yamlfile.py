@@ -1,0 +1,259 @@
+"""One pass over a YAML document: plain Python values, the line of every key and item, and the
+items of one top-level list handed out as they are read.
+
+PyYAML's loaders build a tree of nodes (with two position marks each) for the whole document
+before constructing a value; a 100,000-entry file costs gigabytes that way. `read_document`
+builds the values straight from the parser's events, with LibYAML's C parser when PyYAML has it
+(`yaml.CSafeLoader`, else the pure-Python `yaml.SafeLoader`), and keeps, beside the values, a
+`Lines` tree: the line of each mapping, sequence and scalar and of each mapping key, enough to
+point an error at the right line as a node tree would. The items of `stream_key`'s list go to a
+callback one at a time, so the caller can check each and drop it.
+
+Plain YAML takes that path: what `yaml.safe_load` gives, with the same values and key order.
+A document with anchors, aliases, explicit tags, merge keys (`<<`), keys that are not scalars or
+`stream_key` twice raises `NotPlain`; `read_document_nodes` reads it the general way (a node tree,
+then `construct_document`), as before. Both are pure: text in, values out.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+
+Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
+PureLoader = yaml.SafeLoader
+
+_STR = "tag:yaml.org,2002:str"
+_PLAIN_TAGS = (None, "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+_SPECIAL = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+
+
+class NotPlain(Exception):
+    """The document needs the general reader (anchors, aliases, tags, merge keys, ...)."""
+
+
+@dataclass(slots=True)
+class MapLines:
+    """A mapping's line and, per key in document order, the key as written, its line and the
+    lines of its value."""
+
+    line: int
+    keys: list[Any]
+    key_lines: list[int]
+    children: list[Lines]
+
+
+@dataclass(slots=True)
+class SeqLines:
+    """A sequence's line and the lines of its items."""
+
+    line: int
+    children: list[Lines]
+
+
+Lines = int | MapLines | SeqLines  # a scalar is just its line
+OnItem = Callable[[int, Any, "Lines"], Any]
+
+
+def line_of(lines: Lines) -> int:
+    return lines if isinstance(lines, int) else lines.line
+
+
+def walk(lines: Lines | None, path: Sequence[Any], line: int = 1) -> tuple[Lines | None, int]:
+    """Follow `path` (keys and list indexes) down from `lines`: the node reached (None once the
+    path leaves the document) and the line of the deepest key or item found on the way."""
+    node = lines
+    for part in path:
+        if node is None:
+            break
+        line = line_of(node)
+        nxt: Lines | None = None
+        if isinstance(node, MapLines):
+            for key, key_line, child in zip(node.keys, node.key_lines, node.children, strict=True):
+                if key == part:
+                    line, nxt = key_line, child
+                    break
+        elif isinstance(node, SeqLines) and isinstance(part, int) and part < len(node.children):
+            nxt = node.children[part]
+            line = line_of(nxt)
+        node = nxt
+    return node, line
+
+
+class _Reader:
+    """Values and lines from the events of one loader (C or pure-Python parser)."""
+
+    def __init__(self, loader: Any, stream_key: str, on_item: OnItem) -> None:
+        self.get_event: Callable[[], Any] = loader.get_event
+        self.check_event: Callable[..., bool] = loader.check_event
+        self.loader = loader
+        self.resolvers: dict[Any, list[tuple[str, Any]]] = loader.yaml_implicit_resolvers
+        self.wildcard = self.resolvers.get(None, [])
+        if loader.yaml_path_resolvers:
+            raise NotPlain("path resolvers")
+        self.stream_key = stream_key
+        self.on_item = on_item
+
+    def document(self) -> tuple[Any, Lines | None]:
+        get = self.get_event
+        get()  # stream start
+        if self.check_event(StreamEndEvent):
+            return None, None
+        start = get()  # document start
+        data, lines = self.value(get(), root=True)
+        get()  # document end
+        if not self.check_event(StreamEndEvent):
+            event = get()
+            raise yaml.composer.ComposerError(
+                "expected a single document in the stream",
+                start.start_mark,
+                "but found another document",
+                event.start_mark,
+            )
+        return data, lines
+
+    def value(self, event: Any, root: bool = False) -> tuple[Any, Lines]:
+        kind = type(event)
+        if kind is AliasEvent or event.anchor is not None:
+            raise NotPlain("anchor or alias")
+        if kind is ScalarEvent:
+            return self.scalar(event), event.start_mark.line + 1
+        if event.tag not in _PLAIN_TAGS:
+            raise NotPlain("tagged collection")
+        if kind is SequenceStartEvent:
+            return self.sequence(event)
+        return self.mapping(event, root)
+
+    def scalar(self, event: Any) -> Any:
+        if event.tag is not None:
+            raise NotPlain("tagged scalar")
+        text: str = event.value
+        if not event.implicit[0]:  # quoted: always a string
+            return text
+        tag = _STR
+        for tag_, regexp in self.resolvers.get(text[0] if text else "", []) + self.wildcard:
+            if regexp.match(text):
+                tag = tag_
+                break
+        if tag == _STR:
+            return text
+        if tag in _SPECIAL:
+            raise NotPlain("merge or value key")
+        node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
+        return self.loader.yaml_constructors[tag](self.loader, node)
+
+    def sequence(self, start: Any) -> tuple[list[Any], SeqLines]:
+        data: list[Any] = []
+        children: list[Lines] = []
+        get = self.get_event
+        while True:
+            event = get()
+            if type(event) is SequenceEndEvent:
+                return data, SeqLines(start.start_mark.line + 1, children)
+            item, lines = self.value(event)
+            data.append(item)
+            children.append(lines)
+
+    def mapping(self, start: Any, root: bool) -> tuple[dict[Any, Any], MapLines]:
+        data: dict[Any, Any] = {}
+        lines = MapLines(start.start_mark.line + 1, [], [], [])
+        get = self.get_event
+        streamed = False
+        while True:
+            event = get()
+            kind = type(event)
+            if kind is MappingEndEvent:
+                return data, lines
+            if kind is not ScalarEvent or event.anchor is not None:
+                raise NotPlain("complex key, anchor or alias")
+            key = self.scalar(event)
+            value = get()
+            if root and key == self.stream_key and event.value == self.stream_key:
+                if streamed:
+                    raise NotPlain(f"{self.stream_key} twice")
+                streamed = True
+                data[key], child = self.streamed(value)
+            else:
+                data[key], child = self.value(value)
+            lines.keys.append(event.value)
+            lines.key_lines.append(event.start_mark.line + 1)
+            lines.children.append(child)
+
+    def streamed(self, start: Any) -> tuple[Any, Lines]:
+        """The list under `stream_key`: each item goes to `on_item`, whose answers make the
+        list; the lines kept are each item's own (its inner lines went to `on_item`)."""
+        if type(start) is not SequenceStartEvent:
+            return self.value(start)
+        if start.anchor is not None or start.tag not in _PLAIN_TAGS:
+            raise NotPlain("anchored or tagged list")
+        answers: list[Any] = []
+        children: list[Lines] = []
+        mark: Any = start.start_mark
+        get = self.get_event
+        while True:
+            event = get()
+            if type(event) is SequenceEndEvent:
+                return answers, SeqLines(mark.line + 1, children)
+            item, lines = self.value(event)
+            answers.append(self.on_item(len(answers), item, lines))
+            children.append(line_of(lines))
+
+
+def read_document(
+    text: str, loader_class: type[Any], stream_key: str, on_item: OnItem
+) -> tuple[Any, Lines | None]:
+    """The document's value and lines, `stream_key`'s items passed to `on_item` as they come
+    (its list holds on_item's answers). Raises yaml.YAMLError, or NotPlain (see the module)."""
+    loader = loader_class(text)
+    try:
+        return _Reader(loader, stream_key, on_item).document()
+    finally:
+        loader.dispose()
+
+
+def read_document_nodes(text: str, loader_class: type[Any]) -> tuple[Any, Lines | None]:
+    """Any YAML document the safe loader accepts: its value and lines, from a node tree."""
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        # Constructing flattens merge keys in place; the lines are those of the text as written.
+        return loader.construct_document(copy.deepcopy(node)), _node_lines(node, {})
+    finally:
+        loader.dispose()
+
+
+def _node_lines(node: yaml.Node, seen: dict[int, Lines]) -> Lines:
+    if id(node) in seen:  # an alias: the lines of the node it names
+        return seen[id(node)]
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        mapping = MapLines(line, [], [], [])
+        seen[id(node)] = mapping
+        for key, value in node.value:
+            mapping.keys.append(key.value if isinstance(key, yaml.ScalarNode) else None)
+            mapping.key_lines.append(key.start_mark.line + 1)
+            mapping.children.append(_node_lines(value, seen))
+        return mapping
+    if isinstance(node, yaml.SequenceNode):
+        sequence = SeqLines(line, [])
+        seen[id(node)] = sequence
+        sequence.children.extend(_node_lines(item, seen) for item in node.value)
+        return sequence
+    seen[id(node)] = line
+    return line
