@@ -15,6 +15,7 @@ up by it.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -44,6 +45,7 @@ def address_key(email: str) -> str:
     return f"{local.lower()}@{_domain_key(domain)}"
 
 
+@functools.lru_cache(maxsize=4096)  # most subscribers share a few mail domains
 def _domain_key(domain: str) -> str:
     labels = []
     for label in domain.rstrip(".").split("."):
