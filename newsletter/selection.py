@@ -101,6 +101,11 @@ Scored = dict[int, tuple[float, tuple[TopicMatch, ...]]]
 _Vector = npt.NDArray[np.float64]  # one lane per slot (a row per term or keyword group)
 
 
+# A query's scores depend on its keyword groups' first terms and its description terms only
+# (not on the topic's name or on a group's other spellings): topics alike share them.
+_Key = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Query:
     """A topic compiled to index terms."""
@@ -108,10 +113,7 @@ class _Query:
     topic: Topic
     keywords: tuple[tuple[str, ...], ...]  # the user's terms as typed, synonyms grouped
     weak: tuple[str, ...]  # description terms and the words of multi-word keywords
-
-    @property
-    def key(self) -> _Key:
-        return tuple(g[0] for g in self.keywords), self.weak
+    key: _Key  # what its scores depend on: each keyword group's first term, `weak`
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -163,9 +165,6 @@ def _matched(groups: _Vector, slot: int) -> tuple[int, ...]:
     return tuple(np.flatnonzero(groups[:, slot]).tolist())
 
 
-# A query's scores depend on its keyword groups' first terms and its description terms only
-# (not on the topic's name or on a group's other spellings): topics alike share them.
-_Key = tuple[tuple[str, ...], tuple[str, ...]]
 _Passing = tuple[tuple[int, float, tuple[int, ...]], ...]  # (paper, score, keyword groups)
 
 # Each topic's reference score per index, kept for as long as the index (pipeline.paper_index
@@ -230,6 +229,14 @@ class _Scorer:
         self._sends: dict[tuple[Topic, float], list[tuple[int, float, TopicMatch]]] = {}
         self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
+        self._specific: dict[str, float | None] = {}
+        self._idfs: dict[str, float] = {}
+        # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
+        # (0, meaning "no cap", with too few papers to tell).
+        n = len(index.papers)
+        self._specific_idf = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
+        self._strong: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+        self._found: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
 
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
@@ -250,7 +257,8 @@ class _Scorer:
             for variants, term in self._evidence(text):
                 if variants not in groups:
                     weak.setdefault(variants, term)
-        return _Query(topic, tuple(tuple(g) for g in groups.values()), tuple(weak.values()))
+        keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
+        return _Query(topic, keywords, terms, (tuple(g[0] for g in keywords), terms))
 
     def _evidence(self, text: str) -> tuple[tuple[tuple[tuple[str, ...], ...], str], ...]:
         """(variants, term) of the content terms of `text` that occur in the collection."""
@@ -281,14 +289,8 @@ class _Scorer:
             self._weights[term, keyword] = cached
         return cached
 
-    def _specific_idf(self) -> float:
-        """The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
-        (0, meaning "no cap", with too few papers to tell)."""
-        n = len(self.index.papers)
-        return soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
-
     def _specificity(self, postings: Postings) -> float:
-        ref = self._specific_idf()
+        ref = self._specific_idf
         return min(1.0, postings.soft_idf / ref) if ref else 1.0
 
     def _keyword_lane(self, term: str, lane: _Vector) -> None:
@@ -302,21 +304,34 @@ class _Scorer:
     def _most_specific(self, query: _Query) -> float:
         # Specificity is relative to the topic's most specific keyword: a reader whose every
         # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        found = [self.index.lookup(g[0]) for g in query.keywords]
-        return max((self._specificity(p) for p in found if p.tf), default=1.0)
+        found = (self._keyword_specificity(g[0]) for g in query.keywords)
+        return max((f for f in found if f is not None), default=1.0)
+
+    def _keyword_specificity(self, term: str) -> float | None:
+        """The keyword's specificity (None when no paper has it)."""
+        if term not in self._specific:
+            postings = self.index.lookup(term)
+            self._specific[term] = self._specificity(postings) if postings.tf else None
+        return self._specific[term]
 
     def _weak_scale(self, query: _Query) -> float:
         """What a description's summed fixed-point weights are multiplied by (0: none)."""
         weight = self.tuning.description_weight
         if not query.weak or weight <= 0:
             return 0.0
-        idfs = [self.index.lookup(t).soft_idf for t in query.weak]
+        idfs = [self._soft_idf(t) for t in query.weak]
         # The share of the best score a paper could reach on these terms; with a short
         # description that share is capped so one term counts at most TERM_CAP of a keyword
         # (a specific one, so a description of generic words alone stays weak evidence).
-        full = max(self._specific_idf(), max(idfs))
+        full = max(self._specific_idf, max(idfs))
         best_possible = max(sum(idfs) * (K1 + 1), weight * full / TERM_CAP)
         return weight / best_possible / _FIXED
+
+    def _soft_idf(self, term: str) -> float:
+        found = self._idfs.get(term)
+        if found is None:
+            found = self._idfs[term] = self.index.lookup(term).soft_idf
+        return found
 
     def _batch(self, queries: Sequence[_Query]) -> tuple[_Vector, _Vector]:
         """(keyword group weights, shape (query, group, slot), 0 past a query's own groups;
@@ -328,9 +343,11 @@ class _Scorer:
         width, count = len(self.slots), len(queries)
         keywords, weak = self._keyword_lanes, self._weak_lanes
         depth = max((len(q.keywords) for q in queries), default=0)
-        rows = np.zeros((count, depth), dtype=np.intp)  # row 0 of the lanes is all zeros
-        for n, query in enumerate(queries):
-            rows[n, : len(query.keywords)] = [keywords.row(g[0]) for g in query.keywords]
+        pad = [0] * depth  # row 0 of the lanes is all zeros
+        rows = np.array(
+            [[keywords.row(g[0]) for g in q.keywords] + pad[len(q.keywords) :] for q in queries],
+            dtype=np.intp,
+        ).reshape(count, depth)
         most = np.array([self._most_specific(q) for q in queries])
         groups = keywords.matrix[rows] / most[:, None, None]
         ranked = np.sort(groups, axis=1)[:, ::-1, :]  # each slot's weights, best first
@@ -493,19 +510,27 @@ class _Scorer:
         occurrence."""
         terms = tuple(term for k in matched for term in query.keywords[k])
         if not terms:
-            weight = {t: self.weights(t, keyword=False).get(i, 0.0) for t in query.weak}
-            strongest = sorted(query.weak, key=lambda t: -weight[t])
-            terms = tuple(t for t in strongest[:3] if weight[t] > 0)
-        hits = [self._hit(term, i) for term in terms]
-        found = sorted(occurrence for hit in hits for occurrence in hit[2])
-        return TopicMatch(
-            topic=query.topic.name,
-            terms=terms,
-            in_title=tuple(t for t, hit in zip(terms, hits, strict=True) if hit[0]),
-            in_abstract=tuple(t for t, hit in zip(terms, hits, strict=True) if hit[1]),
-            highlights=tuple(dict.fromkeys(text for _, text in found)),
-            score=score,
-        )
+            terms = self._strongest(query.weak, i)
+        cached = self._found.get((terms, i))
+        if cached is None:
+            hits = [self._hit(term, i) for term in terms]
+            found = sorted(occurrence for hit in hits for occurrence in hit[2])
+            cached = self._found[terms, i] = (
+                tuple(t for t, hit in zip(terms, hits, strict=True) if hit[0]),
+                tuple(t for t, hit in zip(terms, hits, strict=True) if hit[1]),
+                tuple(dict.fromkeys(text for _, text in found)),
+            )
+        in_title, in_abstract, highlights = cached
+        return TopicMatch(query.topic.name, terms, in_title, in_abstract, highlights, score)
+
+    def _strongest(self, weak: tuple[str, ...], i: int) -> tuple[str, ...]:
+        """The (at most 3) description terms that weigh most in paper i."""
+        cached = self._strong.get((weak, i))
+        if cached is None:
+            weight = {t: self.weights(t, keyword=False).get(i, 0.0) for t in weak}
+            strongest = sorted(weak, key=lambda t: -weight[t])
+            cached = self._strong[weak, i] = tuple(t for t in strongest[:3] if weight[t] > 0)
+        return cached
 
     def _hit(self, term: str, i: int) -> tuple[bool, bool, tuple[tuple[int, str], ...]]:
         """(in title?, in abstract?, (position, exact text) of each occurrence)."""
