@@ -58,7 +58,7 @@ from newsletter.models import (
     Topic,
     TopicMatch,
 )
-from newsletter.textindex import K1, STOPWORDS, PaperIndex, Postings, Token, soft_idf, tokenize
+from newsletter.textindex import K1, STOPWORDS, PaperIndex, Postings, soft_idf, word_spans
 
 __all__ = [
     "CLOSEST",
@@ -119,23 +119,23 @@ class _Query:
 def _content_terms(text: str) -> tuple[str, ...]:
     """Content words of free text, a hyphenated compound ("self-play") as one term, and each
     pair of adjacent content terms ("count bonuses"), which is evidence beyond its words."""
-    units: list[list[Token]] = []
-    for tok in tokenize(text):
-        if tok.hyphen_before and units:
-            units[-1].append(tok)
+    units: list[list[int]] = []  # [start, end, words] of each word or hyphenated compound
+    for start, end, glued in word_spans(text):
+        if glued and units:
+            units[-1][1:] = end, units[-1][2] + 1
         else:
-            units.append([tok])
+            units.append([start, end, 1])
     terms: list[str] = []
-    prev: list[Token] | None = None
+    prev: list[int] | None = None
     for unit in units:
-        term = text[unit[0].start : unit[-1].end]
-        content = len(unit) > 1 or (
+        term = text[unit[0] : unit[1]]
+        content = unit[2] > 1 or (
             len(term) > 1 and term.isalpha() and term.lower() not in STOPWORDS
         )
         if content:
             terms.append(term)
-            if prev and not text[prev[-1].end : unit[0].start].strip():
-                terms.append(text[prev[0].start : unit[-1].end])
+            if prev and not text[prev[1] : unit[0]].strip():
+                terms.append(text[prev[0] : unit[1]])
         prev = unit if content else None
     return tuple(terms)
 
