@@ -151,12 +151,24 @@ def acronym_key(surface: str) -> str | None:
 
 
 def tokenize(text: str) -> list[Token]:
-    return [Token(s, e, *_keys(text[s:e]), glued) for s, e, glued in word_spans(text)]
+    tokens: list[Token] = []
+    prev_end = -2
+    for m in _WORD.finditer(text):
+        start, end = m.span()
+        surface = m.group()
+        if surface[-2:-1] in ("'", "’"):
+            surface, end = surface[:-2], end - 2  # possessive: "RL's" is "RL"
+        key, acronym = _keys(surface)
+        glued = start == prev_end + 1 and text[prev_end] in _HYPHENS
+        tokens.append(Token(start, end, key, acronym, glued))
+        prev_end = end
+    return tokens
 
 
 def word_spans(text: str) -> list[tuple[int, int, bool]]:
-    """(start, end, glued to the previous word by a hyphen?) of each word of `text`, as
-    `tokenize` splits it, without folding the words."""
+    """(start, end, hyphen_before) of each token `tokenize` would make, without folding the
+    words (for callers that only cut text; `tokenize` is kept apart since the index build
+    runs it over every paper)."""
     spans: list[tuple[int, int, bool]] = []
     prev_end = -2
     for m in _WORD.finditer(text):

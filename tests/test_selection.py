@@ -28,6 +28,7 @@ from newsletter.selection import (
 )
 from newsletter.settings import Settings
 from newsletter.subscribers import load_subscribers
+from newsletter.textindex import tokenize, word_spans
 
 from . import reference_matcher
 from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
@@ -696,3 +697,10 @@ def test_rank_all_and_references_match_the_straightforward_reference(
         scored = score_papers(index, sub, threshold=threshold, tuning=tuning)
         best = {e.id: e.score for e in ref.rank_all(sub)}
         assert {index.papers[i].id: s for i, (s, _) in scored.items()} == pytest.approx(best)
+
+
+def test_word_spans_are_the_boundaries_tokenize_finds() -> None:
+    texts = [t for p in seed_index().papers for t in (p.title, p.abstract)]
+    texts += ["RL's world-model", "x-y-z foo's-bar’s", "'a b's", "A–B self-play"]
+    for text in texts:
+        assert word_spans(text) == [(t.start, t.end, t.hyphen_before) for t in tokenize(text)]
