@@ -350,10 +350,16 @@ class _Scorer:
         ).reshape(count, depth)
         most = np.array([self._most_specific(q) for q in queries])
         groups = keywords.matrix[rows] / most[:, None, None]
-        ranked = np.sort(groups, axis=1)[:, ::-1, :]  # each slot's weights, best first
-        total = ranked[:, 0, :] if depth else np.zeros((count, width))
-        for r in range(1, depth):
-            total = total + ranked[:, r, :] * KEYWORD_DECAY**r
+        # A slot one keyword group matches scores that group's weight; only the (few) slots
+        # where several match need their weights sorted.
+        total = groups.max(axis=1) if depth else np.zeros((count, width))
+        which, slot = np.nonzero((groups > 0).sum(axis=1) > 1)
+        if len(which):
+            ranked = np.sort(groups[which, :, slot], axis=1)[:, ::-1]  # best first
+            several = ranked[:, 0]
+            for r in range(1, depth):
+                several = several + ranked[:, r] * KEYWORD_DECAY**r
+            total[which, slot] = several
         scales = [self._weak_scale(q) for q in queries]
         described = [n for n, scale in enumerate(scales) if scale]
         if described:
@@ -546,13 +552,12 @@ class _Scorer:
 
 def _nth_best(scores: _Vector, n: int) -> list[float]:
     """Per row, the n-th best positive score (the last one when fewer; 0.0 when none)."""
-    positive = np.where(scores > 0, scores, 0.0)
-    ranked = np.sort(positive, axis=1)
-    counts = (scores > 0).sum(axis=1)
-    width = scores.shape[1]
-    return [
-        float(ranked[row, width - min(n, c)]) if c else 0.0 for row, c in enumerate(counts.tolist())
-    ]
+    counts = (scores > 0).sum(axis=1).tolist()
+    n = min(n, scores.shape[1])
+    if not n:
+        return [0.0] * len(counts)
+    best = -np.partition(-np.where(scores > 0, scores, 0.0), range(n), axis=1)[:, :n]
+    return [float(best[row, min(n, c) - 1]) if c else 0.0 for row, c in enumerate(counts)]
 
 
 def calibrated_threshold(threshold: float, reference: float, tuning: Tuning) -> float:
