@@ -66,7 +66,7 @@ def address_key(email: str) -> str:
     return f"{local.lower()}@{_domain_key(domain)}"
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=4096)  # most subscribers share a few mail domains
 def _domain_key(domain: str) -> str:
     labels = []
     for label in domain.rstrip(".").split("."):

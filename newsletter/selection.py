@@ -38,12 +38,14 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-import sys
-from array import array
-from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from newsletter.addresses import address_key
 from newsletter.learning import NO_READER, Reader, Votes, learn
@@ -56,7 +58,7 @@ from newsletter.models import (
     Topic,
     TopicMatch,
 )
-from newsletter.textindex import K1, STOPWORDS, PaperIndex, Postings, Token, soft_idf, tokenize
+from newsletter.textindex import K1, STOPWORDS, PaperIndex, Postings, soft_idf, word_spans
 
 __all__ = [
     "CLOSEST",
@@ -76,6 +78,7 @@ TREND_BONUS = 0.5  # trending rank 1 multiplies the score by 1.5, rank 3 by 1.25
 GENERIC_SHARE = 0.05  # a keyword in at most this share of the papers has full weight
 MIN_COLLECTION = 50  # with fewer stored papers, document frequency says nothing: no discount
 REF_RANK = 3  # a topic's own scale: the score of its 3rd best paper over the whole collection
+BATCH_CELLS = 1 << 21  # term lanes (x papers) gathered at once when scoring many topics
 CLOSEST = 3  # near misses shown (or sent, with on_empty: closest) when nothing matched
 _FIXED = float(1 << 24)  # fixed-point scale of the packed description weights
 
@@ -95,6 +98,12 @@ class Tuning:
 DEFAULT_TUNING = Tuning()
 
 Scored = dict[int, tuple[float, tuple[TopicMatch, ...]]]
+_Vector = npt.NDArray[np.float64]  # one lane per slot (a row per term or keyword group)
+
+
+# A query's scores depend on its keyword groups' first terms and its description terms only
+# (not on the topic's name or on a group's other spellings): topics alike share them.
+_Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,55 +113,100 @@ class _Query:
     topic: Topic
     keywords: tuple[tuple[str, ...], ...]  # the user's terms as typed, synonyms grouped
     weak: tuple[str, ...]  # description terms and the words of multi-word keywords
+    key: _Key  # what its scores depend on: each keyword group's first term, `weak`
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
     """Content words of free text, a hyphenated compound ("self-play") as one term, and each
     pair of adjacent content terms ("count bonuses"), which is evidence beyond its words."""
-    units: list[list[Token]] = []
-    for tok in tokenize(text):
-        if tok.hyphen_before and units:
-            units[-1].append(tok)
+    units: list[list[int]] = []  # [start, end, words] of each word or hyphenated compound
+    for start, end, glued in word_spans(text):
+        if glued and units:
+            units[-1][1:] = end, units[-1][2] + 1
         else:
-            units.append([tok])
+            units.append([start, end, 1])
     terms: list[str] = []
-    prev: list[Token] | None = None
+    prev: list[int] | None = None
     for unit in units:
-        term = text[unit[0].start : unit[-1].end]
-        content = len(unit) > 1 or (
+        term = text[unit[0] : unit[1]]
+        content = unit[2] > 1 or (
             len(term) > 1 and term.isalpha() and term.lower() not in STOPWORDS
         )
         if content:
             terms.append(term)
-            if prev and not text[prev[-1].end : unit[0].start].strip():
-                terms.append(text[prev[0].start : unit[-1].end])
+            if prev and not text[prev[1] : unit[0]].strip():
+                terms.append(text[prev[0] : unit[1]])
         prev = unit if content else None
     return tuple(terms)
 
 
 @dataclass(frozen=True, slots=True)
 class _Scores:
-    """One topic over the papers: score(i) = keyword[i] + weak[i]."""
+    """One topic over a scorer's papers: the score of each paper scoring above 0, and the
+    weight of each keyword group in each paper (a column per slot)."""
 
     query: _Query
-    keyword: dict[int, float]  # the matching keyword groups' weights, decayed
-    matched: dict[int, tuple[int, ...]]  # which keyword groups matched
-    weak: dict[int, float]  # the description's share of the best possible BM25, weighted
+    total: dict[int, float]
+    groups: _Vector  # (keyword group, slot): the group's weight, 0 where it did not match
+    slot_of: Mapping[int, int]
 
     def score(self, i: int) -> float:
-        return self.keyword.get(i, 0.0) + self.weak.get(i, 0.0)
+        return self.total.get(i, 0.0)
 
-    def papers(self) -> set[int]:
-        return self.keyword.keys() | self.weak.keys()
+    def papers(self) -> AbstractSet[int]:
+        return self.total.keys()
+
+    def matched(self, i: int) -> tuple[int, ...]:
+        return _matched(self.groups, self.slot_of[i])
+
+
+def _matched(groups: _Vector, slot: int) -> tuple[int, ...]:
+    """The keyword groups (in the query's order) that matched the paper in `slot`."""
+    return tuple(np.flatnonzero(groups[:, slot]).tolist())
+
+
+_Passing = tuple[tuple[int, float, tuple[int, ...]], ...]  # (paper, score, keyword groups)
+
+# Each topic's reference score per index, kept for as long as the index (pipeline.paper_index
+# keeps one per set of stored papers): many subscribers share topics, and every edition of a
+# day and every group of subscribers the daemon sends scores the same stored papers.
+_REFERENCES: weakref.WeakKeyDictionary[PaperIndex, dict[tuple[float, _Key], float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_D = TypeVar("_D", bound=np.generic)
+
+
+class _Lanes(Generic[_D]):
+    """Each term's weights over a scorer's slots, as the rows of one matrix (a row is filled
+    by `fill` the first time its term is used; row 0 stays all zeros), so a topic's terms are
+    gathered in one step."""
+
+    def __init__(
+        self, width: int, dtype: type[_D], fill: Callable[[str, npt.NDArray[_D]], None]
+    ) -> None:
+        self.matrix: npt.NDArray[_D] = np.zeros((16, width), dtype=dtype)
+        self._fill = fill
+        self._row_of: dict[str, int] = {}
+
+    def row(self, term: str) -> int:
+        found = self._row_of.get(term)
+        if found is None:
+            found = self._row_of[term] = len(self._row_of) + 1
+            if found == len(self.matrix):  # full: double the capacity
+                self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
+            self._fill(term, self.matrix[found])
+        return found
 
 
 class _Scorer:
     """Scores topics against the papers `within` (None: all), caching per term and topic.
 
-    Description terms are summed as packed vectors: each term's weights over the papers are
-    one big integer with a 64-bit fixed-point lane per paper, so adding a term to a topic is
-    one integer addition instead of a dict update per paper it occurs in. Integer sums are
-    also exact, so a score never depends on the order of the terms.
+    Each term's weights are a vector with one lane per paper (slot); a topic's score is worked
+    out for every slot at once. Description terms are summed as fixed-point integers, so their
+    sum is exact and never depends on the order of the terms; keyword weights are sorted per
+    slot and summed with their decay in rank order.
     """
 
     def __init__(
@@ -161,20 +215,36 @@ class _Scorer:
         self.index = index
         self.tuning = tuning
         self._full: _Scorer | None = None if within is not None else self
-        self._references: dict[Topic, float] = {}
         self._thresholds: dict[tuple[Topic, float], float] = {}
         self._closest: dict[tuple[Topic, float], list[tuple[int, float, TopicMatch]]] = {}
         self.within = None if within is None else frozenset(within)
         self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
         self._slot_of = {i: n for n, i in enumerate(self.slots)}
         self._weights: dict[tuple[str, bool], dict[int, float]] = {}
-        self._packed: dict[str, int] = {}
+        self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
+        self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
         self._texts: dict[str, tuple[tuple[tuple[tuple[str, ...], ...], str], ...]] = {}
+        self._queries: dict[Topic, _Query] = {}
+        self._passing: dict[tuple[_Key, float], _Passing] = {}
         self._sends: dict[tuple[Topic, float], list[tuple[int, float, TopicMatch]]] = {}
         self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
+        self._specific: dict[str, float | None] = {}
+        self._idfs: dict[str, float] = {}
+        # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
+        # (0, meaning "no cap", with too few papers to tell).
+        n = len(index.papers)
+        self._specific_idf = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
+        self._strong: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+        self._found: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
 
     def compile(self, topic: Topic) -> _Query:
+        cached = self._queries.get(topic)
+        if cached is None:
+            cached = self._queries[topic] = self._compile(topic)
+        return cached
+
+    def _compile(self, topic: Topic) -> _Query:
         # "offline RL" and "offline reinforcement learning" are one term once the index knows
         # the acronym: counting both would score every offline-RL paper twice.
         groups: dict[tuple[tuple[str, ...], ...], list[str]] = {}
@@ -187,7 +257,8 @@ class _Scorer:
             for variants, term in self._evidence(text):
                 if variants not in groups:
                     weak.setdefault(variants, term)
-        return _Query(topic, tuple(tuple(g) for g in groups.values()), tuple(weak.values()))
+        keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
+        return _Query(topic, keywords, terms, (tuple(g[0] for g in keywords), terms))
 
     def _evidence(self, text: str) -> tuple[tuple[tuple[tuple[str, ...], ...], str], ...]:
         """(variants, term) of the content terms of `text` that occur in the collection."""
@@ -218,103 +289,128 @@ class _Scorer:
             self._weights[term, keyword] = cached
         return cached
 
-    def _specific_idf(self) -> float:
-        """The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
-        (0, meaning "no cap", with too few papers to tell)."""
-        n = len(self.index.papers)
-        return soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
-
     def _specificity(self, postings: Postings) -> float:
-        ref = self._specific_idf()
+        ref = self._specific_idf
         return min(1.0, postings.soft_idf / ref) if ref else 1.0
 
-    def _packed_weights(self, term: str) -> int:
-        cached = self._packed.get(term)
-        if cached is None:
-            lanes = array("Q", bytes(8 * len(self.slots)))
-            for i, w in self.weights(term, keyword=False).items():
-                lanes[self._slot_of[i]] = round(w * _FIXED)
-            cached = self._packed[term] = int.from_bytes(lanes.tobytes(), sys.byteorder)
-        return cached
+    def _keyword_lane(self, term: str, lane: _Vector) -> None:
+        for i, w in self.weights(term, keyword=True).items():
+            lane[self._slot_of[i]] = w
 
-    def _weak_lanes(self, query: _Query) -> tuple[array[int], float] | None:
-        """The description's packed sums (one lane per slot) and the scale to a score."""
-        idfs = [self.index.lookup(t).soft_idf for t in query.weak]
+    def _weak_lane(self, term: str, lane: npt.NDArray[np.int64]) -> None:
+        for i, w in self.weights(term, keyword=False).items():
+            lane[self._slot_of[i]] = round(w * _FIXED)
+
+    def _most_specific(self, query: _Query) -> float:
+        # Specificity is relative to the topic's most specific keyword: a reader whose every
+        # keyword is broad ("reinforcement learning") still gets their subject at full weight.
+        found = (self._keyword_specificity(g[0]) for g in query.keywords)
+        return max((f for f in found if f is not None), default=1.0)
+
+    def _keyword_specificity(self, term: str) -> float | None:
+        """The keyword's specificity (None when no paper has it)."""
+        if term not in self._specific:
+            postings = self.index.lookup(term)
+            self._specific[term] = self._specificity(postings) if postings.tf else None
+        return self._specific[term]
+
+    def _weak_scale(self, query: _Query) -> float:
+        """What a description's summed fixed-point weights are multiplied by (0: none)."""
         weight = self.tuning.description_weight
-        if not idfs or weight <= 0:
-            return None
+        if not query.weak or weight <= 0:
+            return 0.0
+        idfs = [self._soft_idf(t) for t in query.weak]
         # The share of the best score a paper could reach on these terms; with a short
         # description that share is capped so one term counts at most TERM_CAP of a keyword
         # (a specific one, so a description of generic words alone stays weak evidence).
-        full = max(self._specific_idf(), max(idfs))
+        full = max(self._specific_idf, max(idfs))
         best_possible = max(sum(idfs) * (K1 + 1), weight * full / TERM_CAP)
-        total = sum(self._packed_weights(t) for t in query.weak)
-        lanes = array("Q", total.to_bytes(8 * len(self.slots), sys.byteorder))
-        return lanes, weight / best_possible / _FIXED
+        return weight / best_possible / _FIXED
 
-    def _keyword_scores(self, query: _Query) -> tuple[dict[int, float], dict[int, tuple[int, ...]]]:
-        hits: dict[int, list[tuple[float, int]]] = {}
-        # Specificity is relative to the topic's most specific keyword: a reader whose every
-        # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        found = [self.index.lookup(g[0]) for g in query.keywords]
-        most = max((self._specificity(p) for p in found if p.tf), default=1.0)
-        for k, group in enumerate(query.keywords):
-            for i, w in self.weights(group[0], keyword=True).items():
-                hits.setdefault(i, []).append((w / most, k))
-        keyword: dict[int, float] = {}
-        matched: dict[int, tuple[int, ...]] = {}
-        for i, got in hits.items():
-            got.sort(reverse=True)
-            keyword[i] = sum(w * KEYWORD_DECAY**n for n, (w, _) in enumerate(got))
-            matched[i] = tuple(sorted(k for _, k in got))
-        return keyword, matched
+    def _soft_idf(self, term: str) -> float:
+        found = self._idfs.get(term)
+        if found is None:
+            found = self._idfs[term] = self.index.lookup(term).soft_idf
+        return found
+
+    def _batch(self, queries: Sequence[_Query]) -> tuple[_Vector, _Vector]:
+        """(keyword group weights, shape (query, group, slot), 0 past a query's own groups;
+        scores, shape (query, slot)) of several queries in one pass.
+
+        Per slot, a query's keyword weights are sorted, best first, and summed with their
+        decay in that order; its description terms' fixed-point weights are summed as
+        integers (exact, in any order) and scaled."""
+        width, count = len(self.slots), len(queries)
+        keywords, weak = self._keyword_lanes, self._weak_lanes
+        depth = max((len(q.keywords) for q in queries), default=0)
+        pad = [0] * depth  # row 0 of the lanes is all zeros
+        rows = np.array(
+            [[keywords.row(g[0]) for g in q.keywords] + pad[len(q.keywords) :] for q in queries],
+            dtype=np.intp,
+        ).reshape(count, depth)
+        most = np.array([self._most_specific(q) for q in queries])
+        groups = keywords.matrix[rows] / most[:, None, None]
+        # A slot one keyword group matches scores that group's weight; only the (few) slots
+        # where several match need their weights sorted.
+        total = groups.max(axis=1) if depth else np.zeros((count, width))
+        which, slot = np.nonzero((groups > 0).sum(axis=1) > 1)
+        if len(which):
+            ranked = np.sort(groups[which, :, slot], axis=1)[:, ::-1]  # best first
+            several = ranked[:, 0]
+            for r in range(1, depth):
+                several = several + ranked[:, r] * KEYWORD_DECAY**r
+            total[which, slot] = several
+        scales = [self._weak_scale(q) for q in queries]
+        described = [n for n, scale in enumerate(scales) if scale]
+        if described:
+            terms = [[weak.row(t) for t in queries[n].weak] for n in described]
+            starts = np.cumsum([0] + [len(t) for t in terms[:-1]])
+            summed = np.add.reduceat(weak.matrix[[r for t in terms for r in t]], starts, axis=0)
+            part = np.array([scales[n] for n in described])[:, None] * summed.astype(np.float64)
+            total[described] = total[described] + part
+        return groups, total
+
+    def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
+        """(each keyword group's weight per slot, each slot's score)."""
+        groups, total = self._batch([query])
+        return groups[0, : len(query.keywords)], total[0]
+
+    def _chunks(self, queries: Sequence[_Query]) -> Iterable[Sequence[_Query]]:
+        """`queries` in runs small enough that their terms' lanes fit in BATCH_CELLS."""
+        size = max(1, BATCH_CELLS // (max(1, len(self.slots)) * 16))
+        return (queries[n : n + size] for n in range(0, len(queries), size))
 
     def scores(self, topic: Topic) -> _Scores:
         query = self.compile(topic)
-        weak: dict[int, float] = {}
-        packed = self._weak_lanes(query)
-        if packed is not None:
-            lanes, scale = packed
-            weak = {self.slots[n]: scale * v for n, v in enumerate(lanes) if v}
-        keyword, matched = self._keyword_scores(query)
-        return _Scores(query, keyword, matched, weak)
-
-    def top_scores(self, topic: Topic, k: int) -> list[float]:
-        """The k best scores of the topic within this scorer, without a dict per paper: the
-        papers with a keyword hit, plus the best description-only lanes."""
-        query = self.compile(topic)
-        keyword, _ = self._keyword_scores(query)
-        packed = self._weak_lanes(query)
-        if packed is None:
-            return heapq.nlargest(k, keyword.values())
-        lanes, scale = packed
-        slot_of = self._slot_of
-        with_keyword = [keyword[i] + scale * lanes[slot_of[i]] for i in keyword]
-        # The best lanes of the papers without a keyword: the best lanes overall (sorted in C)
-        # minus the keyword papers' own values (equal values are interchangeable).
-        skip = Counter(lanes[slot_of[i]] for i in keyword)
-        without: list[float] = []
-        for v in sorted(lanes, reverse=True)[: k + len(keyword)]:
-            if skip[v]:
-                skip[v] -= 1
-            elif len(without) < k:
-                without.append(scale * v)
-        return heapq.nlargest(k, (s for s in (*with_keyword, *without) if s > 0))
+        groups, total = self._vectors(query)
+        slots = self.slots
+        positive = {slots[n]: s for n, s in enumerate(total.tolist()) if s > 0}
+        return _Scores(query, positive, groups, self._slot_of)
 
     def full(self) -> _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
             self._full = _Scorer(self.index, None, self.tuning)
             self._full._texts = self._texts  # compiled descriptions do not depend on `within`
+            self._full._queries = self._queries
         return self._full
+
+    def references(self, queries: Sequence[_Query]) -> list[float]:
+        """Each query's own scale: its REF_RANK-th best score over the whole collection (kept
+        per index, see _REFERENCES)."""
+        memo = _REFERENCES.setdefault(self.index, {})
+        weight = self.tuning.description_weight
+        missing = list({q.key: q for q in queries if (weight, q.key) not in memo}.values())
+        full = self.full()
+        for chunk in full._chunks(missing):
+            _, total = full._batch(chunk)
+            for query, best in zip(chunk, _nth_best(total, REF_RANK), strict=True):
+                memo[weight, query.key] = best
+        return [memo[weight, q.key] for q in queries]
 
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
-        cached = self._references.get(topic)
-        if cached is None:
-            best = self.full().top_scores(topic, REF_RANK)
-            cached = self._references[topic] = best[-1] if best else 0.0
-        return cached
+        return self.references([self.compile(topic)])[0]
 
     def threshold_for(self, topic: Topic, threshold: float) -> float:
         """The topic's calibrated send threshold (see the module docstring)."""
@@ -324,25 +420,64 @@ class _Scorer:
             self._thresholds[topic, threshold] = cached
         return cached
 
-    def _totals(self, topic: Topic) -> tuple[_Scores, dict[int, float]]:
-        scores = self.scores(topic)
-        keyword, weak = scores.keyword, scores.weak
-        total = {i: keyword.get(i, 0.0) + w for i, w in weak.items()}
-        total.update((i, s) for i, s in keyword.items() if i not in weak)
-        return scores, total
+    def prepare(self, topics: Iterable[Topic], threshold: float) -> None:
+        """Work out which papers each distinct query among `topics` sends, all at once."""
+        queries = {}
+        for topic in topics:
+            query = self.compile(topic)
+            if (query.key, threshold) not in self._passing:
+                queries[query.key] = query
+        for chunk in self._chunks(list(queries.values())):
+            self._prepare(chunk, threshold)
+
+    def _prepare(self, queries: Sequence[_Query], threshold: float) -> None:
+        """Which papers each query sends. The calibrated threshold is only worked out when it
+        matters: when a paper scores between the floor and the global threshold, and could
+        reach `relative` x the query's reference. Scores here are a subset of the whole
+        collection's, so their REF_RANK-th best is a lower bound of the reference: papers
+        below `relative` x that bound fail whatever the reference."""
+        groups, total = self._batch(queries)
+        positive = total > 0
+        window = positive & (total >= self.tuning.floor) & (total < threshold)
+        relative = self.tuning.relative
+        cuts = np.full(len(queries), threshold)
+        candidates = np.flatnonzero(window.any(axis=1))
+        if len(candidates):
+            bound = relative * np.array(_nth_best(total[candidates], REF_RANK))
+            highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
+            known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
+            needed = candidates[~(known & (highest < bound))].tolist()
+            references = self.references([queries[n] for n in needed])
+            for n, reference in zip(needed, references, strict=True):
+                cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
+        which, slot = np.nonzero(positive & (total >= cuts[:, None]))
+        scores = total[which, slot].tolist()
+        matched = (groups[which, :, slot] > 0).tolist()
+        passing: list[list[tuple[int, float, tuple[int, ...]]]] = [[] for _ in queries]
+        for n, s, score, hit in zip(which.tolist(), slot.tolist(), scores, matched, strict=True):
+            keys = tuple(k for k, h in enumerate(hit) if h)
+            passing[n].append((self.slots[s], score, keys))
+        for query, found in zip(queries, passing, strict=True):
+            self._passing[query.key, threshold] = tuple(found)
+
+    def _passing_papers(self, topic: Topic, threshold: float) -> _Passing:
+        """(paper, score, keyword groups) of each paper the topic sends, shared by the topics
+        with the same query."""
+        query = self.compile(topic)
+        if (query.key, threshold) not in self._passing:
+            self._prepare([query], threshold)
+        return self._passing[query.key, threshold]
 
     def sends(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """(paper, score, explanation) for each paper this topic alone sends, computed once
-        per distinct topic. The calibrated threshold is only worked out when it matters: when
-        a paper scores between the floor and the global threshold."""
+        per distinct topic."""
         cached = self._sends.get((topic, threshold))
         if cached is None:
-            scores, total = self._totals(topic)
-            cut = threshold
-            if any(self.tuning.floor <= s < threshold for s in total.values()):
-                cut = self.threshold_for(topic, threshold)
-            passing = sorted((i, s) for i, s in total.items() if s >= cut)
-            cached = [(i, s, self.match(scores, i)) for i, s in passing]
+            query = self.compile(topic)
+            cached = [
+                (i, s, self.match(query, i, matched, s))
+                for i, s, matched in self._passing_papers(topic, threshold)
+            ]
             self._sends[topic, threshold] = cached
         return cached
 
@@ -350,11 +485,17 @@ class _Scorer:
         """The CLOSEST best papers this topic does not send (score > 0), best first."""
         cached = self._closest.get((topic, threshold))
         if cached is None:
-            scores, total = self._totals(topic)
-            sent = {i for i, _, _ in self.sends(topic, threshold)}
-            rest = ((s, i) for i, s in total.items() if i not in sent and s > 0)
-            best = heapq.nsmallest(CLOSEST, ((-s, i) for s, i in rest))
-            cached = [(i, -s, self.match(scores, i)) for s, i in best]
+            query = self.compile(topic)
+            groups, total = self._vectors(query)
+            sent = {i for i, _, _ in self._passing_papers(topic, threshold)}
+            rest = (
+                (-s, n) for n, s in enumerate(total.tolist()) if s > 0 and self.slots[n] not in sent
+            )
+            best = heapq.nsmallest(CLOSEST, rest)  # slots are in paper order: ties as papers
+            cached = [
+                (self.slots[n], -s, self.match(query, self.slots[n], _matched(groups, n), -s))
+                for s, n in best
+            ]
             self._closest[topic, threshold] = cached
         return cached
 
@@ -366,25 +507,36 @@ class _Scorer:
             self._excluded[terms] = cached
         return cached
 
-    def match(self, scores: _Scores, i: int) -> TopicMatch:
-        """Why paper i matched the topic: its keywords found, or else its strongest few
-        description terms; where they were; the exact text of each occurrence."""
-        query = scores.query
-        terms = tuple(term for k in scores.matched.get(i, ()) for term in query.keywords[k])
+    def explain(self, scores: _Scores, i: int) -> TopicMatch:
+        return self.match(scores.query, i, scores.matched(i), scores.score(i))
+
+    def match(self, query: _Query, i: int, matched: tuple[int, ...], score: float) -> TopicMatch:
+        """Why paper i matched the topic: its keywords found (the `matched` groups), or else
+        its strongest few description terms; where they were; the exact text of each
+        occurrence."""
+        terms = tuple(term for k in matched for term in query.keywords[k])
         if not terms:
-            weight = {t: self.weights(t, keyword=False).get(i, 0.0) for t in query.weak}
-            strongest = sorted(query.weak, key=lambda t: -weight[t])
-            terms = tuple(t for t in strongest[:3] if weight[t] > 0)
-        hits = [self._hit(term, i) for term in terms]
-        found = sorted(occurrence for hit in hits for occurrence in hit[2])
-        return TopicMatch(
-            topic=query.topic.name,
-            terms=terms,
-            in_title=tuple(t for t, hit in zip(terms, hits, strict=True) if hit[0]),
-            in_abstract=tuple(t for t, hit in zip(terms, hits, strict=True) if hit[1]),
-            highlights=tuple(dict.fromkeys(text for _, text in found)),
-            score=scores.score(i),
-        )
+            terms = self._strongest(query.weak, i)
+        cached = self._found.get((terms, i))
+        if cached is None:
+            hits = [self._hit(term, i) for term in terms]
+            found = sorted(occurrence for hit in hits for occurrence in hit[2])
+            cached = self._found[terms, i] = (
+                tuple(t for t, hit in zip(terms, hits, strict=True) if hit[0]),
+                tuple(t for t, hit in zip(terms, hits, strict=True) if hit[1]),
+                tuple(dict.fromkeys(text for _, text in found)),
+            )
+        in_title, in_abstract, highlights = cached
+        return TopicMatch(query.topic.name, terms, in_title, in_abstract, highlights, score)
+
+    def _strongest(self, weak: tuple[str, ...], i: int) -> tuple[str, ...]:
+        """The (at most 3) description terms that weigh most in paper i."""
+        cached = self._strong.get((weak, i))
+        if cached is None:
+            weight = {t: self.weights(t, keyword=False).get(i, 0.0) for t in weak}
+            strongest = sorted(weak, key=lambda t: -weight[t])
+            cached = self._strong[weak, i] = tuple(t for t in strongest[:3] if weight[t] > 0)
+        return cached
 
     def _hit(self, term: str, i: int) -> tuple[bool, bool, tuple[tuple[int, str], ...]]:
         """(in title?, in abstract?, (position, exact text) of each occurrence)."""
@@ -396,6 +548,16 @@ class _Scorer:
             found = tuple((s[0], t) for s, t in zip(spans, texts, strict=True))
             cached = self._hits[term, i] = (any(in_title), not all(in_title), found)
         return cached
+
+
+def _nth_best(scores: _Vector, n: int) -> list[float]:
+    """Per row, the n-th best positive score (the last one when fewer; 0.0 when none)."""
+    counts = (scores > 0).sum(axis=1).tolist()
+    n = min(n, scores.shape[1])
+    if not n:
+        return [0.0] * len(counts)
+    best = -np.partition(-np.where(scores > 0, scores, 0.0), range(n), axis=1)[:, :n]
+    return [float(best[row, min(n, c) - 1]) if c else 0.0 for row, c in enumerate(counts)]
 
 
 def calibrated_threshold(threshold: float, reference: float, tuning: Tuning) -> float:
@@ -431,7 +593,7 @@ def score_papers(
         if ranked[0][0] <= 0:
             continue
         shown = [st for st in ranked if st[0] >= threshold] or ranked[:1]
-        out[i] = (ranked[0][0], tuple(scorer.match(per_topic[t], i) for _, t in shown))
+        out[i] = (ranked[0][0], tuple(scorer.explain(per_topic[t], i) for _, t in shown))
     return out
 
 
@@ -483,7 +645,7 @@ def _judge(
             continue
         sent = margin + change >= reader.shift and i not in reader.vetoed  # "not for me"
         shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
-        matches = tuple(scorer.match(per_topic[t][0], i) for _, _, t in shown)
+        matches = tuple(scorer.explain(per_topic[t][0], i) for _, _, t in shown)
         out[i] = _Verdict(score, sent, matches, liked)
     return out
 
@@ -546,9 +708,12 @@ def select_for(
     scorer = _Scorer(index, rank_of, tuning)
     history = history or {}
     votes = votes or {}
+    keys = [address_key(sub.email) for sub in subscribers]
+    # Every distinct topic scored at once (readers with votes are judged one by one).
+    plain = (s for s, k in zip(subscribers, keys, strict=True) if not votes.get(k))
+    scorer.prepare((t for s in plain for t in s.topics), threshold)
     selections = []
-    for sub in subscribers:
-        key = address_key(sub.email)
+    for sub, key in zip(subscribers, keys, strict=True):
         seen = history.get(key, frozenset())
         reader_votes = votes.get(key)
         if reader_votes:

@@ -165,6 +165,21 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
+def word_spans(text: str) -> list[tuple[int, int, bool]]:
+    """(start, end, hyphen_before) of each token `tokenize` would make, without folding the
+    words (for callers that only cut text; `tokenize` is kept apart since the index build
+    runs it over every paper)."""
+    spans: list[tuple[int, int, bool]] = []
+    prev_end = -2
+    for m in _WORD.finditer(text):
+        start, end = m.span()
+        if text[end - 2 : end - 1] in ("'", "’") and end - start > 2:
+            end -= 2  # possessive: "RL's" is "RL"
+        spans.append((start, end, start == prev_end + 1 and text[prev_end] in _HYPHENS))
+        prev_end = end
+    return spans
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _keys(surface: str) -> tuple[str, str | None]:
     """(folded key, acronym key) of one word; cached, since a vocabulary is small and reused."""

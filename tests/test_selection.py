@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import math
 import random
 import re
@@ -26,8 +27,11 @@ from newsletter.selection import (
     topic_reference,
 )
 from newsletter.settings import Settings
+from newsletter.subscribers import load_subscribers
+from newsletter.textindex import tokenize, word_spans
 
-from .conftest import REFERENCE, SEEDS
+from . import reference_matcher
+from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
 
 DAY = dt.date(2026, 3, 17)
 THRESHOLD = Settings.model_fields["relevance_threshold"].default
@@ -612,3 +616,91 @@ def test_selected_papers_are_in_the_order_of_the_mixed_score_they_carry() -> Non
     mixed = [sp.mixed for sp in selection.papers]
     assert len(mixed) > 3 and mixed == sorted(mixed, reverse=True)
     assert all(sp.mixed >= sp.score for sp in selection.papers)
+
+
+# --- the fast paths give the straightforward results -----------------------------------------
+
+
+def _generated_subscribers(n: int, seed: int = 12) -> list[Subscriber]:
+    """Subscribers with the example topics (eval profiles, the bundled subscriber file) and
+    random mixes of their keywords, words from the seed titles, descriptions and excludes."""
+    examples = [t for s in load_subscribers(EXAMPLE_SUBSCRIBERS) for t in s.topics]
+    for profile in json.loads((ROOT / "tests" / "eval" / "profiles.json").read_text("utf-8")):
+        examples.append(Topic(profile["name"], tuple(profile["keywords"]), profile["description"]))
+    rng = random.Random(seed)
+    titles = [p.title for p in seed_index().papers]
+    pool = [k for t in examples for k in t.keywords]
+    pool += [w for title in titles for w in re.findall(r"[A-Za-z][\w-]{3,}", title)][:400]
+    sentences = [t.description for t in examples] + titles
+    subs = []
+    for s in range(n):
+        topics = []
+        for t in range(rng.randint(1, 3)):
+            if rng.random() < 0.4:
+                topics.append(rng.choice(examples))
+                continue
+            keywords = tuple(rng.sample(pool, rng.randint(1, 6)))
+            description = " ".join(rng.sample(sentences, rng.randint(0, 2)))
+            topics.append(Topic(f"Topic {t}", keywords, description))
+        exclude = tuple(rng.sample(pool, 1)) if rng.random() < 0.15 else ()
+        subs.append(
+            Subscriber(
+                f"user{s}@example.org",
+                topics=tuple(topics),
+                exclude=exclude,
+                max_papers=rng.choice((3, 10)),
+                on_empty=rng.choice(("skip", "closest")),
+            )
+        )
+    return subs
+
+
+SETTINGS_TRIED = (
+    (THRESHOLD, DEFAULT_TUNING),
+    (1.7, Tuning(relative=0.6, floor=1.0, description_weight=4.0)),
+    (2.3, Tuning(relative=0.8, floor=1.4, description_weight=12.0)),
+)
+
+
+@pytest.mark.parametrize(("threshold", "tuning"), SETTINGS_TRIED)
+def test_select_for_matches_the_straightforward_reference(threshold: float, tuning: Tuning) -> None:
+    subs = _generated_subscribers(300)
+    index = PaperIndex.build([p for lst in seed_listings() for p in lst.papers])
+    ref = reference_matcher.Reference(index, threshold, tuning)
+    for day in seed_listings():
+        got = select_for(index, day, subs, threshold=threshold, tuning=tuning)
+        for sub, selection in zip(subs, got, strict=True):
+            papers, misses = ref.select(day, sub)
+            assert reference_matcher.same(reference_matcher.as_expected(selection.papers), papers)
+            assert reference_matcher.same(
+                reference_matcher.as_expected(selection.near_misses), misses
+            )
+
+
+@pytest.mark.parametrize(("threshold", "tuning"), SETTINGS_TRIED[:2])
+def test_rank_all_and_references_match_the_straightforward_reference(
+    threshold: float, tuning: Tuning
+) -> None:
+    subs = _generated_subscribers(60, seed=5)
+    index = PaperIndex.build([p for lst in seed_listings() for p in lst.papers])
+    ref = reference_matcher.Reference(index, threshold, tuning)
+    rng = random.Random(3)
+    ids = [p.id for p in index.papers]
+    for n, sub in enumerate(subs):
+        votes = {i: rng.choice((1, -1)) for i in rng.sample(ids, 6)} if n % 2 else None
+        got = rank_all(index, sub, threshold=threshold, tuning=tuning, votes=votes)
+        assert reference_matcher.same(reference_matcher.as_expected(got), ref.rank_all(sub, votes))
+        for topic in sub.topics:
+            assert topic_reference(index, topic, tuning) == pytest.approx(
+                ref.reference(topic), abs=1e-9
+            )
+        scored = score_papers(index, sub, threshold=threshold, tuning=tuning)
+        best = {e.id: e.score for e in ref.rank_all(sub)}
+        assert {index.papers[i].id: s for i, (s, _) in scored.items()} == pytest.approx(best)
+
+
+def test_word_spans_are_the_boundaries_tokenize_finds() -> None:
+    texts = [t for p in seed_index().papers for t in (p.title, p.abstract)]
+    texts += ["RL's world-model", "x-y-z foo's-bar’s", "'a b's", "A–B self-play"]
+    for text in texts:
+        assert word_spans(text) == [(t.start, t.end, t.hyphen_before) for t in tokenize(text)]
