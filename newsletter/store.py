@@ -1190,7 +1190,7 @@ _PAPER_COLUMNS = (
 # per-row parameter processing (~20 us a row, ten history rows a digest); these go to the
 # driver's executemany instead. The dates are the same for a whole batch, so they pass the
 # column types' bind processors once. The SQL is the same on SQLite and PostgreSQL.
-_UPDATE_OUTCOME = (
+_UPDATE_OUTCOME = (  # bind parameters: "b_" + the column name (bound from _outcome_row)
     ledger.update()
     .where(ledger.c.edition == sa.bindparam("b_edition"), ledger.c.email == sa.bindparam("b_email"))
     .values(
@@ -1198,10 +1198,10 @@ _UPDATE_OUTCOME = (
         message_id=sa.func.coalesce(sa.bindparam("b_message_id"), ledger.c.message_id),
         paper_ids=sa.bindparam("b_paper_ids"),
         attempts=ledger.c.attempts + sa.bindparam("b_attempts"),
-        last_reply=sa.func.coalesce(sa.bindparam("b_reply"), ledger.c.last_reply),
+        last_reply=sa.func.coalesce(sa.bindparam("b_last_reply"), ledger.c.last_reply),
         reason=sa.bindparam("b_reason"),
-        next_attempt_at=sa.bindparam("b_next"),
-        updated_at=sa.bindparam("b_now"),
+        next_attempt_at=sa.bindparam("b_next_attempt_at"),
+        updated_at=sa.bindparam("b_updated_at"),
     )
 )
 
@@ -1263,6 +1263,22 @@ def _add_history_rows(
     )
 
 
+def _outcome_row(edition: dt.date, o: LedgerOutcome, now: dt.datetime) -> dict[str, Any]:
+    """One outcome as a ledger row (column -> value)."""
+    return {
+        "edition": edition,
+        "email": o.email,
+        "status": o.status,
+        "message_id": o.message_id,
+        "paper_ids": json.dumps(list(o.paper_ids)),
+        "attempts": o.attempts,
+        "last_reply": o.reply,
+        "reason": o.reason,
+        "next_attempt_at": o.next_attempt_at,
+        "updated_at": now,
+    }
+
+
 def _upsert_outcomes(
     conn: Connection, edition: dt.date, outcomes: Sequence[LedgerOutcome], now: dt.datetime
 ) -> None:
@@ -1276,40 +1292,11 @@ def _upsert_outcomes(
     )
     # a `sent` row is never downgraded (a skip or failure from a stale view of it)
     todo = [o for o in outcomes if have.get(o.email) != "sent" or o.status == "sent"]
-    values = [
-        {
-            "b_edition": edition,
-            "b_email": o.email,
-            "b_status": o.status,
-            "b_message_id": o.message_id,
-            "b_paper_ids": json.dumps(list(o.paper_ids)),
-            "b_attempts": o.attempts,
-            "b_reply": o.reply,
-            "b_reason": o.reason,
-            "b_next": o.next_attempt_at,
-            "b_now": now,
-        }
-        for o in todo
-        if o.email in have
-    ]
+    rows = [(o.email, _outcome_row(edition, o, now)) for o in todo]
+    values = [{f"b_{k}": v for k, v in row.items()} for e, row in rows if e in have]
     if values:
         conn.execute(_UPDATE_OUTCOME, values)
-    fresh = [
-        {
-            "edition": edition,
-            "email": o.email,
-            "status": o.status,
-            "message_id": o.message_id,
-            "paper_ids": json.dumps(list(o.paper_ids)),
-            "attempts": o.attempts,
-            "last_reply": o.reply,
-            "reason": o.reason,
-            "next_attempt_at": o.next_attempt_at,
-            "updated_at": now,
-        }
-        for o in todo
-        if o.email not in have
-    ]
+    fresh = [row for e, row in rows if e not in have]
     if fresh:  # another sender may have written the row meanwhile: its `sent` stays
         insert = (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(ledger)
         keep = ("status", "message_id", "paper_ids", "attempts", "last_reply", "reason")
