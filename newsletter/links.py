@@ -56,11 +56,7 @@ class Links:
 
 
 def one_click_allowed(base_url: str | None) -> bool:
-    """RFC 8058 wants an https URI; http on the loopback is allowed too, for local testing."""
-    if not base_url:
-        return False
-    lowered = base_url.lower()
-    return lowered.startswith("https://") or any(
-        lowered == local or lowered.startswith((local + "/", local + ":"))
-        for local in ("http://127.0.0.1", "http://localhost")
-    )
+    """RFC 8058 section 3.1: the one-click URI MUST be https. Plain http, even on the loopback,
+    gets the link in List-Unsubscribe but no List-Unsubscribe-Post (providers and checkers
+    treat such a pair as broken)."""
+    return bool(base_url) and str(base_url).lower().startswith("https://")

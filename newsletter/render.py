@@ -824,7 +824,7 @@ class Renderer:
         if self.settings.reply_to:
             headers.append(("Reply-To", check_address(self.settings.reply_to)))
         headers += [("List-Id", self._list_id), ("List-Unsubscribe", unsub)]
-        if https and self._one_click:  # RFC 8058 wants https (loopback http for testing)
+        if https and self._one_click:  # RFC 8058: https only
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         headers.append(("Precedence", "bulk"))  # tells vacation responders to stay quiet
         return headers

@@ -318,13 +318,13 @@ def test_https_unsubscribe_and_one_click_only_with_public_base_url(
     ("base", "one_click"),
     [
         ("https://news.example.org", True),
-        ("http://127.0.0.1:8080", True),
-        ("http://localhost:8080/", True),
+        ("http://127.0.0.1:8080", False),
+        ("http://localhost:8080/", False),
         ("http://news.example.org", False),
         ("http://localhost.evil.example", False),
     ],
 )
-def test_one_click_headers_for_https_and_loopback_http_only(
+def test_one_click_headers_for_https_only(
     make_settings: MakeSettings, base: str, one_click: bool
 ) -> None:
     settings = make_settings(public_base_url=base, signing_key="k" * 32)

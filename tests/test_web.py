@@ -157,7 +157,9 @@ def test_one_click_post_unsubscribes_at_once_and_no_digest_follows(
     msg = site.latest(ADA)
     https, mailto = re.findall(r"<([^>]+)>", str(msg["List-Unsubscribe"]))
     assert https.startswith(site.url + "/unsubscribe?") and mailto.startswith("mailto:")
-    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # RFC 8058 is for https only: this loopback http site gets no List-Unsubscribe-Post, but
+    # the endpoint answers the one-click POST all the same (as behind a TLS proxy)
+    assert msg["List-Unsubscribe-Post"] is None
     assert "ada" not in https.lower()  # an opaque reader id, not the address
     # a mail provider: no cookie, no session, no CSRF token, just the body of RFC 8058
     r = client.post(https, headers=FORM, **ONE_CLICK)
