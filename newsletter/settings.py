@@ -184,8 +184,8 @@ class Settings(BaseSettings):
         None,
         description="Public base URL of the web app (`newsletter serve`), e.g. "
         "https://digest.example.org. When set, every email links to it (unsubscribe page, "
-        "view in browser, votes, the day's listing) and, for https (or http://127.0.0.1 and "
-        "http://localhost, for local testing), carries RFC 8058 one-click unsubscribe headers.",
+        "view in browser, votes, the day's listing) and, for https only (RFC 8058), carries the "
+        "one-click `List-Unsubscribe-Post` header.",
     )
     unsubscribe_address: str | None = Field(
         None, description="mailto: target for unsubscribe (default: unsubscribe@<sender domain>)."
