@@ -38,13 +38,14 @@ Layout, each file one job, imports running down this list:
     smtp       the SMTP pool (per-phase timeouts, backoff, 421, rate limit, login once)
     maildir    the local Maildir transport
     transport  the Transport protocol and the choice between the two
+    claims     PostgreSQL scale-out: planning once, claims with leases, the shared rate limit
     ledger     group commit of outcomes (the SQL is the store's)
     workers    select + render a chunk, inline or in forked worker processes
     run        the send loop of one edition
     api        send_edition, run_send, edition_status
 """
 
-from newsletter.deliver.api import edition_status, run_send, send_edition
+from newsletter.deliver.api import edition_lock, edition_status, run_send, send_edition
 from newsletter.deliver.failures import Brake, classify, masked_reply, reply_text
 from newsletter.deliver.report import DeliveryReport
 from newsletter.deliver.smtp import SmtpTransport, smtp_endpoint
@@ -57,6 +58,7 @@ __all__ = [
     "SmtpTransport",
     "Transport",
     "classify",
+    "edition_lock",
     "edition_status",
     "make_transport",
     "masked_reply",

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.errors import StoreError
+from newsletter.errors import ConnectionLost, StoreError
 from newsletter.models import LedgerOutcome
 from newsletter.store import Store
 
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 COMMIT_BATCH, COMMIT_GATHER_S = 32, 0.002  # a smaller group waits this long for company
+LOST_RETRIES = 8  # with retry_lost: about 15 s of tries on fresh connections
 
 
 def threadable(store: Store) -> bool:
@@ -36,8 +37,16 @@ class LedgerWriter:
     and skips do not need to: losing them in a crash only means the next run retries them.
     """
 
-    def __init__(self, store: Store, edition: dt.date, now: Callable[[], dt.datetime]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        edition: dt.date,
+        now: Callable[[], dt.datetime],
+        *,
+        retry_lost: bool = False,
+    ) -> None:
         self.store, self.edition, self.now = store, edition, now
+        self.retry_lost = retry_lost  # a dropped connection is tried again, not fatal
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix="ledger") if threadable(store) else None
         )
@@ -48,6 +57,18 @@ class LedgerWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        for attempt in range(LOST_RETRIES):
+            try:
+                return await self._call(fn, *args)
+            except ConnectionLost as exc:
+                if not self.retry_lost or attempt == LOST_RETRIES - 1:
+                    raise
+                delay = min(0.25 * 2**attempt, 3.0)
+                log.warning("ledger: %s; trying again in %.2f s", exc.cause, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             if self._executor is None:
                 return fn(*args)
@@ -59,12 +80,16 @@ class LedgerWriter:
                 "not yet recorded as sent will be sent again by the next run"
             ) from exc
 
-    async def plan(self, items: Sequence[tuple[str, str, tuple[str, ...]]]) -> None:
+    async def plan(
+        self, items: Sequence[tuple[str, str, tuple[str, ...]]], *, refresh: bool = False
+    ) -> None:
         if items:
-            await self.call(self._plan, items, self.now())
+            await self.call(self._plan, items, self.now(), refresh)
 
-    def _plan(self, items: Sequence[tuple[str, str, tuple[str, ...]]], now: dt.datetime) -> None:
-        self.store.plan_rows(self.edition, items, now=now)
+    def _plan(
+        self, items: Sequence[tuple[str, str, tuple[str, ...]]], now: dt.datetime, refresh: bool
+    ) -> None:
+        self.store.plan_rows(self.edition, items, now=now, refresh=refresh)
 
     def _record(self, outcomes: Sequence[LedgerOutcome], now: dt.datetime) -> None:
         self.store.record_outcomes(self.edition, outcomes, now=now)
