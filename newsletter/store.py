@@ -1304,8 +1304,9 @@ class Store:
 
     def release_claims(
         self, edition: dt.date, worker: str, emails: Sequence[str] | None = None
-    ) -> None:
-        """Give back rows the worker holds (or just `emails`), for any worker to claim now."""
+    ) -> int:
+        """Give back rows the worker holds (or just `emails`), for any worker to claim now;
+        returns how many."""
         query = ledger.update().where(
             ledger.c.edition == edition,
             ledger.c.claimed_by == worker,
@@ -1314,7 +1315,7 @@ class Store:
         if emails is not None:
             query = query.where(ledger.c.email.in_(list(emails)))
         with self.engine.begin() as conn:
-            conn.execute(query.values(lease_until=None))
+            return int(conn.execute(query.values(lease_until=None)).rowcount)
 
     def held_elsewhere(self, edition: dt.date, worker: str) -> list[tuple[str, float]]:
         """Rows of the edition that other workers hold now: (email, seconds left on the

@@ -127,6 +127,13 @@ class Claims:
         self.foreign.extend(emails)
         await call_retrying(self.store.release_claims, self.edition, self.id, list(emails))
 
+    async def give_back_forgotten(self) -> int:
+        """Release every row still claimed by us (call with nothing in flight); how many."""
+        n = await call_retrying(self.store.release_claims, self.edition, self.id, None)
+        if n:
+            log.warning("worker %s: %d claimed row(s) were never seen; claiming again", self.id, n)
+        return n
+
     async def others_hold(self, scope: Collection[str]) -> bool:
         """Do live workers hold rows of our scope? If so, wait a little before looking again:
         should they die, their rows become ours to claim."""

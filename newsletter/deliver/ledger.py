@@ -50,7 +50,7 @@ class LedgerWriter:
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix="ledger") if threadable(store) else None
         )
-        self._pending: list[tuple[LedgerOutcome, asyncio.Future[None] | None]] = []
+        self._pending: list[tuple[LedgerOutcome | None, asyncio.Future[None] | None]] = []
         self._wake = asyncio.Event()
         self._closed = False
         self._error: BaseException | None = None  # the writer failed: every caller learns it
@@ -108,8 +108,17 @@ class LedgerWriter:
         self._wake.set()
         await fut
 
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is committed."""
+        if self._error is not None:
+            raise self._error
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((None, fut))
+        self._wake.set()
+        await fut
+
     async def _run(self) -> None:
-        batch: list[tuple[LedgerOutcome, asyncio.Future[None] | None]] = []
+        batch: list[tuple[LedgerOutcome | None, asyncio.Future[None] | None]] = []
         try:
             while True:
                 await self._wake.wait()
@@ -118,9 +127,10 @@ class LedgerWriter:
                     await asyncio.sleep(COMMIT_GATHER_S)
                 self._wake.clear()
                 batch, self._pending = self._pending, []
-                if batch:
-                    outcomes = [o for o, _ in batch]
+                outcomes = [o for o, _ in batch if o is not None]  # None: a flush
+                if outcomes:
                     await self.call(self._record, outcomes, self.now())
+                if batch:
                     for _, fut in batch:
                         if fut is not None and not fut.done():
                             fut.set_result(None)

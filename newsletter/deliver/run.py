@@ -229,8 +229,26 @@ class Run:
 
     async def _produce_claimed(self, pool: InlinePool | ProcessPool, claims: Claims) -> None:
         """The worker's loop: claim a batch of due rows, select+render+send them, until nothing
-        is left to claim and no live worker holds a row of our scope."""
+        is left to claim and no live worker holds a row of our scope. Then, with nothing of
+        ours in flight, any row still claimed by us is one whose claim committed while its
+        connection dropped (we never saw it): give those back and claim again."""
         by_key = {address_key(s.email): s for s in self.scope}
+        while True:
+            await self._claim_loop(pool, claims, by_key)
+            self.produced = True
+            self._release_if_idle()
+            await first_of(self.idle.wait(), self.stop.wait())
+            if self.stop.is_set():
+                return
+            assert self.ledger is not None
+            await self.ledger.flush()  # outcomes not waited for end their claims too
+            if not await claims.give_back_forgotten():
+                return
+            self.produced = False
+
+    async def _claim_loop(
+        self, pool: InlinePool | ProcessPool, claims: Claims, by_key: dict[str, Subscriber]
+    ) -> None:
         waiting: collections.deque[asyncio.Future[list[Prepared]]] = collections.deque()
         try:
             while not self.stop.is_set():
