@@ -86,8 +86,6 @@ def test_claims_never_overlap_and_a_dead_workers_rows_come_free_after_its_lease(
     assert len(c) == 2  # the rest; a's and b's are leased
     time.sleep(1.2)  # a stops renewing (dead): its lease runs out
     assert sorted(claim(pg, "c")) == sorted(a)
-    workers = {w["id"]: w for w in pg.edition_workers(ED)}
-    assert workers == {}  # none registered here: rows only
 
 
 def test_an_outcome_ends_the_claim_and_a_failure_is_not_retaken_by_its_own_worker(
@@ -376,8 +374,6 @@ def test_two_daemons_share_a_firing_without_double_sends(tmp_path: Path, pg_url:
     assert sum(by_worker) == n and sum(1 for s in by_worker if s > 0) == 2, by_worker
     store = Store.open(pg_url)
     try:
-        group = next(iter(store.counts()))  # the store is reachable
-        assert group
         with store.engine.connect() as conn:
             open_left = conn.execute(sa.text("SELECT count(*) FROM open_firings")).scalar_one()
             served = conn.execute(sa.text("SELECT count(*) FROM schedule_state")).scalar_one()

@@ -30,6 +30,11 @@ NEWSLETTER_SMTP_POOL_SIZE for SMTP, 4 for the Maildir. After a crash, even SIGKI
 loses no subscriber and sends at most those in-flight messages a second time, with the same
 Message-ID (derived from edition and address), so clients can tell the copy.
 
+Per backend: on SQLite one sender per edition (the store's sender lock; a second one gets
+LockHeld). On PostgreSQL any number of processes on any hosts are workers of the edition: planned
+once, rows claimed with leases, a dead worker's rows taken over when its lease runs out, so the
+guarantee above holds with "the dead worker's in-flight messages" (see `claims`).
+
 Layout, each file one job, imports running down this list:
     failures   classify errors, retry timing, the brake
     wire       the DATA payload of a message
