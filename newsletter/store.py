@@ -1239,13 +1239,15 @@ class Store:
         started: dt.datetime,
         respect_next_attempt: bool,
         exclude: Sequence[str] = (),
+        only: Sequence[str] | None = None,
     ) -> list[LedgerRow]:
         """Claim up to `limit` rows that are due and free (never claimed, or their lease ran
         out: a dead worker's), in address order, skipping rows another worker is claiming at
         this moment (FOR UPDATE SKIP LOCKED). Due: `planned`; a temporary failure (at its next
         attempt time with `respect_next_attempt`) and an `unknown` at its next attempt time,
         either only when another worker recorded it before this one `started`, so no failure
-        goes round the workers within their run. The lease is on the database's clock."""
+        goes round the workers within their run. `only` limits the claim to those addresses,
+        `exclude` leaves those out. The lease is on the database's clock."""
         c = ledger.c
         retry_at = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
         earlier = sa.and_(
@@ -1266,6 +1268,8 @@ class Store:
         )
         if exclude:
             pick = pick.where(c.email.not_in(list(exclude)))
+        if only is not None:
+            pick = pick.where(c.email.in_(list(only)))
         picked = pick.cte("picked")
         claim = (
             ledger.update()

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from newsletter.deliver import edition_status
+from newsletter.deliver import claims, edition_status, send_edition
 from newsletter.models import LedgerOutcome
 from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
 from newsletter.store import Store
+from newsletter.subscribers import load_subscribers
 from tests.conftest import ROOT, SEEDS
 from tests.smtpd import ThreadedSMTPServer
 from tests.test_crash import NOW, POOL, due_now, environment, write_subscribers
@@ -158,6 +159,44 @@ def test_an_older_ledger_gains_the_claim_columns(db_url: str) -> None:
         store.close()
 
 
+def test_claims_can_be_limited_to_named_addresses(pg: Store) -> None:
+    pg.plan_edition(ED, [(f"r{i}@example.org", "<m>") for i in range(4)], now=NOW)
+    assert claim(pg, "w", only=["r1@example.org", "r3@example.org"]) == [
+        "r1@example.org",
+        "r3@example.org",
+    ]
+    assert claim(pg, "w", exclude=["r0@example.org"]) == ["r2@example.org"]
+
+
+async def test_a_worker_gives_back_rows_it_has_no_subscriber_for(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large scope is not named in the claim: rows of the edition outside it (another
+    group's, a subscriber no longer in the file) are given back, never sent, never held."""
+    monkeypatch.setattr(claims, "NAMED_SCOPE", 0)
+    emails = setup(tmp_path, pg_url, 6)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=pg_url,
+        subscribers_file=tmp_path / "subscribers.yaml",
+        outbox_dir=tmp_path / "outbox",
+        reference_date=dt.date(2026, 11, 21),
+    )
+    subscribers = load_subscribers(settings.subscribers_file)
+    store = Store.open(pg_url)
+    try:
+        edition = store.newest_date()
+        assert edition is not None
+        store.plan_edition(edition, [(e, f"<{e}>") for e in emails], now=NOW)  # all six
+        report = await send_edition(settings, store, subscribers[:3], edition, now=lambda: NOW)
+        rows = {r.email: r for r in store.ledger_rows(edition)}
+        assert report.sent == 3 and report.complete
+        assert [rows[e].status for e in emails] == ["sent"] * 3 + ["planned"] * 3
+        assert store.held_elsewhere(edition, "nobody") == []
+    finally:
+        store.close()
+
+
 # --- real processes -------------------------------------------------------------------------------
 def setup(tmp_path: Path, pg_url: str, n: int, send_at: str = "07:00") -> list[str]:
     emails = write_subscribers(tmp_path / "subscribers.yaml", n, send_at)
@@ -174,8 +213,8 @@ def pg_env(tmp_path: Path, port: int, pg_url: str, **extra: str) -> dict[str, st
         NEWSLETTER_DATABASE_URL=pg_url,
         NEWSLETTER_LEASE_SECONDS="3",
         NEWSLETTER_FETCH="false",  # the seeds are stored already
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -315,6 +354,43 @@ def test_a_sigkilled_workers_rows_are_taken_over_after_its_lease(
         f"SIGKILL: {len(held)} rows held by the dead worker taken over, "
         f"{len(repeated)} sent twice (limit {2 * POOL}), lost 0"
     )
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_by_sigterm_gives_its_rows_back_at_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    n = 400
+    emails = setup(tmp_path, pg_url, n)
+    server = ThreadedSMTPServer().start()
+    server.handler.delay("DATA", 0.02, times=100_000)
+    stopped = threading.Event()
+    env = pg_env(tmp_path, server.port, pg_url, NEWSLETTER_LEASE_SECONDS="60")
+    try:
+        procs = [start(env, "send", "--json") for _ in range(2)]
+
+        def on_message(k: int) -> None:
+            if k >= 100 and not stopped.is_set():
+                stopped.set()
+                procs[0].send_signal(signal.SIGTERM)
+
+        server.handler.on_message = on_message
+        began = time.monotonic()
+        results = finish(procs)
+        took = time.monotonic() - began
+    finally:
+        server.stop()
+    assert stopped.is_set()
+    assert procs[0].returncode == 1, results[0][1]  # interrupted: exit 1, as on SQLite
+    assert procs[1].returncode == 0, results[1][1]
+    got = server.handler.by_rcpt()
+    assert sorted(got) == sorted(emails)
+    assert all(len(copies) == 1 for copies in got.values())  # a clean stop repeats nothing
+    assert took < 60  # its rows came back at once, not after its 60 s lease
+    doc = status(pg_url)
+    assert doc["counts"]["sent"] == n
+    assert all(w["state"] == "finished" for w in doc["workers"])
+    print(f"SIGTERM: the other worker finished in {took:.1f} s, nothing sent twice")
 
 
 @pytest.mark.slow

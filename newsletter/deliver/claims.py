@@ -39,6 +39,7 @@ LOST_RETRIES = 8  # a dropped connection is tried again for about 15 s in all
 PLAN_POLL_S = 0.2  # how often a worker looks whether the planning worker is done
 HELD_POLL_S = 1.0  # how often a worker with nothing to claim looks at the others' rows
 GRANT_S = 0.05  # a worker takes this much of the shared rate budget at a time
+NAMED_SCOPE = 1000  # a scope this small is named in the claim (send --email, a retry pass)
 
 
 async def call_retrying(fn: Callable[..., T], *args: object) -> T:
@@ -79,6 +80,7 @@ class Claims:
         self.id = worker_id()
         self.started = now()
         self.foreign: list[str] = []  # rows of the edition this worker has no subscriber for
+        self.only: list[str] | None = None  # a small scope: claim nothing else
         self._renewer: asyncio.Task[None] | None = None
 
     async def start(
@@ -91,6 +93,8 @@ class Claims:
             functools.partial(register, self.id, self.edition, host=host, pid=pid, lease=self.lease)
         )
         self._renewer = asyncio.create_task(self._renew(sent))
+        if len(scope) <= NAMED_SCOPE:
+            self.only = [address_key(s.email) for s in scope]
         items = [(s.email, message_id(self.edition, s.email, self.domain)) for s in scope]
         waited = False
         while not stop.is_set():
@@ -120,6 +124,7 @@ class Claims:
             started=self.started,
             respect_next_attempt=self.respect,
             exclude=self.foreign,
+            only=self.only,
         )
 
     async def give_back(self, emails: Sequence[str]) -> None:
@@ -186,7 +191,3 @@ class SharedRate:
 
     def _take(self) -> float:
         return self.store.take_budget(self.name, self.grant, rate=self.rate, burst=self.grant)
-
-
-def scope_keys(scope: Sequence[Subscriber]) -> dict[str, Subscriber]:
-    return {address_key(s.email): s for s in scope}
