@@ -886,8 +886,9 @@ class Store:
 
     def retry_due(self, now: dt.datetime) -> dict[dt.date, list[str]]:
         """Rows to work on again, by edition: `planned` ones (a run that was stopped, even by
-        SIGKILL, before it got to them; the caller holds the edition's sender lock, so nobody
-        is sending them now) and temporary failures or unknowns whose next attempt has come."""
+        SIGKILL, before it got to them; on SQLite the caller holds the edition's sender lock,
+        so nobody is sending them now; on PostgreSQL they are claimed like any other row) and
+        temporary failures or unknowns whose next attempt has come."""
         out: dict[dt.date, list[str]] = defaultdict(list)
         with self.engine.connect() as conn:
             rows = conn.execute(
