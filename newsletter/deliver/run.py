@@ -243,6 +243,9 @@ class Run:
             assert self.ledger is not None
             await self.ledger.flush()  # outcomes not waited for end their claims too
             if not await claims.give_back_forgotten():
+                # the rest of the scope was done by other workers or earlier runs
+                self.tally.unchanged = max(0, len(self.scope) - self.tally.done)
+                self._progress()
                 return
             self.produced = False
 
