@@ -498,7 +498,7 @@ def test_a_worker_survives_its_database_connections_being_terminated(
     emails = setup(tmp_path, pg_url, n)
     server = ThreadedSMTPServer().start()
     server.handler.delay("DATA", 0.01, times=100_000)
-    marks = {100: threading.Event(), 250: threading.Event()}
+    marks = {k: threading.Event() for k in range(50, 400, 50)}  # seven times over the run
 
     def on_message(k: int) -> None:
         if k in marks:
