@@ -795,6 +795,13 @@ def status_cmd(app: AppContext, date: dt.date | None, as_json: bool) -> None:
     out.print(f"edition {doc['edition']}: {counts}", highlight=False)
     for reason, n in doc["skipped"].items():
         out.print(f"  skipped {n}: {reason}", highlight=False, markup=False)
+    for w in doc["workers"]:  # PostgreSQL: every process that worked on the edition
+        out.print(
+            f"  worker {w['id']}: {w['state']}, sent {w['sent']}, holds {w['held']} row(s), "
+            f"lease until {w['lease_until'] or '-'}",
+            highlight=False,
+            markup=False,
+        )
     if doc["failures"]:
         table = Table(title="Failures")
         for col in ("email", "status", "attempts", "last reply", "next attempt"):

@@ -10,6 +10,10 @@ daemon and a restart agree: whoever sees an unserved firing first serves it. Ser
 newest stored listing; subscribers who already have it (or a newer one) get nothing, so missed
 firings coalesce into one edition, never a burst of old ones.
 
+On PostgreSQL several daemons with the same configuration may serve one store: each firing's
+state is a claim (the first to start it records it, the others join its edition as workers, and
+the served mark only moves forward), and the ledger's claims keep any digest from going twice.
+
 A firing is *open* from the moment its send starts until its edition is done. A send that was
 stopped (SIGTERM in a deploy, SIGKILL, a lost database, a refused login) leaves it open, and
 the next pass resumes it before anything else, whatever the time: an interrupted edition is
@@ -31,7 +35,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
 from newsletter.addresses import address_key
-from newsletter.deliver import DeliveryReport, send_edition
+from newsletter.deliver import DeliveryReport, edition_lock, send_edition
 from newsletter.errors import LockHeld, NewsletterError, SubscriberConfigError
 from newsletter.fetch import fetch_before_firing
 from newsletter.models import Subscriber
@@ -261,7 +265,8 @@ async def _serve(
     stop: asyncio.Event | None,
 ) -> tuple[bool, DeliveryReport | None]:
     """Send a firing's edition to its due recipients: (is the firing done, what was sent).
-    Another sender holding the edition (LockHeld) is no failure: the firing stays open."""
+    SQLite: another sender holding the edition (LockHeld) is no failure: the firing stays
+    open. PostgreSQL: daemons that fire together all join the edition as workers."""
     assert d.edition is not None
     if not d.recipients:
         log.info("group %s: %s: everyone has the %s edition", d.group.key, d.reason, d.edition)
@@ -274,7 +279,7 @@ async def _serve(
         len(d.recipients),
     )
     try:
-        with store.sender_lock(d.edition.isoformat()):
+        with edition_lock(store, d.edition):
             if not d.resume:
                 store.start_firing(d.group.key, d.firing, d.edition, now=clock())
             report = await send_edition(
@@ -317,7 +322,7 @@ async def retry_failures(
         if not subs or (stop is not None and stop.is_set()):
             continue
         try:
-            with store.sender_lock(edition.isoformat()):
+            with edition_lock(store, edition):
                 reports.append(
                     await send_edition(
                         settings,
@@ -371,7 +376,7 @@ def replay(
         }
         for group in group_subscribers(subscribers):
             clock = firing_on(group, edition)
-            with store.sender_lock(edition.isoformat()):
+            with edition_lock(store, edition):
                 asyncio.run(
                     send_edition(
                         settings, store, list(group.subscribers), edition, now=_fixed(clock)

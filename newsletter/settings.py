@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds one PostgreSQL statement may run (statement_timeout).",
     )
+    lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        description="PostgreSQL: how long a sender's claim on its rows lasts without renewal "
+        "(renewed while it works); a dead sender's rows go to the others after this.",
+    )
 
     # --- the source -------------------------------------------------------------------------
     source_url: str = Field(

@@ -117,7 +117,19 @@ ledger = sa.Table(
     sa.Column("last_reply", sa.Text),
     sa.Column("reason", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # PostgreSQL scale-out: the worker that last claimed the row, and until when (database
+    # clock) it holds it. An outcome clears the lease and keeps the worker, so a worker never
+    # re-claims its own failure within its run. Unused on SQLite (one sender per edition).
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
     sa.Index("ix_ledger_status", "edition", "status"),
+    # PostgreSQL: what is left to claim, in claim order; sent rows drop out, so claims stay cheap
+    sa.Index(
+        "ix_ledger_todo",
+        "edition",
+        "email",
+        postgresql_where=sa.text("status IN ('planned', 'failed', 'unknown')"),
+    ).ddl_if(dialect="postgresql"),
 )
 
 history = sa.Table(
@@ -171,6 +183,43 @@ votes = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# PostgreSQL scale-out: every send process of an edition is a worker; this row is what `status`
+# shows of it (its lease is renewed with its rows' leases).
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),  # host:pid:random
+    sa.Column("edition", sa.Date, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("sent", sa.Integer, nullable=False, default=0),
+    sa.Index("ix_workers_edition", "edition"),
+)
+
+# The scopes an edition was planned for (a hash of the addresses): the first worker plans, the
+# others find the mark and go straight to claiming.
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("edition", sa.Date, primary_key=True),
+    sa.Column("scope", sa.String(64), primary_key=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# A token bucket shared by every worker (NEWSLETTER_SMTP_RATE_LIMIT across hosts); it may go
+# negative: a grant taken into debt tells its taker how long to wait.
+send_budget = sa.Table(
+    "send_budget",
+    metadata,
+    sa.Column("name", sa.String(300), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
+)
+
 IngestStatus = Literal["ingested", "unchanged", "replaced"]
 SubscriptionStatus = Literal["active", "unsubscribed"]
 Vote = Literal["up", "down"]
@@ -207,6 +256,7 @@ class LedgerRow:
     last_reply: str | None
     reason: str | None
     updated_at: dt.datetime
+    claimed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +325,11 @@ def make_engine(
     that (settings.prepare_database_folder)."""
     try:
         backend = sa.make_url(url).get_backend_name()
-        engine = sa.create_engine(url, future=True, pool_pre_ping=backend == "postgresql")
+        pg = backend == "postgresql"
+        # a name per process in pg_stat_activity: an operator (or a test) can find its sessions
+        named = pg and "application_name" not in sa.make_url(url).query
+        args = {"application_name": f"newsletter:{os.getpid()}"} if named else {}
+        engine = sa.create_engine(url, future=True, pool_pre_ping=pg, connect_args=args)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise StoreError(
             f"setting NEWSLETTER_DATABASE_URL: cannot use {safe_url(url)!r} ({redact(str(exc))}); "
@@ -369,6 +423,16 @@ class _ErrorTranslator:
             )
 
 
+# Columns added to the ledger after its first release: ALTER TABLE for an older store.
+added_columns = (ledger.c.claimed_by, ledger.c.lease_until)
+column_indexes = tuple(i for i in ledger.indexes if i.name == "ix_ledger_todo")
+
+
+def _missing_columns(conn: Connection) -> list[sa.Column[Any]]:
+    have = {c["name"] for c in sa.inspect(conn).get_columns("ledger")}
+    return [c for c in added_columns if c.name not in have]
+
+
 def _lock_key(name: str) -> int:
     """A PostgreSQL advisory lock key (bigint) for a name."""
     key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
@@ -405,13 +469,20 @@ class Store:
         return store
 
     def _create_schema(self) -> None:
-        """Create missing tables, one process at a time: concurrent first runs never race."""
+        """Create missing tables, and add the columns (and their index) a store made by an
+        older version lacks, one process at a time: concurrent first runs never race."""
         with self.engine.connect() as conn:
             present = set(sa.inspect(conn).get_table_names())
-        if set(metadata.tables) <= present:
+            missing = _missing_columns(conn) if "ledger" in present else []
+        if set(metadata.tables) <= present and not missing:
             return
         with self._exclusive("schema") as conn:
             metadata.create_all(conn)
+            for column in _missing_columns(conn):
+                spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {spec}")
+            for index in column_indexes if conn.dialect.name == "postgresql" else ():
+                index.create(conn, checkfirst=True)
 
     @contextlib.contextmanager
     def _exclusive(self, name: str) -> Iterator[Connection]:
@@ -716,9 +787,12 @@ class Store:
         items: Sequence[tuple[str, str, Sequence[str]]],
         *,
         now: dt.datetime,
+        refresh: bool = False,
     ) -> None:
         """Insert `planned` rows (email, message_id, paper_ids) that do not exist yet; an
-        existing row (sent, failed, planned by an earlier run) is never touched."""
+        existing row (sent, failed, planned by an earlier run) is never touched, except that
+        with `refresh` a `planned` one takes the new Message-ID and papers (a claimed row
+        planned by `plan_edition`, before its digest was rendered)."""
         rows = [
             {
                 "edition": edition,
@@ -731,9 +805,23 @@ class Store:
             }
             for email, mid, pids in items
         ]
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(self._insert(ledger).on_conflict_do_nothing(), rows)
+        if not rows:
+            return
+        insert = self._insert(ledger)
+        upsert = (
+            insert.on_conflict_do_update(
+                index_elements=[ledger.c.edition, ledger.c.email],
+                set_={
+                    "message_id": insert.excluded.message_id,
+                    "paper_ids": insert.excluded.paper_ids,
+                },
+                where=ledger.c.status == "planned",
+            )
+            if refresh
+            else insert.on_conflict_do_nothing()
+        )
+        with self.engine.begin() as conn:
+            conn.execute(upsert, rows)
 
     def record_outcomes(
         self, edition: dt.date, outcomes: Sequence[LedgerOutcome], *, now: dt.datetime
@@ -798,8 +886,9 @@ class Store:
 
     def retry_due(self, now: dt.datetime) -> dict[dt.date, list[str]]:
         """Rows to work on again, by edition: `planned` ones (a run that was stopped, even by
-        SIGKILL, before it got to them; the caller holds the edition's sender lock, so nobody
-        is sending them now) and temporary failures or unknowns whose next attempt has come."""
+        SIGKILL, before it got to them; on SQLite the caller holds the edition's sender lock,
+        so nobody is sending them now; on PostgreSQL they are claimed like any other row) and
+        temporary failures or unknowns whose next attempt has come."""
         out: dict[dt.date, list[str]] = defaultdict(list)
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -1051,12 +1140,15 @@ class Store:
         return _utc(value)
 
     def set_last_firing(self, group_key: str, firing: dt.datetime) -> None:
+        """The group's firing is served; the mark only moves forward (a daemon that finishes
+        an older firing after another served a newer one changes nothing)."""
         insert = self._insert(schedule_state).values(group_key=group_key, last_firing=firing)
         with self.engine.begin() as conn:
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=[schedule_state.c.group_key],
                     set_={"last_firing": insert.excluded.last_firing},
+                    where=schedule_state.c.last_firing < insert.excluded.last_firing,
                 )
             )
 
@@ -1073,7 +1165,9 @@ class Store:
     def start_firing(
         self, group_key: str, firing: dt.datetime, edition: dt.date, *, now: dt.datetime
     ) -> None:
-        """Record that a firing's send has begun (before its first message goes out)."""
+        """Record that a firing's send has begun (before its first message goes out). A claim:
+        a second daemon starting the same firing joins it and changes nothing; only a newer
+        firing replaces an open one."""
         insert = self._insert(open_firings).values(
             group_key=group_key, firing=firing, edition=edition, started_at=now
         )
@@ -1086,6 +1180,7 @@ class Store:
                         "edition": insert.excluded.edition,
                         "started_at": insert.excluded.started_at,
                     },
+                    where=open_firings.c.firing < insert.excluded.firing,
                 )
             )
 
@@ -1098,6 +1193,230 @@ class Store:
                     open_firings.c.group_key == group_key, open_firings.c.firing <= firing
                 )
             )
+
+    # --- scale-out on PostgreSQL: planning once, claims with leases, workers, shared budget --
+    def plan_edition(
+        self, edition: dt.date, items: Sequence[tuple[str, str]], *, now: dt.datetime
+    ) -> Literal["planned", "done", "busy"]:
+        """Write a `planned` row (email, message_id) for each address of a scope that has no row
+        yet, once per scope: "busy" while another worker plans the edition (try again), "done"
+        when this scope was planned before, "planned" when this call did it."""
+        keys = sorted({address_key(e): mid for e, mid in items}.items())
+        scope = hashlib.sha256("\n".join(k for k, _ in keys).encode()).hexdigest()
+        with self.engine.begin() as conn:
+            key = self._sender_key(conn, f"plan:{edition.isoformat()}")
+            if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(key))).scalar_one():
+                return "busy"
+            mark = sa.select(plans.c.rows).where(plans.c.edition == edition, plans.c.scope == scope)
+            if conn.execute(mark).first() is not None:
+                return "done"
+            rows = [
+                {
+                    "edition": edition,
+                    "email": email,
+                    "status": "planned",
+                    "message_id": mid,
+                    "paper_ids": "[]",  # the claiming worker's render fills them in
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+                for email, mid in keys
+            ]
+            for i in range(0, len(rows), 5000):
+                conn.execute(self._insert(ledger).on_conflict_do_nothing(), rows[i : i + 5000])
+            conn.execute(
+                plans.insert().values(edition=edition, scope=scope, rows=len(rows), planned_at=now)
+            )
+        return "planned"
+
+    def claim_rows(
+        self,
+        edition: dt.date,
+        worker: str,
+        *,
+        limit: int,
+        lease: float,
+        now: dt.datetime,
+        started: dt.datetime,
+        respect_next_attempt: bool,
+        exclude: Sequence[str] = (),
+        only: Sequence[str] | None = None,
+    ) -> list[LedgerRow]:
+        """Claim up to `limit` rows that are due and free (never claimed, or their lease ran
+        out: a dead worker's), in address order, skipping rows another worker is claiming at
+        this moment (FOR UPDATE SKIP LOCKED). Due: `planned`; a temporary failure (at its next
+        attempt time with `respect_next_attempt`) and an `unknown` at its next attempt time,
+        either only when another worker recorded it before this one `started`, so no failure
+        goes round the workers within their run. `only` limits the claim to those addresses,
+        `exclude` leaves those out. The lease is on the database's clock."""
+        c = ledger.c
+        retry_at = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+        earlier = sa.and_(
+            sa.or_(c.claimed_by.is_(None), c.claimed_by != worker), c.updated_at <= started
+        )
+        due = sa.or_(
+            c.status == "planned",
+            sa.and_(c.status == "failed", earlier, retry_at if respect_next_attempt else sa.true()),
+            sa.and_(c.status == "unknown", earlier, c.next_attempt_at <= now),
+        )
+        free = sa.or_(c.lease_until.is_(None), c.lease_until < sa.func.clock_timestamp())
+        pick = (
+            sa.select(c.email)
+            .where(c.edition == edition, c.status.in_(["planned", "failed", "unknown"]), due, free)
+            .order_by(c.email)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if exclude:
+            pick = pick.where(c.email.not_in(list(exclude)))
+        if only is not None:
+            pick = pick.where(c.email.in_(list(only)))
+        picked = pick.cte("picked")
+        claim = (
+            ledger.update()
+            .where(c.edition == edition, c.email == picked.c.email)
+            .values(claimed_by=worker, lease_until=_lease_end(lease))
+            .returning(*ledger.c)
+        )
+        with self.engine.begin() as conn:
+            rows = [_ledger_row(r) for r in conn.execute(claim)]
+        return sorted(rows, key=lambda r: r.email)
+
+    def renew_lease(
+        self, edition: dt.date, worker: str, *, lease: float, sent: int
+    ) -> dt.datetime | None:
+        """Extend the worker's lease on the rows it holds and on its own row; returns the new
+        lease end (None: the worker has no row, e.g. it was never registered)."""
+        until = _lease_end(lease)
+        with self.engine.begin() as conn:
+            conn.execute(
+                ledger.update()
+                .where(
+                    ledger.c.edition == edition,
+                    ledger.c.claimed_by == worker,
+                    ledger.c.lease_until.is_not(None),
+                )
+                .values(lease_until=until)
+            )
+            end = conn.execute(
+                workers.update()
+                .where(workers.c.id == worker)
+                .values(lease_until=until, sent=sent)
+                .returning(workers.c.lease_until)
+            ).scalar_one_or_none()
+        return _utc(end)
+
+    def release_claims(
+        self, edition: dt.date, worker: str, emails: Sequence[str] | None = None
+    ) -> int:
+        """Give back rows the worker holds (or just `emails`), for any worker to claim now;
+        returns how many."""
+        query = ledger.update().where(
+            ledger.c.edition == edition,
+            ledger.c.claimed_by == worker,
+            ledger.c.lease_until.is_not(None),
+        )
+        if emails is not None:
+            query = query.where(ledger.c.email.in_(list(emails)))
+        with self.engine.begin() as conn:
+            return int(conn.execute(query.values(lease_until=None)).rowcount)
+
+    def held_elsewhere(self, edition: dt.date, worker: str) -> list[tuple[str, float]]:
+        """Rows of the edition that other workers hold now: (email, seconds left on the
+        lease). Few: at most what the live workers have claimed."""
+        left = sa.func.extract("epoch", ledger.c.lease_until - sa.func.clock_timestamp())
+        query = sa.select(ledger.c.email, left).where(
+            ledger.c.edition == edition,
+            ledger.c.lease_until > sa.func.clock_timestamp(),
+            sa.or_(ledger.c.claimed_by.is_(None), ledger.c.claimed_by != worker),
+        )
+        with self.engine.connect() as conn:
+            return [(email, float(s)) for email, s in conn.execute(query)]
+
+    def register_worker(
+        self, worker: str, edition: dt.date, *, host: str, pid: int, lease: float
+    ) -> None:
+        now = sa.func.clock_timestamp()
+        with self.engine.begin() as conn:
+            conn.execute(
+                workers.insert().values(
+                    id=worker,
+                    edition=edition,
+                    host=host,
+                    pid=pid,
+                    started_at=now,
+                    lease_until=_lease_end(lease),
+                    sent=0,
+                )
+            )
+
+    def finish_worker(self, worker: str, *, sent: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                workers.update()
+                .where(workers.c.id == worker)
+                .values(lease_until=None, finished_at=sa.func.clock_timestamp(), sent=sent)
+            )
+
+    def edition_workers(self, edition: dt.date) -> list[dict[str, Any]]:
+        """The workers that took part in the edition, oldest first, each with the rows it
+        holds now and whether its lease is live (`working`), ran out (`lost`: a dead worker
+        whose rows the others take over) or was given back (`finished`)."""
+        held = (
+            sa.select(sa.func.count())
+            .where(
+                ledger.c.edition == edition,
+                ledger.c.claimed_by == workers.c.id,
+                ledger.c.lease_until > sa.func.clock_timestamp(),
+            )
+            .scalar_subquery()
+        )
+        alive = workers.c.lease_until > sa.func.clock_timestamp()
+        query = (
+            sa.select(workers, held.label("held"), alive.label("alive"))
+            .where(workers.c.edition == edition)
+            .order_by(workers.c.started_at, workers.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        out = []
+        for r in rows:
+            state = "finished" if r.finished_at else ("working" if r.alive else "lost")
+            out.append(
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "state": state,
+                    "started_at": _iso(r.started_at),
+                    "lease_until": _iso(r.lease_until),
+                    "finished_at": _iso(r.finished_at),
+                    "sent": r.sent,
+                    "held": int(r.held),
+                }
+            )
+        return out
+
+    def take_budget(self, name: str, tokens: int, *, rate: float, burst: float) -> float:
+        """Take `tokens` from the shared bucket `name` (refilled at `rate` per second up to
+        `burst`, on the database's clock); returns the seconds to wait before using them."""
+        b = send_budget.c
+        now = sa.func.clock_timestamp()
+        refill = b.tokens + rate * sa.func.extract("epoch", now - b.updated)
+        take = (
+            send_budget.update()
+            .where(b.name == name)
+            .values(tokens=sa.func.least(refill, burst) - tokens, updated=now)
+            .returning(b.tokens)
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                postgresql.insert(send_budget)
+                .values(name=name, tokens=burst, updated=now)
+                .on_conflict_do_nothing()
+            )
+            left = float(conn.execute(take).scalar_one())
+        return max(0.0, -left / rate)
 
     @property
     def lock_dir(self) -> Path:
@@ -1160,6 +1479,16 @@ class Store:
             os.close(fd)  # closing drops the flock
 
 
+def _lease_end(seconds: float) -> Any:
+    """The database's clock plus `seconds`: hosts with skewed clocks agree on every lease."""
+    return sa.func.clock_timestamp() + sa.func.make_interval(0, 0, 0, 0, 0, 0, float(seconds))
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    value = _utc(value)
+    return value.isoformat() if value is not None else None
+
+
 def _advisory_unlock(conn: Connection, key: int, name: str) -> None:
     """Release a session advisory lock. A dead connection needs no unlock: the server drops a
     session's advisory locks with the session, and failing here would hide the error that
@@ -1202,6 +1531,7 @@ _UPDATE_OUTCOME = (  # bind parameters: "b_" + the column name (bound from _outc
         reason=sa.bindparam("b_reason"),
         next_attempt_at=sa.bindparam("b_next_attempt_at"),
         updated_at=sa.bindparam("b_updated_at"),
+        lease_until=None,  # an outcome ends the claim (claimed_by stays: who finished it)
     )
 )
 
@@ -1225,7 +1555,7 @@ def _update_sent(
     result = conn.exec_driver_sql(
         f"UPDATE {table} SET status = 'sent', message_id = {m}, paper_ids = {m}, "
         f"attempts = attempts + {m}, last_reply = {m}, reason = NULL, next_attempt_at = NULL, "
-        f"updated_at = {m} WHERE edition = {m} AND email = {m}",
+        f"lease_until = NULL, updated_at = {m} WHERE edition = {m} AND email = {m}",
         [
             (o.message_id, json.dumps(list(o.paper_ids)), o.attempts, o.reply, at, ed, o.email)
             for o in sent
@@ -1307,6 +1637,7 @@ def _upsert_outcomes(
                     **{c: insert.excluded[c] for c in keep},
                     "next_attempt_at": insert.excluded.next_attempt_at,
                     "updated_at": insert.excluded.updated_at,
+                    "lease_until": None,
                 },
                 where=ledger.c.status != "sent",
             ),
@@ -1351,6 +1682,7 @@ def _ledger_row(row: Any) -> LedgerRow:
         last_reply=row.last_reply,
         reason=row.reason,
         updated_at=_utc(row.updated_at) or row.updated_at,
+        claimed_by=row.claimed_by,
     )
 
 

@@ -30,6 +30,11 @@ NEWSLETTER_SMTP_POOL_SIZE for SMTP, 4 for the Maildir. After a crash, even SIGKI
 loses no subscriber and sends at most those in-flight messages a second time, with the same
 Message-ID (derived from edition and address), so clients can tell the copy.
 
+Per backend: on SQLite one sender per edition (the store's sender lock; a second one gets
+LockHeld). On PostgreSQL any number of processes on any hosts are workers of the edition: planned
+once, rows claimed with leases, a dead worker's rows taken over when its lease runs out, so the
+guarantee above holds with "the dead worker's in-flight messages" (see `claims`).
+
 Layout, each file one job, imports running down this list:
     failures   classify errors, retry timing, the brake
     wire       the DATA payload of a message
@@ -38,13 +43,14 @@ Layout, each file one job, imports running down this list:
     smtp       the SMTP pool (per-phase timeouts, backoff, 421, rate limit, login once)
     maildir    the local Maildir transport
     transport  the Transport protocol and the choice between the two
+    claims     PostgreSQL scale-out: planning once, claims with leases, the shared rate limit
     ledger     group commit of outcomes (the SQL is the store's)
     workers    select + render a chunk, inline or in forked worker processes
     run        the send loop of one edition
     api        send_edition, run_send, edition_status
 """
 
-from newsletter.deliver.api import edition_status, run_send, send_edition
+from newsletter.deliver.api import edition_lock, edition_status, run_send, send_edition
 from newsletter.deliver.failures import Brake, classify, masked_reply, reply_text
 from newsletter.deliver.report import DeliveryReport
 from newsletter.deliver.smtp import SmtpTransport, smtp_endpoint
@@ -57,6 +63,7 @@ __all__ = [
     "SmtpTransport",
     "Transport",
     "classify",
+    "edition_lock",
     "edition_status",
     "make_transport",
     "masked_reply",

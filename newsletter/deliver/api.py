@@ -1,5 +1,6 @@
 """The library entry points of delivery: send an edition (send_edition), the same for the
-command line with its lock and signals (run_send), and an edition's ledger (edition_status)."""
+command line with its lock and signals (run_send), what a sender holds (edition_lock), and an
+edition's ledger and workers (edition_status)."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def run_send(
                 stop=stop,
             )
 
-    lock = contextlib.nullcontext() if dry_run else store.sender_lock(edition.isoformat())
+    lock = contextlib.nullcontext() if dry_run else edition_lock(store, edition)
     with lock:
         try:
             return asyncio.run(main())
@@ -136,6 +137,15 @@ def run_send(
                 "interrupted: messages in flight were abandoned; the ledger holds everything "
                 "sent so far; run the same send again to finish (in-flight ones may repeat)"
             ) from None
+
+
+def edition_lock(store: Store, edition: dt.date) -> contextlib.AbstractContextManager[None]:
+    """What a sender holds while it works on an edition. SQLite: the edition's sender lock (one
+    sender; a second one gets LockHeld). PostgreSQL: nothing; any number of workers share the
+    edition through claimed rows with leases (see `claims`)."""
+    if store.dialect == "postgresql":
+        return contextlib.nullcontext()
+    return store.sender_lock(edition.isoformat())
 
 
 def edition_status(store: Store, edition: dt.date) -> dict[str, Any]:
@@ -169,4 +179,6 @@ def edition_status(store: Store, edition: dt.date) -> dict[str, Any]:
         "skipped": skipped,
         "failures": failures,
         "unknown": unknown,
+        # PostgreSQL: the workers that took part, with their leases and the rows they hold
+        "workers": store.edition_workers(edition) if store.dialect == "postgresql" else [],
     }

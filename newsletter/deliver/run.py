@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from newsletter.addresses import address_key
+from newsletter.deliver.claims import Claims, SharedRate, call_retrying
 from newsletter.deliver.failures import (
     Brake,
     Fatal,
@@ -26,6 +27,7 @@ from newsletter.deliver.failures import (
 from newsletter.deliver.ledger import LedgerWriter, threadable
 from newsletter.deliver.progress import Progress
 from newsletter.deliver.report import Tally
+from newsletter.deliver.smtp import smtp_endpoint
 from newsletter.deliver.transport import Transport, make_transport
 from newsletter.deliver.workers import InlinePool, Prepared, Preparer, ProcessPool
 from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
@@ -113,6 +115,13 @@ class Run:
         self._gone_mark: tuple[int, dt.datetime | None] | None = None
         self._gone_checked = 0.0
         self.progress: Progress | None = None  # started after the workers (it has a thread)
+        # PostgreSQL: one worker of the edition among any number; SQLite: the only sender
+        scaled = store.dialect == "postgresql" and not dry_run
+        self.claims = (
+            Claims(settings, store, edition, now=now, respect_next_attempt=respect_next_attempt)
+            if scaled
+            else None
+        )
 
     # -- orchestration ----------------------------------------------------------------------
     async def execute(self, renderer: Any) -> None:
@@ -121,10 +130,13 @@ class Run:
         senders: list[asyncio.Task[None]] = []
         watcher: asyncio.Task[None] | None = None
         try:
+            if self.claims is not None:
+                await self.claims.start(self.scope, self.stop, lambda: self.tally.sent)
             if not self.dry_run:
-                self.transport = make_transport(self.settings)
+                self.transport = make_transport(self.settings, pacer=self._shared_rate())
                 await self.transport.start()
-                self.ledger = LedgerWriter(self.store, self.edition, self.now)
+                retry = self.claims is not None  # a worker survives a dropped connection
+                self.ledger = LedgerWriter(self.store, self.edition, self.now, retry_lost=retry)
                 n = self.transport.concurrency
                 self.room = asyncio.Semaphore(max(4 * n, 2 * CHUNK))
                 senders = [asyncio.create_task(self._sender()) for _ in range(n)]
@@ -135,7 +147,10 @@ class Run:
                     len(self.scope),
                     self.transport.name,
                 )
-            await self._produce(pool)
+            if self.claims is not None:
+                await self._produce_claimed(pool, self.claims)
+            else:
+                await self._produce(pool)
             self.produced = True
             self._release_if_idle()
             await first_of(self.idle.wait(), self.stop.wait())
@@ -150,6 +165,8 @@ class Run:
             try:
                 if self.ledger is not None:
                     await self.ledger.close()
+                if self.claims is not None:  # after the ledger: outcomes end claims first
+                    await self.claims.close(self.tally.sent)
             finally:
                 if self.transport is not None:
                     await self.transport.close()
@@ -158,6 +175,13 @@ class Run:
                     self.progress.close()
         if self.crash is not None:
             raise self.crash
+
+    def _shared_rate(self) -> SharedRate | None:
+        """A worker's rate limit is the one budget all workers share (None: each its own)."""
+        rate, host = self.settings.smtp_rate_limit, self.settings.smtp_host
+        if self.claims is None or not rate or not host:
+            return None
+        return SharedRate(self.store, f"smtp:{host}:{smtp_endpoint(self.settings)[1]}", rate)
 
     def _progress(self) -> None:
         if self.progress is not None:
@@ -202,6 +226,66 @@ class Run:
         finally:
             for fut in waiting:
                 fut.cancel()
+
+    async def _produce_claimed(self, pool: InlinePool | ProcessPool, claims: Claims) -> None:
+        """The worker's loop: claim a batch of due rows, select+render+send them, until nothing
+        is left to claim and no live worker holds a row of our scope. Then, with nothing of
+        ours in flight, any row still claimed by us is one whose claim committed while its
+        connection dropped (we never saw it): give those back and claim again."""
+        by_key = {address_key(s.email): s for s in self.scope}
+        while True:
+            await self._claim_loop(pool, claims, by_key)
+            self.produced = True
+            self._release_if_idle()
+            await first_of(self.idle.wait(), self.stop.wait())
+            if self.stop.is_set():
+                return
+            assert self.ledger is not None
+            await self.ledger.flush()  # outcomes not waited for end their claims too
+            if not await claims.give_back_forgotten():
+                # the rest of the scope was done by other workers or earlier runs
+                self.tally.unchanged = max(0, len(self.scope) - self.tally.done)
+                self._progress()
+                return
+            self.produced = False
+
+    async def _claim_loop(
+        self, pool: InlinePool | ProcessPool, claims: Claims, by_key: dict[str, Subscriber]
+    ) -> None:
+        waiting: collections.deque[asyncio.Future[list[Prepared]]] = collections.deque()
+        try:
+            while not self.stop.is_set():
+                rows = await claims.claim(CHUNK)
+                if rows:
+                    mine = [r for r in rows if r.email in by_key]
+                    if len(mine) < len(rows):
+                        await claims.give_back([r.email for r in rows if r.email not in by_key])
+                    todo = await self._todo_claimed([(by_key[r.email], r) for r in mine])
+                    if todo:
+                        waiting.append(pool.submit(todo, self.edition, self.now()))
+                elif not waiting and not await claims.others_hold(by_key):
+                    break
+                while waiting and (not rows or len(waiting) > pool.depth or waiting[0].done()):
+                    await self._enqueue(await waiting.popleft())
+            while waiting and not self.stop.is_set():
+                await self._enqueue(await waiting.popleft())
+        finally:
+            for fut in waiting:
+                fut.cancel()
+
+    async def _todo_claimed(
+        self, claimed: Sequence[tuple[Subscriber, LedgerRow]]
+    ) -> list[Subscriber]:
+        """Claimed rows are due by the claim's own rule; unsubscribed readers are skipped."""
+        for _, row in claimed:
+            self.stored_ids[row.email] = (row.message_id, row.attempts)
+        emails = [sub.email for sub, _ in claimed]
+        gone = await call_retrying(self.store.unsubscribed, emails) if emails else set()
+        for email in sorted(gone):
+            self.stored_ids.pop(email, None)
+            self._finish(LedgerOutcome(email, "skipped", reason=SKIP_UNSUBSCRIBED))
+        self._progress()
+        return [sub for sub, row in claimed if row.email not in gone]
 
     def _todo(self, chunk: Sequence[Subscriber]) -> list[Subscriber]:
         rows = {r.email: r for r in self.store.ledger_rows(self.edition, [s.email for s in chunk])}
@@ -261,7 +345,10 @@ class Run:
             self._progress()
             return
         assert self.ledger is not None and self.room is not None
-        await self.ledger.plan([(j.email, j.message.message_id, j.message.paper_ids) for j in jobs])
+        await self.ledger.plan(
+            [(j.email, j.message.message_id, j.message.paper_ids) for j in jobs],
+            refresh=self.claims is not None,  # rows planned before their digest was rendered
+        )
         for n, job in enumerate(jobs):
             await self.room.acquire()
             if self.stop.is_set():

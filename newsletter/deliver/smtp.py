@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
@@ -215,6 +215,13 @@ class _Gate:
                 free -= 1
 
 
+class Pacer(Protocol):
+    """What paces message starts: this process's `_RateLimit`, or a limit shared by several
+    processes (claims.SharedRate)."""
+
+    async def wait(self) -> None: ...
+
+
 class _RateLimit:
     """Spaces message starts evenly: at most `rate` per second across all connections."""
 
@@ -252,7 +259,7 @@ class SmtpTransport:
     for one probe instead of each hammering it, and after NEWSLETTER_SMTP_MAX_ATTEMPTS failed
     rounds the remaining messages fail fast (temporary) until a later probe succeeds."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pacer: Pacer | None = None) -> None:
         if not settings.smtp_host:
             raise ConfigError("setting NEWSLETTER_SMTP_HOST: not set; SMTP needs a server name")
         self.host = settings.smtp_host
@@ -282,7 +289,8 @@ class SmtpTransport:
         self.retry_base = settings.smtp_retry_base
         self._tls = _tls_context(settings) if self.security != "none" else None
         self._gate = _Gate(self.pool_size)
-        self._rate = _RateLimit(settings.smtp_rate_limit) if settings.smtp_rate_limit else None
+        rate = settings.smtp_rate_limit
+        self._rate: Pacer | None = pacer or (_RateLimit(rate) if rate else None)
         self._idle: list[_Client] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._round = 0  # connection failures in one round count once

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from newsletter.deliver.maildir import MaildirTransport
-from newsletter.deliver.smtp import SmtpTransport
+from newsletter.deliver.smtp import Pacer, SmtpTransport
 from newsletter.models import RenderedEmail
 from newsletter.settings import Settings
 
@@ -25,8 +25,9 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def make_transport(settings: Settings) -> Transport:
-    """SMTP when NEWSLETTER_SMTP_HOST is set, otherwise the Maildir outbox."""
+def make_transport(settings: Settings, *, pacer: Pacer | None = None) -> Transport:
+    """SMTP when NEWSLETTER_SMTP_HOST is set, otherwise the Maildir outbox. `pacer` replaces
+    the SMTP pool's own rate limit (a limit shared with other processes)."""
     if settings.smtp_host:
-        return SmtpTransport(settings)
+        return SmtpTransport(settings, pacer=pacer)
     return MaildirTransport(settings.outbox_dir)

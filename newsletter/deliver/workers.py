@@ -21,7 +21,7 @@ from pathlib import Path
 
 from newsletter.addresses import address_key
 from newsletter.deliver.wire import wire_form
-from newsletter.errors import NewsletterError
+from newsletter.errors import ConnectionLost, NewsletterError
 from newsletter.models import RenderedEmail, Subscriber
 from newsletter.pipeline import paper_index, selections_for, skip_reasons
 from newsletter.render import Renderer
@@ -29,6 +29,8 @@ from newsletter.settings import Settings
 from newsletter.store import Store
 
 log = logging.getLogger(__name__)
+
+PREPARE_TRIES = 4  # a database connection dropped mid-chunk: the chunk is prepared again
 
 
 # --- select and render (the CPU-heavy part) -----------------------------------------------------
@@ -50,6 +52,19 @@ class Preparer:
         self.index = paper_index(store)
 
     def prepare(
+        self, subscribers: Sequence[Subscriber], edition: dt.date, now: dt.datetime
+    ) -> list[Prepared]:
+        for attempt in range(PREPARE_TRIES):  # reads, and reader ids made idempotently
+            try:
+                return self._prepare(subscribers, edition, now)
+            except ConnectionLost as exc:
+                if attempt == PREPARE_TRIES - 1:
+                    raise
+                log.warning("%s; preparing the chunk again", exc.cause)
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _prepare(
         self, subscribers: Sequence[Subscriber], edition: dt.date, now: dt.datetime
     ) -> list[Prepared]:
         selections = selections_for(

@@ -1,0 +1,193 @@
+"""Scale-out on PostgreSQL: this process as one worker of an edition, among any number on any
+hosts, and the rate limit they share.
+
+Planning happens once per scope, under a per-edition advisory lock: the first worker writes the
+rows as `planned`, the others wait for it and find its mark. Then each worker claims batches of
+due rows (FOR UPDATE SKIP LOCKED) under a lease on the database's clock, which a background task
+renews while the worker works; an outcome ends the claim. A worker that dies stops renewing, and
+once its lease has run out the others claim its rows: at most its in-flight messages go out
+twice, with the same Message-ID. A worker is done when nothing is left to claim and no other
+live worker holds a row of its scope (it would take them over if that worker died).
+
+Every database call here runs off the event loop and survives a dropped connection: it is tried
+again on a fresh one (the pool's pre-ping replaces the dead one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
+
+from newsletter.addresses import address_key
+from newsletter.errors import ConnectionLost
+from newsletter.mime import message_id
+from newsletter.models import Subscriber
+from newsletter.settings import Settings
+from newsletter.store import LedgerRow, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LOST_RETRIES = 8  # a dropped connection is tried again for about 15 s in all
+PLAN_POLL_S = 0.2  # how often a worker looks whether the planning worker is done
+HELD_POLL_S = 1.0  # how often a worker with nothing to claim looks at the others' rows
+GRANT_S = 0.05  # a worker takes this much of the shared rate budget at a time
+NAMED_SCOPE = 1000  # a scope this small is named in the claim (send --email, a retry pass)
+
+
+async def call_retrying(fn: Callable[..., T], *args: object) -> T:
+    """`fn(*args)` in a thread; a lost database connection is retried on a fresh one."""
+    for attempt in range(LOST_RETRIES):
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ConnectionLost as exc:
+            if attempt == LOST_RETRIES - 1:
+                raise
+            delay = min(0.25 * 2**attempt, 3.0)
+            log.warning("%s; trying again in %.2f s", exc.cause, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def worker_id() -> str:
+    """host:pid:random: unique even when a pid is reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Claims:
+    """One worker's side of an edition: registration, planning, claims and their lease."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        edition: dt.date,
+        *,
+        now: Callable[[], dt.datetime],
+        respect_next_attempt: bool,
+    ) -> None:
+        self.store, self.edition, self.now = store, edition, now
+        self.domain = settings.sender_domain
+        self.lease = settings.lease_seconds
+        self.respect = respect_next_attempt
+        self.id = worker_id()
+        self.started = now()
+        self.foreign: list[str] = []  # rows of the edition this worker has no subscriber for
+        self.only: list[str] | None = None  # a small scope: claim nothing else
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def start(
+        self, scope: Sequence[Subscriber], stop: asyncio.Event, sent: Callable[[], int]
+    ) -> None:
+        """Register, keep the lease renewed, and see the scope planned (by us or another)."""
+        host, pid = socket.gethostname(), os.getpid()
+        register = self.store.register_worker
+        await call_retrying(
+            functools.partial(register, self.id, self.edition, host=host, pid=pid, lease=self.lease)
+        )
+        self._renewer = asyncio.create_task(self._renew(sent))
+        if len(scope) <= NAMED_SCOPE:
+            self.only = [address_key(s.email) for s in scope]
+        items = [(s.email, message_id(self.edition, s.email, self.domain)) for s in scope]
+        waited = False
+        while not stop.is_set():
+            done = await call_retrying(self._plan, items)
+            if done != "busy":
+                log.info("worker %s: the %s edition %s", self.id, self.edition, done)
+                return
+            if not waited:
+                log.info("another worker is planning the %s edition; waiting", self.edition)
+                waited = True
+            await asyncio.sleep(PLAN_POLL_S)
+
+    def _plan(self, items: Sequence[tuple[str, str]]) -> str:
+        outcome = self.store.plan_edition(self.edition, items, now=self.now())
+        return {"planned": "planned", "done": "was planned already"}.get(outcome, outcome)
+
+    async def claim(self, limit: int) -> list[LedgerRow]:
+        return await call_retrying(self._claim, limit)
+
+    def _claim(self, limit: int) -> list[LedgerRow]:
+        return self.store.claim_rows(
+            self.edition,
+            self.id,
+            limit=limit,
+            lease=self.lease,
+            now=self.now(),
+            started=self.started,
+            respect_next_attempt=self.respect,
+            exclude=self.foreign,
+            only=self.only,
+        )
+
+    async def give_back(self, emails: Sequence[str]) -> None:
+        """Rows claimed that are not ours to send (not in this worker's scope)."""
+        self.foreign.extend(emails)
+        await call_retrying(self.store.release_claims, self.edition, self.id, list(emails))
+
+    async def give_back_forgotten(self) -> int:
+        """Release every row still claimed by us (call with nothing in flight); how many."""
+        n = await call_retrying(self.store.release_claims, self.edition, self.id, None)
+        if n:
+            log.warning("worker %s: %d claimed row(s) were never seen; claiming again", self.id, n)
+        return n
+
+    async def others_hold(self, scope: Collection[str]) -> bool:
+        """Do live workers hold rows of our scope? If so, wait a little before looking again:
+        should they die, their rows become ours to claim."""
+        held = await call_retrying(self.store.held_elsewhere, self.edition, self.id)
+        left = [s for email, s in held if email in scope]
+        if not left:
+            return False
+        await asyncio.sleep(min(HELD_POLL_S, max(0.05, min(left) + 0.05)))
+        return True
+
+    async def _renew(self, sent: Callable[[], int]) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                renew = self.store.renew_lease
+                await call_retrying(
+                    functools.partial(renew, self.edition, self.id, lease=self.lease, sent=sent())
+                )
+            except ConnectionLost as exc:  # the next round tries again; the lease may lapse
+                log.error("worker %s: cannot renew its lease (%s)", self.id, exc.cause)
+
+    async def close(self, sent: int) -> None:
+        """Give back what is still held (a stopped run's planned rows) and sign off."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        await call_retrying(self.store.release_claims, self.edition, self.id, None)
+        await call_retrying(functools.partial(self.store.finish_worker, self.id, sent=sent))
+
+
+class SharedRate:
+    """NEWSLETTER_SMTP_RATE_LIMIT across every worker: tokens come from one bucket row in
+    PostgreSQL, a few (GRANT_S worth) at a time; a grant taken into debt says how long to wait
+    before spending it. Replaces the transport's own limiter (same `wait`)."""
+
+    def __init__(self, store: Store, name: str, rate: float) -> None:
+        self.store, self.name, self.rate = store, name, rate
+        self.grant = max(1, int(rate * GRANT_S))
+        self._tokens = 0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:  # one grant at a time; the senders queue here
+            if self._tokens == 0:
+                delay = await call_retrying(self._take)
+                self._tokens = self.grant
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            self._tokens -= 1
+
+    def _take(self) -> float:
+        return self.store.take_budget(self.name, self.grant, rate=self.rate, burst=self.grant)
