@@ -157,6 +157,8 @@ def matcher_tuning(settings: Settings) -> Tuning:
         floor=settings.relevance_floor,
         description_weight=settings.description_weight,
         vote_weight=settings.vote_weight,
+        vote_send_weight=settings.vote_send_weight,
+        vote_contrast=settings.vote_contrast,
     )
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from newsletter.addresses import address_key
-from newsletter.learning import NO_READER, Reader, Votes, learn
+from newsletter.learning import NO_READER, Lift, Reader, Votes, Weights, learn
 from newsletter.models import (
     DailyListing,
     Paper,
@@ -92,7 +92,12 @@ class Tuning:
     floor: float = 1.2  # ... if it reaches this absolute score too
     # A paper scoring on every description term as high as BM25 allows would add this.
     description_weight: float = 8.0
-    vote_weight: float = 2.0  # score change for a paper identical to the reader's liked ones
+    vote_weight: float = 8.0  # score change per unit of likeness to the reader's liked papers
+    vote_send_weight: float = 0.5  # ... and the change of its margin over the send threshold
+    vote_contrast: float = 0.5  # share of the collection's centroid off the liked centroid
+
+    def vote_weights(self) -> Weights:
+        return Weights(self.vote_weight, self.vote_send_weight, self.vote_contrast)
 
 
 DEFAULT_TUNING = Tuning()
@@ -605,6 +610,9 @@ class _Verdict:
     liked: str
 
 
+_NO_LIFT = Lift(0.0, 0.0, False, "")
+
+
 def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | None) -> Reader:
     """What this subscriber's own votes teach (NO_READER without votes)."""
     if not votes:
@@ -616,8 +624,8 @@ def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | N
         scores, cut = full.scores(topic), full.threshold_for(topic, threshold)
         for i in voted:
             margins[i] = max(margins[i], scores.score(i) - cut)
-    weight = scorer.tuning.vote_weight
-    return learn(full.index, votes, weight=weight, margins=margins, threshold=threshold)
+    weights = scorer.tuning.vote_weights()
+    return learn(full.index, votes, weights=weights, margins=margins, threshold=threshold)
 
 
 def _judge(
@@ -639,14 +647,14 @@ def _judge(
         )
         best = ranked[0][0] if ranked else 0.0
         margin = max((m for _, m, _ in ranked), default=-threshold)
-        change, liked = (0.0, "") if reader is NO_READER else reader.adjust(scorer.index.vector(i))
-        score = best + change
+        lift = _NO_LIFT if reader is NO_READER else reader.adjust(i, scorer.index.vector(i))
+        score = best + lift.score
         if score <= 0:
             continue
-        sent = margin + change >= reader.shift and i not in reader.vetoed  # "not for me"
+        sent = margin + lift.send >= reader.shift and not lift.unwanted  # "not for me"
         shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
         matches = tuple(scorer.explain(per_topic[t][0], i) for _, _, t in shown)
-        out[i] = _Verdict(score, sent, matches, liked)
+        out[i] = _Verdict(score, sent, matches, lift.because)
     return out
 
 

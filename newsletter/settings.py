@@ -158,10 +158,23 @@ class Settings(BaseSettings):
         "as strongly as BM25 allows would add this much (on-topic papers get 15-30% of it).",
     )
     vote_weight: float = Field(
-        2.0,
+        8.0,
         ge=0,
-        description="How far a reader's votes move their scores: a paper identical to the "
-        "papers they voted up gains this much, one identical to those voted down loses it.",
+        description="How far a reader's votes move their ranking: a paper's score changes by "
+        "this times its likeness (cosine) to the papers they voted up, less its likeness to "
+        "those they voted down, relative to the typical stored paper's.",
+    )
+    vote_send_weight: float = Field(
+        0.5,
+        ge=0,
+        description="How far the same likeness moves the send decision (the paper's margin "
+        "over the threshold): likeness to a few liked papers reorders more than it sends.",
+    )
+    vote_contrast: float = Field(
+        0.5,
+        ge=0,
+        description="Share of the collection's average paper taken off the centroid of a "
+        "reader's liked papers, so their distinctive words count and common ones do not.",
     )
 
     # --- rendering --------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class Reference:
         return learn(
             self.index,
             votes,
-            weight=self.tuning.vote_weight,
+            weights=self.tuning.vote_weights(),
             margins=margins,
             threshold=self.threshold,
         )
@@ -148,10 +148,14 @@ class Reference:
             )
             best = ranked[0][0] if ranked else 0.0
             margin = max((m for _, m, _ in ranked), default=-self.threshold)
-            change = 0.0 if reader is NO_READER else reader.adjust(self.index.vector(i))[0]
+            if reader is NO_READER:
+                change, send, unwanted = 0.0, 0.0, False
+            else:
+                lift = reader.adjust(i, self.index.vector(i))
+                change, send, unwanted = lift.score, lift.send, lift.unwanted
             if best + change <= 0:
                 continue
-            sent = margin + change >= reader.shift and i not in reader.vetoed
+            sent = margin + send >= reader.shift and not unwanted
             shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
             names = tuple(per_topic[n][0].name for _, _, n in shown)
             out.append(Expected(paper.id, best + change, sent, names))

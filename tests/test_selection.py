@@ -574,6 +574,9 @@ def test_one_readers_votes_never_change_anothers_selection() -> None:
     assert with_votes[0] != without[0]
 
 
+STILL = Tuning(vote_weight=0, vote_send_weight=0)  # votes move no score: only the threshold
+
+
 def test_down_votes_on_sent_papers_raise_only_that_readers_bar() -> None:
     index = seed_index()
     sub = subscriber("RLHF", "DPO", "reward model")
@@ -582,12 +585,12 @@ def test_down_votes_on_sent_papers_raise_only_that_readers_bar() -> None:
     weakest = sent[-3:]
     votes = {sp.paper.id: -1 for sp in weakest}
     # Zero vote weight: only the reader's threshold moves, and only upwards.
-    still = rank_all(index, sub, threshold=THRESHOLD, votes=votes, tuning=Tuning(vote_weight=0))
+    still = rank_all(index, sub, threshold=THRESHOLD, votes=votes, tuning=STILL)
     now_sent = {sp.paper.id for sp in still if sp.sent}
     assert now_sent < {sp.paper.id for sp in sent}
     assert len(now_sent & set(votes)) < len(votes)  # shrunk halfway: a nudge, not a flip
     ups = {sp.paper.id: 1 for sp in ranked if not sp.sent}  # up-votes alone never lower it
-    lifted = rank_all(index, sub, threshold=THRESHOLD, votes=ups, tuning=Tuning(vote_weight=0))
+    lifted = rank_all(index, sub, threshold=THRESHOLD, votes=ups, tuning=STILL)
     assert {sp.paper.id for sp in lifted if sp.sent} == {sp.paper.id for sp in sent}
 
 
