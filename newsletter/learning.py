@@ -9,6 +9,11 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   its score moves by `weight` x that (the ranking), and its send decision by `send_weight`
   x that: likeness to a few liked papers is weaker evidence than the topic's own terms, so
   it reorders more than it sends. The explanation names the liked paper it is most like;
+- each of the reader's keywords is weighted by the votes on the papers it matched (a small
+  per-reader model over the scorer's keyword features): its weight is the share of up-votes
+  among those votes, counting the reader's own choice of the keyword as `prior` up-votes, so
+  a keyword that sent papers they voted down ("reasoning" in passing) counts less for them,
+  one that also matched papers they liked keeps its weight, and votes never remove a keyword;
 - a paper voted down is never sent to that reader again, nor is a near-duplicate of it
   (cosine at least NEAR_DUPLICATE: another version of the same paper);
 - the reader's send threshold rises to the cut that best separates their up-voted papers
@@ -16,7 +21,7 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   without votes, shrunk halfway towards no change and bounded, so a few votes nudge it and
   never flip it. It only rises: lowering it for up-votes below it sent more partly relevant
   papers and cost precision in the simulated-reader evaluation.
-The weights and the contrast are chosen leave-one-profile-out by scripts/eval.py.
+The weights, the contrast and the prior are chosen leave-one-profile-out by scripts/eval.py.
 Everything here is pure; `selection.py` feeds it the scores and applies the result.
 """
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from newsletter.textindex import PaperIndex
@@ -100,6 +105,8 @@ class Reader:
     vetoed: frozenset[int] = frozenset()  # papers the reader voted down: never sent to them
     send_weight: float = 0.0
     disliked: tuple[Mapping[str, float], ...] = ()  # vector of each down-voted paper
+    # Per topic of the subscriber, the weight of each keyword group (() when votes change none)
+    keywords: tuple[tuple[float, ...], ...] = ()
 
     def adjust(self, i: int, vector: Mapping[str, float]) -> Lift:
         """The votes' effect on paper i (with tf-idf `vector`). The change is centred on the
@@ -145,6 +152,21 @@ class Weights:
     score: float  # the ranking: a paper as like the liked ones as they are gains about this
     send: float = 0.0  # the send decision
     contrast: float = 0.0  # share of the collection's centroid taken off the liked centroid
+    prior: float = math.inf  # up-votes a keyword counts for, being the reader's choice (inf: off)
+
+
+def keyword_weights(
+    up: Sequence[Collection[int]], down: Sequence[Collection[int]], groups: int, prior: float
+) -> tuple[float, ...]:
+    """The weight of each of a topic's `groups` keyword groups for one reader: (prior + u) /
+    (prior + u + d), where u and d count the up- and down-voted papers the group matched
+    (`up` and `down` hold the groups each voted paper matched). 1 without down-votes."""
+    ups = [sum(1 for found in up if k in found) for k in range(groups)]
+    downs = [sum(1 for found in down if k in found) for k in range(groups)]
+    return tuple(
+        1.0 if not d or math.isinf(prior) else (prior + u) / (prior + u + d)
+        for u, d in zip(ups, downs, strict=True)
+    )
 
 
 def learn(
@@ -154,9 +176,11 @@ def learn(
     weights: Weights,
     margins: Mapping[int, float],
     threshold: float,
+    keywords: tuple[tuple[float, ...], ...] = (),
 ) -> Reader:
     """A reader model from their votes. `margins`: paper index -> (score without votes) minus
-    (that reader's send threshold for it), for the voted papers in the index."""
+    (that reader's send threshold for it), for the voted papers in the index; `keywords`: the
+    reader's keyword weights per topic (`keyword_weights`)."""
     ups = sorted(index.id_to_index[p] for p, v in votes.items() if v > 0 and p in index.id_to_index)
     downs = sorted(
         index.id_to_index[p] for p, v in votes.items() if v < 0 and p in index.id_to_index
@@ -183,4 +207,5 @@ def learn(
         vetoed=frozenset(downs),
         send_weight=weights.send,
         disliked=disliked,
+        keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
     )

@@ -159,6 +159,7 @@ def matcher_tuning(settings: Settings) -> Tuning:
         vote_weight=settings.vote_weight,
         vote_send_weight=settings.vote_send_weight,
         vote_contrast=settings.vote_contrast,
+        vote_prior=settings.vote_prior,
     )
 
 

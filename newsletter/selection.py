@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from newsletter.addresses import address_key
-from newsletter.learning import NO_READER, Lift, Reader, Votes, Weights, learn
+from newsletter.learning import NO_READER, Lift, Reader, Votes, Weights, keyword_weights, learn
 from newsletter.models import (
     DailyListing,
     Paper,
@@ -95,9 +95,10 @@ class Tuning:
     vote_weight: float = 8.0  # score change per unit of likeness to the reader's liked papers
     vote_send_weight: float = 0.5  # ... and the change of its margin over the send threshold
     vote_contrast: float = 0.5  # share of the collection's centroid off the liked centroid
+    vote_prior: float = 1.0  # up-votes a reader's own keyword counts for against down-votes
 
     def vote_weights(self) -> Weights:
-        return Weights(self.vote_weight, self.vote_send_weight, self.vote_contrast)
+        return Weights(self.vote_weight, self.vote_send_weight, self.vote_contrast, self.vote_prior)
 
 
 DEFAULT_TUNING = Tuning()
@@ -625,7 +626,39 @@ def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | N
         for i in voted:
             margins[i] = max(margins[i], scores.score(i) - cut)
     weights = scorer.tuning.vote_weights()
-    return learn(full.index, votes, weights=weights, margins=margins, threshold=threshold)
+    up = [i for i in voted if votes[full.index.papers[i].id] > 0]
+    down = [i for i in voted if votes[full.index.papers[i].id] < 0]
+    keywords = []
+    for topic in sub.topics:
+        scores = full.scores(topic)
+        found = [scores.matched(i) for i in up], [scores.matched(i) for i in down]
+        keywords.append(keyword_weights(*found, len(scores.query.keywords), weights.prior))
+    return learn(
+        full.index,
+        votes,
+        weights=weights,
+        margins=margins,
+        threshold=threshold,
+        keywords=tuple(keywords),
+    )
+
+
+def _keyword_sum(weights: Iterable[float]) -> float:
+    """Keyword group weights summed best first with their decay (as `_Scorer._batch` does)."""
+    ranked = sorted((w for w in weights if w > 0), reverse=True)
+    return sum(w * KEYWORD_DECAY**r for r, w in enumerate(ranked))
+
+
+def _reweighted(scores: _Scores, i: int, weights: Sequence[float] | None) -> float:
+    """The topic's score of paper i, its keyword groups weighted by the reader's votes."""
+    score = scores.score(i)
+    if weights is None or not score:
+        return score
+    column = scores.groups[:, scores.slot_of[i]].tolist()
+    if all(w == 1.0 for w, c in zip(weights, column, strict=True) if c):
+        return score
+    weighted = (c * w for c, w in zip(column, weights, strict=True))
+    return score - _keyword_sum(column) + _keyword_sum(weighted)
 
 
 def _judge(
@@ -639,10 +672,15 @@ def _judge(
     papers = set().union(*(s.papers() for s, _ in per_topic))
     if reader is not NO_READER:
         papers = set(scorer.slots)  # likeness to liked papers can lift any paper
+    keywords = reader.keywords or [None] * len(per_topic)
     out: dict[int, _Verdict] = {}
     for i in sorted(papers - excluded):
         ranked = sorted(
-            ((s.score(i), s.score(i) - cut, t) for t, (s, cut) in enumerate(per_topic)),
+            (
+                (ts, ts - cut, t)
+                for t, ((s, cut), k) in enumerate(zip(per_topic, keywords, strict=True))
+                for ts in (_reweighted(s, i, k),)
+            ),
             key=lambda x: (-x[0], x[2]),
         )
         best = ranked[0][0] if ranked else 0.0

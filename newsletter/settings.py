@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         description="Share of the collection's average paper taken off the centroid of a "
         "reader's liked papers, so their distinctive words count and common ones do not.",
     )
+    vote_prior: float = Field(
+        1.0,
+        gt=0,
+        description="A reader's keyword weighs (this + up) / (this + up + down) for them, where "
+        "up and down count their votes on papers it matched: a keyword that sent papers they "
+        "voted down counts less, never nothing.",
+    )
 
     # --- rendering --------------------------------------------------------------------------
     template_dir: Path = Field(
