@@ -8,7 +8,9 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   `cos(paper, liked) - cos(paper, disliked)`, centred on the collection's mean likeness;
   its score moves by `weight` x that (the ranking), and its send decision by `send_weight`
   x that: likeness to a few liked papers is weaker evidence than the topic's own terms, so
-  it reorders more than it sends. The explanation names the liked paper it is most like;
+  it reorders more than it sends. Both weights grow with the number of votes (half strength
+  at `half` votes): one liked paper's idiosyncratic words should not reorder everything.
+  The explanation of a paper the votes lifted names the liked paper it is most like;
 - each of the reader's keywords is weighted by the votes on the papers it matched (a small
   per-reader model over the scorer's keyword features): its weight is the share of up-votes
   among those votes, counting the reader's own choice of the keyword as `prior` up-votes, so
@@ -21,7 +23,8 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   without votes, shrunk halfway towards no change and bounded, so a few votes nudge it and
   never flip it. It only rises: lowering it for up-votes below it sent more partly relevant
   papers and cost precision in the simulated-reader evaluation.
-The weights, the contrast and the prior are chosen leave-one-profile-out by scripts/eval.py.
+The weights, the contrast, the prior and `half` are chosen leave-one-profile-out by
+scripts/eval.py.
 Everything here is pure; `selection.py` feeds it the scores and applies the result.
 """
 
@@ -117,7 +120,7 @@ class Reader:
         likeness = up - down - self.baseline
         unwanted = i in self.vetoed or any(_dot(vector, d) >= NEAR_DUPLICATE for d in self.disliked)
         because = ""
-        if self.weight * up >= EXPLAIN_MIN and self.liked:
+        if self.weight * likeness >= EXPLAIN_MIN and self.liked:
             because = max(self.liked, key=lambda tv: (_dot(vector, tv[1]), tv[0]))[0]
         return Lift(self.weight * likeness, self.send_weight * likeness, unwanted, because)
 
@@ -153,6 +156,11 @@ class Weights:
     send: float = 0.0  # the send decision
     contrast: float = 0.0  # share of the collection's centroid taken off the liked centroid
     prior: float = math.inf  # up-votes a keyword counts for, being the reader's choice (inf: off)
+    half: float = 0.0  # votes at which `score` and `send` act at half strength (0: full at once)
+
+    def grown(self, votes: int) -> float:
+        """The share of their strength the likeness weights have after `votes` votes."""
+        return votes / (votes + self.half) if votes else 0.0
 
 
 def keyword_weights(
@@ -201,11 +209,11 @@ def learn(
         liked,
         up,
         down,
-        weights.score,
+        weights.score * weights.grown(len(ups) + len(downs)),
         shift,
         baseline,
         vetoed=frozenset(downs),
-        send_weight=weights.send,
+        send_weight=weights.send * weights.grown(len(ups) + len(downs)),
         disliked=disliked,
         keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
     )

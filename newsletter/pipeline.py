@@ -160,6 +160,7 @@ def matcher_tuning(settings: Settings) -> Tuning:
         vote_send_weight=settings.vote_send_weight,
         vote_contrast=settings.vote_contrast,
         vote_prior=settings.vote_prior,
+        vote_half=settings.vote_half,
     )
 
 

@@ -96,9 +96,16 @@ class Tuning:
     vote_send_weight: float = 0.5  # ... and the change of its margin over the send threshold
     vote_contrast: float = 0.5  # share of the collection's centroid off the liked centroid
     vote_prior: float = 1.0  # up-votes a reader's own keyword counts for against down-votes
+    vote_half: float = 4.0  # votes at which the likeness weights act at half strength
 
     def vote_weights(self) -> Weights:
-        return Weights(self.vote_weight, self.vote_send_weight, self.vote_contrast, self.vote_prior)
+        return Weights(
+            self.vote_weight,
+            self.vote_send_weight,
+            self.vote_contrast,
+            self.vote_prior,
+            self.vote_half,
+        )
 
 
 DEFAULT_TUNING = Tuning()

@@ -183,6 +183,13 @@ class Settings(BaseSettings):
         "up and down count their votes on papers it matched: a keyword that sent papers they "
         "voted down counts less, never nothing.",
     )
+    vote_half: float = Field(
+        4.0,
+        ge=0,
+        description="Votes after which NEWSLETTER_VOTE_WEIGHT and NEWSLETTER_VOTE_SEND_WEIGHT "
+        "act at half strength (n votes: n / (n + this) of it), so one liked paper's own words "
+        "do not reorder everything.",
+    )
 
     # --- rendering --------------------------------------------------------------------------
     template_dir: Path = Field(

@@ -13,7 +13,8 @@ paper 0/1/2 (2 = relevant).
    papers, down on sent grade-0 papers, and up on 3 missed grade-2 papers from the rest of that
    day's listing (their archive page, in trending order). The second half is then scored
    before and after the votes, with the LOO constants; the vote constants (weight on the
-   ranking, weight on the send decision, contrast with the collection, keyword prior) are the grid
+   ranking, weight on the send decision, contrast with the collection, keyword prior, votes
+   at half strength) are the grid
    point with the best mean F1 + nDCG@10 after votes over the *other* profiles.
 
     .venv/bin/python scripts/eval.py [--profiles P.json --qrels Q.json] [--no-extra]
@@ -58,6 +59,7 @@ VOTE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
 VOTE_SEND_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 VOTE_CONTRASTS = (0.0, 0.5)
 VOTE_PRIORS = (1.0, 2.0, 4.0, math.inf)  # inf: votes leave the keywords' weights alone
+VOTE_HALVES = (0.0, 4.0)  # 0: the likeness weights act in full from the first vote
 MISSED_UPVOTES = 3
 
 Grades = Mapping[str, int]  # title -> 0/1/2
@@ -229,23 +231,27 @@ def simulate_votes(
     return votes
 
 
-VoteConfig = tuple[float, float, float, float]  # vote_weight, _send_weight, _contrast, _prior
+# vote_weight, vote_send_weight, vote_contrast, vote_prior, vote_half
+VoteConfig = tuple[float, float, float, float, float]
 
 
 def vote_grid() -> list[VoteConfig]:
-    return list(itertools.product(VOTE_WEIGHTS, VOTE_SEND_WEIGHTS, VOTE_CONTRASTS, VOTE_PRIORS))
+    return list(
+        itertools.product(VOTE_WEIGHTS, VOTE_SEND_WEIGHTS, VOTE_CONTRASTS, VOTE_PRIORS, VOTE_HALVES)
+    )
 
 
 def with_votes(
     bench: Bench, pid: str, config: Config, vote: VoteConfig, votes: Mapping[str, int]
 ) -> list[tuple[str, float, bool]]:
-    weight, send, contrast, prior = vote
+    weight, send, contrast, prior, half = vote
     tuning = replace(
         config.tuning,
         vote_weight=weight,
         vote_send_weight=send,
         vote_contrast=contrast,
         vote_prior=prior,
+        vote_half=half,
     )
     ranked = rank_all(
         bench.index, bench.profiles[pid], threshold=config.threshold, tuning=tuning, votes=votes
@@ -280,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings["vote_send_weight"].default,
             settings["vote_contrast"].default,
             settings["vote_prior"].default,
+            settings["vote_half"].default,
         ),
     )
     print(f"{len(index.papers)} papers, {len(pids)} profiles")
@@ -315,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after.append(after_by_weight[p, weight])
         ups = sum(1 for v in votes[p].values() if v > 0)
         notes[p] = (
-            "votes w={:g} send={:g} contrast={:g} prior={:g}; ".format(*weight)
+            "votes w={:g} send={:g} contrast={:g} prior={:g} half={:g}; ".format(*weight)
             + f"{ups} up, {len(votes[p]) - ups} down"
         )
     print_table("simulated reader, second half of the papers, BEFORE votes (LOO)", before, {})
