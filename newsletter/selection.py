@@ -93,7 +93,7 @@ class Tuning:
     # A paper scoring on every description term as high as BM25 allows would add this.
     description_weight: float = 8.0
     vote_weight: float = 8.0  # score change per unit of likeness to the reader's liked papers
-    vote_send_weight: float = 0.5  # ... and the change of its margin over the send threshold
+    vote_send_weight: float = 1.0  # ... and the change of its margin over the send threshold
     vote_contrast: float = 0.5  # share of the collection's centroid off the liked centroid
     vote_prior: float = 1.0  # up-votes a reader's own keyword counts for against down-votes
     vote_half: float = 4.0  # votes at which the likeness weights act at half strength

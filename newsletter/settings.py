@@ -165,7 +165,7 @@ class Settings(BaseSettings):
         "those they voted down, relative to the typical stored paper's.",
     )
     vote_send_weight: float = Field(
-        0.5,
+        1.0,
         ge=0,
         description="How far the same likeness moves the send decision (the paper's margin "
         "over the threshold): likeness to a few liked papers reorders more than it sends.",
