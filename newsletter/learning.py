@@ -14,7 +14,7 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
 - each of the reader's keywords is weighted by the votes on the papers it matched (a small
   per-reader model over the scorer's keyword features): its weight is the share of up-votes
   among those votes, counting the reader's own choice of the keyword as `prior` up-votes, so
-  a keyword that sent papers they voted down ("reasoning" in passing) counts less for them,
+  a keyword that sent papers they voted down (mentioning it in passing) counts less for them,
   one that also matched papers they liked keeps its weight, and votes never remove a keyword;
 - a paper voted down is never sent to that reader again, nor is a near-duplicate of it
   (cosine at least NEAR_DUPLICATE: another version of the same paper);
@@ -43,7 +43,9 @@ SHRINK = 0.5  # the threshold moves half the way to the cut the votes suggest
 MAX_SHIFT = 0.4  # ... and never by more than this share of the threshold
 EXPLAIN_MIN = 0.1  # a lift smaller than this is not worth naming a liked paper for
 BASELINE_SAMPLE = 512  # stored papers (evenly spaced) the mean likeness is taken over
-NEAR_DUPLICATE = 0.6  # cosine from which a paper counts as another version of a voted one
+# Cosine from which a paper counts as another version of a voted one (the two most alike
+# distinct papers of the bundled seeds have 0.49).
+NEAR_DUPLICATE = 0.6
 
 # The collection's centroid (over the same sample), per index: every reader's votes use it.
 _BACKGROUND: weakref.WeakKeyDictionary[PaperIndex, dict[str, float]] = weakref.WeakKeyDictionary()

@@ -21,7 +21,7 @@ a topic whose own best papers over the whole stored collection score low (a narr
 two short keywords and no description), to `relative` times its REF_RANK-th best score, but
 never below the absolute `floor`. So one global setting is fair to a narrow and a broad
 topic, and a topic that matches nothing well still sends nothing. A reader's votes (see
-`learning`) then move their scores and threshold. The sent papers are ordered by the mixed
+`learning`) then weight their keywords and move their scores and threshold. The sent papers are ordered by the mixed
 score: relevance with a bonus for the day's trending rank.
 
 When nothing is sent, the Selection carries the closest near misses; a subscriber with
