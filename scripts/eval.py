@@ -213,13 +213,15 @@ def simulate_votes(
     config: Config,
     listings: Sequence[DailyListing],
     grades: Grades,
+    voting: int = 0,
 ) -> dict[str, int]:
-    """The votes a reader casts on the first half's papers, day by day (see the docstring)."""
+    """The votes a reader casts on the papers of half `voting`, day by day (see the
+    docstring)."""
     sent = {t for t, _, s in bench.ranking(pid, config) if s}
     votes: dict[str, int] = {}
     for listing in sorted(listings, key=lambda lst: lst.date):
         day = [e.paper for e in sorted(listing.entries, key=lambda e: e.rank)]
-        mine = [p for p in day if half_of(p.id) == 0]
+        mine = [p for p in day if half_of(p.id) == voting]
         for p in mine:
             if p.title in sent and grades.get(p.title, 0) == 2:
                 votes[p.id] = 1
@@ -265,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--qrels", type=Path, default=EVAL_DIR / "qrels.json")
     parser.add_argument("--seeds", type=Path, default=BUNDLED / "seeds")
     parser.add_argument("--no-extra", action="store_true", help="ignore the *_extra.json files")
+    parser.add_argument(
+        "--voting-half",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="the half of the papers the simulated reader votes on (the other is scored)",
+    )
     args = parser.parse_args(argv)
 
     listings = load_listings(args.seeds)
@@ -301,9 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         {p: chosen[p].label() for p in pids},
     )
 
-    # The simulated reader: votes on half 0, scored on half 1.
-    second = {p.title for p in papers.values() if half_of(p.id) == 1}
-    votes = {p: simulate_votes(bench, p, chosen[p], listings, grades[p]) for p in pids}
+    # The simulated reader: votes on one half (0 unless --voting-half 1), scored on the other.
+    second = {p.title for p in papers.values() if half_of(p.id) != args.voting_half}
+    votes = {
+        p: simulate_votes(bench, p, chosen[p], listings, grades[p], args.voting_half) for p in pids
+    }
     after_by_weight = {
         (p, w): measure(with_votes(bench, p, chosen[p], w, votes[p]), grades[p], p, second)
         for p in pids
