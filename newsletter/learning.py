@@ -1,23 +1,38 @@
 """Learning from one reader's votes: Rocchio term weights and a per-reader send threshold.
 
 A reader's votes (paper id -> +1 up / -1 down) change only that reader's results:
-- Rocchio (1971) on tf-idf paper vectors: the centroid of the papers they liked pulls similar
-  papers up, the centroid of the papers they voted down pushes similar ones (near-duplicates
-  most) down. A paper's score moves by `weight * (cos(paper, liked) - cos(paper, disliked))`,
-  and the explanation names the liked paper it is most like;
+- Rocchio (1971) on tf-idf paper vectors, with the collection as the background: the liked
+  centroid keeps each term of the papers they liked, less `contrast` x that term's weight in
+  the collection's centroid, so what is distinctive of their likes (words that need not be in
+  their profile) counts, and what every paper says does not. A paper's likeness is
+  `cos(paper, liked) - cos(paper, disliked)`, centred on the collection's mean likeness;
+  its score moves by `weight` x that (the ranking), and its send decision by `send_weight`
+  x that: likeness to a few liked papers is weaker evidence than the topic's own terms, so
+  it reorders more than it sends. Both weights grow with the number of votes (half strength
+  at `half` votes): one liked paper's idiosyncratic words should not reorder everything.
+  The explanation of a paper the votes lifted names the liked paper it is most like;
+- each of the reader's keywords is weighted by the votes on the papers it matched (a small
+  per-reader model over the scorer's keyword features): its weight is the share of up-votes
+  among those votes, counting the reader's own choice of the keyword as `prior` up-votes, so
+  a keyword that sent papers they voted down (mentioning it in passing) counts less for them,
+  one that also matched papers they liked keeps its weight, and votes never remove a keyword;
+- a paper voted down is never sent to that reader again, nor is a near-duplicate of it
+  (cosine at least NEAR_DUPLICATE: another version of the same paper);
 - the reader's send threshold rises to the cut that best separates their up-voted papers
   (which they wanted) from their down-voted ones (which they did not), judged on the scores
   without votes, shrunk halfway towards no change and bounded, so a few votes nudge it and
-  never flip it. It only rises: papers a reader had to find themselves lift similar papers
-  through Rocchio instead of lowering the bar for everything (in the simulated-reader
-  evaluation, lowering it sent more partly relevant papers and cost precision).
+  never flip it. It only rises: lowering it for up-votes below it sent more partly relevant
+  papers and cost precision in the simulated-reader evaluation.
+The weights, the contrast, the prior and `half` are chosen leave-one-profile-out by
+scripts/eval.py.
 Everything here is pure; `selection.py` feeds it the scores and applies the result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from newsletter.textindex import PaperIndex
@@ -26,8 +41,14 @@ Votes = Mapping[str, int]  # paper id -> +1 (up) | -1 (down); other values are i
 
 SHRINK = 0.5  # the threshold moves half the way to the cut the votes suggest
 MAX_SHIFT = 0.4  # ... and never by more than this share of the threshold
-EXPLAIN_MIN = 0.1
-BASELINE_SAMPLE = 512  # stored papers (evenly spaced) that the mean likeness is taken over  # a lift smaller than this is not worth naming a liked paper for
+EXPLAIN_MIN = 0.1  # a lift smaller than this is not worth naming a liked paper for
+BASELINE_SAMPLE = 512  # stored papers (evenly spaced) the mean likeness is taken over
+# Cosine from which a paper counts as another version of a voted one (the two most alike
+# distinct papers of the bundled seeds have 0.49).
+NEAR_DUPLICATE = 0.6
+
+# The collection's centroid (over the same sample), per index: every reader's votes use it.
+_BACKGROUND: weakref.WeakKeyDictionary[PaperIndex, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 def _centroid(vectors: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -45,29 +66,65 @@ def _dot(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     return sum(w * b.get(k, 0.0) for k, w in a.items())
 
 
+def _sample(index: PaperIndex) -> range:
+    return range(0, len(index.papers), max(1, len(index.papers) // BASELINE_SAMPLE))
+
+
+def background(index: PaperIndex) -> dict[str, float]:
+    """The unit centroid of the stored papers (an even sample of them), computed once."""
+    found = _BACKGROUND.get(index)
+    if found is None:
+        found = _BACKGROUND[index] = _centroid([index.vector(i) for i in _sample(index)])
+    return found
+
+
+def distinctive(
+    liked: Sequence[Mapping[str, float]], collection: Mapping[str, float], contrast: float
+) -> dict[str, float]:
+    """Rocchio's liked centroid with the collection as the background: each term of the liked
+    papers keeps its centroid weight less `contrast` x its weight in the collection's."""
+    centre = _centroid(liked)
+    return {k: w - contrast * collection.get(k, 0.0) for k, w in centre.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    """What a reader's votes do to one paper."""
+
+    score: float  # added to its score (the ranking)
+    send: float  # added to its margin over the send threshold
+    unwanted: bool  # voted down, or a near-duplicate of a paper voted down: never sent
+    because: str  # title of the liked paper it is most like, when that lifted it ("")
+
+
 @dataclass(frozen=True, slots=True)
 class Reader:
     """What one reader's votes teach: score changes and a threshold shift."""
 
     liked: tuple[tuple[str, Mapping[str, float]], ...]  # (title, vector) of each up-voted paper
-    up: Mapping[str, float]  # centroid of the up-voted papers ({} when none)
+    up: Mapping[str, float]  # distinctive centroid of the up-voted papers ({} when none)
     down: Mapping[str, float]  # centroid of the down-voted papers ({} when none)
     weight: float
-    shift: float  # added to the reader's send threshold (negative: sends more)
+    shift: float  # added to the reader's send threshold (positive: sends less)
     baseline: float = 0.0  # the mean of (up - down) likeness over the collection
     vetoed: frozenset[int] = frozenset()  # papers the reader voted down: never sent to them
+    send_weight: float = 0.0
+    disliked: tuple[Mapping[str, float], ...] = ()  # vector of each down-voted paper
+    # Per topic of the subscriber, the weight of each keyword group (() when votes change none)
+    keywords: tuple[tuple[float, ...], ...] = ()
 
-    def adjust(self, vector: Mapping[str, float]) -> tuple[float, str]:
-        """(score change, title of the liked paper this one is most like, or ""). The change
-        is centred on the collection's mean likeness: a paper more like the liked papers
-        than the typical stored paper rises, one less like them sinks."""
+    def adjust(self, i: int, vector: Mapping[str, float]) -> Lift:
+        """The votes' effect on paper i (with tf-idf `vector`). The change is centred on the
+        collection's mean likeness: a paper more like the liked papers than the typical stored
+        paper rises, one less like them sinks."""
         up = _dot(vector, self.up) if self.up else 0.0
         down = _dot(vector, self.down) if self.down else 0.0
-        change = self.weight * (up - down - self.baseline)
+        likeness = up - down - self.baseline
+        unwanted = i in self.vetoed or any(_dot(vector, d) >= NEAR_DUPLICATE for d in self.disliked)
         because = ""
-        if self.weight * up >= EXPLAIN_MIN and self.liked:
+        if self.weight * likeness >= EXPLAIN_MIN and self.liked:
             because = max(self.liked, key=lambda tv: (_dot(vector, tv[1]), tv[0]))[0]
-        return change, because
+        return Lift(self.weight * likeness, self.send_weight * likeness, unwanted, because)
 
 
 NO_READER = Reader((), {}, {}, 0.0, 0.0)
@@ -93,16 +150,47 @@ def threshold_shift(margins: Sequence[tuple[float, int]], threshold: float) -> f
     return SHRINK * best
 
 
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """How strongly votes act (Tuning's vote_* constants)."""
+
+    score: float  # the ranking: a paper as like the liked ones as they are gains about this
+    send: float = 0.0  # the send decision
+    contrast: float = 0.0  # share of the collection's centroid taken off the liked centroid
+    prior: float = math.inf  # up-votes a keyword counts for, being the reader's choice (inf: off)
+    half: float = 0.0  # votes at which `score` and `send` act at half strength (0: full at once)
+
+    def grown(self, votes: int) -> float:
+        """The share of their strength the likeness weights have after `votes` votes."""
+        return votes / (votes + self.half) if votes else 0.0
+
+
+def keyword_weights(
+    up: Sequence[Collection[int]], down: Sequence[Collection[int]], groups: int, prior: float
+) -> tuple[float, ...]:
+    """The weight of each of a topic's `groups` keyword groups for one reader: (prior + u) /
+    (prior + u + d), where u and d count the up- and down-voted papers the group matched
+    (`up` and `down` hold the groups each voted paper matched). 1 without down-votes."""
+    ups = [sum(1 for found in up if k in found) for k in range(groups)]
+    downs = [sum(1 for found in down if k in found) for k in range(groups)]
+    return tuple(
+        1.0 if not d or math.isinf(prior) else (prior + u) / (prior + u + d)
+        for u, d in zip(ups, downs, strict=True)
+    )
+
+
 def learn(
     index: PaperIndex,
     votes: Votes,
     *,
-    weight: float,
+    weights: Weights,
     margins: Mapping[int, float],
     threshold: float,
+    keywords: tuple[tuple[float, ...], ...] = (),
 ) -> Reader:
     """A reader model from their votes. `margins`: paper index -> (score without votes) minus
-    (that reader's send threshold for it), for the voted papers in the index."""
+    (that reader's send threshold for it), for the voted papers in the index; `keywords`: the
+    reader's keyword weights per topic (`keyword_weights`)."""
     ups = sorted(index.id_to_index[p] for p, v in votes.items() if v > 0 and p in index.id_to_index)
     downs = sorted(
         index.id_to_index[p] for p, v in votes.items() if v < 0 and p in index.id_to_index
@@ -110,12 +198,24 @@ def learn(
     if not ups and not downs:
         return NO_READER
     liked = tuple((index.papers[i].title, index.vector(i)) for i in ups)
-    up = _centroid([index.vector(i) for i in ups]) if ups else {}
-    down = _centroid([index.vector(i) for i in downs]) if downs else {}
+    disliked = tuple(index.vector(i) for i in downs)
+    collection = background(index) if weights.contrast else {}
+    up = distinctive([v for _, v in liked], collection, weights.contrast) if ups else {}
+    down = _centroid(disliked) if downs else {}
     voted = [(margins[i], 1) for i in ups if i in margins]
     voted += [(margins[i], -1) for i in downs if i in margins]
-    sample = range(0, len(index.papers), max(1, len(index.papers) // BASELINE_SAMPLE))
-    likeness = [_dot(index.vector(i), up) - _dot(index.vector(i), down) for i in sample]
+    likeness = [_dot(index.vector(i), up) - _dot(index.vector(i), down) for i in _sample(index)]
     baseline = sum(likeness) / len(likeness) if likeness else 0.0
     shift = threshold_shift(voted, threshold)
-    return Reader(liked, up, down, weight, shift, baseline, vetoed=frozenset(downs))
+    return Reader(
+        liked,
+        up,
+        down,
+        weights.score * weights.grown(len(ups) + len(downs)),
+        shift,
+        baseline,
+        vetoed=frozenset(downs),
+        send_weight=weights.send * weights.grown(len(ups) + len(downs)),
+        disliked=disliked,
+        keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
+    )

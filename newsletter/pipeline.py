@@ -157,6 +157,10 @@ def matcher_tuning(settings: Settings) -> Tuning:
         floor=settings.relevance_floor,
         description_weight=settings.description_weight,
         vote_weight=settings.vote_weight,
+        vote_send_weight=settings.vote_send_weight,
+        vote_contrast=settings.vote_contrast,
+        vote_prior=settings.vote_prior,
+        vote_half=settings.vote_half,
     )
 
 

@@ -21,7 +21,7 @@ a topic whose own best papers over the whole stored collection score low (a narr
 two short keywords and no description), to `relative` times its REF_RANK-th best score, but
 never below the absolute `floor`. So one global setting is fair to a narrow and a broad
 topic, and a topic that matches nothing well still sends nothing. A reader's votes (see
-`learning`) then move their scores and threshold. The sent papers are ordered by the mixed
+`learning`) then weight their keywords and move their scores and threshold. The sent papers are ordered by the mixed
 score: relevance with a bonus for the day's trending rank.
 
 When nothing is sent, the Selection carries the closest near misses; a subscriber with
@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from newsletter.addresses import address_key
-from newsletter.learning import NO_READER, Reader, Votes, learn
+from newsletter.learning import NO_READER, Lift, Reader, Votes, Weights, keyword_weights, learn
 from newsletter.models import (
     DailyListing,
     Paper,
@@ -92,7 +92,20 @@ class Tuning:
     floor: float = 1.2  # ... if it reaches this absolute score too
     # A paper scoring on every description term as high as BM25 allows would add this.
     description_weight: float = 8.0
-    vote_weight: float = 2.0  # score change for a paper identical to the reader's liked ones
+    vote_weight: float = 4.0  # score change per unit of likeness to the reader's liked papers
+    vote_send_weight: float = 2.0  # ... and the change of its margin over the send threshold
+    vote_contrast: float = 0.0  # share of the collection's centroid off the liked centroid
+    vote_prior: float = 2.0  # up-votes a reader's own keyword counts for against down-votes
+    vote_half: float = 0.0  # votes at which the likeness weights act at half strength
+
+    def vote_weights(self) -> Weights:
+        return Weights(
+            self.vote_weight,
+            self.vote_send_weight,
+            self.vote_contrast,
+            self.vote_prior,
+            self.vote_half,
+        )
 
 
 DEFAULT_TUNING = Tuning()
@@ -605,6 +618,9 @@ class _Verdict:
     liked: str
 
 
+_NO_LIFT = Lift(0.0, 0.0, False, "")
+
+
 def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | None) -> Reader:
     """What this subscriber's own votes teach (NO_READER without votes)."""
     if not votes:
@@ -616,8 +632,40 @@ def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | N
         scores, cut = full.scores(topic), full.threshold_for(topic, threshold)
         for i in voted:
             margins[i] = max(margins[i], scores.score(i) - cut)
-    weight = scorer.tuning.vote_weight
-    return learn(full.index, votes, weight=weight, margins=margins, threshold=threshold)
+    weights = scorer.tuning.vote_weights()
+    up = [i for i in voted if votes[full.index.papers[i].id] > 0]
+    down = [i for i in voted if votes[full.index.papers[i].id] < 0]
+    keywords = []
+    for topic in sub.topics:
+        scores = full.scores(topic)
+        found = [scores.matched(i) for i in up], [scores.matched(i) for i in down]
+        keywords.append(keyword_weights(*found, len(scores.query.keywords), weights.prior))
+    return learn(
+        full.index,
+        votes,
+        weights=weights,
+        margins=margins,
+        threshold=threshold,
+        keywords=tuple(keywords),
+    )
+
+
+def _keyword_sum(weights: Iterable[float]) -> float:
+    """Keyword group weights summed best first with their decay (as `_Scorer._batch` does)."""
+    ranked = sorted((w for w in weights if w > 0), reverse=True)
+    return sum(w * KEYWORD_DECAY**r for r, w in enumerate(ranked))
+
+
+def _reweighted(scores: _Scores, i: int, weights: Sequence[float] | None) -> float:
+    """The topic's score of paper i, its keyword groups weighted by the reader's votes."""
+    score = scores.score(i)
+    if weights is None or not score:
+        return score
+    column = scores.groups[:, scores.slot_of[i]].tolist()
+    if all(w == 1.0 for w, c in zip(weights, column, strict=True) if c):
+        return score
+    weighted = (c * w for c, w in zip(column, weights, strict=True))
+    return score - _keyword_sum(column) + _keyword_sum(weighted)
 
 
 def _judge(
@@ -631,22 +679,27 @@ def _judge(
     papers = set().union(*(s.papers() for s, _ in per_topic))
     if reader is not NO_READER:
         papers = set(scorer.slots)  # likeness to liked papers can lift any paper
+    keywords = reader.keywords or [None] * len(per_topic)
     out: dict[int, _Verdict] = {}
     for i in sorted(papers - excluded):
         ranked = sorted(
-            ((s.score(i), s.score(i) - cut, t) for t, (s, cut) in enumerate(per_topic)),
+            (
+                (ts, ts - cut, t)
+                for t, ((s, cut), k) in enumerate(zip(per_topic, keywords, strict=True))
+                for ts in (_reweighted(s, i, k),)
+            ),
             key=lambda x: (-x[0], x[2]),
         )
         best = ranked[0][0] if ranked else 0.0
         margin = max((m for _, m, _ in ranked), default=-threshold)
-        change, liked = (0.0, "") if reader is NO_READER else reader.adjust(scorer.index.vector(i))
-        score = best + change
+        lift = _NO_LIFT if reader is NO_READER else reader.adjust(i, scorer.index.vector(i))
+        score = best + lift.score
         if score <= 0:
             continue
-        sent = margin + change >= reader.shift and i not in reader.vetoed  # "not for me"
+        sent = margin + lift.send >= reader.shift and not lift.unwanted  # "not for me"
         shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
         matches = tuple(scorer.explain(per_topic[t][0], i) for _, _, t in shown)
-        out[i] = _Verdict(score, sent, matches, liked)
+        out[i] = _Verdict(score, sent, matches, lift.because)
     return out
 
 

@@ -59,8 +59,11 @@ def compile_topic(
     return tuple(tuple(g) for g in groups.values()), tuple(weak.values())
 
 
-def topic_scores(index: PaperIndex, topic: Topic, tuning: Tuning) -> dict[int, float]:
-    """paper index -> the topic's score, for every stored paper scoring above 0."""
+def topic_scores(
+    index: PaperIndex, topic: Topic, tuning: Tuning, keyword_weights: Sequence[float] = ()
+) -> dict[int, float]:
+    """paper index -> the topic's score, for every stored paper scoring above 0 (each keyword
+    group's weight times `keyword_weights[group]` when given)."""
     keywords, weak_terms = compile_topic(index, topic)
     n = len(index.papers)
     specific = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
@@ -72,8 +75,9 @@ def topic_scores(index: PaperIndex, topic: Topic, tuning: Tuning) -> dict[int, f
     most = max((specificity(p) for p in found if p.tf), default=1.0)
     hits: dict[int, list[tuple[float, int]]] = {}
     for k, postings in enumerate(found):
+        times = keyword_weights[k] if keyword_weights else 1.0
         for i, tf in postings.tf.items():
-            hits.setdefault(i, []).append((specificity(postings) * tf / most, k))
+            hits.setdefault(i, []).append((specificity(postings) * tf / most * times, k))
     keyword = {
         i: sum(w * KEYWORD_DECAY**r for r, (w, _) in enumerate(sorted(got, reverse=True)))
         for i, got in hits.items()
@@ -105,6 +109,25 @@ class Reference:
             self._scores[topic] = topic_scores(self.index, topic, self.tuning)
         return self._scores[topic]
 
+    def voted_scores(self, topic: Topic, votes: Votes | None) -> dict[int, float]:
+        """The topic's scores with its keywords weighted by the reader's votes."""
+        if not votes:
+            return self.scores(topic)
+        return topic_scores(self.index, topic, self.tuning, self.keyword_weights(topic, votes))
+
+    def keyword_weights(self, topic: Topic, votes: Votes) -> tuple[float, ...]:
+        """(prior + up) / (prior + up + down) per keyword group, counting the voted papers each
+        group matches (1 where no down-voted paper matched it)."""
+        groups, _ = compile_topic(self.index, topic)
+        prior = self.tuning.vote_prior
+        out = []
+        for group in groups:
+            tf = self.index.lookup(group[0]).tf
+            matched = [v for p, v in votes.items() if self.index.id_to_index.get(p) in tf]
+            up, down = sum(1 for v in matched if v > 0), sum(1 for v in matched if v < 0)
+            out.append((prior + up) / (prior + up + down) if down else 1.0)
+        return tuple(out)
+
     def reference(self, topic: Topic) -> float:
         best = sorted((s for s in self.scores(topic).values() if s > 0), reverse=True)
         return best[:REF_RANK][-1] if best else 0.0
@@ -128,7 +151,7 @@ class Reference:
         return learn(
             self.index,
             votes,
-            weight=self.tuning.vote_weight,
+            weights=self.tuning.vote_weights(),
             margins=margins,
             threshold=self.threshold,
         )
@@ -136,7 +159,7 @@ class Reference:
     def rank_all(self, sub: Subscriber, votes: Votes | None = None) -> list[Expected]:
         """What `rank_all` returns: every paper scoring above 0, best first."""
         reader = self.reader(sub, votes)
-        per_topic = [(t, self.scores(t), self.cut(t)) for t in sub.topics]
+        per_topic = [(t, self.voted_scores(t, votes), self.cut(t)) for t in sub.topics]
         excluded = self.excluded(sub)
         out: list[Expected] = []
         for i, paper in enumerate(self.index.papers):
@@ -148,10 +171,14 @@ class Reference:
             )
             best = ranked[0][0] if ranked else 0.0
             margin = max((m for _, m, _ in ranked), default=-self.threshold)
-            change = 0.0 if reader is NO_READER else reader.adjust(self.index.vector(i))[0]
+            if reader is NO_READER:
+                change, send, unwanted = 0.0, 0.0, False
+            else:
+                lift = reader.adjust(i, self.index.vector(i))
+                change, send, unwanted = lift.score, lift.send, lift.unwanted
             if best + change <= 0:
                 continue
-            sent = margin + change >= reader.shift and i not in reader.vetoed
+            sent = margin + send >= reader.shift and not unwanted
             shown = [x for x in ranked if x[1] >= 0] or [x for x in ranked[:1] if x[0] > 0]
             names = tuple(per_topic[n][0].name for _, _, n in shown)
             out.append(Expected(paper.id, best + change, sent, names))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email
 import email.header
@@ -186,6 +187,15 @@ def test_one_topic_is_not_grouped_and_has_summary_rank_and_topics(renderer: Rend
     assert f"Trending rank #{first.rank} on Mar 17" in out.text
     assert "Exploration</span>" in out.html
     assert "Hi Ada, here is what matched your topics" in out.html
+
+
+def test_a_paper_the_readers_votes_lifted_says_which_liked_paper(renderer: Renderer) -> None:
+    sel = select(listing(SEEDS[1]), reader(EXPLORATION))
+    lifted = dataclasses.replace(sel.papers[0], liked="Go-Explore & friends")
+    out = renderer.render(dataclasses.replace(sel, papers=(lifted, *sel.papers[1:])), now=NOW)
+    assert "because you liked &ldquo;Go-Explore &amp; friends&rdquo;" in out.html
+    assert 'Because you liked "Go-Explore & friends"' in out.text
+    assert out.text.count("Because you liked") == 1  # only where a vote lifted the paper
 
 
 def test_matched_terms_are_highlighted_in_an_excerpt_cut_at_a_sentence(

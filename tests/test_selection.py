@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from newsletter.ingest import dump_files, read_dump
+from newsletter.learning import Weights, keyword_weights
 from newsletter.models import DailyListing, ListingEntry, Paper, Selection, Subscriber, Topic
 from newsletter.selection import (
     CLOSEST,
@@ -574,6 +575,11 @@ def test_one_readers_votes_never_change_anothers_selection() -> None:
     assert with_votes[0] != without[0]
 
 
+# Votes move no score: only the threshold (and the vetoes); then the keyword weights too.
+STILL = Tuning(vote_weight=0, vote_send_weight=0, vote_prior=math.inf)
+KEYWORDS = Tuning(vote_weight=0, vote_send_weight=0, vote_prior=1.0)
+
+
 def test_down_votes_on_sent_papers_raise_only_that_readers_bar() -> None:
     index = seed_index()
     sub = subscriber("RLHF", "DPO", "reward model")
@@ -582,13 +588,106 @@ def test_down_votes_on_sent_papers_raise_only_that_readers_bar() -> None:
     weakest = sent[-3:]
     votes = {sp.paper.id: -1 for sp in weakest}
     # Zero vote weight: only the reader's threshold moves, and only upwards.
-    still = rank_all(index, sub, threshold=THRESHOLD, votes=votes, tuning=Tuning(vote_weight=0))
+    still = rank_all(index, sub, threshold=THRESHOLD, votes=votes, tuning=STILL)
     now_sent = {sp.paper.id for sp in still if sp.sent}
     assert now_sent < {sp.paper.id for sp in sent}
     assert len(now_sent & set(votes)) < len(votes)  # shrunk halfway: a nudge, not a flip
     ups = {sp.paper.id: 1 for sp in ranked if not sp.sent}  # up-votes alone never lower it
-    lifted = rank_all(index, sub, threshold=THRESHOLD, votes=ups, tuning=Tuning(vote_weight=0))
+    lifted = rank_all(index, sub, threshold=THRESHOLD, votes=ups, tuning=STILL)
     assert {sp.paper.id for sp in lifted if sp.sent} == {sp.paper.id for sp in sent}
+
+
+def test_keyword_weights_count_the_votes_on_the_papers_each_matched() -> None:
+    # Groups matched by each up-voted paper, then by each down-voted one.
+    up, down = [{0}, {0, 1}], [{1}, {2}, {2}]
+    assert keyword_weights(up, down, 4, prior=1.0) == (1.0, 2 / 3, 1 / 3, 1.0)
+    assert keyword_weights(up, down, 4, prior=2.0) == (1.0, 3 / 4, 1 / 2, 1.0)
+    assert keyword_weights(up, down, 4, prior=math.inf) == (1.0,) * 4  # off
+    assert keyword_weights(up, [], 4, prior=1.0) == (1.0,) * 4  # up-votes alone change nothing
+
+
+def test_the_likeness_weights_grow_with_the_number_of_votes() -> None:
+    weights = Weights(8.0, 1.0, 0.5, 1.0, half=4.0)
+    assert [weights.grown(n) for n in (0, 1, 4, 12)] == [0.0, 1 / 5, 1 / 2, 3 / 4]
+    assert Weights(8.0, half=0.0).grown(1) == 1.0
+
+
+def _passing_world() -> tuple[PaperIndex, dict[str, Paper]]:
+    papers = {
+        "passing": paper(
+            "Protein folding with graph networks",
+            "Folding proteins; planning is mentioned once, in passing.",
+        ),
+        "passing too": paper(
+            "Weather forecasting with transformers",
+            "Forecasts for weather; planning is mentioned once, in passing.",
+        ),
+        "curious": paper(
+            "Curiosity for sparse rewards", "Curiosity bonuses drive exploration of mazes."
+        ),
+    }
+    filler = [paper(f"Filler {n}", f"Unrelated study number {n} of graphs.") for n in range(60)]
+    return PaperIndex.build([*papers.values(), *filler]), papers
+
+
+def test_a_keyword_that_sent_papers_voted_down_counts_less_for_that_reader_only() -> None:
+    index, papers = _passing_world()
+    ada = subscriber("curiosity", "planning")
+    votes = {papers["passing"].id: -1}
+    before = {sp.paper.id: sp for sp in rank_all(index, ada, threshold=0.5, tuning=KEYWORDS)}
+    after = {
+        sp.paper.id: sp for sp in rank_all(index, ada, threshold=0.5, tuning=KEYWORDS, votes=votes)
+    }
+    other, curious = papers["passing too"].id, papers["curious"].id
+    assert before[other].sent
+    # prior 1, no up-vote, one down-vote on a paper "planning" matched: it weighs 1 / 2
+    assert after[other].score == pytest.approx(before[other].score / 2)
+    assert not after[other].sent
+    assert after[curious].score == before[curious].score and after[curious].sent
+    bob = subscriber("curiosity", "planning", email="bob@example.org")
+    day = listing(*papers.values())
+    with_votes = select_for(index, day, [ada, bob], threshold=0.5, votes={"ada@example.org": votes})
+    assert other not in {sp.paper.id for sp in with_votes[0].papers}
+    assert other in {sp.paper.id for sp in with_votes[1].papers}
+
+
+def test_near_duplicates_of_a_down_voted_paper_are_not_sent() -> None:
+    abstract = "Curiosity bonuses from prediction error drive exploration of sparse-reward mazes."
+    v1 = paper("Curiosity in mazes", abstract)
+    v2 = paper("Curiosity in mazes (v2)", abstract + " Code is released.")
+    other = paper("Curiosity for robots", "Curiosity drives a robot arm to explore objects.")
+    filler = [paper(f"Filler {n}", f"Unrelated study number {n} of graphs.") for n in range(60)]
+    index = PaperIndex.build([v1, v2, other, *filler])
+    sub = subscriber("curiosity")
+    assert all(
+        sp.sent for sp in rank_all(index, sub, threshold=1.0) if "Curiosity" in sp.paper.title
+    )
+    after = {
+        sp.paper.id: sp
+        for sp in rank_all(index, sub, threshold=1.0, tuning=STILL, votes={v1.id: -1})
+    }
+    assert not after[v1.id].sent and not after[v2.id].sent
+    assert after[other.id].sent
+
+
+def test_a_liked_papers_distinctive_words_lift_more_than_the_words_every_paper_uses() -> None:
+    common = "Deep reinforcement learning agents learn policies from experience."
+    liked = paper("Hippocampal replay for agents", "Hippocampal replay sequences. " + common)
+    rare = paper("Replay like the hippocampus", "Hippocampal replay of sequences in rats.")
+    plain = paper("Agents that learn policies", common)
+    filler = [paper(f"Filler {n}", f"{common} Study number {n}.") for n in range(60)]
+    index = PaperIndex.build([liked, rare, plain, *filler])
+    sub = subscriber("agents")
+
+    def lifts(contrast: float) -> dict[str, float]:
+        tuning = Tuning(vote_weight=8.0, vote_contrast=contrast, vote_half=0.0)
+        before = {sp.paper.id: sp.score for sp in rank_all(index, sub, threshold=THRESHOLD)}
+        after = rank_all(index, sub, threshold=THRESHOLD, tuning=tuning, votes={liked.id: 1})
+        return {sp.paper.id: sp.score - before.get(sp.paper.id, 0.0) for sp in after}
+
+    flat, contrasted = lifts(0.0), lifts(0.5)
+    assert contrasted[rare.id] > contrasted[plain.id]
+    assert contrasted[rare.id] - contrasted[plain.id] > flat[rare.id] - flat[plain.id]
 
 
 # --- never silent unannounced ----------------------------------------------------------------
