@@ -88,8 +88,8 @@ class Tuning:
     """The matcher's tuned constants besides the global threshold (from `Settings`; chosen
     leave-one-profile-out by scripts/eval.py)."""
 
-    relative: float = 0.7  # share of the topic's REF_RANK-th best score that is sent ...
-    floor: float = 1.2  # ... if it reaches this absolute score too
+    relative: float = 0.6  # share of the topic's REF_RANK-th best score that is sent ...
+    floor: float = 1.4  # ... if it reaches this absolute score too
     # A paper scoring on every description term as high as BM25 allows would add this.
     description_weight: float = 8.0
     vote_weight: float = 4.0  # score change per unit of likeness to the reader's liked papers

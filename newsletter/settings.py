@@ -137,7 +137,7 @@ class Settings(BaseSettings):
 
     # --- matching ---------------------------------------------------------------------------
     relevance_threshold: float = Field(
-        1.9,
+        2.3,
         description="Relevance score that always sends a paper (the same for every subscriber). "
         "Scale: a specific keyword mentioned once in an abstract scores about 1, in the title "
         "about 1.4; more mentions, further keywords and the topic's description add to that. "
@@ -145,14 +145,14 @@ class Settings(BaseSettings):
         "NEWSLETTER_RELEVANCE_RELATIVE and NEWSLETTER_RELEVANCE_FLOOR).",
     )
     relevance_relative: float = Field(
-        0.7,
+        0.6,
         ge=0,
         description="Per-topic calibration: a paper is also sent when it scores this share of "
         "the topic's own 3rd-best score over all stored papers (and reaches the floor), so a "
         "narrow topic or two short keywords are not held to a broad topic's bar.",
     )
     relevance_floor: float = Field(
-        1.2,
+        1.4,
         ge=0,
         description="No paper scoring below this is sent, however low its topic's scale: a "
         "topic that matches nothing well stays silent (and `subscribers health` says why).",
