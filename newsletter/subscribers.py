@@ -221,7 +221,7 @@ class _Check:
     def restart(self) -> None:
         """Forget the subscribers checked so far (the file is read again another way)."""
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
-        self.first_index: dict[str, tuple[int, str, tuple[Lines | None, int]]] = {}
+        self.first_index: dict[str, tuple[int, str, int]] = {}
 
     def problem(
         self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
@@ -246,19 +246,20 @@ class _Check:
         if isinstance(email, str) and email.strip():
             key = address_key(valid[0] if valid is not None else email)
             first = self.first_index.get(key)
-            if first is None:  # the line is worked out when a duplicate needs it
-                self.first_index[key] = (i, email, at)
+            email_at = walk(at[0], ["email"], at[1])
+            if first is None:
+                self.first_index[key] = (i, email, email_at[1])
             else:
-                n, first_email, first_at = first
+                n, first_email, first_line = first
                 self.problem(
                     2,
-                    walk(at[0], ["email"], at[1]),
+                    email_at,
                     f"subscriber #{i + 1} {email!r}, ",
                     "email",
                     f"duplicate address: {email!r} duplicates subscriber #{n + 1} "
-                    f"{first_email!r} (line {walk(first_at[0], ['email'], first_at[1])[1]}); "
-                    "emails compare case-insensitively, in Unicode NFC, with the domain in "
-                    "Unicode or punycode alike; remove or merge one of them",
+                    f"{first_email!r} (line {first_line}); emails compare case-insensitively, "
+                    "in Unicode NFC, with the domain in Unicode or punycode alike; remove or "
+                    "merge one of them",
                 )
         return valid
 
