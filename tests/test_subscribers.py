@@ -297,4 +297,7 @@ def test_every_generated_subscriber_takes_the_fast_path() -> None:
     text = "subscribers:\n" + "".join(entry.format(i=i) for i in range(50))
     raw = yaml.safe_load(text)
     assert all(subscribers.fast_entry(e) is not None for e in raw["subscribers"])
-    assert parse_subscribers(text)[49].send_at == dt.time(7, 30)
+    subs = parse_subscribers(text)
+    assert subs[49].send_at == dt.time(7, 30)
+    # equal keywords are one object across subscribers (memory for 100,000 of them)
+    assert subs[0].topics[0].keywords[1] is subs[49].topics[0].keywords[1] == "RL"
