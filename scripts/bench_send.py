@@ -12,10 +12,14 @@ SMTP and keeps the ledger in a fresh PostgreSQL schema. Printed:
 - the ceiling: stock aiosmtplib `sendmail()` blasting pre-built messages of the same mean size
   over the same number of connections to the same smtp-sink;
 - `--rss-sizes 10000 100000`: peak RSS of a whole single-process send at each size (memory
-  should stay flat in the number of subscribers).
+  should stay flat in the number of subscribers). A size above `--subscribers` is a file where
+  only `--due` subscribers (default: `--subscribers`) get a digest today and the others match
+  nothing: each is loaded, checked, selected for and recorded (skipped) as in any send, but
+  rendering and sending 100,000 digests would take the bench many minutes. `--due 0` sends
+  them all.
 
     .venv/bin/python scripts/bench_send.py [--subscribers 10000] [--workers 1 2 4]
-        [--rss-sizes 10000 100000] [--connections 16]
+        [--rss-sizes 10000 100000] [--due N] [--connections 16]
 
 Needs /usr/sbin/smtp-sink (installed with `apt-get install -y postfix` when missing, through
 sudo when not root) and PostgreSQL at NEWSLETTER_BENCH_POSTGRES_URL (default: the test suite's
@@ -331,8 +335,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--rss-sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--due", type=int, help="digests due in a larger --rss-sizes file")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
+    due = args.subscribers if args.due is None else args.due
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     figures: dict[str, float] = {}
 
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             files = {}
             for n in sorted({args.subscribers, *args.rss_sizes}):
                 files[n] = tmp / f"subscribers-{n}.yaml"
-                write_file(files[n], n)
+                write_file(files[n], n, due=due if n > args.subscribers and due else None)
 
             url = bench.schema()
             store = Store.open(url)
@@ -394,8 +400,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 wall, (one,) = bench.send(files[size_n], 1)
                 figures[f"send_rss_{size_n}"] = one.rss
                 print(
-                    f"  send of {size_n}: sent {one.sent} in {wall:.1f} s "
-                    f"(exit {one.status}), peak RSS {one.rss / 2**20:.0f} MiB",
+                    f"  send to {size_n} subscribers: sent {one.sent} in {wall:.1f} s "
+                    f"(exit {one.status}"
+                    f"{'; the others matched nothing today' if due and size_n > n else ''}), "
+                    f"peak RSS {one.rss / 2**20:.0f} MiB",
                     flush=True,
                 )
             rss = ", ".join(

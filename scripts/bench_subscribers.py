@@ -64,10 +64,22 @@ def subscriber_yaml(i: int, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_file(path: Path, n: int, seed: int = 11) -> None:
+def quiet_yaml(i: int) -> str:
+    """A subscriber whose one topic matches no paper: no digest today (skipped)."""
+    return (
+        f"  - email: reader{i:06d}@example.org\n    on_empty: skip\n    topics:\n"
+        f"      - {{name: Quiet, keywords: [zqxj{i}]}}\n"
+    )
+
+
+def write_file(path: Path, n: int, seed: int = 11, due: int | None = None) -> None:
+    """n subscribers; with `due`, only every (n // due)-th gets a digest today, the others
+    match nothing (a cheap stand-in for a large list in a long benchmark)."""
     rng = random.Random(seed)
+    step = max(1, n // due) if due else 1
     head = 'defaults: {max_papers: 10, send_at: "07:00", timezone: UTC}\n\nsubscribers:\n'
-    path.write_text(head + "".join(subscriber_yaml(i, rng) for i in range(n)), encoding="utf-8")
+    body = "".join(subscriber_yaml(i, rng) if i % step == 0 else quiet_yaml(i) for i in range(n))
+    path.write_text(head + body, encoding="utf-8")
 
 
 def check(path: Path) -> tuple[float, float, int, str]:
