@@ -22,7 +22,7 @@ SMTP and keeps the ledger in a fresh PostgreSQL schema. Printed:
         [--rss-sizes 10000 100000] [--due N] [--connections 16]
 
 Needs /usr/sbin/smtp-sink (installed with `apt-get install -y postfix` when missing, through
-sudo when not root) and PostgreSQL at NEWSLETTER_BENCH_POSTGRES_URL (default: the test suite's
+sudo when not root) and PostgreSQL at NEWSLETTER_TEST_POSTGRES_URL (default: the test suite's
 postgresql+psycopg://postgres@127.0.0.1:5432/test). Timings on a shared machine are noisy:
 compare CPU seconds too, and repeat.
 """
@@ -69,7 +69,7 @@ NOW = dt.datetime(2026, 3, 17, 7, 0, tzinfo=dt.UTC)
 SENDER = "digest@example.org"
 REFERENCE_DATE = "2026-11-21"
 PG_URL = os.environ.get(
-    "NEWSLETTER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "NEWSLETTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 SINK = "/usr/sbin/smtp-sink"
 
