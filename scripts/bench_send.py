@@ -55,6 +55,7 @@ os.environ["NEWSLETTER_SETTINGS_FILE"] = str(ROOT / "no-such-settings.toml")  # 
 
 import aiosmtplib  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from bench_rss import Watch  # noqa: E402
 from bench_subscribers import write_file  # noqa: E402
 
 from newsletter.deliver import SmtpTransport  # noqa: E402
@@ -219,7 +220,7 @@ class Sender:
     said: str  # its last line on stderr
     wall_s: float
     cpu_s: float
-    rss: int  # peak, bytes
+    rss: int  # peak of the process or any of its render workers, bytes (see bench_rss)
 
 
 class Bench:
@@ -290,15 +291,16 @@ class Bench:
             procs.append(subprocess.Popen(command, env=env, cwd=self.tmp, stdout=out, stderr=err))
             out.close()
             err.close()
+        watches = [Watch(proc.pid) for proc in procs]
         senders = []
-        for n, proc in enumerate(procs):
-            _, status, usage = os.wait4(proc.pid, 0)
+        for n, (proc, watch) in enumerate(zip(procs, watches, strict=True)):
+            _, status, usage = os.wait4(proc.pid, 0)  # CPU from here; RSS from the watch
             proc.returncode = os.waitstatus_to_exitcode(status)
-            senders.append(self._sender(n, proc.returncode, started, usage))
+            senders.append(self._sender(n, proc.returncode, started, usage, watch.stop()))
         wall = time.perf_counter() - started
         return wall, senders
 
-    def _sender(self, n: int, status: int, started: float, usage: Any) -> Sender:
+    def _sender(self, n: int, status: int, started: float, usage: Any, rss: int) -> Sender:
         out = (self.tmp / f"send-{n}.out").read_text(errors="replace")
         err = (self.tmp / f"send-{n}.err").read_text(errors="replace").strip().splitlines()
         sent = None
@@ -310,7 +312,7 @@ class Bench:
             err[-1] if err else "",
             time.perf_counter() - started,
             usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss * 1024,
+            rss,
         )
 
     def close(self) -> None:

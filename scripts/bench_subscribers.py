@@ -4,8 +4,8 @@ Each file is written to a temporary folder in the bundled example's layout: a `d
 mapping, then one block per subscriber with 1-3 topics (keywords a user would type, a description
 sometimes reworded), and now and then a name, a time zone, a send time, a paper limit, an
 `on_empty` or an exclude list. Each size runs `newsletter subscribers check FILE` in a fresh
-process, so the figures are what a user sees: wall time and that process's peak RSS (from
-`wait4`'s rusage). Run as
+process, so the figures are what a user sees: wall time, CPU time and that process's peak RSS
+(its VmHWM, sampled: see bench_rss). Run as
 
     .venv/bin/python scripts/bench_subscribers.py [--sizes 10000 100000] [--repeat 3]
 
@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench_rss import Watch
 from bench_selection import FILLERS, RARE, THEMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,15 +92,17 @@ def check(path: Path) -> tuple[float, float, int, str]:
     proc = subprocess.Popen(
         command, env=env, cwd=path.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    watch = Watch(proc.pid)
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
+    rss = watch.stop()
     _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"subscribers check failed ({proc.returncode}):\n{output}")
     cpu = usage.ru_utime + usage.ru_stime
-    return took, cpu, usage.ru_maxrss * 1024, output.strip()
+    return took, cpu, rss, output.strip()
 
 
 def measured_package(cwd: str) -> str:
