@@ -291,14 +291,17 @@ class Bench:
             procs.append(subprocess.Popen(command, env=env, cwd=self.tmp, stdout=out, stderr=err))
             out.close()
             err.close()
-        watches = [Watch(proc.pid) for proc in procs]
-        senders = []
-        for n, (proc, watch) in enumerate(zip(procs, watches, strict=True)):
-            _, status, usage = os.wait4(proc.pid, 0)  # CPU from here; RSS from the watch
+        watches = {proc.pid: (n, proc, Watch(proc.pid)) for n, proc in enumerate(procs)}
+        senders: dict[int, Sender] = {}
+        while len(senders) < workers:  # in the order they exit, each timed as it does
+            pid, status, usage = os.wait4(-1, 0)  # CPU from here; RSS from the watch
+            if pid not in watches:
+                continue  # not a sender (smtp-sink only ends when told)
+            n, proc, watch = watches[pid]
             proc.returncode = os.waitstatus_to_exitcode(status)
-            senders.append(self._sender(n, proc.returncode, started, usage, watch.stop()))
+            senders[n] = self._sender(n, proc.returncode, started, usage, watch.stop())
         wall = time.perf_counter() - started
-        return wall, senders
+        return wall, [senders[n] for n in range(workers)]
 
     def _sender(self, n: int, status: int, started: float, usage: Any, rss: int) -> Sender:
         out = (self.tmp / f"send-{n}.out").read_text(errors="replace")
