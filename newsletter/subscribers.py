@@ -415,7 +415,7 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
         send_at and share(send_at, send_at),
         max_papers,
         on_empty,
-        share(topics, topics),
+        topics,
         share(tuple(exclude), tuple(exclude)) if exclude else (),
     )
 
@@ -439,8 +439,11 @@ def _fast_topics(given: Any, shared: dict[Any, Any]) -> tuple[Topic, ...] | None
             return None
         share = shared.setdefault
         terms = tuple([share(k, k) for k in keywords])
-        topic = Topic(share(name, name), share(terms, terms), share(description, description))
-        topics.append(share(topic, topic))
+        key = (name, terms, description)  # a tuple hashes in C; a dataclass would in Python
+        topic = shared.get(key)
+        if topic is None:
+            topic = shared[key] = Topic(name, share(terms, terms), share(description, description))
+        topics.append(topic)
     return tuple(topics)
 
 
