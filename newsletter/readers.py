@@ -128,14 +128,10 @@ class ReaderIds:
         return self._own
 
     def prime(self, emails: Iterable[str], now: dt.datetime) -> None:
-        """Create the missing ids of a whole chunk in one transaction (a first send to a new
-        list would otherwise insert them one by one)."""
-        store = self._open()
-        if self._cache is None:
-            self._cache = store.all_reader_ids()
-        missing = [k for k in dict.fromkeys(address_key(e) for e in emails) if k not in self._cache]
-        if missing:
-            self._cache.update(store.reader_ids(missing, now=now))
+        """Get the ids of a whole chunk in one transaction, creating the missing ones (a first
+        send to a new list would otherwise insert them one by one). The cache then holds this
+        chunk alone: a send's memory does not grow with the number of readers."""
+        self._cache = self._open().reader_ids(emails, now=now)
 
     def __call__(self, email: str, now: dt.datetime) -> str:
         store = self._open()

@@ -11,8 +11,9 @@ import datetime as dt
 import gc
 import re
 import zoneinfo
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 import yaml
 from pydantic import (
@@ -32,6 +33,7 @@ from newsletter.yamlfile import (
     Loader,
     NotPlain,
     PureLoader,
+    SeqLines,
     line_of,
     read_document,
     read_document_nodes,
@@ -173,13 +175,26 @@ class _NotYaml(SubscriberConfigError):
 
 
 def _parse(text: str, source: str, loader: type[Any]) -> list[Subscriber]:
-    check = _Check(source)
-    gc.disable()  # a load allocates millions of objects and frees none: collecting is waste
+    # A load allocates millions of objects and frees few: collecting meanwhile is waste (the
+    # subscribers built at the end would otherwise pay for full collections over the rest).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        check = _Check(source)
+        raw, lines = _read(text, source, loader, check)
+        return check.finish(raw, lines)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _read(text: str, source: str, loader: type[Any], check: _Check) -> tuple[Any, Lines | None]:
+    """The document's values and lines, each subscriber checked by `check` as it is read."""
     try:
         try:
-            raw, lines = read_document(text, loader, "subscribers", check.entry)
+            return read_document(text, loader, "subscribers", check.entry)
         except NotPlain:
-            check = _Check(source)
+            check.restart()
             raw, lines = read_document_nodes(text, loader)
             entries = raw.get("subscribers") if isinstance(raw, dict) else None
             if isinstance(entries, list):
@@ -187,15 +202,13 @@ def _parse(text: str, source: str, loader: type[Any]) -> list[Subscriber]:
                     check.entry_at(i, entry, walk(lines, ["subscribers", i]))
                     for i, entry in enumerate(entries)
                 ]
+            return raw, lines
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise _NotYaml(
             source, [f"{source}, {where}not valid YAML ({getattr(exc, 'problem', exc)})"]
         ) from None
-    finally:
-        gc.enable()
-    return check.finish(raw, lines)
 
 
 class _Check:
@@ -203,8 +216,13 @@ class _Check:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the subscribers checked so far (the file is read again another way)."""
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
         self.first_index: dict[str, tuple[int, str, int]] = {}
+        self.shared: dict[Any, Any] = {}  # equal values read as one object (see fast_entry)
 
     def problem(
         self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
@@ -213,42 +231,65 @@ class _Check:
         message = f"{self.source}, line {line}: {who}field {field!r}: {text}"
         self.problems.append((line, phase, message))
 
-    def entry(self, i: int, entry: Any, lines: Lines) -> SubscriberModel | None:
+    def entry(self, i: int, entry: Any, lines: Lines) -> Entry | None:
         """Check subscriber #i+1 as it is read (`lines`: its own)."""
         return self.entry_at(i, entry, (lines, line_of(lines)))
 
-    def entry_at(self, i: int, entry: Any, at: tuple[Lines | None, int]) -> SubscriberModel | None:
-        """Check subscriber #i+1, found `at` in the lines; the model, or None if invalid."""
-        lines, start = at
+    def entry_at(self, i: int, entry: Any, at: tuple[Lines | None, int]) -> Entry | None:
+        """Check subscriber #i+1, found `at` in the lines; its fields, or None if invalid.
+
+        An entry `fast_entry` vouches for skips pydantic; any other goes through the models,
+        whose errors make the messages."""
         email = entry.get("email") if isinstance(entry, dict) else None
+        valid = fast_entry(entry, self.shared)
+        if valid is None:
+            valid = self.validated(i, entry, at, email)
+        if isinstance(email, str) and email.strip():
+            key = address_key(valid[0] if valid is not None else email)
+            first = self.first_index.get(key)
+            email_at = walk(at[0], ["email"], at[1])
+            if first is None:
+                self.first_index[key] = (i, email, email_at[1])
+            else:
+                n, first_email, first_line = first
+                self.problem(
+                    2,
+                    email_at,
+                    f"subscriber #{i + 1} {email!r}, ",
+                    "email",
+                    f"duplicate address: {email!r} duplicates subscriber #{n + 1} "
+                    f"{first_email!r} (line {first_line}); emails compare case-insensitively, "
+                    "in Unicode NFC, with the domain in Unicode or punycode alike; remove or "
+                    "merge one of them",
+                )
+        return valid
+
+    def validated(
+        self, i: int, entry: Any, at: tuple[Lines | None, int], email: Any
+    ) -> Entry | None:
+        """Subscriber #i+1 through the pydantic model: its fields, or None with its problems."""
+        lines, start = at
         who = f"subscriber #{i + 1}" + (f" {email!r}" if email else "") + ", "
-        model: SubscriberModel | None = None
         try:
-            model = SubscriberModel.model_validate(entry)
+            m = SubscriberModel.model_validate(entry)
         except ValidationError as exc:
             for e in exc.errors():
                 loc = list(e["loc"])
                 field = ".".join(map(str, loc)) or "(entry)"
                 kind = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
                 self.problem(2, walk(lines, loc, start), who, field, _describe(e, kind))
-        if isinstance(email, str) and email.strip():
-            key = address_key(model.email if model is not None else email)
-            at = walk(lines, ["email"], start)
-            if key in self.first_index:
-                n, first, first_line = self.first_index[key]
-                self.problem(
-                    2,
-                    at,
-                    who,
-                    "email",
-                    f"duplicate address: {email!r} duplicates subscriber #{n + 1} {first!r} "
-                    f"(line {first_line}); emails compare "
-                    "case-insensitively, in Unicode NFC, with the domain in Unicode or "
-                    "punycode alike; remove or merge one of them",
-                )
-            else:
-                self.first_index[key] = (i, email, at[1])
-        return model
+            return None
+        topics = tuple(Topic(t.name, tuple(t.keywords), t.description) for t in m.topics)
+        return (
+            m.email,
+            m.name,
+            m.timezone,
+            m.send_at,
+            m.max_papers,
+            m.on_empty,
+            topics,
+            tuple(m.exclude),
+        )
 
     def finish(self, raw: Any, lines: Lines | None) -> list[Subscriber]:
         """The top-level checks; the subscribers, or SubscriberConfigError with every problem."""
@@ -288,29 +329,158 @@ class _Check:
                 source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
             )
         items, _ = walk(lines, ["subscribers"])
+        assert isinstance(items, SeqLines)
         return [
-            _to_subscriber(m, defaults, walk(items, [i])[1])
-            for i, m in enumerate(entries)
+            _to_subscriber(m, defaults, line_of(item))
+            for m, item in zip(entries, items.children, strict=True)
             if m is not None
         ]
 
 
-def _to_subscriber(m: SubscriberModel, d: DefaultsModel, line: int) -> Subscriber:
-    hh, mm = (m.send_at or d.send_at).split(":")
+def _to_subscriber(e: Entry, d: DefaultsModel, line: int) -> Subscriber:
+    email, name, timezone, send_at, max_papers, on_empty, topics, exclude = e
     return Subscriber(
-        email=m.email,
-        name=m.name,
-        timezone=m.timezone or d.timezone,
-        send_at=dt.time(int(hh), int(mm)),
-        max_papers=m.max_papers or d.max_papers,
-        topics=tuple(
-            Topic(name=t.name, keywords=tuple(t.keywords), description=t.description)
-            for t in m.topics
-        ),
-        exclude=tuple(m.exclude),
+        email=email,
+        name=name,
+        timezone=timezone or d.timezone,
+        send_at=_clock(send_at or d.send_at),
+        max_papers=max_papers or d.max_papers,
+        topics=topics,
+        exclude=exclude,
         line=line,
-        on_empty=m.on_empty or d.on_empty,
+        on_empty=on_empty or d.on_empty,
     )
+
+
+@lru_cache(maxsize=1024)
+def _clock(hhmm: str) -> dt.time:
+    hh, mm = hhmm.split(":")
+    return dt.time(int(hh), int(mm))
+
+
+# --- the fast path -----------------------------------------------------------------------------
+# (email, name, timezone, send_at, max_papers, on_empty, topics, exclude): a valid entry's fields
+# as the model gives them; None where the entry leaves a setting to the defaults.
+Entry = tuple[
+    str, str, str | None, str | None, int | None, str | None, tuple[Topic, ...], tuple[str, ...]
+]
+_ENTRY_KEYS = frozenset(SubscriberModel.model_fields)
+_TOPIC_KEYS = frozenset(TopicModel.model_fields)
+
+
+def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None:
+    """The fields of an entry that is plainly valid, as `SubscriberModel` would give them; None
+    when it is not plainly so (then the model decides, and words any problem).
+
+    "Plainly" is narrower than valid: exact types (str, int, list, dict; no coercion), text with
+    nothing for `str_strip_whitespace` to strip and no control character, known keys only. Each
+    check is the model's own rule, so anything accepted here the model accepts unchanged.
+
+    Equal topics, keywords and settings become one object through `shared` (one dict per file):
+    100,000 subscribers repeat a few hundred keywords and zones many times over."""
+    if shared is None:
+        shared = {}
+    if type(entry) is not dict or not _ENTRY_KEYS.issuperset(entry):
+        return None
+    email = entry.get("email")
+    name = entry.get("name", "")
+    timezone = entry.get("timezone")
+    send_at = entry.get("send_at")
+    max_papers = entry.get("max_papers")
+    on_empty = entry.get("on_empty")
+    exclude = entry.get("exclude", [])
+    if not _plain(email):
+        return None
+    if not (
+        _line(name, 0, NAME_MAX)
+        and (timezone is None or (_plain(timezone) and _zone_ok(timezone)))
+        and (send_at is None or (_plain(send_at) and _HHMM.match(send_at) is not None))
+        and (max_papers is None or (type(max_papers) is int and 1 <= max_papers <= 50))
+        and (on_empty is None or on_empty in ("skip", "closest"))
+        and type(exclude) is list
+        and all(_line(term, 1, 200) for term in exclude)
+    ):
+        return None
+    topics = _fast_topics(entry.get("topics"), shared)
+    if topics is None:
+        return None
+    normal = _address(email)
+    if normal is None:
+        return None
+    share = shared.setdefault
+    return (
+        normal,
+        name,
+        timezone and share(timezone, timezone),
+        send_at and share(send_at, send_at),
+        max_papers,
+        on_empty,
+        topics,
+        share(tuple(exclude), tuple(exclude)) if exclude else (),
+    )
+
+
+def _fast_topics(given: Any, shared: dict[Any, Any]) -> tuple[Topic, ...] | None:
+    if type(given) is not list or not given:
+        return None
+    topics = []
+    for t in given:
+        if type(t) is not dict or not _TOPIC_KEYS.issuperset(t):
+            return None
+        name, keywords, description = t.get("name"), t.get("keywords"), t.get("description", "")
+        if not _line(name, 1, 120):
+            return None
+        if not (
+            _line(description, 0, None)
+            and type(keywords) is list
+            and keywords
+            and all(_line(k, 1, 200) for k in keywords)
+        ):
+            return None
+        share = shared.setdefault
+        terms = tuple([share(k, k) for k in keywords])
+        key = (name, terms, description)  # a tuple hashes in C; a dataclass would in Python
+        topic = shared.get(key)
+        if topic is None:
+            topic = shared[key] = Topic(name, share(terms, terms), share(description, description))
+        topics.append(topic)
+    return tuple(topics)
+
+
+def _plain(value: Any) -> TypeGuard[str]:
+    """A str with no leading or trailing whitespace (what the model's strip leaves as is)."""
+    return type(value) is str and value.strip() == value
+
+
+# One line with nothing to strip: no control character, no whitespace at either end (`\s` is
+# what str.strip strips).
+_ONE_LINE = re.compile(r"(?:[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?)?")
+
+
+def _line(value: Any, shortest: int, longest: int | None) -> TypeGuard[str]:
+    """A plain str, on one line, of an allowed length (the model's `Line`/`Term` rules)."""
+    return (
+        type(value) is str
+        and shortest <= len(value)
+        and (longest is None or len(value) <= longest)
+        and _ONE_LINE.fullmatch(value) is not None
+    )
+
+
+@lru_cache(maxsize=1024)
+def _zone_ok(name: str) -> bool:
+    try:
+        _check_zone(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _address(email: str) -> str | None:
+    try:
+        return validate_address(email)
+    except ValueError:
+        return None
 
 
 def load_subscribers(path: Path) -> list[Subscriber]:

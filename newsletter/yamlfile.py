@@ -73,6 +73,11 @@ def line_of(lines: Lines) -> int:
     return lines if isinstance(lines, int) else lines.line
 
 
+def event_line(event: Any) -> int:
+    line: int = event.start_mark.line + 1
+    return line
+
+
 def walk(lines: Lines | None, path: Sequence[Any], line: int = 1) -> tuple[Lines | None, int]:
     """Follow `path` (keys and list indexes) down from `lines`: the node reached (None once the
     path leaves the document) and the line of the deepest key or item found on the way."""
@@ -101,8 +106,11 @@ class _Reader:
         self.get_event: Callable[[], Any] = loader.get_event
         self.check_event: Callable[..., bool] = loader.check_event
         self.loader = loader
-        self.resolvers: dict[Any, list[tuple[str, Any]]] = loader.yaml_implicit_resolvers
-        self.wildcard = self.resolvers.get(None, [])
+        resolvers: dict[Any, list[tuple[str, Any]]] = loader.yaml_implicit_resolvers
+        wildcard = resolvers.get(None, [])
+        # The resolvers a plain scalar's first character calls for (None: it is a string).
+        self.by_first = {c: rs + wildcard for c, rs in resolvers.items() if c is not None}
+        self.other: list[tuple[str, Any]] | None = wildcard or None
         if loader.yaml_path_resolvers:
             raise NotPlain("path resolvers")
         self.stream_key = stream_key
@@ -144,8 +152,11 @@ class _Reader:
         text: str = event.value
         if not event.implicit[0]:  # quoted: always a string
             return text
+        resolvers = self.by_first.get(text[:1], self.other)
+        if resolvers is None:
+            return text
         tag = _STR
-        for tag_, regexp in self.resolvers.get(text[0] if text else "", []) + self.wildcard:
+        for tag_, regexp in resolvers:
             if regexp.match(text):
                 tag = tag_
                 break
@@ -162,11 +173,16 @@ class _Reader:
         get = self.get_event
         while True:
             event = get()
-            if type(event) is SequenceEndEvent:
+            kind = type(event)
+            if kind is SequenceEndEvent:
                 return data, SeqLines(start.start_mark.line + 1, children)
-            item, lines = self.value(event)
-            data.append(item)
-            children.append(lines)
+            if kind is ScalarEvent and event.anchor is None:
+                data.append(self.scalar(event))
+                children.append(event_line(event))
+            else:
+                item, lines = self.value(event)
+                data.append(item)
+                children.append(lines)
 
     def mapping(self, start: Any, root: bool) -> tuple[dict[Any, Any], MapLines]:
         data: dict[Any, Any] = {}
@@ -187,6 +203,8 @@ class _Reader:
                     raise NotPlain(f"{self.stream_key} twice")
                 streamed = True
                 data[key], child = self.streamed(value)
+            elif type(value) is ScalarEvent and value.anchor is None:
+                data[key], child = self.scalar(value), event_line(value)
             else:
                 data[key], child = self.value(value)
             lines.keys.append(event.value)

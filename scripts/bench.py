@@ -1,5 +1,6 @@
 """`make bench`: every speed figure in one run (the subscriber file, matching, render + MIME,
-the full send).
+the full send on PostgreSQL with 1, 2 and 4 sender processes, peak RSS of a send at 10k and
+100k subscribers). The machine may be shared: each stage prints CPU seconds where they help.
 
 Each stage's benchmark lives beside it (bench_subscribers, bench_selection, bench_render,
 bench_send) and can run alone with its own options; this runs them in pipeline order with their
@@ -25,7 +26,11 @@ def main() -> None:
         ("subscriber file: check 10k and 100k (time, peak RSS)", bench_subscribers.main),
         ("selection: 10k and 100k subscribers", bench_selection.main),
         ("render + MIME: 10k subscribers", bench_render.main),
-        ("send: 10k subscribers through smtp-sink", bench_send.main),
+        (
+            "send: whole `newsletter send` of 10k into smtp-sink on PostgreSQL, 1/2/4 processes; "
+            "peak RSS at 10k and 100k",
+            bench_send.main,
+        ),
     ):
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()

@@ -4,10 +4,10 @@ Each file is written to a temporary folder in the bundled example's layout: a `d
 mapping, then one block per subscriber with 1-3 topics (keywords a user would type, a description
 sometimes reworded), and now and then a name, a time zone, a send time, a paper limit, an
 `on_empty` or an exclude list. Each size runs `newsletter subscribers check FILE` in a fresh
-process, so the figures are what a user sees: wall time and that process's peak RSS (from
-`wait4`'s rusage). Run as
+process, so the figures are what a user sees: wall time, CPU time and that process's peak RSS
+(its VmHWM, sampled: see bench_rss). Run as
 
-    .venv/bin/python scripts/bench_subscribers.py [--sizes 10000 100000]
+    .venv/bin/python scripts/bench_subscribers.py [--sizes 10000 100000] [--repeat 3]
 
 To measure another checkout's code, put it first on PYTHONPATH; the line printed before the
 figures says which `newsletter` package was measured.
@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench_rss import Watch
 from bench_selection import FILLERS, RARE, THEMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,28 +65,44 @@ def subscriber_yaml(i: int, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_file(path: Path, n: int, seed: int = 11) -> None:
+def quiet_yaml(i: int) -> str:
+    """A subscriber whose one topic matches no paper: no digest today (skipped)."""
+    return (
+        f"  - email: reader{i:06d}@example.org\n    on_empty: skip\n    topics:\n"
+        f"      - {{name: Quiet, keywords: [zqxj{i}]}}\n"
+    )
+
+
+def write_file(path: Path, n: int, seed: int = 11, due: int | None = None) -> None:
+    """n subscribers; with `due`, only every (n // due)-th gets a digest today, the others
+    match nothing (a cheap stand-in for a large list in a long benchmark)."""
     rng = random.Random(seed)
+    step = max(1, n // due) if due else 1
     head = 'defaults: {max_papers: 10, send_at: "07:00", timezone: UTC}\n\nsubscribers:\n'
-    path.write_text(head + "".join(subscriber_yaml(i, rng) for i in range(n)), encoding="utf-8")
+    body = "".join(subscriber_yaml(i, rng) if i % step == 0 else quiet_yaml(i) for i in range(n))
+    path.write_text(head + body, encoding="utf-8")
 
 
-def check(path: Path) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in bytes, output) of one `subscribers check` in its own process."""
+def check(path: Path) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds, peak RSS in bytes, output) of one `subscribers check` in its
+    own process. On a shared machine the CPU seconds (user + system) move less than the wall."""
     env = {**os.environ, "NEWSLETTER_SETTINGS_FILE": str(ROOT / "no-such-settings.toml")}
     command = [sys.executable, "-m", "newsletter", "subscribers", "check", str(path)]
     start = time.perf_counter()
     proc = subprocess.Popen(
         command, env=env, cwd=path.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    watch = Watch(proc.pid)
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
+    rss = watch.stop()
     _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"subscribers check failed ({proc.returncode}):\n{output}")
-    return took, usage.ru_maxrss * 1024, output.strip()
+    cpu = usage.ru_utime + usage.ru_stime
+    return took, cpu, rss, output.strip()
 
 
 def measured_package(cwd: str) -> str:
@@ -97,6 +114,7 @@ def measured_package(cwd: str) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (best, median)")
     args = parser.parse_args(argv)
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-subscribers-") as tmp:
@@ -104,12 +122,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         for n in args.sizes:
             path = Path(tmp) / f"subscribers-{n}.yaml"
             write_file(path, n)
-            took, rss, _ = check(path)
+            runs = sorted(check(path)[:3] for _ in range(max(1, args.repeat)))
+            (took, cpu, rss), median = runs[0], runs[len(runs) // 2]
             figures[f"check_{n}_s"], figures[f"check_{n}_rss"] = took, rss
+            figures[f"check_{n}_cpu_s"], figures[f"check_{n}_median_s"] = cpu, median[0]
             size = path.stat().st_size / 2**20
             print(
-                f"subscribers check: {n} subscribers ({size:.1f} MiB of YAML): "
-                f"{took:.2f}s, peak RSS {rss / 2**20:.0f} MiB",
+                f"subscribers check: {n} subscribers ({size:.1f} MiB of YAML), "
+                f"best of {len(runs)}: {took:.2f}s wall, {cpu:.2f}s CPU, peak RSS "
+                f"{rss / 2**20:.0f} MiB; median {median[0]:.2f}s wall, {median[1]:.2f}s CPU",
                 flush=True,
             )
     return figures

@@ -16,7 +16,7 @@ from newsletter.errors import BadToken, ConfigError, NotFound
 from newsletter.feedback import vote
 from newsletter.models import Subscriber
 from newsletter.pipeline import ingest_folder
-from newsletter.readers import subscription_list, unsubscribe
+from newsletter.readers import ReaderIds, subscription_list, unsubscribe
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
@@ -39,6 +39,20 @@ def test_reader_ids_are_random_stable_and_keyed_by_the_normalised_address(store:
     row = store.reader(ids["ada@example.org"])
     assert row is not None and row.email == "ada@example.org" and row.status == "active"
     assert store.reader("no-such-reader") is None
+
+
+def test_the_renderers_reader_ids_hold_one_chunk_at_a_time(store: Store) -> None:
+    ids = ReaderIds(Settings(_env_file=None), store)  # type: ignore[call-arg]
+    ids.prime(["Ada@Example.org", "grace@example.org"], NOW)  # created in one go
+    first = ids("ada@example.org", NOW)
+    ids.prime(["kenji@example.org"], LATER)
+    held = ids._cache
+    assert held is not None and set(held) == {"kenji@example.org"}  # flat: the chunk alone
+    assert (
+        ids("ADA@example.org", LATER)
+        == first
+        == store.reader_ids(["ada@example.org"], now=NOW)["ada@example.org"]
+    )
 
 
 def test_subscription_state_with_when_and_how(store: Store) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import json
 import math
 import random
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -803,3 +805,27 @@ def test_word_spans_are_the_boundaries_tokenize_finds() -> None:
     texts += ["RL's world-model", "x-y-z foo's-bar’s", "'a b's", "A–B self-play"]
     for text in texts:
         assert word_spans(text) == [(t.start, t.end, t.hyphen_before) for t in tokenize(text)]
+
+
+def test_exact_ties_go_to_the_smaller_paper_id_as_in_the_reference() -> None:
+    """Twin papers (same text, an id that sorts first, indexed last) score exactly alike: the
+    vectorised path orders them by paper id, as the reference does, not by index position."""
+    unique = list({p.id: p for lst in seed_listings() for p in lst.papers}.values())
+    twins = [replace(p, id=f"0{p.id}") for p in unique[::2]]
+    index = PaperIndex.build([*unique, *twins])
+    ref = reference_matcher.Reference(index, THRESHOLD, DEFAULT_TUNING)
+    day = seed_listings()[0]
+    twin_of = {p.id: t for p, t in zip(unique[::2], twins, strict=True)}
+    papers = [q for e in day.entries for q in (e.paper, twin_of.get(e.paper.id)) if q is not None]
+    day = listing(*papers, date=day.date)
+    subs = _generated_subscribers(30, seed=9)
+    tied = 0
+    for sub, selection in zip(subs, select_for(index, day, subs, threshold=THRESHOLD), strict=True):
+        want = ref.rank_all(sub)
+        got = reference_matcher.as_expected(rank_all(index, sub, threshold=THRESHOLD))
+        assert reference_matcher.same(got, want)
+        tied += sum(a.score == b.score and a.id < b.id for a, b in itertools.pairwise(got))
+        expected, misses = ref.select(day, sub)
+        assert reference_matcher.same(reference_matcher.as_expected(selection.papers), expected)
+        assert reference_matcher.same(reference_matcher.as_expected(selection.near_misses), misses)
+    assert tied > 20, "the twins must tie, or this test tests nothing"

@@ -230,3 +230,74 @@ def test_a_large_file_reads_in_one_pass_with_each_subscribers_line() -> None:
     subs = parse_subscribers(text)
     assert len(subs) == 2000 and subs[1999].line == 2 + 2 * 1999
     assert subs[1999].topics[0].keywords == ("k1999",)
+
+
+# (field, value, whether the fast check takes it): plainly written valid values take the fast
+# path; anything else (invalid, coerced, stripped) is left to the model.
+FAST_VARIANTS: list[tuple[str, Any, bool]] = [
+    ("email", " ada@example.org", False),
+    ("email", "Ada@Example.ORG", True),
+    ("email", "ada@bücher.example", True),
+    ("email", "not-an-email", False),
+    ("email", 5, False),
+    ("name", "Ada\u00a0", False),
+    ("name", "Ada\u2028Lovelace", True),  # a line separator is no control character
+    ("name", "x" * 257, False),
+    ("name", "x" * 256, True),
+    ("name", None, False),
+    ("timezone", "Europe/Lodnon", False),
+    ("timezone", "Asia/Tokyo", True),
+    ("timezone", None, True),
+    ("send_at", "7:30", False),
+    ("send_at", "07:30", True),
+    ("send_at", "07:30\n", False),
+    ("max_papers", True, False),
+    ("max_papers", "5", False),
+    ("max_papers", 5.0, False),
+    ("max_papers", 50, True),
+    ("max_papers", 51, False),
+    ("on_empty", "closest", True),
+    ("on_empty", "Closest", False),
+    ("exclude", ["survey", ""], False),
+    ("exclude", ("survey",), False),
+    ("exclude", ["survey"], True),
+    ("hobby", "chess", False),
+    ("topics", [], False),
+    ("topics", [{"name": "RL", "keywords": ["offline RL"], "description": None}], False),
+    ("topics", [{"name": "RL", "keywords": ["offline RL "]}], False),
+    ("topics", [{"name": "RL", "keywords": ["offline\tRL"]}], False),
+    ("topics", [{"name": "", "keywords": ["RL"]}], False),
+    ("topics", [{"name": "x" * 121, "keywords": ["RL"]}], False),
+    ("topics", [{"name": "RL", "keywords": ["k" * 201]}], False),
+    ("topics", [{"name": "RL", "keywords": ["RL"], "weight": 3}], False),
+    ("topics", [{"name": "RL", "keywords": ["RL", "world models"], "description": "a"}], True),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "fast_path"), FAST_VARIANTS)
+def test_the_fast_check_gives_what_the_model_gives_or_leaves_the_entry_to_it(
+    field: str, value: Any, fast_path: bool
+) -> None:
+    entry: dict[str, Any] = {
+        "email": "ada@example.org",
+        "name": "Ada",
+        "topics": [{"name": "RL", "keywords": ["offline RL"], "description": "d"}],
+    }
+    entry[field] = value
+    fast = subscribers.fast_entry(entry)
+    model = subscribers._Check("subs.yaml").validated(0, entry, (None, 1), entry.get("email"))
+    assert (fast is not None) == fast_path
+    if fast is not None:
+        assert fast == model
+
+
+def test_every_generated_subscriber_takes_the_fast_path() -> None:
+    entry = "  - email: r{i}@example.org\n    name: R {i}\n    send_at: '07:30'\n    topics:\n"
+    entry += "      - {{name: T, keywords: [k{i}, RL], description: about {i}}}\n"
+    text = "subscribers:\n" + "".join(entry.format(i=i) for i in range(50))
+    raw = yaml.safe_load(text)
+    assert all(subscribers.fast_entry(e) is not None for e in raw["subscribers"])
+    subs = parse_subscribers(text)
+    assert subs[49].send_at == dt.time(7, 30)
+    # equal keywords are one object across subscribers (memory for 100,000 of them)
+    assert subs[0].topics[0].keywords[1] is subs[49].topics[0].keywords[1] == "RL"
