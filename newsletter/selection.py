@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import re
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -81,6 +82,9 @@ REF_RANK = 3  # a topic's own scale: the score of its 3rd best paper over the wh
 BATCH_CELLS = 1 << 21  # term lanes (x papers) gathered at once when scoring many topics
 CLOSEST = 3  # near misses shown (or sent, with on_empty: closest) when nothing matched
 _FIXED = float(1 << 24)  # fixed-point scale of the packed description weights
+# Punctuation that never falls inside a content term nor between a pair's words, so a text's
+# content terms are its pieces' (split at it) in order: reworded descriptions share pieces.
+_PIECE_BREAK = re.compile(r'[.,;:!?()\[\]{}"]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +281,12 @@ class _Scorer:
         """(variants, term) of the content terms of `text` that occur in the collection."""
         cached = self._texts.get(text)
         if cached is None:
-            found = ((self.index.variants(t), t) for t in _content_terms(text))
-            cached = tuple((v, t) for v, t in found if v and self.index.lookup(t).tf)
+            pieces = _PIECE_BREAK.split(text)
+            if len(pieces) > 1:
+                cached = tuple(found for piece in pieces for found in self._evidence(piece))
+            else:
+                terms = ((self.index.variants(t), t) for t in _content_terms(text))
+                cached = tuple((v, t) for v, t in terms if v and self.index.lookup(t).tf)
             self._texts[text] = cached
         return cached
 
