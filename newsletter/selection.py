@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import math
 import re
 import weakref
@@ -131,6 +132,9 @@ class _Query:
     keywords: tuple[tuple[str, ...], ...]  # the user's terms as typed, synonyms grouped
     weak: tuple[str, ...]  # description terms and the words of multi-word keywords
     key: _Key  # what its scores depend on: each keyword group's first term, `weak`
+    # What its explanations depend on too (the topic's name, `keywords`, `weak`), numbered per
+    # scorer: topics that differ only in wording outside their terms share what they send.
+    shown: int
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -233,17 +237,21 @@ class _Scorer:
         self.tuning = tuning
         self._full: _Scorer | None = None if within is not None else self
         self._thresholds: dict[tuple[Topic, float], float] = {}
-        self._closest: dict[tuple[Topic, float], list[tuple[int, float, TopicMatch]]] = {}
+        self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
         self.within = None if within is None else frozenset(within)
         self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
         self._slot_of = {i: n for n, i in enumerate(self.slots)}
         self._weights: dict[tuple[str, bool], dict[int, float]] = {}
+        self._weak_parts: dict[tuple[str, ...], _Vector | None] = {}
         self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
         self._texts: dict[str, tuple[tuple[tuple[tuple[str, ...], ...], str], ...]] = {}
         self._queries: dict[Topic, _Query] = {}
+        self._shown: dict[tuple[str, tuple[tuple[str, ...], ...], tuple[str, ...]], int] = {}
         self._passing: dict[tuple[_Key, float], _Passing] = {}
-        self._sends: dict[tuple[Topic, float], list[tuple[int, float, TopicMatch]]] = {}
+        self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
+        # A subscriber's sent papers per (their topics' `shown`, exclude terms, threshold).
+        self._ranked: dict[tuple[tuple[int, ...], tuple[str, ...], float], list[SelectedPaper]] = {}
         self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
         self._specific: dict[str, float | None] = {}
@@ -275,7 +283,8 @@ class _Scorer:
                 if variants not in groups:
                     weak.setdefault(variants, term)
         keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
-        return _Query(topic, keywords, terms, (tuple(g[0] for g in keywords), terms))
+        shown = self._shown.setdefault((topic.name, keywords, terms), len(self._shown))
+        return _Query(topic, keywords, terms, (tuple(g[0] for g in keywords), terms), shown)
 
     def _evidence(self, text: str) -> tuple[tuple[tuple[tuple[str, ...], ...], str], ...]:
         """(variants, term) of the content terms of `text` that occur in the collection."""
@@ -322,10 +331,10 @@ class _Scorer:
         for i, w in self.weights(term, keyword=False).items():
             lane[self._slot_of[i]] = round(w * _FIXED)
 
-    def _most_specific(self, query: _Query) -> float:
+    def _most_specific(self, firsts: tuple[str, ...]) -> float:
         # Specificity is relative to the topic's most specific keyword: a reader whose every
         # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        found = (self._keyword_specificity(g[0]) for g in query.keywords)
+        found = (self._keyword_specificity(term) for term in firsts)
         return max((f for f in found if f is not None), default=1.0)
 
     def _keyword_specificity(self, term: str) -> float | None:
@@ -335,12 +344,12 @@ class _Scorer:
             self._specific[term] = self._specificity(postings) if postings.tf else None
         return self._specific[term]
 
-    def _weak_scale(self, query: _Query) -> float:
+    def _weak_scale(self, weak: tuple[str, ...]) -> float:
         """What a description's summed fixed-point weights are multiplied by (0: none)."""
         weight = self.tuning.description_weight
-        if not query.weak or weight <= 0:
+        if not weak or weight <= 0:
             return 0.0
-        idfs = [self._soft_idf(t) for t in query.weak]
+        idfs = [self._soft_idf(t) for t in weak]
         # The share of the best score a paper could reach on these terms; with a short
         # description that share is capped so one term counts at most TERM_CAP of a keyword
         # (a specific one, so a description of generic words alone stays weak evidence).
@@ -361,34 +370,50 @@ class _Scorer:
         Per slot, a query's keyword weights are sorted, best first, and summed with their
         decay in that order; its description terms' fixed-point weights are summed as
         integers (exact, in any order) and scaled."""
-        width, count = len(self.slots), len(queries)
+        width = len(self.slots)
         keywords, weak = self._keyword_lanes, self._weak_lanes
-        depth = max((len(q.keywords) for q in queries), default=0)
+        # Many queries share their keywords (or description): each distinct list is scored
+        # once, then copied to its queries' rows.
+        first_of: dict[tuple[str, ...], int] = {}
+        which = [first_of.setdefault(q.key[0], len(first_of)) for q in queries]
+        count = len(first_of)
+        depth = max(map(len, first_of), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
         rows = np.array(
-            [[keywords.row(g[0]) for g in q.keywords] + pad[len(q.keywords) :] for q in queries],
+            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in first_of],
             dtype=np.intp,
         ).reshape(count, depth)
-        most = np.array([self._most_specific(q) for q in queries])
+        most = np.array([self._most_specific(firsts) for firsts in first_of])
         groups = keywords.matrix[rows] / most[:, None, None]
         # A slot one keyword group matches scores that group's weight; only the (few) slots
         # where several match need their weights sorted.
         total = groups.max(axis=1) if depth else np.zeros((count, width))
-        which, slot = np.nonzero((groups > 0).sum(axis=1) > 1)
-        if len(which):
-            ranked = np.sort(groups[which, :, slot], axis=1)[:, ::-1]  # best first
+        several_of, slot = np.nonzero((groups > 0).sum(axis=1) > 1)
+        if len(several_of):
+            ranked = np.sort(groups[several_of, :, slot], axis=1)[:, ::-1]  # best first
             several = ranked[:, 0]
             for r in range(1, depth):
                 several = several + ranked[:, r] * KEYWORD_DECAY**r
-            total[which, slot] = several
-        scales = [self._weak_scale(q) for q in queries]
-        described = [n for n, scale in enumerate(scales) if scale]
+            total[several_of, slot] = several
+        groups, total = groups[which], total[which]
+        # Each distinct description's part, kept by the scorer: a lane per query sharing it.
+        parts = self._weak_parts
+        missing = list(dict.fromkeys(q.weak for q in queries if q.weak not in parts))
+        scales = [self._weak_scale(w) for w in missing]
+        described = [w for w, scale in zip(missing, scales, strict=True) if scale]
+        parts.update((w, None) for w, scale in zip(missing, scales, strict=True) if not scale)
         if described:
-            terms = [[weak.row(t) for t in queries[n].weak] for n in described]
+            terms = [[weak.row(t) for t in w] for w in described]
             starts = np.cumsum([0] + [len(t) for t in terms[:-1]])
             summed = np.add.reduceat(weak.matrix[[r for t in terms for r in t]], starts, axis=0)
-            part = np.array([scales[n] for n in described])[:, None] * summed.astype(np.float64)
-            total[described] = total[described] + part
+            scaled = [scale for scale in scales if scale]
+            part = np.array(scaled)[:, None] * summed.astype(np.float64)
+            parts.update(zip(described, part, strict=True))
+        lanes = [(n, parts[q.weak]) for n, q in enumerate(queries)]
+        found = [(n, lane) for n, lane in lanes if lane is not None]
+        if found:
+            rows_with = [n for n, _ in found]
+            total[rows_with] = total[rows_with] + np.array([lane for _, lane in found])
         return groups, total
 
     def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
@@ -414,6 +439,7 @@ class _Scorer:
             self._full = _Scorer(self.index, None, self.tuning)
             self._full._texts = self._texts  # compiled descriptions do not depend on `within`
             self._full._queries = self._queries
+            self._full._shown = self._shown
         return self._full
 
     def references(self, queries: Sequence[_Query]) -> list[float]:
@@ -421,7 +447,10 @@ class _Scorer:
         per index, see _REFERENCES)."""
         memo = _REFERENCES.setdefault(self.index, {})
         weight = self.tuning.description_weight
-        missing = list({q.key: q for q in queries if (weight, q.key) not in memo}.values())
+        missing = sorted(
+            {q.key: q for q in queries if (weight, q.key) not in memo}.values(),
+            key=lambda q: q.key,
+        )
         full = self.full()
         for chunk in full._chunks(missing):
             _, total = full._batch(chunk)
@@ -448,7 +477,8 @@ class _Scorer:
             query = self.compile(topic)
             if (query.key, threshold) not in self._passing:
                 queries[query.key] = query
-        for chunk in self._chunks(list(queries.values())):
+        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
+        for chunk in self._chunks(sorted(queries.values(), key=lambda q: q.key)):
             self._prepare(chunk, threshold)
 
     def _prepare(self, queries: Sequence[_Query], threshold: float) -> None:
@@ -492,21 +522,21 @@ class _Scorer:
     def sends(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """(paper, score, explanation) for each paper this topic alone sends, computed once
         per distinct topic."""
-        cached = self._sends.get((topic, threshold))
+        query = self.compile(topic)
+        cached = self._sends.get((query.shown, threshold))
         if cached is None:
-            query = self.compile(topic)
             cached = [
                 (i, s, self.match(query, i, matched, s))
                 for i, s, matched in self._passing_papers(topic, threshold)
             ]
-            self._sends[topic, threshold] = cached
+            self._sends[query.shown, threshold] = cached
         return cached
 
     def closest(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """The CLOSEST best papers this topic does not send (score > 0), best first."""
-        cached = self._closest.get((topic, threshold))
+        query = self.compile(topic)
+        cached = self._closest.get((query.shown, threshold))
         if cached is None:
-            query = self.compile(topic)
             groups, total = self._vectors(query)
             sent = {i for i, _, _ in self._passing_papers(topic, threshold)}
             rest = (
@@ -517,7 +547,7 @@ class _Scorer:
                 (self.slots[n], -s, self.match(query, self.slots[n], _matched(groups, n), -s))
                 for s, n in best
             ]
-            self._closest[topic, threshold] = cached
+            self._closest[query.shown, threshold] = cached
         return cached
 
     def excluded(self, terms: tuple[str, ...]) -> frozenset[int]:
@@ -780,35 +810,26 @@ def select_for(
         if reader_votes:
             reader = _reader(scorer, sub, threshold, reader_votes)
             judged = _judge(scorer, sub, threshold, reader)
-            passing = {i: v for i, v in judged.items() if v.sent}
+            ranked = _ranked({i: v for i, v in judged.items() if v.sent}, rank_of, paper_of)
             near = [
                 (i, v.score, v.matches, v.liked)
                 for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
                 if not v.sent and paper_of[i].id not in seen
             ][:CLOSEST]
         else:
-            passing = _sent_without_votes(scorer, sub, threshold)
-            near = [] if passing else _closest(scorer, sub, threshold, paper_of, seen)
-        kept = {i: v for i, v in passing.items() if paper_of[i].id not in seen}
-        order = sorted(
-            kept,
-            key=lambda i: (-_mixed(kept[i].score, rank_of[i]), rank_of[i], paper_of[i].id),
-        )
-        picked = tuple(
-            SelectedPaper(
-                paper_of[i],
-                v.score,
-                rank_of[i],
-                True,
-                v.matches,
-                _mixed(v.score, rank_of[i]),
-                liked=v.liked,
-            )
-            for i in order[: max(0, sub.max_papers)]
-            for v in (kept[i],)
-        )
+            # Subscribers whose topics send alike share their ranked papers.
+            shown = tuple(scorer.compile(t).shown for t in sub.topics)
+            cached = scorer._ranked.get((shown, sub.exclude, threshold))
+            if cached is None:
+                passing = _sent_without_votes(scorer, sub, threshold)
+                cached = _ranked(passing, rank_of, paper_of)
+                scorer._ranked[shown, sub.exclude, threshold] = cached
+            ranked = cached
+            near = [] if ranked else _closest(scorer, sub, threshold, paper_of, seen)
+        fresh = (sp for sp in ranked if sp.paper.id not in seen) if seen else iter(ranked)
+        picked = tuple(itertools.islice(fresh, max(0, sub.max_papers)))
         misses: tuple[SelectedPaper, ...] = ()
-        if not passing:
+        if not ranked:
             misses = tuple(
                 SelectedPaper(
                     paper_of[i], s, rank_of[i], False, m, _mixed(s, rank_of[i]), liked=liked
@@ -822,6 +843,29 @@ def select_for(
                 )
         selections.append(Selection(sub, listing.date, picked, misses))
     return selections
+
+
+def _ranked(
+    passing: Mapping[int, _Verdict], rank_of: Mapping[int, int], paper_of: Mapping[int, Paper]
+) -> list[SelectedPaper]:
+    """The sent papers in digest order: by mixed score, then trending rank, then id."""
+    order = sorted(
+        passing,
+        key=lambda i: (-_mixed(passing[i].score, rank_of[i]), rank_of[i], paper_of[i].id),
+    )
+    return [
+        SelectedPaper(
+            paper_of[i],
+            v.score,
+            rank_of[i],
+            True,
+            v.matches,
+            _mixed(v.score, rank_of[i]),
+            liked=v.liked,
+        )
+        for i in order
+        for v in (passing[i],)
+    ]
 
 
 def _sent_without_votes(scorer: _Scorer, sub: Subscriber, threshold: float) -> dict[int, _Verdict]:
