@@ -245,7 +245,9 @@ class _Scorer:
         self._weak_parts: dict[tuple[str, ...], _Vector | None] = {}
         self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
-        self._texts: dict[str, tuple[tuple[tuple[tuple[str, ...], ...], str], ...]] = {}
+        self._texts: dict[str, tuple[tuple[int, str], ...]] = {}
+        self._variant_ids: dict[str, int | None] = {}
+        self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, tuple[tuple[str, ...], ...], tuple[str, ...]], int] = {}
         self._passing: dict[tuple[_Key, float], _Passing] = {}
@@ -272,12 +274,13 @@ class _Scorer:
     def _compile(self, topic: Topic) -> _Query:
         # "offline RL" and "offline reinforcement learning" are one term once the index knows
         # the acronym: counting both would score every offline-RL paper twice.
-        groups: dict[tuple[tuple[str, ...], ...], list[str]] = {}
+        # Terms are told apart by the number of their variants (see `_variant_id`).
+        groups: dict[int, list[str]] = {}
         for keyword in (k.strip() for k in topic.keywords):
-            variants = self.index.variants(keyword)
-            if variants and keyword not in groups.get(variants, ()):
+            variants = self._variant_id(keyword)
+            if variants is not None and keyword not in groups.get(variants, ()):
                 groups.setdefault(variants, []).append(keyword)
-        weak: dict[tuple[tuple[str, ...], ...], str] = {}
+        weak: dict[int, str] = {}
         for text in (topic.description, *topic.keywords):
             for variants, term in self._evidence(text):
                 if variants not in groups:
@@ -286,16 +289,29 @@ class _Scorer:
         shown = self._shown.setdefault((topic.name, keywords, terms), len(self._shown))
         return _Query(topic, keywords, terms, (tuple(g[0] for g in keywords), terms), shown)
 
-    def _evidence(self, text: str) -> tuple[tuple[tuple[tuple[str, ...], ...], str], ...]:
-        """(variants, term) of the content terms of `text` that occur in the collection."""
+    def _variant_id(self, term: str) -> int | None:
+        """A number for the term's variants (None when it has none), equal for terms with equal
+        variants: a nested tuple of strings hashes anew at every dict look-up, an int does not."""
+        found = self._variant_ids.get(term, -1)
+        if found == -1:
+            variants = self.index.variants(term)
+            ids = self._ids_of_variants
+            found = ids.setdefault(variants, len(ids)) if variants else None
+            self._variant_ids[term] = found
+        return found
+
+    def _evidence(self, text: str) -> tuple[tuple[int, str], ...]:
+        """(variant id, term) of the content terms of `text` that occur in the collection."""
         cached = self._texts.get(text)
         if cached is None:
             pieces = _PIECE_BREAK.split(text)
             if len(pieces) > 1:
                 cached = tuple(found for piece in pieces for found in self._evidence(piece))
             else:
-                terms = ((self.index.variants(t), t) for t in _content_terms(text))
-                cached = tuple((v, t) for v, t in terms if v and self.index.lookup(t).tf)
+                terms = ((self._variant_id(t), t) for t in _content_terms(text))
+                cached = tuple(
+                    (v, t) for v, t in terms if v is not None and self.index.lookup(t).tf
+                )
             self._texts[text] = cached
         return cached
 
@@ -438,6 +454,8 @@ class _Scorer:
         if self._full is None:
             self._full = _Scorer(self.index, None, self.tuning)
             self._full._texts = self._texts  # compiled descriptions do not depend on `within`
+            self._full._variant_ids = self._variant_ids
+            self._full._ids_of_variants = self._ids_of_variants
             self._full._queries = self._queries
             self._full._shown = self._shown
         return self._full
@@ -810,7 +828,8 @@ def select_for(
         if reader_votes:
             reader = _reader(scorer, sub, threshold, reader_votes)
             judged = _judge(scorer, sub, threshold, reader)
-            ranked = _ranked({i: v for i, v in judged.items() if v.sent}, rank_of, paper_of)
+            sent = ((i, v.score, v.matches, v.liked) for i, v in judged.items() if v.sent)
+            ranked = _ranked(sent, rank_of, paper_of)
             near = [
                 (i, v.score, v.matches, v.liked)
                 for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
@@ -845,41 +864,37 @@ def select_for(
     return selections
 
 
+_Sent = tuple[int, float, tuple[TopicMatch, ...], str]  # (paper, score, matches, liked)
+
+
 def _ranked(
-    passing: Mapping[int, _Verdict], rank_of: Mapping[int, int], paper_of: Mapping[int, Paper]
+    passing: Iterable[_Sent], rank_of: Mapping[int, int], paper_of: Mapping[int, Paper]
 ) -> list[SelectedPaper]:
-    """The sent papers in digest order: by mixed score, then trending rank, then id."""
+    """The sent papers in digest order: by mixed score, then trending rank, then id (unique,
+    so the sort never compares further)."""
     order = sorted(
-        passing,
-        key=lambda i: (-_mixed(passing[i].score, rank_of[i]), rank_of[i], paper_of[i].id),
+        (-_mixed(score, rank_of[i]), rank_of[i], paper_of[i].id, i, score, matches, liked)
+        for i, score, matches, liked in passing
     )
     return [
-        SelectedPaper(
-            paper_of[i],
-            v.score,
-            rank_of[i],
-            True,
-            v.matches,
-            _mixed(v.score, rank_of[i]),
-            liked=v.liked,
-        )
-        for i in order
-        for v in (passing[i],)
+        SelectedPaper(paper_of[i], score, rank, True, matches, -mixed, liked=liked)
+        for mixed, rank, _, i, score, matches, liked in order
     ]
 
 
-def _sent_without_votes(scorer: _Scorer, sub: Subscriber, threshold: float) -> dict[int, _Verdict]:
+def _sent_without_votes(scorer: _Scorer, sub: Subscriber, threshold: float) -> list[_Sent]:
     """The papers some topic sends (cached per distinct topic), each with its best score and
     the sending topics' explanations, best first."""
     excluded = scorer.excluded(sub.exclude)
+    if len(sub.topics) == 1:  # the common case, with nothing to merge
+        sends = scorer.sends(sub.topics[0], threshold)
+        return [(i, score, (match,), "") for i, score, match in sends if i not in excluded]
     found: dict[int, list[tuple[float, int, TopicMatch]]] = {}
     for t, topic in enumerate(sub.topics):
         for i, score, match in scorer.sends(topic, threshold):
             if i not in excluded:
                 found.setdefault(i, []).append((-score, t, match))
-    return {
-        i: _Verdict(-min(f)[0], True, tuple(m for *_, m in sorted(f)), "") for i, f in found.items()
-    }
+    return [(i, -min(f)[0], tuple(m for *_, m in sorted(f)), "") for i, f in found.items()]
 
 
 def _closest(
