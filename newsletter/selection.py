@@ -124,6 +124,9 @@ _Vector = npt.NDArray[np.float64]  # one lane per slot (a row per term or keywor
 _Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
+_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int]  # _Query's fields
+
+
 @dataclass(frozen=True, slots=True)
 class _Query:
     """A topic compiled to index terms."""
@@ -247,6 +250,9 @@ class _Scorer:
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
         self._texts: dict[str, tuple[tuple[int, str], ...]] = {}
         self._variant_ids: dict[str, int | None] = {}
+        self._text_ids: dict[str, int] = {}
+        self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, tuple[tuple[str, ...], ...], tuple[str, ...]], int] = {}
@@ -272,6 +278,16 @@ class _Scorer:
         return cached
 
     def _compile(self, topic: Topic) -> _Query:
+        # A query depends on the description only through its evidence, which rewordings
+        # (another closing remark, a number) often leave as it was.
+        key = (topic.name, topic.keywords, self._evidence_id(topic.description))
+        found = self._compiled.get(key)
+        if found is None:
+            found = self._compiled[key] = self._compile_terms(topic)
+        return _Query(topic, *found)
+
+    def _compile_terms(self, topic: Topic) -> _Compiled:
+        """A topic's keyword groups, description terms, key and `shown`."""
         # "offline RL" and "offline reinforcement learning" are one term once the index knows
         # the acronym: counting both would score every offline-RL paper twice.
         # Terms are told apart by the number of their variants (see `_variant_id`).
@@ -287,7 +303,15 @@ class _Scorer:
                     weak.setdefault(variants, term)
         keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
         shown = self._shown.setdefault((topic.name, keywords, terms), len(self._shown))
-        return _Query(topic, keywords, terms, (tuple(g[0] for g in keywords), terms), shown)
+        return keywords, terms, (tuple(g[0] for g in keywords), terms), shown
+
+    def _evidence_id(self, text: str) -> int:
+        """A number for the evidence of `text`, equal for texts with equal evidence."""
+        found = self._text_ids.get(text)
+        if found is None:
+            ids = self._ids_of_evidence
+            found = self._text_ids[text] = ids.setdefault(self._evidence(text), len(ids))
+        return found
 
     def _variant_id(self, term: str) -> int | None:
         """A number for the term's variants (None when it has none), equal for terms with equal
@@ -455,6 +479,9 @@ class _Scorer:
             self._full = _Scorer(self.index, None, self.tuning)
             self._full._texts = self._texts  # compiled descriptions do not depend on `within`
             self._full._variant_ids = self._variant_ids
+            self._full._text_ids = self._text_ids
+            self._full._ids_of_evidence = self._ids_of_evidence
+            self._full._compiled = self._compiled
             self._full._ids_of_variants = self._ids_of_variants
             self._full._queries = self._queries
             self._full._shown = self._shown
@@ -583,7 +610,10 @@ class _Scorer:
         """Why paper i matched the topic: its keywords found (the `matched` groups), or else
         its strongest few description terms; where they were; the exact text of each
         occurrence."""
-        terms = tuple(term for k in matched for term in query.keywords[k])
+        if len(matched) == 1:  # the common case: that group's terms
+            terms = query.keywords[matched[0]]
+        else:
+            terms = tuple(term for k in matched for term in query.keywords[k])
         if not terms:
             terms = self._strongest(query.weak, i)
         cached = self._found.get((terms, i))
