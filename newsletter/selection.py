@@ -36,6 +36,7 @@ short lists.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import heapq
 import itertools
 import math
@@ -835,6 +836,28 @@ def select_for(
     `votes` (address key -> paper id -> +1/-1) change only that reader's results. When nothing
     is sent, `near_misses` holds the closest papers; with `on_empty: closest` they are sent,
     marked `near_miss`."""
+    # An edition allocates millions of objects and frees few (its caches, its selections):
+    # collecting meanwhile is waste, the same as when subscribers are loaded.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _select_for(
+            index, listing, subscribers, threshold, history or {}, votes or {}, tuning
+        )
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _select_for(
+    index: PaperIndex,
+    listing: DailyListing,
+    subscribers: Sequence[Subscriber],
+    threshold: float,
+    history: Mapping[str, AbstractSet[str]],
+    votes: Mapping[str, Votes],
+    tuning: Tuning,
+) -> list[Selection]:
     missing = [e.paper.id for e in listing.entries if e.paper.id not in index.id_to_index]
     if missing:
         raise ValueError(f"listing papers missing from the index (rebuild it): {missing[:5]}")
@@ -845,8 +868,6 @@ def select_for(
         if entry.rank < rank_of.get(i, entry.rank + 1):
             rank_of[i], paper_of[i] = entry.rank, entry.paper
     scorer = _Scorer(index, rank_of, tuning)
-    history = history or {}
-    votes = votes or {}
     keys = [address_key(sub.email) for sub in subscribers]
     # Every distinct topic scored at once (readers with votes are judged one by one).
     plain = (s for s, k in zip(subscribers, keys, strict=True) if not votes.get(k))
