@@ -516,11 +516,10 @@ class _Scorer:
             self._thresholds[topic, threshold] = cached
         return cached
 
-    def prepare(self, topics: Iterable[Topic], threshold: float) -> None:
-        """Work out which papers each distinct query among `topics` sends, all at once."""
+    def prepare(self, compiled: Iterable[_Query], threshold: float) -> None:
+        """Work out which papers each distinct query among `compiled` sends, all at once."""
         queries = {}
-        for topic in topics:
-            query = self.compile(topic)
+        for query in compiled:
             if (query.key, threshold) not in self._passing:
                 queries[query.key] = query
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
@@ -557,34 +556,31 @@ class _Scorer:
         for query, found in zip(queries, passing, strict=True):
             self._passing[query.key, threshold] = tuple(found)
 
-    def _passing_papers(self, topic: Topic, threshold: float) -> _Passing:
-        """(paper, score, keyword groups) of each paper the topic sends, shared by the topics
-        with the same query."""
-        query = self.compile(topic)
+    def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
+        """(paper, score, keyword groups) of each paper the query sends, shared by the topics
+        with the same key."""
         if (query.key, threshold) not in self._passing:
             self._prepare([query], threshold)
         return self._passing[query.key, threshold]
 
-    def sends(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
+    def sends(self, query: _Query, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """(paper, score, explanation) for each paper this topic alone sends, computed once
-        per distinct topic."""
-        query = self.compile(topic)
+        per distinct `shown`."""
         cached = self._sends.get((query.shown, threshold))
         if cached is None:
             cached = [
                 (i, s, self.match(query, i, matched, s))
-                for i, s, matched in self._passing_papers(topic, threshold)
+                for i, s, matched in self._passing_papers(query, threshold)
             ]
             self._sends[query.shown, threshold] = cached
         return cached
 
-    def closest(self, topic: Topic, threshold: float) -> list[tuple[int, float, TopicMatch]]:
+    def closest(self, query: _Query, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """The CLOSEST best papers this topic does not send (score > 0), best first."""
-        query = self.compile(topic)
         cached = self._closest.get((query.shown, threshold))
         if cached is None:
             groups, total = self._vectors(query)
-            sent = {i for i, _, _ in self._passing_papers(topic, threshold)}
+            sent = {i for i, _, _ in self._passing_papers(query, threshold)}
             rest = (
                 (-s, n) for n, s in enumerate(total.tolist()) if s > 0 and self.slots[n] not in sent
             )
@@ -870,14 +866,16 @@ def _select_for(
     scorer = _Scorer(index, rank_of, tuning)
     keys = [address_key(sub.email) for sub in subscribers]
     # Every distinct topic scored at once (readers with votes are judged one by one).
-    plain = (s for s, k in zip(subscribers, keys, strict=True) if not votes.get(k))
-    scorer.prepare((t for s in plain for t in s.topics), threshold)
+    compiled = [
+        None if votes.get(k) else [scorer.compile(t) for t in s.topics]
+        for s, k in zip(subscribers, keys, strict=True)
+    ]
+    scorer.prepare((q for queries in compiled if queries for q in queries), threshold)
     selections = []
-    for sub, key in zip(subscribers, keys, strict=True):
+    for sub, key, queries in zip(subscribers, keys, compiled, strict=True):
         seen = history.get(key, frozenset())
-        reader_votes = votes.get(key)
-        if reader_votes:
-            reader = _reader(scorer, sub, threshold, reader_votes)
+        if queries is None:  # a reader with votes
+            reader = _reader(scorer, sub, threshold, votes[key])
             judged = _judge(scorer, sub, threshold, reader)
             sent = ((i, v.score, v.matches, v.liked) for i, v in judged.items() if v.sent)
             ranked = _ranked(sent, rank_of, paper_of)
@@ -888,14 +886,16 @@ def _select_for(
             ][:CLOSEST]
         else:
             # Subscribers whose topics send alike share their ranked papers.
-            shown = tuple(scorer.compile(t).shown for t in sub.topics)
+            shown = tuple(q.shown for q in queries)
             cached = scorer._ranked.get((shown, sub.exclude, threshold))
             if cached is None:
-                passing = _sent_without_votes(scorer, sub, threshold)
+                passing = _sent_without_votes(scorer, queries, sub.exclude, threshold)
                 cached = _ranked(passing, rank_of, paper_of)
                 scorer._ranked[shown, sub.exclude, threshold] = cached
             ranked = cached
-            near = [] if ranked else _closest(scorer, sub, threshold, paper_of, seen)
+            near = (
+                [] if ranked else _closest(scorer, queries, sub.exclude, threshold, paper_of, seen)
+            )
         fresh = (sp for sp in ranked if sp.paper.id not in seen) if seen else iter(ranked)
         picked = tuple(itertools.islice(fresh, max(0, sub.max_papers)))
         misses: tuple[SelectedPaper, ...] = ()
@@ -933,16 +933,18 @@ def _ranked(
     ]
 
 
-def _sent_without_votes(scorer: _Scorer, sub: Subscriber, threshold: float) -> list[_Sent]:
+def _sent_without_votes(
+    scorer: _Scorer, queries: Sequence[_Query], exclude: tuple[str, ...], threshold: float
+) -> list[_Sent]:
     """The papers some topic sends (cached per distinct topic), each with its best score and
     the sending topics' explanations, best first."""
-    excluded = scorer.excluded(sub.exclude)
-    if len(sub.topics) == 1:  # the common case, with nothing to merge
-        sends = scorer.sends(sub.topics[0], threshold)
+    excluded = scorer.excluded(exclude)
+    if len(queries) == 1:  # the common case, with nothing to merge
+        sends = scorer.sends(queries[0], threshold)
         return [(i, score, (match,), "") for i, score, match in sends if i not in excluded]
     found: dict[int, list[tuple[float, int, TopicMatch]]] = {}
-    for t, topic in enumerate(sub.topics):
-        for i, score, match in scorer.sends(topic, threshold):
+    for t, query in enumerate(queries):
+        for i, score, match in scorer.sends(query, threshold):
             if i not in excluded:
                 found.setdefault(i, []).append((-score, t, match))
     return [(i, -min(f)[0], tuple(m for *_, m in sorted(f)), "") for i, f in found.items()]
@@ -950,16 +952,17 @@ def _sent_without_votes(scorer: _Scorer, sub: Subscriber, threshold: float) -> l
 
 def _closest(
     scorer: _Scorer,
-    sub: Subscriber,
+    queries: Sequence[_Query],
+    exclude: tuple[str, ...],
     threshold: float,
     paper_of: Mapping[int, Paper],
     seen: AbstractSet[str],
 ) -> list[tuple[int, float, tuple[TopicMatch, ...], str]]:
     """The best CLOSEST papers of the listing no topic sends, not excluded, not seen."""
-    excluded = scorer.excluded(sub.exclude)
+    excluded = scorer.excluded(exclude)
     best: dict[int, tuple[float, TopicMatch]] = {}
-    for topic in sub.topics:
-        for i, score, match in scorer.closest(topic, threshold):
+    for query in queries:
+        for i, score, match in scorer.closest(query, threshold):
             fresh = i not in excluded and paper_of[i].id not in seen
             if fresh and score > best.get(i, (0.0, match))[0]:
                 best[i] = (score, match)
