@@ -252,6 +252,7 @@ class _Scorer:
         self._texts: dict[str, tuple[tuple[int, str], ...]] = {}
         self._variant_ids: dict[str, int | None] = {}
         self._text_ids: dict[str, int] = {}
+        self._firsts: dict[str, dict[int, str]] = {}
         self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
@@ -297,14 +298,25 @@ class _Scorer:
             variants = self._variant_id(keyword)
             if variants is not None and keyword not in groups.get(variants, ()):
                 groups.setdefault(variants, []).append(keyword)
-        weak: dict[int, str] = {}
-        for text in (topic.description, *topic.keywords):
-            for variants, term in self._evidence(text):
-                if variants not in groups:
-                    weak.setdefault(variants, term)
+        # Each variant's first term, in order, but for the keywords' own.
+        weak = dict(self._first_terms(topic.description))
+        for keyword in topic.keywords:
+            for variants, term in self._first_terms(keyword).items():
+                weak.setdefault(variants, term)
+        for variants in groups:
+            weak.pop(variants, None)
         keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
         shown = self._shown.setdefault((topic.name, keywords, terms), len(self._shown))
         return keywords, terms, (tuple(g[0] for g in keywords), terms), shown
+
+    def _first_terms(self, text: str) -> dict[int, str]:
+        """Variant id -> first term of the evidence of `text`, in order (not to be changed)."""
+        found = self._firsts.get(text)
+        if found is None:
+            found = self._firsts[text] = {}
+            for variants, term in self._evidence(text):
+                found.setdefault(variants, term)
+        return found
 
     def _evidence_id(self, text: str) -> int:
         """A number for the evidence of `text`, equal for texts with equal evidence."""
@@ -331,7 +343,7 @@ class _Scorer:
         if cached is None:
             pieces = _PIECE_BREAK.split(text)
             if len(pieces) > 1:
-                cached = tuple(found for piece in pieces for found in self._evidence(piece))
+                cached = tuple(itertools.chain.from_iterable(map(self._evidence, pieces)))
             else:
                 terms = ((self._variant_id(t), t) for t in _content_terms(text))
                 cached = tuple(
@@ -481,6 +493,7 @@ class _Scorer:
             self._full._texts = self._texts  # compiled descriptions do not depend on `within`
             self._full._variant_ids = self._variant_ids
             self._full._text_ids = self._text_ids
+            self._full._firsts = self._firsts
             self._full._ids_of_evidence = self._ids_of_evidence
             self._full._compiled = self._compiled
             self._full._ids_of_variants = self._ids_of_variants
@@ -550,8 +563,12 @@ class _Scorer:
         scores = total[which, slot].tolist()
         matched = (groups[which, :, slot] > 0).tolist()
         passing: list[list[tuple[int, float, tuple[int, ...]]]] = [[] for _ in queries]
+        keys_of: dict[tuple[bool, ...], tuple[int, ...]] = {}  # few distinct ones
         for n, s, score, hit in zip(which.tolist(), slot.tolist(), scores, matched, strict=True):
-            keys = tuple(k for k, h in enumerate(hit) if h)
+            bits = tuple(hit)
+            keys = keys_of.get(bits)
+            if keys is None:
+                keys = keys_of[bits] = tuple(k for k, h in enumerate(hit) if h)
             passing[n].append((self.slots[s], score, keys))
         for query, found in zip(queries, passing, strict=True):
             self._passing[query.key, threshold] = tuple(found)
@@ -947,7 +964,12 @@ def _sent_without_votes(
         for i, score, match in scorer.sends(query, threshold):
             if i not in excluded:
                 found.setdefault(i, []).append((-score, t, match))
-    return [(i, -min(f)[0], tuple(m for *_, m in sorted(f)), "") for i, f in found.items()]
+    sent: list[_Sent] = []
+    for i, f in found.items():
+        if len(f) > 1:
+            f.sort()  # best first (then in topic order)
+        sent.append((i, -f[0][0], tuple(m for *_, m in f), ""))
+    return sent
 
 
 def _closest(
