@@ -20,10 +20,12 @@ from newsletter.ingest import dump_files, read_dump
 from newsletter.learning import Weights, keyword_weights
 from newsletter.models import DailyListing, ListingEntry, Paper, Selection, Subscriber, Topic
 from newsletter.selection import (
+    _PIECE_BREAK,
     CLOSEST,
     DEFAULT_TUNING,
     PaperIndex,
     Tuning,
+    _content_terms,
     rank_all,
     score_papers,
     select_for,
@@ -829,3 +831,11 @@ def test_exact_ties_go_to_the_smaller_paper_id_as_in_the_reference() -> None:
         assert reference_matcher.same(reference_matcher.as_expected(selection.papers), expected)
         assert reference_matcher.same(reference_matcher.as_expected(selection.near_misses), misses)
     assert tied > 20, "the twins must tie, or this test tests nothing"
+
+
+@given(st.lists(st.sampled_from([*"ab RL's’-–.,;:!?()[]{}\"_/é1\n", "the ", "RL", "model"])))
+def test_content_terms_are_those_of_the_pieces_between_punctuation(parts: list[str]) -> None:
+    # The scorer caches a description's evidence per piece: pieces must add up to the whole.
+    text = "".join(parts)
+    pieces = _PIECE_BREAK.split(text)
+    assert _content_terms(text) == tuple(t for p in pieces for t in _content_terms(p))
