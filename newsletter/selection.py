@@ -28,9 +28,10 @@ When nothing is sent, the Selection carries the closest near misses; a subscribe
 `on_empty: closest` gets them, labelled as such.
 
 Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised), each
-distinct topic is scored once per edition (and over the whole collection only when one of its
-papers falls between the floor and the global threshold), and each subscriber merges a few
-short lists.
+distinct query (keyword list and description terms) is scored once per edition (and over the
+whole collection only when one of its papers falls between the floor and the global
+threshold), its explanations are built once per distinct name, keywords and terms (a reworded
+description often leaves them alike), and each subscriber merges a few short lists.
 """
 
 from __future__ import annotations
