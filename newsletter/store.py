@@ -1176,12 +1176,17 @@ class Store:
 
     def start_firing(
         self, group_key: str, firing: dt.datetime, edition: dt.date, *, now: dt.datetime
-    ) -> None:
+    ) -> tuple[dt.datetime, dt.date]:
         """Record that a firing's send has begun (before its first message goes out). A claim:
         a second daemon starting the same firing joins it and changes nothing; only a newer
-        firing replaces an open one."""
+        firing replaces an open one. Returns the open firing as recorded, (firing, edition):
+        the edition a daemon joining the firing must send (its own pick may differ: a listing
+        stored between the two daemons' passes)."""
         insert = self._insert(open_firings).values(
             group_key=group_key, firing=firing, edition=edition, started_at=now
+        )
+        recorded = sa.select(open_firings.c.firing, open_firings.c.edition).where(
+            open_firings.c.group_key == group_key
         )
         with self.engine.begin() as conn:
             conn.execute(
@@ -1195,6 +1200,8 @@ class Store:
                     where=open_firings.c.firing < insert.excluded.firing,
                 )
             )
+            row = conn.execute(recorded).one()
+        return _utc(row.firing) or row.firing, row.edition
 
     def finish_firing(self, group_key: str, firing: dt.datetime) -> None:
         """The firing's edition is done: it is served, and no longer open."""
