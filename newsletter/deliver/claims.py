@@ -93,6 +93,7 @@ class Claims:
         self.taken: set[str] = set()  # rows taken by this process (queued, in flight, done)
         self._renewer: asyncio.Task[None] | None = None
         self._locked_since: float | None = None  # due rows free but not claimable since
+        self.handed_back = 0  # queued rows not sent: their lease may have run out
 
     async def start(
         self, scope: Sequence[Subscriber], stop: asyncio.Event, sent: Callable[[], int]
@@ -170,7 +171,9 @@ class Claims:
         finds it), and it may be claimed again, by us too."""
         self.taken.discard(email)
         self.deadline.pop(email, None)
-        log.warning(
+        self.handed_back += 1
+        log.log(
+            logging.WARNING if self.handed_back == 1 else logging.DEBUG,
             "worker %s: %s: its lease may have run out (renewal failed or the worker was "
             "paused); not sent, left to whichever worker claims it",
             self.id,
@@ -258,6 +261,12 @@ class Claims:
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
+        if self.handed_back:
+            log.warning(
+                "worker %s: %d queued row(s) were not sent: their lease may have run out",
+                self.id,
+                self.handed_back,
+            )
         await call_retrying(self.store.release_claims, self.edition, self.id, None)
         await call_retrying(functools.partial(self.store.finish_worker, self.id, sent=sent))
 
