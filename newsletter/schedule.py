@@ -23,6 +23,8 @@ never taken for a served one. `planned` rows left by a stopped `send` are picked
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -279,9 +281,13 @@ async def _serve(
         len(d.recipients),
     )
     try:
-        with edition_lock(store, d.edition):
+        mine = d.edition
+        with edition_lock(store, mine), contextlib.ExitStack() as joined:
             if not d.resume:
-                store.start_firing(d.group.key, d.firing, d.edition, now=clock())
+                d = _start_firing(store, d, clock())
+            assert d.edition is not None
+            if d.edition != mine:  # another daemon's edition: its lock (SQLite) too
+                joined.enter_context(edition_lock(store, d.edition))
             report = await send_edition(
                 settings,
                 store,
@@ -303,6 +309,24 @@ async def _serve(
             report.pending,
         )
     return report.complete, report
+
+
+def _start_firing(store: Store, d: Decision, now: dt.datetime) -> Decision:
+    """Record that the firing's send begins. Daemons firing together each pick the newest
+    listing; should another daemon have started this firing first with another edition (a
+    listing stored between the two picks), this one joins that edition: one firing, one
+    edition, whoever starts it."""
+    assert d.edition is not None
+    firing, edition = store.start_firing(d.group.key, d.firing, d.edition, now=now)
+    if firing != d.firing or edition == d.edition:
+        return d
+    log.info(
+        "group %s: another daemon started this firing with the %s edition; sending that one",
+        d.group.key,
+        edition,
+    )
+    marks = store.watermarks(d.group.emails)
+    return dataclasses.replace(d, edition=edition, recipients=_due(d.group, marks, edition))
 
 
 async def retry_failures(

@@ -824,18 +824,30 @@ class Store:
             conn.execute(upsert, rows)
 
     def record_outcomes(
-        self, edition: dt.date, outcomes: Sequence[LedgerOutcome], *, now: dt.datetime
+        self,
+        edition: dt.date,
+        outcomes: Sequence[LedgerOutcome],
+        *,
+        now: dt.datetime,
+        worker: str | None = None,
     ) -> None:
         """Record a group of outcomes in one transaction (group commit: the per-message form
         costs more CPU than sending). `sent` adds the papers to the history in the same
-        transaction, so a crash leaves both or neither; a `sent` row is never downgraded."""
+        transaction, so a crash leaves both or neither; a `sent` row is never downgraded.
+
+        `worker` (PostgreSQL scale-out): the outcomes are that worker's, and a row another
+        worker holds under a live lease (taken over from it) keeps its claim: any other
+        outcome of ours is dropped, theirs will follow. A `sent` is always recorded (the
+        server took the message; the row is due for no one any more) and ends any claim.
+        Rows are written in address order, as every other writer of many rows does."""
+        outcomes = sorted(outcomes, key=lambda o: o.email)
         sent = [o for o in outcomes if o.status == "sent"]
         rest = [o for o in outcomes if o.status != "sent"]
         with self.engine.begin() as conn:
             mark = _placeholder(conn.dialect)
             rest += _update_sent(conn, mark, edition, sent, now) if sent else []
             if rest:
-                _upsert_outcomes(conn, edition, rest, now)
+                _upsert_outcomes(conn, edition, rest, now, worker)
             # an `unknown` digest may well have arrived: its papers count as had, so no later
             # edition repeats them (its own retry re-renders the same papers)
             had = sent + [o for o in outcomes if o.status == "unknown"]
@@ -1164,12 +1176,17 @@ class Store:
 
     def start_firing(
         self, group_key: str, firing: dt.datetime, edition: dt.date, *, now: dt.datetime
-    ) -> None:
+    ) -> tuple[dt.datetime, dt.date]:
         """Record that a firing's send has begun (before its first message goes out). A claim:
         a second daemon starting the same firing joins it and changes nothing; only a newer
-        firing replaces an open one."""
+        firing replaces an open one. Returns the open firing as recorded, (firing, edition):
+        the edition a daemon joining the firing must send (its own pick may differ: a listing
+        stored between the two daemons' passes)."""
         insert = self._insert(open_firings).values(
             group_key=group_key, firing=firing, edition=edition, started_at=now
+        )
+        recorded = sa.select(open_firings.c.firing, open_firings.c.edition).where(
+            open_firings.c.group_key == group_key
         )
         with self.engine.begin() as conn:
             conn.execute(
@@ -1183,6 +1200,8 @@ class Store:
                     where=open_firings.c.firing < insert.excluded.firing,
                 )
             )
+            row = conn.execute(recorded).one()
+        return _utc(row.firing) or row.firing, row.edition
 
     def finish_firing(self, group_key: str, firing: dt.datetime) -> None:
         """The firing's edition is done: it is served, and no longer open."""
@@ -1250,27 +1269,15 @@ class Store:
         goes round the workers within their run. `only` limits the claim to those addresses,
         `exclude` leaves those out. The lease is on the database's clock."""
         c = ledger.c
-        retry_at = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
-        earlier = sa.and_(
-            sa.or_(c.claimed_by.is_(None), c.claimed_by != worker), c.updated_at <= started
-        )
-        due = sa.or_(
-            c.status == "planned",
-            sa.and_(c.status == "failed", earlier, retry_at if respect_next_attempt else sa.true()),
-            sa.and_(c.status == "unknown", earlier, c.next_attempt_at <= now),
-        )
+        due = _due(edition, worker, now, started, respect_next_attempt, exclude, only)
         free = sa.or_(c.lease_until.is_(None), c.lease_until < sa.func.clock_timestamp())
         pick = (
             sa.select(c.email)
-            .where(c.edition == edition, c.status.in_(["planned", "failed", "unknown"]), due, free)
+            .where(due, free)
             .order_by(c.email)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        if exclude:
-            pick = pick.where(c.email.not_in(list(exclude)))
-        if only is not None:
-            pick = pick.where(c.email.in_(list(only)))
         picked = pick.cte("picked")
         claim = (
             ledger.update()
@@ -1282,29 +1289,32 @@ class Store:
             rows = [_ledger_row(r) for r in conn.execute(claim)]
         return sorted(rows, key=lambda r: r.email)
 
-    def renew_lease(
-        self, edition: dt.date, worker: str, *, lease: float, sent: int
-    ) -> dt.datetime | None:
-        """Extend the worker's lease on the rows it holds and on its own row; returns the new
-        lease end (None: the worker has no row, e.g. it was never registered)."""
+    def renew_lease(self, edition: dt.date, worker: str, *, lease: float, sent: int) -> set[str]:
+        """Extend the worker's lease on the rows it holds and on its own row; returns the rows
+        extended. A row another transaction has locked (the worker's own ledger writer ending
+        its claim, another worker taking it over) is skipped, not waited for: two statements
+        locking the same rows in different orders would deadlock. A skipped row keeps its
+        lease until the next round."""
         until = _lease_end(lease)
+        c = ledger.c
+        mine = (
+            sa.select(c.email)
+            .where(c.edition == edition, c.claimed_by == worker, c.lease_until.is_not(None))
+            .with_for_update(skip_locked=True)
+            .cte("mine")
+        )
         with self.engine.begin() as conn:
-            conn.execute(
+            extended = conn.execute(
                 ledger.update()
-                .where(
-                    ledger.c.edition == edition,
-                    ledger.c.claimed_by == worker,
-                    ledger.c.lease_until.is_not(None),
-                )
+                .where(c.edition == edition, c.email == mine.c.email)
                 .values(lease_until=until)
+                .returning(c.email)
+            ).scalars()
+            emails = set(extended)
+            conn.execute(
+                workers.update().where(workers.c.id == worker).values(lease_until=until, sent=sent)
             )
-            end = conn.execute(
-                workers.update()
-                .where(workers.c.id == worker)
-                .values(lease_until=until, sent=sent)
-                .returning(workers.c.lease_until)
-            ).scalar_one_or_none()
-        return _utc(end)
+        return emails
 
     def release_claims(
         self, edition: dt.date, worker: str, emails: Sequence[str] | None = None
@@ -1332,6 +1342,38 @@ class Store:
         )
         with self.engine.connect() as conn:
             return [(email, float(s)) for email, s in conn.execute(query)]
+
+    def due_left(
+        self,
+        edition: dt.date,
+        worker: str,
+        *,
+        now: dt.datetime,
+        started: dt.datetime,
+        respect_next_attempt: bool,
+        exclude: Sequence[str] = (),
+        only: Sequence[str] | None = None,
+    ) -> list[tuple[str, float | None]]:
+        """The rows `claim_rows` would claim if they were free, leaving out those the worker
+        holds itself: (email, seconds left on another worker's live lease, or None when the
+        row is free). A worker is done with its scope only when none is left: a row another
+        worker holds may come back (given back, or its worker dies)."""
+        c = ledger.c
+        live = c.lease_until > sa.func.clock_timestamp()
+        left = sa.case(
+            (live, sa.func.extract("epoch", c.lease_until - sa.func.clock_timestamp())),
+            else_=None,
+        )
+        due = _due(edition, worker, now, started, respect_next_attempt, exclude, only)
+        not_mine = sa.or_(
+            c.claimed_by.is_(None),
+            c.claimed_by != worker,
+            c.lease_until.is_(None),
+            c.lease_until <= sa.func.clock_timestamp(),
+        )
+        query = sa.select(c.email, left).where(due, not_mine)
+        with self.engine.connect() as conn:
+            return [(e, None if s is None else float(s)) for e, s in conn.execute(query)]
 
     def register_worker(
         self, worker: str, edition: dt.date, *, host: str, pid: int, lease: float
@@ -1479,6 +1521,37 @@ class Store:
             os.close(fd)  # closing drops the flock
 
 
+def _due(
+    edition: dt.date,
+    worker: str,
+    now: dt.datetime,
+    started: dt.datetime,
+    respect_next_attempt: bool,
+    exclude: Sequence[str],
+    only: Sequence[str] | None,
+) -> Any:
+    """The rows of an edition a worker may claim once they are free (see `claim_rows`)."""
+    c = ledger.c
+    retry_at = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+    earlier = sa.and_(
+        sa.or_(c.claimed_by.is_(None), c.claimed_by != worker), c.updated_at <= started
+    )
+    due = sa.and_(
+        c.edition == edition,
+        c.status.in_(["planned", "failed", "unknown"]),
+        sa.or_(
+            c.status == "planned",
+            sa.and_(c.status == "failed", earlier, retry_at if respect_next_attempt else sa.true()),
+            sa.and_(c.status == "unknown", earlier, c.next_attempt_at <= now),
+        ),
+    )
+    if exclude:
+        due = sa.and_(due, c.email.not_in(list(exclude)))
+    if only is not None:
+        due = sa.and_(due, c.email.in_(list(only)))
+    return due
+
+
 def _lease_end(seconds: float) -> Any:
     """The database's clock plus `seconds`: hosts with skewed clocks agree on every lease."""
     return sa.func.clock_timestamp() + sa.func.make_interval(0, 0, 0, 0, 0, 0, float(seconds))
@@ -1533,6 +1606,19 @@ _UPDATE_OUTCOME = (  # bind parameters: "b_" + the column name (bound from _outc
         updated_at=sa.bindparam("b_updated_at"),
         lease_until=None,  # an outcome ends the claim (claimed_by stays: who finished it)
     )
+)
+
+
+# a worker's own outcome for a row no other worker holds now (PostgreSQL scale-out)
+_NOT_HELD_ELSEWHERE = sa.or_(
+    ledger.c.claimed_by.is_(None),
+    ledger.c.claimed_by == sa.bindparam("b_worker"),
+    ledger.c.lease_until.is_(None),
+    ledger.c.lease_until <= sa.func.clock_timestamp(),
+)
+_UPDATE_OUTCOME_FENCED = _UPDATE_OUTCOME.where(
+    ledger.c.status != "sent",
+    sa.or_(sa.bindparam("b_status") == "sent", _NOT_HELD_ELSEWHERE),
 )
 
 
@@ -1610,9 +1696,14 @@ def _outcome_row(edition: dt.date, o: LedgerOutcome, now: dt.datetime) -> dict[s
 
 
 def _upsert_outcomes(
-    conn: Connection, edition: dt.date, outcomes: Sequence[LedgerOutcome], now: dt.datetime
+    conn: Connection,
+    edition: dt.date,
+    outcomes: Sequence[LedgerOutcome],
+    now: dt.datetime,
+    worker: str | None = None,
 ) -> None:
-    """Failures and skips (and the rare `sent` without a planned row): update or insert."""
+    """Failures and skips (and the rare `sent` without a planned row): update or insert.
+    With `worker`, a row another worker holds under a live lease is left to it."""
     have = dict(
         conn.execute(
             sa.select(ledger.c.email, ledger.c.status).where(
@@ -1624,7 +1715,9 @@ def _upsert_outcomes(
     todo = [o for o in outcomes if have.get(o.email) != "sent" or o.status == "sent"]
     rows = [(o.email, _outcome_row(edition, o, now)) for o in todo]
     values = [{f"b_{k}": v for k, v in row.items()} for e, row in rows if e in have]
-    if values:
+    if values and worker is not None:
+        conn.execute(_UPDATE_OUTCOME_FENCED, [{**v, "b_worker": worker} for v in values])
+    elif values:
         conn.execute(_UPDATE_OUTCOME, values)
     fresh = [row for e, row in rows if e not in have]
     if fresh:  # another sender may have written the row meanwhile: its `sent` stays
@@ -1639,9 +1732,14 @@ def _upsert_outcomes(
                     "updated_at": insert.excluded.updated_at,
                     "lease_until": None,
                 },
-                where=ledger.c.status != "sent",
+                where=ledger.c.status != "sent"
+                if worker is None
+                else sa.and_(
+                    ledger.c.status != "sent",
+                    sa.or_(insert.excluded.status == "sent", _NOT_HELD_ELSEWHERE),
+                ),
             ),
-            fresh,
+            [{**row, "b_worker": worker} for row in fresh] if worker is not None else fresh,
         )
 
 

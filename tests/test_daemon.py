@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.schedule import Daemon, run_pass
+from newsletter.pipeline import ingest_folder
+from newsletter.schedule import Daemon, Decision, _serve, group_subscribers, run_pass
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers, parse_subscribers
@@ -335,3 +336,31 @@ def test_daemon_process_catches_up_then_stops_cleanly_on_sigterm(tmp_path: Path)
     assert all({"ts", "level", "msg"} <= set(r) for r in records)
     sent = len(list(outbox.iterdir())) if outbox.exists() else 0
     assert sent == expected  # each send time that already passed today, once
+
+
+def test_a_daemon_joining_a_firing_sends_the_edition_the_firing_was_started_with(
+    daemon_settings: Settings, seeds_dir: Path, store: Store
+) -> None:
+    """Two daemons fire together, each picking the newest listing; one was stored between
+    their picks. The second to start the firing joins the first's edition (it used to send
+    its own: two editions for one firing)."""
+    add_dump(seeds_dir, "001_5dda9fa4defc14f9.txt")  # Mar 11
+    add_dump(seeds_dir, "002_2b37b74c05805532.txt")  # Mar 17
+    firing = utc(2026, 3, 16, 22, 0)  # Tokyo's 07:00
+    ingest_folder(store, daemon_settings, seeds_dir, now=firing)
+    group = next(
+        g
+        for g in group_subscribers(load_subscribers(daemon_settings.subscribers_file))
+        if g.timezone == "Asia/Tokyo"
+    )
+    first = dt.date(2026, 3, 11)  # the first daemon's pick, before Mar 17 was stored
+    store.start_firing(group.key, firing, first, now=firing)
+    mine = Decision(group, firing, "send", dt.date(2026, 3, 17), group.subscribers)
+    done, report = asyncio.run(_serve(daemon_settings, store, mine, Clock(firing), None))
+    assert done and report is not None and report.edition == first and report.sent == 1
+    assert [r.status for r in store.ledger_rows(first)] == ["sent"]
+    assert store.ledger_rows(dt.date(2026, 3, 17)) == []
+    assert store.open_firing(group.key) == (firing, first)
+    # what the store answers a daemon starting the firing: the firing and edition recorded
+    joined = store.start_firing(group.key, firing, dt.date(2026, 3, 17), now=firing)
+    assert joined == (firing, first)

@@ -44,8 +44,10 @@ class LedgerWriter:
         now: Callable[[], dt.datetime],
         *,
         retry_lost: bool = False,
+        worker: str | None = None,
     ) -> None:
         self.store, self.edition, self.now = store, edition, now
+        self.worker = worker  # PostgreSQL scale-out: outcomes never override another's claim
         self.retry_lost = retry_lost  # a dropped connection is tried again, not fatal
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix="ledger") if threadable(store) else None
@@ -92,7 +94,7 @@ class LedgerWriter:
         self.store.plan_rows(self.edition, items, now=now, refresh=refresh)
 
     def _record(self, outcomes: Sequence[LedgerOutcome], now: dt.datetime) -> None:
-        self.store.record_outcomes(self.edition, outcomes, now=now)
+        self.store.record_outcomes(self.edition, outcomes, now=now, worker=self.worker)
 
     def record(self, outcome: LedgerOutcome) -> None:
         if self._error is not None:

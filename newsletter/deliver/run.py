@@ -136,7 +136,10 @@ class Run:
                 self.transport = make_transport(self.settings, pacer=self._shared_rate())
                 await self.transport.start()
                 retry = self.claims is not None  # a worker survives a dropped connection
-                self.ledger = LedgerWriter(self.store, self.edition, self.now, retry_lost=retry)
+                worker = self.claims.id if self.claims is not None else None
+                self.ledger = LedgerWriter(
+                    self.store, self.edition, self.now, retry_lost=retry, worker=worker
+                )
                 n = self.transport.concurrency
                 self.room = asyncio.Semaphore(max(4 * n, 2 * CHUNK))
                 senders = [asyncio.create_task(self._sender()) for _ in range(n)]
@@ -228,10 +231,11 @@ class Run:
                 fut.cancel()
 
     async def _produce_claimed(self, pool: InlinePool | ProcessPool, claims: Claims) -> None:
-        """The worker's loop: claim a batch of due rows, select+render+send them, until nothing
-        is left to claim and no live worker holds a row of our scope. Then, with nothing of
+        """The worker's loop: claim a batch of due rows, select+render+send them, until no row
+        of our scope is due any more, free or held by another worker. Then, with nothing of
         ours in flight, any row still claimed by us is one whose claim committed while its
-        connection dropped (we never saw it): give those back and claim again."""
+        connection dropped (we never saw it): give those back and claim again; so too when a
+        row came free meanwhile (one we handed back, say)."""
         by_key = {address_key(s.email): s for s in self.scope}
         while True:
             await self._claim_loop(pool, claims, by_key)
@@ -242,7 +246,8 @@ class Run:
                 return
             assert self.ledger is not None
             await self.ledger.flush()  # outcomes not waited for end their claims too
-            if not await claims.give_back_forgotten():
+            forgotten = await claims.give_back_forgotten()
+            if not forgotten and not await claims.anything_left(by_key):
                 # the rest of the scope was done by other workers or earlier runs
                 self.tally.unchanged = max(0, len(self.scope) - self.tally.done)
                 self._progress()
@@ -263,7 +268,7 @@ class Run:
                     todo = await self._todo_claimed([(by_key[r.email], r) for r in mine])
                     if todo:
                         waiting.append(pool.submit(todo, self.edition, self.now()))
-                elif not waiting and not await claims.others_hold(by_key):
+                elif not waiting and not await claims.anything_left(by_key):
                     break
                 while waiting and (not rows or len(waiting) > pool.depth or waiting[0].done()):
                     await self._enqueue(await waiting.popleft())
@@ -381,6 +386,10 @@ class Run:
         assert self.transport is not None and self.ledger is not None
         if await self._unsubscribed(job.email):  # while this edition was being sent
             self._finish(LedgerOutcome(job.email, "skipped", reason=SKIP_UNSUBSCRIBED))
+            self._done()
+            return
+        if self.claims is not None and not self.claims.holds(job.email):
+            await self.claims.hand_back(job.email)  # another worker's by now, perhaps
             self._done()
             return
         job.attempts += 1
