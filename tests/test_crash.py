@@ -79,15 +79,20 @@ def prepare(tmp_path: Path, n: int, send_at: str = "07:00") -> list[str]:
     return emails
 
 
-def send(env: dict[str, str]) -> subprocess.Popen[str]:
+def cli(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """A real `newsletter` process, its output captured."""
     return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "send", "--json"],
-        cwd=ROOT,
+        [sys.executable, "-m", "newsletter", *args],
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def send(env: dict[str, str]) -> subprocess.Popen[str]:
+    return cli(env, "send", "--json")
 
 
 def kill_after(server: ThreadedSMTPServer, count: int, sig: signal.Signals) -> list[int]:
@@ -105,7 +110,12 @@ def kill_after(server: ThreadedSMTPServer, count: int, sig: signal.Signals) -> l
 
 
 def ledger(tmp_path: Path) -> dict[str, Any]:
-    store = Store.open(f"sqlite:///{tmp_path / 'newsletter.db'}")
+    return newest_status(f"sqlite:///{tmp_path / 'newsletter.db'}")
+
+
+def newest_status(url: str) -> dict[str, Any]:
+    """`status --json` of the newest edition in the store at `url`."""
+    store = Store.open(url)
     try:
         edition = store.newest_date()
         assert edition is not None
@@ -187,16 +197,7 @@ def test_two_senders_from_two_folders_exclude_each_other(tmp_path: Path) -> None
         env = environment(tmp_path, server.port)
         for folder in folders:
             folder.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "newsletter", "send", "--json"],
-                    cwd=folder,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
+            procs.append(cli(env, "send", "--json", cwd=folder))
             if folder == folders[0]:
                 assert started.wait(60), "the first sender never started sending"
         results = [p.communicate(timeout=120) for p in procs]
@@ -220,14 +221,7 @@ def due_now() -> str:
 
 
 def daemon(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "run", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return cli(env, "run", *args)
 
 
 @pytest.mark.parametrize("signals", [1, 2])

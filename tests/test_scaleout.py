@@ -14,7 +14,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +29,10 @@ from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
 from newsletter.store import Store
 from newsletter.subscribers import load_subscribers
-from tests.conftest import ROOT, SEEDS
+from tests.conftest import SEEDS
 from tests.smtpd import ThreadedSMTPServer
-from tests.test_crash import NOW, POOL, due_now, environment, write_subscribers
+from tests.test_crash import NOW, POOL, due_now, environment, newest_status, write_subscribers
+from tests.test_crash import cli as start
 
 pytestmark = pytest.mark.postgres
 
@@ -381,27 +381,6 @@ def pg_env(tmp_path: Path, port: int, pg_url: str, **extra: str) -> dict[str, st
     return env
 
 
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def status(pg_url: str) -> dict[str, Any]:
-    store = Store.open(pg_url)
-    try:
-        edition = store.newest_date()
-        assert edition is not None
-        return edition_status(store, edition)
-    finally:
-        store.close()
-
-
 def finish(procs: list[subprocess.Popen[str]], timeout: float = 180) -> list[tuple[str, str]]:
     try:
         return [p.communicate(timeout=timeout) for p in procs]
@@ -504,7 +483,7 @@ def test_a_sigkilled_workers_rows_are_taken_over_after_its_lease(
     assert set(repeated) <= held.keys() and len(repeated) <= 2 * POOL  # only its in-flight ones
     assert all(len(c) == 2 and c[0].message_id == c[1].message_id for c in repeated.values())
     assert held, "the killed worker held no rows"
-    doc = status(pg_url)
+    doc = newest_status(pg_url)
     assert doc["counts"]["sent"] == n and doc["total"] == n
     states = sorted(w["state"] for w in doc["workers"])
     assert states == ["finished", "finished", "lost"]
@@ -558,7 +537,7 @@ def test_a_worker_stopped_by_sigterm_gives_its_rows_back_at_once(
     assert sorted(got) == sorted(emails)
     assert all(len(copies) == 1 for copies in got.values())  # a clean stop repeats nothing
     assert took < 60  # its rows came back at once, not after its 60 s lease
-    doc = status(pg_url)
+    doc = newest_status(pg_url)
     assert doc["counts"]["sent"] == n
     assert all(w["state"] == "finished" for w in doc["workers"])
     print(f"SIGTERM: the other worker finished in {took:.1f} s, nothing sent twice")
@@ -594,7 +573,7 @@ def test_the_rate_limit_holds_across_three_workers(tmp_path: Path, pg_url: str) 
 
 def sent_count(pg_url: str) -> int:
     try:
-        return int(status(pg_url)["counts"]["sent"])
+        return int(newest_status(pg_url)["counts"]["sent"])
     except (AssertionError, sa.exc.SQLAlchemyError):
         return 0
 
@@ -622,7 +601,7 @@ def test_two_daemons_share_a_firing_without_double_sends(tmp_path: Path, pg_url:
     got = server.handler.by_rcpt()
     assert sorted(got) == sorted(emails)
     assert all(len(copies) == 1 for copies in got.values())
-    doc = status(pg_url)
+    doc = newest_status(pg_url)
     by_worker = sorted(w["sent"] for w in doc["workers"])
     assert sum(by_worker) == n and sum(1 for s in by_worker if s > 0) == 2, by_worker
     store = Store.open(pg_url)
@@ -685,7 +664,7 @@ def test_a_worker_survives_its_database_connections_being_terminated(
     got = server.handler.by_rcpt()
     assert sorted(got) == sorted(emails)
     assert all(len(copies) == 1 for copies in got.values())
-    assert status(pg_url)["counts"]["sent"] == n
+    assert newest_status(pg_url)["counts"]["sent"] == n
     retried = sum(err.count("trying again") + err.count("chunk again") for _, err in results)
     print(f"terminated {terminated} sessions; every digest sent once; {retried} retries")
 
@@ -727,5 +706,5 @@ def test_a_paused_worker_does_not_send_the_rows_taken_over_from_it(
     assert sorted(got) == sorted(emails)
     assert len(twice) <= 2 * POOL, len(twice)
     assert all(c[0].message_id == c[1].message_id for c in twice.values())
-    assert status(pg_url)["counts"]["sent"] == n
+    assert newest_status(pg_url)["counts"]["sent"] == n
     print(f"paused worker: {len(twice)} sent twice (limit {2 * POOL}), lost 0")

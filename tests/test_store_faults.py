@@ -29,6 +29,7 @@ from newsletter.models import LedgerOutcome
 from newsletter.store import Store, redact, safe_url
 
 from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
+from .test_crash import cli as start_cli
 from .test_store import NOW
 
 ED = dt.date(2026, 3, 17)
@@ -259,17 +260,7 @@ def newsletter_env(db_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def run_at_once(n: int, env: dict[str, str], *args: str) -> list[subprocess.CompletedProcess[str]]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "newsletter", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(n)
-    ]
+    procs = [start_cli(env, *args) for _ in range(n)]
     done = []
     for p in procs:
         out, err = p.communicate(timeout=180)
