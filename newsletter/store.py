@@ -807,6 +807,9 @@ class Store:
         ]
         if not rows:
             return
+        if self.dialect == "postgresql" and len({r["email"] for r in rows}) == len(rows):
+            self._plan_rows_pg(edition, rows, now, refresh)
+            return
         insert = self._insert(ledger)
         upsert = (
             insert.on_conflict_do_update(
@@ -822,6 +825,13 @@ class Store:
         )
         with self.engine.begin() as conn:
             conn.execute(upsert, rows)
+
+    def _plan_rows_pg(
+        self, edition: dt.date, rows: list[dict[str, Any]], now: dt.datetime, refresh: bool
+    ) -> None:
+        """`plan_rows` as one statement over arrays (a chunk a statement, not a row)."""
+        with self.engine.begin() as conn:
+            _insert_planned_pg(conn, edition, rows, now, refresh=refresh)
 
     def record_outcomes(
         self,
@@ -1241,8 +1251,7 @@ class Store:
                 }
                 for email, mid in keys
             ]
-            for i in range(0, len(rows), 5000):
-                conn.execute(self._insert(ledger).on_conflict_do_nothing(), rows[i : i + 5000])
+            _insert_planned_pg(conn, edition, rows, now, refresh=False)  # keys are distinct
             conn.execute(
                 plans.insert().values(edition=edition, scope=scope, rows=len(rows), planned_at=now)
             )
@@ -1638,15 +1647,35 @@ def _update_sent(
     d = conn.dialect
     table = d.identifier_preparer.format_table(ledger)
     ed, at = _bound(ledger.c.edition, d, edition), _bound(ledger.c.updated_at, d, now)
-    result = conn.exec_driver_sql(
-        f"UPDATE {table} SET status = 'sent', message_id = {m}, paper_ids = {m}, "
-        f"attempts = attempts + {m}, last_reply = {m}, reason = NULL, next_attempt_at = NULL, "
-        f"lease_until = NULL, updated_at = {m} WHERE edition = {m} AND email = {m}",
-        [
-            (o.message_id, json.dumps(list(o.paper_ids)), o.attempts, o.reply, at, ed, o.email)
-            for o in sent
-        ],
-    )
+    if d.name == "postgresql" and len({o.email for o in sent}) == len(sent):
+        # one statement over arrays: per-row executemany costs the sender ~60 us a digest
+        result = conn.exec_driver_sql(
+            f"UPDATE {table} AS l SET status = 'sent', message_id = v.mid, paper_ids = v.pids, "
+            "attempts = l.attempts + v.att, last_reply = v.reply, reason = NULL, "
+            f"next_attempt_at = NULL, lease_until = NULL, updated_at = {m} "
+            f"FROM unnest({m}::text[], {m}::text[], {m}::text[], {m}::int[], {m}::text[]) "
+            f"AS v(email, mid, pids, att, reply) WHERE l.edition = {m} AND l.email = v.email",
+            (
+                at,
+                [o.email for o in sent],
+                [o.message_id for o in sent],
+                [json.dumps(list(o.paper_ids)) for o in sent],
+                [o.attempts for o in sent],
+                [o.reply for o in sent],
+                ed,
+            ),
+        )
+    else:
+        result = conn.exec_driver_sql(
+            f"UPDATE {table} SET status = 'sent', message_id = {m}, paper_ids = {m}, "
+            f"attempts = attempts + {m}, last_reply = {m}, reason = NULL, "
+            f"next_attempt_at = NULL, lease_until = NULL, updated_at = {m} "
+            f"WHERE edition = {m} AND email = {m}",
+            [
+                (o.message_id, json.dumps(list(o.paper_ids)), o.attempts, o.reply, at, ed, o.email)
+                for o in sent
+            ],
+        )
     if result.rowcount == len(sent):
         return []
     have = set(
@@ -1657,6 +1686,42 @@ def _update_sent(
         ).scalars()
     )
     return [o for o in sent if o.email not in have]
+
+
+def _insert_planned_pg(
+    conn: Connection,
+    edition: dt.date,
+    rows: Sequence[dict[str, Any]],
+    now: dt.datetime,
+    *,
+    refresh: bool,
+) -> None:
+    """`planned` rows (email, message_id, paper_ids: distinct emails) in one statement over
+    arrays; an existing row is left alone, or with `refresh` a `planned` one takes the new
+    Message-ID and papers."""
+    d = conn.dialect
+    m = _placeholder(d)
+    table = d.identifier_preparer.format_table(ledger)
+    ed, at = _bound(ledger.c.edition, d, edition), _bound(ledger.c.updated_at, d, now)
+    conflict = (
+        "DO UPDATE SET message_id = excluded.message_id, paper_ids = excluded.paper_ids "
+        "WHERE l.status = 'planned'"
+        if refresh
+        else "DO NOTHING"
+    )
+    conn.exec_driver_sql(
+        f"INSERT INTO {table} AS l (edition, email, status, message_id, paper_ids, attempts, "
+        f"updated_at) SELECT {m}, e, 'planned', mid, pids, 0, {m} "
+        f"FROM unnest({m}::text[], {m}::text[], {m}::text[]) AS v(e, mid, pids) "
+        f"ON CONFLICT (edition, email) {conflict}",
+        (
+            ed,
+            at,
+            [r["email"] for r in rows],
+            [r["message_id"] for r in rows],
+            [r["paper_ids"] for r in rows],
+        ),
+    )
 
 
 def _add_history_rows(
@@ -1672,6 +1737,14 @@ def _add_history_rows(
     d = conn.dialect
     table = d.identifier_preparer.format_table(history)
     ed, at = _bound(history.c.edition, d, edition), _bound(history.c.delivered_at, d, now)
+    if d.name == "postgresql":  # ~10 rows a digest: one statement over arrays, not one each
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} (email, paper_id, edition, delivered_at) "
+            f"SELECT e, p, {m}, {m} FROM unnest({m}::text[], {m}::text[]) AS v(e, p) "
+            "ON CONFLICT DO NOTHING",
+            (ed, at, [e for e, _ in pairs], [p for _, p in pairs]),
+        )
+        return
     conn.exec_driver_sql(  # a resend's papers are in the history already
         f"INSERT INTO {table} (email, paper_id, edition, delivered_at) "
         f"VALUES ({m}, {m}, {m}, {m}) ON CONFLICT DO NOTHING",
