@@ -172,15 +172,18 @@ def selections_for(
     *,
     index: PaperIndex | None = None,
     votes: Mapping[str, Votes] | None = None,
+    listing: DailyListing | None = None,
 ) -> list[Selection]:
     """Each subscriber's papers for `edition`, minus what any other edition (older or newer)
     already gave them, with each reader's votes (address key -> paper id -> +1/-1; read from
-    the store unless given) applied to that reader alone.
+    the store unless given) applied to that reader alone. `listing`: the edition's, when the
+    caller has it already (a send selects chunk by chunk from one listing).
 
     The papers this edition itself delivered are not history for it, so rendering the same
     edition again (a preview after sending, a resend) yields the same content.
     """
-    listing = edition_listing(store, edition)
+    if listing is None or listing.date != edition:
+        listing = edition_listing(store, edition)
     history = store.history_elsewhere(listing.date, [s.email for s in subscribers])
     if votes is None:  # the readers' own votes (email links, archive pages, feedback add)
         votes = store.vote_map([s.email for s in subscribers])
@@ -237,6 +240,7 @@ def skip_reasons(
     edition: dt.date,
     *,
     index: PaperIndex | None = None,
+    listing: DailyListing | None = None,
 ) -> dict[str, str]:
     """Why each selection with nothing to send is empty (keyed by address_key): nothing
     matched, or everything that matched was already received (found by selecting again
@@ -244,9 +248,11 @@ def skip_reasons(
     empty = [s.subscriber for s in selections if not any(p.sent for p in s.papers)]
     if not empty:
         return {}
+    if listing is None or listing.date != edition:
+        listing = edition_listing(store, edition)
     again = select_for(
         index or paper_index(store),
-        edition_listing(store, edition),
+        listing,
         empty,
         threshold=settings.relevance_threshold,
         tuning=matcher_tuning(settings),

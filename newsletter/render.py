@@ -180,6 +180,11 @@ def sentences(text: str) -> list[str]:
 
 def _term_pattern(terms: Sequence[str]) -> re.Pattern[str] | None:
     """Exact surface strings, longest first, not matching inside a longer word."""
+    return _compiled_terms(tuple(terms))
+
+
+@lru_cache(maxsize=16384)  # one compile per set of highlights (re's own cache holds only 512)
+def _compiled_terms(terms: tuple[str, ...]) -> re.Pattern[str] | None:
     alts = []
     for t in sorted({t for t in terms if t.strip()}, key=len, reverse=True):
         left = r"(?<!\w)" if t[0].isalnum() else ""

@@ -22,8 +22,8 @@ from pathlib import Path
 from newsletter.addresses import address_key
 from newsletter.deliver.wire import wire_form
 from newsletter.errors import ConnectionLost, NewsletterError
-from newsletter.models import RenderedEmail, Subscriber
-from newsletter.pipeline import paper_index, selections_for, skip_reasons
+from newsletter.models import DailyListing, RenderedEmail, Subscriber
+from newsletter.pipeline import edition_listing, paper_index, selections_for, skip_reasons
 from newsletter.render import Renderer
 from newsletter.settings import Settings
 from newsletter.store import Store
@@ -50,6 +50,7 @@ class Preparer:
     def __init__(self, settings: Settings, store: Store, renderer: Renderer) -> None:
         self.settings, self.store, self.renderer = settings, store, renderer
         self.index = paper_index(store)
+        self.listing: DailyListing | None = None  # the edition's, read once, not per chunk
 
     def prepare(
         self, subscribers: Sequence[Subscriber], edition: dt.date, now: dt.datetime
@@ -67,10 +68,15 @@ class Preparer:
     def _prepare(
         self, subscribers: Sequence[Subscriber], edition: dt.date, now: dt.datetime
     ) -> list[Prepared]:
+        if self.listing is None or self.listing.date != edition:
+            self.listing = edition_listing(self.store, edition)
+        listing, index = self.listing, self.index
         selections = selections_for(
-            self.store, self.settings, subscribers, edition, index=self.index
+            self.store, self.settings, subscribers, edition, index=index, listing=listing
         )
-        why_empty = skip_reasons(self.store, self.settings, selections, edition, index=self.index)
+        why_empty = skip_reasons(
+            self.store, self.settings, selections, edition, index=index, listing=listing
+        )
         self.renderer.prime([s.subscriber for s in selections], now)
         out = []
         for sel in selections:
