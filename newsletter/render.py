@@ -199,7 +199,7 @@ def excerpt(abstract: str, highlights: Sequence[str], budget: int, title: str = 
     When no matched term shows in the title or the opening, start at the first sentence that
     has one instead, so the reader sees why the paper was picked.
     """
-    sents = sentences(" ".join(abstract.split()))
+    sents = _abstract_sentences(abstract)
     if not sents:
         return ""
     start = 0
@@ -223,6 +223,11 @@ def excerpt(abstract: str, highlights: Sequence[str], budget: int, title: str = 
     if len(text) > budget * 1.4:  # one very long sentence: cut at a word, say so
         text = text[: budget + 1].rsplit(" ", 1)[0].rstrip(",;:") + " …"
     return ("… " if start else "") + text
+
+
+@lru_cache(maxsize=4096)  # an abstract is split once per process, whatever the highlights
+def _abstract_sentences(abstract: str) -> tuple[str, ...]:
+    return tuple(sentences(" ".join(abstract.split())))
 
 
 def highlight(text: str, highlights: Sequence[str]) -> Markup:
@@ -336,24 +341,51 @@ def paper_view(
     budget: int,
     base_url: str,
 ) -> PaperView:
-    text = excerpt(paper.abstract, highlights, budget, paper.title) if budget else ""
-    title = " ".join(paper.title.split())
-    arxiv_id = paper.arxiv_id or ""
+    # the key above varies with each reader's topics; its parts repeat far more often
+    text = _excerpt(paper.abstract, highlights, budget, paper.title) if budget else ""
+    title, url, links, authors, arxiv_id, arxiv_url = _paper_parts(paper, base_url)
     return PaperView(
         id=paper.id,
         rank=rank,
         title=title,
-        url=paper_page(arxiv_id) if arxiv_id else base_url + quote(title, safe=""),
+        url=url,
         topics=topics,
         terms=terms,
         excerpt=text,
-        excerpt_html=highlight(text, highlights),
-        links=tuple(link_view(u) for u in paper.links if u.startswith(("https://", "http://"))),
-        authors=author_line(paper.authors),
+        excerpt_html=_highlight(text, highlights),
+        links=links,
+        authors=authors,
         arxiv_id=arxiv_id,
-        arxiv_url=arxiv_page(arxiv_id) if arxiv_id else "",
-        title_html=highlight(" ".join(paper.title.split()), highlights),
+        arxiv_url=arxiv_url,
+        title_html=_highlight(title, highlights),
     )
+
+
+@lru_cache(maxsize=4096)
+def _paper_parts(
+    paper: Paper, base_url: str
+) -> tuple[str, str, tuple[LinkView, ...], str, str, str]:
+    """What a paper's view shows whatever the reader: title, url, links, authors, arXiv."""
+    title = " ".join(paper.title.split())
+    arxiv_id = paper.arxiv_id or ""
+    return (
+        title,
+        paper_page(arxiv_id) if arxiv_id else base_url + quote(title, safe=""),
+        tuple(link_view(u) for u in paper.links if u.startswith(("https://", "http://"))),
+        author_line(paper.authors),
+        arxiv_id,
+        arxiv_page(arxiv_id) if arxiv_id else "",
+    )
+
+
+@lru_cache(maxsize=16384)
+def _excerpt(abstract: str, highlights: tuple[str, ...], budget: int, title: str) -> str:
+    return excerpt(abstract, highlights, budget, title)
+
+
+@lru_cache(maxsize=16384)
+def _highlight(text: str, highlights: tuple[str, ...]) -> Markup:
+    return highlight(text, highlights)
 
 
 # --- plain text --------------------------------------------------------------------------
