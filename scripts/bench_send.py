@@ -11,6 +11,9 @@ SMTP and keeps the ledger in a fresh PostgreSQL schema. Printed:
   wall time of the whole group, and the ratio to the ceiling below.
 - the ceiling: stock aiosmtplib `sendmail()` blasting pre-built messages of the same mean size
   over the same number of connections to the same smtp-sink;
+- CPU per message beside each rate: the senders' (their render workers included; the whole
+  send, subscriber loading and start-up too) and smtp-sink's, from the kernel's accounting, which
+  other work on a shared machine disturbs far less than it does wall time;
 - `--rss-sizes 10000 100000`: peak RSS of a whole single-process send at each size (memory
   should stay flat in the number of subscribers). A size above `--subscribers` is a file where
   only `--due` subscribers (default: `--subscribers`) get a digest today and the others match
@@ -101,6 +104,15 @@ def measure(label: str, messages: Callable[[], int]) -> Measure:
     own2, kids2 = cpu_seconds()
     wall = time.perf_counter() - wall
     return Measure(label, n, wall, own2 - own + kids2 - kids, own2 - own)
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds a live process has used so far (the sink's share of each phase)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -371,27 +383,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 f"connections, {os.cpu_count()} CPUs (shared: figures are noisy)",
                 flush=True,
             )
+            sink_cpu = proc_cpu(sink.pid)
             stock = measure(
                 "stock aiosmtplib sendmail()",
                 lambda: asyncio.run(blast_stock(port, raws, n, args.connections)),
             )
+            stock_sink, sink_cpu = proc_cpu(sink.pid) - sink_cpu, proc_cpu(sink.pid)
             ours = measure(
                 "our transport alone",
                 lambda: asyncio.run(blast_ours(bench.settings(url), raws, n)),
             )
-            for m in (stock, ours):
-                print(f"  ceiling, {m.label}: {m.rate:.0f} msgs/s ({m.wall_s:.2f} s)", flush=True)
+            ours_sink, sink_cpu = proc_cpu(sink.pid) - sink_cpu, proc_cpu(sink.pid)
+            for m, sunk in ((stock, stock_sink), (ours, ours_sink)):
+                print(
+                    f"  ceiling, {m.label}: {m.rate:.0f} msgs/s ({m.wall_s:.2f} s; CPU per "
+                    f"message: client {1000 * m.main_cpu_s / m.messages:.2f} ms, smtp-sink "
+                    f"{1000 * sunk / m.messages:.2f} ms)",
+                    flush=True,
+                )
             figures["stock_rate"] = stock.rate
 
             for workers in args.workers:
+                sink_cpu = proc_cpu(sink.pid)
                 wall, senders = bench.send(files[n], workers)
+                sunk = proc_cpu(sink.pid) - sink_cpu
                 total = sum(s.sent or 0 for s in senders)
                 rate = total / wall
+                cpu = sum(s.cpu_s for s in senders)
                 figures[f"send_{workers}w_rate"] = rate
                 figures[f"send_{workers}w_ratio"] = rate / stock.rate
+                figures[f"send_{workers}w_cpu_ms"] = 1000 * cpu / max(total, 1)
                 print(
                     f"  send, {workers} process(es): {total} sent in {wall:.1f} s = {rate:.0f} "
-                    f"msgs/s, {rate / stock.rate:.2f}x stock "
+                    f"msgs/s, {rate / stock.rate:.2f}x stock; CPU {cpu:.1f} s = "
+                    f"{1000 * cpu / max(total, 1):.2f} ms a digest (+ smtp-sink "
+                    f"{1000 * sunk / max(total, 1):.2f} ms) "
                     f"(peak RSS {max(s.rss for s in senders) / 2**20:.0f} MiB)",
                     flush=True,
                 )
