@@ -104,6 +104,7 @@ class Tuning:
     vote_contrast: float = 0.0  # share of the collection's centroid off the liked centroid
     vote_prior: float = 2.0  # up-votes a reader's own keyword counts for against down-votes
     vote_half: float = 0.0  # votes at which the likeness weights act at half strength
+    vote_send_contrast: float = 0.5  # vote_contrast of the likeness that moves the send decision
 
     def vote_weights(self) -> Weights:
         return Weights(
@@ -112,6 +113,7 @@ class Tuning:
             self.vote_contrast,
             self.vote_prior,
             self.vote_half,
+            self.vote_send_contrast,
         )
 
 

@@ -173,8 +173,8 @@ class Settings(BaseSettings):
     vote_send_weight: float = Field(
         2.0,
         ge=0,
-        description="How far the same likeness moves the send decision (the paper's margin "
-        "over the threshold): likeness to a few liked papers reorders more than it sends.",
+        description="How far likeness to the papers a reader voted up moves the send decision "
+        "(the paper's margin over the threshold), never by more than 40% of the threshold.",
     )
     vote_contrast: float = Field(
         0.0,
@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         description="Votes after which NEWSLETTER_VOTE_WEIGHT and NEWSLETTER_VOTE_SEND_WEIGHT "
         "act at half strength (n votes: n / (n + this) of it), so one liked paper's own words "
         "do not reorder everything.",
+    )
+    vote_send_contrast: float = Field(
+        0.5,
+        ge=0,
+        description="NEWSLETTER_VOTE_CONTRAST of the likeness that moves the send decision: "
+        "near the threshold, the liked papers' distinctive words tell a wanted paper from one "
+        "that only shares the field's vocabulary.",
     )
 
     # --- rendering --------------------------------------------------------------------------
