@@ -226,7 +226,8 @@ def learn(
     collection = background(index) if weights.contrast else {}
     up = distinctive([v for _, v in liked], collection, weights.contrast) if ups else {}
     centre = _centroid([v for _, v in liked]) if ups else {}
-    sending = background(index) if weights.send_contrast is not None else None
+    # Without a liked paper there is nothing to be relatively like: the ranking's likeness.
+    sending = background(index) if weights.send_contrast is not None and ups else None
     send_contrast = weights.send_contrast or 0.0
     down = _centroid(disliked) if downs else {}
     voted = [(margins[i], 1) for i in ups if i in margins]

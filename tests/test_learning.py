@@ -81,10 +81,25 @@ def test_an_up_vote_sends_a_paper_with_its_distinctive_words_not_a_typical_one()
     assert not before[rare.id].sent and not before[typical.id].sent
     assert before[rare.id].score < before[typical.id].score
     # No move of the ranking: only likeness moves the send decision.
-    tuning = Tuning(0.0, 1.4, vote_weight=0.0, vote_send_weight=2.0, vote_prior=math.inf)
+    tuning = Tuning(
+        0.0, 1.4, vote_weight=0.0, vote_send_weight=2.0, vote_prior=math.inf, vote_half=0.0
+    )
     after = {
         sp.paper.id: sp
         for sp in rank_all(index, ada, threshold=1.4, tuning=tuning, votes={liked.id: 1})
     }
     assert after[rare.id].score == before[rare.id].score
     assert after[rare.id].sent and not after[typical.id].sent
+
+
+def test_without_a_liked_paper_the_send_decision_uses_the_plain_likeness() -> None:
+    # Nothing to be relatively like: the collection alone must not move a send decision.
+    index, papers = replay_world()
+    votes = {papers["plain"].id: -1}
+
+    def moves(send_contrast: float | None) -> list[float]:
+        weights = Weights(0.0, send=1.0, send_contrast=send_contrast)
+        reader = learn(index, votes, weights=weights, margins={}, threshold=math.inf)
+        return [reader.adjust(i, index.vector(i)).send for i in range(len(index.papers))]
+
+    assert moves(0.5) == moves(None)
