@@ -18,7 +18,8 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   threshold's own shift, so likeness to a few papers nudges a decision and never overrules
   the topic's terms by much. Both weights grow with the number of votes (half strength at
   `half` votes): one liked paper's idiosyncratic words should not reorder everything.
-  The explanation of a paper the votes lifted names the liked paper it is most like;
+  The explanation of a paper the votes lifted (in the ranking or towards being sent) names
+  the liked paper it is most like;
 - each of the reader's keywords is weighted by the votes on the papers it matched (a small
   per-reader model over the scorer's keyword features): its weight is the share of up-votes
   among those votes, counting the reader's own choice of the keyword as `prior` up-votes, so
@@ -143,7 +144,8 @@ class Reader:
         send = max(-self.send_bound, min(self.send_bound, self.send_weight * sending))
         unwanted = i in self.vetoed or any(_dot(vector, d) >= NEAR_DUPLICATE for d in self.disliked)
         because = ""
-        if self.weight * likeness >= EXPLAIN_MIN and self.liked:
+        # Lifted in the ranking or towards being sent: the liked paper it is most like says why.
+        if max(self.weight * likeness, send) >= EXPLAIN_MIN and self.liked:
             because = max(self.liked, key=lambda tv: (_dot(vector, tv[1]), tv[0]))[0]
         return Lift(self.weight * likeness, send, unwanted, because)
 

@@ -103,3 +103,15 @@ def test_without_a_liked_paper_the_send_decision_uses_the_plain_likeness() -> No
         return [reader.adjust(i, index.vector(i)).send for i in range(len(index.papers))]
 
     assert moves(0.5) == moves(None)
+
+
+def test_a_paper_lifted_only_towards_being_sent_names_the_liked_paper() -> None:
+    index, papers = replay_world()
+    rare = index.id_to_index[papers["rare"].id]
+    sending_only = Weights(0.0, send=1.0, send_contrast=0.5)
+    reader = learn(index, {papers["liked"].id: 1}, weights=sending_only, margins={}, threshold=2.0)
+    lift = reader.adjust(rare, index.vector(rare))
+    assert lift.score == 0.0 and lift.send > 0
+    assert lift.because == papers["liked"].title
+    still = learn(index, {papers["liked"].id: 1}, weights=Weights(0.0), margins={}, threshold=2.0)
+    assert still.adjust(rare, index.vector(rare)).because == ""
