@@ -6,11 +6,20 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   the collection's centroid, so what is distinctive of their likes (words that need not be in
   their profile) counts, and what every paper says does not. A paper's likeness is
   `cos(paper, liked) - cos(paper, disliked)`, centred on the collection's mean likeness;
-  its score moves by `weight` x that (the ranking), and its send decision by `send_weight`
-  x that: likeness to a few liked papers is weaker evidence than the topic's own terms, so
-  it reorders more than it sends. Both weights grow with the number of votes (half strength
-  at `half` votes): one liked paper's idiosyncratic words should not reorder everything.
-  The explanation of a paper the votes lifted names the liked paper it is most like;
+  its score moves by `weight` x that (the ranking). Its send decision moves by `send_weight`
+  x its relative likeness, `cos(paper, liked) - send_contrast x cos(paper, collection)`
+  over all its words (less the likeness to the disliked, centred the same way): how much
+  more it is like the liked papers than like the average paper, as a likelihood ratio
+  compares two models. Near the threshold, where the decision is made, a paper that is like
+  the liked ones only as far as it is like every paper in the field is no evidence: in the
+  simulated-reader evaluation, among papers within 0.8 of the threshold the relative
+  likeness told the relevant ones apart with an AUC of 0.79, the plain likeness with 0.72
+  (the score itself: 0.81). That move is bounded by MAX_SHIFT of the threshold, like the
+  threshold's own shift, so likeness to a few papers nudges a decision and never overrules
+  the topic's terms by much. Both weights grow with the number of votes (half strength at
+  `half` votes): one liked paper's idiosyncratic words should not reorder everything.
+  The explanation of a paper the votes lifted (in the ranking or towards being sent) names
+  the liked paper it is most like;
 - each of the reader's keywords is weighted by the votes on the papers it matched (a small
   per-reader model over the scorer's keyword features): its weight is the share of up-votes
   among those votes, counting the reader's own choice of the keyword as `prior` up-votes, so
@@ -24,7 +33,7 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   never flip it. It only rises: lowering it for up-votes below it sent more partly relevant
   papers and cost precision in the simulated-reader evaluation.
 The weights, the contrast, the prior and `half` are chosen leave-one-profile-out by
-scripts/eval.py.
+scripts/eval.py; `send_contrast` is set (Tuning.vote_send_contrast), by the analysis above.
 Everything here is pure; `selection.py` feeds it the scores and applies the result.
 """
 
@@ -33,14 +42,14 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from newsletter.textindex import PaperIndex
 
 Votes = Mapping[str, int]  # paper id -> +1 (up) | -1 (down); other values are ignored
 
 SHRINK = 0.5  # the threshold moves half the way to the cut the votes suggest
-MAX_SHIFT = 0.4  # ... and never by more than this share of the threshold
+MAX_SHIFT = 0.4  # ... and never by more than this share of the threshold (nor does likeness)
 EXPLAIN_MIN = 0.1  # a lift smaller than this is not worth naming a liked paper for
 BASELINE_SAMPLE = 512  # stored papers (evenly spaced) the mean likeness is taken over
 # Cosine from which a paper counts as another version of a voted one (the two most alike
@@ -92,7 +101,7 @@ class Lift:
     """What a reader's votes do to one paper."""
 
     score: float  # added to its score (the ranking)
-    send: float  # added to its margin over the send threshold
+    send: float  # added to its margin over the send threshold (within +-Reader.send_bound)
     unwanted: bool  # voted down, or a near-duplicate of a paper voted down: never sent
     because: str  # title of the liked paper it is most like, when that lifted it ("")
 
@@ -112,6 +121,14 @@ class Reader:
     disliked: tuple[Mapping[str, float], ...] = ()  # vector of each down-voted paper
     # Per topic of the subscriber, the weight of each keyword group (() when votes change none)
     keywords: tuple[tuple[float, ...], ...] = ()
+    # The send decision's likeness: to the liked centroid `centre` less `send_contrast` x to
+    # the collection's centroid (None: the ranking's likeness), its mean over the collection,
+    # and the most it may move a send margin.
+    centre: Mapping[str, float] = field(default_factory=dict)
+    collection: Mapping[str, float] | None = None
+    send_contrast: float = 0.0
+    send_baseline: float = 0.0
+    send_bound: float = math.inf
 
     def adjust(self, i: int, vector: Mapping[str, float]) -> Lift:
         """The votes' effect on paper i (with tf-idf `vector`). The change is centred on the
@@ -120,11 +137,17 @@ class Reader:
         up = _dot(vector, self.up) if self.up else 0.0
         down = _dot(vector, self.down) if self.down else 0.0
         likeness = up - down - self.baseline
+        sending = likeness
+        if self.collection is not None:
+            sending = _relative(vector, self.centre, self.collection, self.send_contrast) - down
+            sending -= self.send_baseline
+        send = max(-self.send_bound, min(self.send_bound, self.send_weight * sending))
         unwanted = i in self.vetoed or any(_dot(vector, d) >= NEAR_DUPLICATE for d in self.disliked)
         because = ""
-        if self.weight * likeness >= EXPLAIN_MIN and self.liked:
+        # Lifted in the ranking or towards being sent: the liked paper it is most like says why.
+        if max(self.weight * likeness, send) >= EXPLAIN_MIN and self.liked:
             because = max(self.liked, key=lambda tv: (_dot(vector, tv[1]), tv[0]))[0]
-        return Lift(self.weight * likeness, self.send_weight * likeness, unwanted, because)
+        return Lift(self.weight * likeness, send, unwanted, because)
 
 
 NO_READER = Reader((), {}, {}, 0.0, 0.0)
@@ -159,6 +182,9 @@ class Weights:
     contrast: float = 0.0  # share of the collection's centroid taken off the liked centroid
     prior: float = math.inf  # up-votes a keyword counts for, being the reader's choice (inf: off)
     half: float = 0.0  # votes at which `score` and `send` act at half strength (0: full at once)
+    # Share of the collection's centroid the send decision's likeness takes off, over all of
+    # a paper's words (None: the send decision uses the ranking's likeness).
+    send_contrast: float | None = None
 
     def grown(self, votes: int) -> float:
         """The share of their strength the likeness weights have after `votes` votes."""
@@ -201,11 +227,24 @@ def learn(
     disliked = tuple(index.vector(i) for i in downs)
     collection = background(index) if weights.contrast else {}
     up = distinctive([v for _, v in liked], collection, weights.contrast) if ups else {}
+    centre = _centroid([v for _, v in liked]) if ups else {}
+    # Without a liked paper there is nothing to be relatively like: the ranking's likeness.
+    sending = background(index) if weights.send_contrast is not None and ups else None
+    send_contrast = weights.send_contrast or 0.0
     down = _centroid(disliked) if downs else {}
     voted = [(margins[i], 1) for i in ups if i in margins]
     voted += [(margins[i], -1) for i in downs if i in margins]
-    likeness = [_dot(index.vector(i), up) - _dot(index.vector(i), down) for i in _sample(index)]
-    baseline = sum(likeness) / len(likeness) if likeness else 0.0
+    sample = [index.vector(i) for i in _sample(index)]
+    downs_of = [_dot(v, down) for v in sample]
+    baseline = _mean([_dot(v, up) - d for v, d in zip(sample, downs_of, strict=True)])
+    send_baseline = baseline
+    if sending is not None:
+        send_baseline = _mean(
+            [
+                _relative(v, centre, sending, send_contrast) - d
+                for v, d in zip(sample, downs_of, strict=True)
+            ]
+        )
     shift = threshold_shift(voted, threshold)
     return Reader(
         liked,
@@ -218,4 +257,26 @@ def learn(
         send_weight=weights.send * weights.grown(len(ups) + len(downs)),
         disliked=disliked,
         keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
+        centre=centre,
+        collection=sending,
+        send_contrast=send_contrast,
+        send_baseline=send_baseline,
+        send_bound=MAX_SHIFT * threshold,
     )
+
+
+def _relative(
+    vector: Mapping[str, float],
+    centre: Mapping[str, float],
+    collection: Mapping[str, float],
+    contrast: float,
+) -> float:
+    """Likeness to the liked papers relative to the collection: cos(paper, liked centroid)
+    less `contrast` x cos(paper, collection centroid), over all the paper's words (the
+    ranking's `distinctive` centroid only counts the liked papers' words)."""
+    like = _dot(vector, centre) if centre else 0.0
+    return like - contrast * _dot(vector, collection) if contrast else like
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

@@ -161,6 +161,7 @@ def matcher_tuning(settings: Settings) -> Tuning:
         vote_contrast=settings.vote_contrast,
         vote_prior=settings.vote_prior,
         vote_half=settings.vote_half,
+        vote_send_contrast=settings.vote_send_contrast,
     )
 
 

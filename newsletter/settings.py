@@ -164,20 +164,20 @@ class Settings(BaseSettings):
         "as strongly as BM25 allows would add this much (on-topic papers get 15-30% of it).",
     )
     vote_weight: float = Field(
-        4.0,
+        8.0,
         ge=0,
         description="How far a reader's votes move their ranking: a paper's score changes by "
         "this times its likeness (cosine) to the papers they voted up, less its likeness to "
         "those they voted down, relative to the typical stored paper's.",
     )
     vote_send_weight: float = Field(
-        2.0,
+        8.0,
         ge=0,
-        description="How far the same likeness moves the send decision (the paper's margin "
-        "over the threshold): likeness to a few liked papers reorders more than it sends.",
+        description="How far likeness to the papers a reader voted up moves the send decision "
+        "(the paper's margin over the threshold), never by more than 40% of the threshold.",
     )
     vote_contrast: float = Field(
-        0.0,
+        0.5,
         ge=0,
         description="Share of the collection's average paper taken off the centroid of a "
         "reader's liked papers, so their distinctive words count and common ones do not.",
@@ -190,11 +190,18 @@ class Settings(BaseSettings):
         "voted down counts less, never nothing.",
     )
     vote_half: float = Field(
-        0.0,
+        4.0,
         ge=0,
         description="Votes after which NEWSLETTER_VOTE_WEIGHT and NEWSLETTER_VOTE_SEND_WEIGHT "
         "act at half strength (n votes: n / (n + this) of it), so one liked paper's own words "
         "do not reorder everything.",
+    )
+    vote_send_contrast: float = Field(
+        0.5,
+        ge=0,
+        description="NEWSLETTER_VOTE_CONTRAST of the likeness that moves the send decision: "
+        "near the threshold, the liked papers' distinctive words tell a wanted paper from one "
+        "that only shares the field's vocabulary.",
     )
 
     # --- rendering --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ paper 0/1/2 (2 = relevant).
    before and after the votes, with the LOO constants; the vote constants (weight on the
    ranking, weight on the send decision, contrast with the collection, keyword prior, votes
    at half strength) are, for each profile, the grid point with the best mean F1 + nDCG@10
-   after votes over the *other* profiles. With a dozen profiles one split is noisy, so this
+   after votes over the *other* profiles (the contrast of the likeness that moves the send
+   decision is not on the grid: `Tuning.vote_send_contrast`). With a dozen profiles one split is noisy, so this
    is run both ways round (votes on half 0, then on half 1, each with its own choice of the
    vote constants) and the two changes are averaged.
 
@@ -59,7 +60,9 @@ DESCRIPTION_WEIGHTS = (4.0, 8.0, 12.0)
 # A paper as like the liked papers as they are to one another has a likeness of about 0.25:
 # at the largest weight that is worth about a threshold (~2).
 VOTE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
-VOTE_SEND_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+# The send move is bounded (learning.MAX_SHIFT of the threshold), so a large weight only
+# decides papers near the threshold.
+VOTE_SEND_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
 VOTE_CONTRASTS = (0.0, 0.5)
 VOTE_PRIORS = (1.0, 2.0, 4.0, math.inf)  # inf: votes leave the keywords' weights alone
 VOTE_HALVES = (0.0, 4.0)  # 0: the likeness weights act in full from the first vote
@@ -335,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings["vote_contrast"].default,
             settings["vote_prior"].default,
             settings["vote_half"].default,
+            settings["vote_send_contrast"].default,
         ),
     )
     print(f"{len(index.papers)} papers, {len(pids)} profiles")
