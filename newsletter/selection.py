@@ -37,6 +37,7 @@ description often leaves them alike), and each subscriber merges a few short lis
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import gc
 import heapq
 import itertools
@@ -226,6 +227,40 @@ class _Lanes(Generic[_D]):
         return found
 
 
+_MAX_GROUPS = 62  # keyword groups a topic's bits in `_Table.bits` can tell apart
+
+
+class _Table:
+    """Scores of distinct query keys over a scorer's slots at one threshold, a row per key
+    (row 0 scores nothing): what the edition's vectorised selection gathers from."""
+
+    def __init__(self, width: int) -> None:
+        self.row_of: dict[_Key, int] = {}
+        self._total: list[_Vector] = [np.zeros((1, width))]
+        self._cuts: list[_Vector] = [np.full(1, np.inf)]
+        self._bits: list[npt.NDArray[np.int64]] = [np.zeros((1, width), dtype=np.int64)]
+
+    def add(self, keys: Sequence[_Key], total: _Vector, cuts: _Vector, groups: _Vector) -> None:
+        """Rows for `keys`: their scores, send thresholds and matched keyword groups (bit k
+        for group k, up to _MAX_GROUPS groups)."""
+        for key in keys:
+            self.row_of[key] = len(self.row_of) + 1
+        depth = min(groups.shape[1], _MAX_GROUPS)
+        weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
+        hit = (groups[:, :depth] > 0).astype(np.int64)
+        self._total.append(total)
+        self._cuts.append(cuts)
+        self._bits.append(np.einsum("ngs,g->ns", hit, weights))
+
+    def joined(self) -> tuple[_Vector, _Vector, npt.NDArray[np.int64]]:
+        """(scores, send thresholds, matched group bits) of every row."""
+        if len(self._total) > 1:
+            self._total = [np.concatenate(self._total)]
+            self._cuts = [np.concatenate(self._cuts)]
+            self._bits = [np.concatenate(self._bits)]
+        return self._total[0], self._cuts[0], self._bits[0]
+
+
 class _Scorer:
     """Scores topics against the papers `within` (None: all), caching per term and topic.
 
@@ -250,16 +285,26 @@ class _Scorer:
         self._weak_parts: dict[tuple[str, ...], _Vector | None] = {}
         self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
-        self._texts: dict[str, tuple[tuple[int, str], ...]] = {}
         self._variant_ids: dict[str, int | None] = {}
+        # Texts compiled per piece: piece -> evidence id, a text -> the ids of its pieces.
+        self._piece_ids: dict[str, int] = {}
+        self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {(): 0}
+        self._piece_evidence: list[tuple[tuple[int, str], ...]] = [()]
         self._text_ids: dict[str, int] = {}
-        self._firsts: dict[str, dict[int, str]] = {}
-        self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {}
+        self._ids_of_pieces: dict[tuple[int, ...], int] = {}
+        self._pieces_of: list[tuple[int, ...]] = []
+        self._firsts: dict[int, dict[int, str]] = {}
+        self._keyword_parts: dict[
+            tuple[str, ...], tuple[dict[int, tuple[str, ...]], dict[int, str]]
+        ] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
+        self._shown_of: dict[tuple[str, tuple[str, ...], int], int] = {}
+        self.query_of_shown: list[_Query] = []
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, tuple[tuple[str, ...], ...], tuple[str, ...]], int] = {}
         self._passing: dict[tuple[_Key, float], _Passing] = {}
+        self._tables: dict[float, _Table] = {}
         self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
         # A subscriber's sent papers per (their topics' `shown`, exclude terms, threshold).
         self._ranked: dict[tuple[tuple[int, ...], tuple[str, ...], float], list[SelectedPaper]] = {}
@@ -277,54 +322,112 @@ class _Scorer:
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
         if cached is None:
-            cached = self._queries[topic] = self._compile(topic)
+            cached = self._queries[topic] = _Query(topic, *self._compile(topic))
         return cached
 
-    def _compile(self, topic: Topic) -> _Query:
+    def shown_of(self, topic: Topic) -> int:
+        """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
+        for each: the fast path of an edition, which needs no `_Query` per topic."""
+        description = self._text_ids.get(topic.description)
+        if description is None:
+            description = self._evidence_id(topic.description)
+        found = self._shown_of.get((topic.name, topic.keywords, description))
+        if found is None:
+            found = self._shown_of[topic.name, topic.keywords, description] = self._compile(topic)[
+                3
+            ]
+        return found
+
+    def _compile(self, topic: Topic) -> _Compiled:
         # A query depends on the description only through its evidence, which rewordings
         # (another closing remark, a number) often leave as it was.
         key = (topic.name, topic.keywords, self._evidence_id(topic.description))
         found = self._compiled.get(key)
         if found is None:
-            found = self._compiled[key] = self._compile_terms(topic)
-        return _Query(topic, *found)
+            found = self._compiled[key] = self._compile_terms(*key)
+            if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
+                self.query_of_shown.append(_Query(topic, *found))
+        return found
 
-    def _compile_terms(self, topic: Topic) -> _Compiled:
-        """A topic's keyword groups, description terms, key and `shown`."""
-        # "offline RL" and "offline reinforcement learning" are one term once the index knows
-        # the acronym: counting both would score every offline-RL paper twice.
-        # Terms are told apart by the number of their variants (see `_variant_id`).
-        groups: dict[int, list[str]] = {}
-        for keyword in (k.strip() for k in topic.keywords):
-            variants = self._variant_id(keyword)
-            if variants is not None and keyword not in groups.get(variants, ()):
-                groups.setdefault(variants, []).append(keyword)
+    def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
+        """A topic's keyword groups, description terms, key and `shown` (the description given
+        by its evidence id)."""
+        groups, firsts = self._keyword_part(keywords)
         # Each variant's first term, in order, but for the keywords' own.
-        weak = dict(self._first_terms(topic.description))
-        for keyword in topic.keywords:
-            for variants, term in self._first_terms(keyword).items():
-                weak.setdefault(variants, term)
+        weak = dict(self._first_terms_of(description))
+        for variants, term in firsts.items():
+            weak.setdefault(variants, term)
         for variants in groups:
             weak.pop(variants, None)
-        keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
-        shown = self._shown.setdefault((topic.name, keywords, terms), len(self._shown))
-        return keywords, terms, (tuple(g[0] for g in keywords), terms), shown
+        grouped, terms = tuple(groups.values()), tuple(weak.values())
+        shown = self._shown.setdefault((name, grouped, terms), len(self._shown))
+        return grouped, terms, (tuple(g[0] for g in grouped), terms), shown
+
+    def _keyword_part(
+        self, keywords: tuple[str, ...]
+    ) -> tuple[dict[int, tuple[str, ...]], dict[int, str]]:
+        """(variant id -> keyword group, variant id -> first term of the keywords' evidence)."""
+        found = self._keyword_parts.get(keywords)
+        if found is None:
+            # "offline RL" and "offline reinforcement learning" are one term once the index
+            # knows the acronym: counting both would score every offline-RL paper twice.
+            # Terms are told apart by the number of their variants (see `_variant_id`).
+            groups: dict[int, list[str]] = {}
+            for keyword in (k.strip() for k in keywords):
+                variants = self._variant_id(keyword)
+                if variants is not None and keyword not in groups.get(variants, ()):
+                    groups.setdefault(variants, []).append(keyword)
+            firsts: dict[int, str] = {}
+            for keyword in keywords:
+                for variants, term in self._first_terms(keyword).items():
+                    firsts.setdefault(variants, term)
+            found = {v: tuple(g) for v, g in groups.items()}, firsts
+            self._keyword_parts[keywords] = found
+        return found
 
     def _first_terms(self, text: str) -> dict[int, str]:
         """Variant id -> first term of the evidence of `text`, in order (not to be changed)."""
-        found = self._firsts.get(text)
+        return self._first_terms_of(self._evidence_id(text))
+
+    def _first_terms_of(self, text_id: int) -> dict[int, str]:
+        """`_first_terms` of the texts with this evidence id."""
+        found = self._firsts.get(text_id)
         if found is None:
-            found = self._firsts[text] = {}
-            for variants, term in self._evidence(text):
-                found.setdefault(variants, term)
+            found = self._firsts[text_id] = {}
+            for piece in self._pieces_of[text_id]:
+                for variants, term in self._piece_evidence[piece]:
+                    found.setdefault(variants, term)
         return found
 
     def _evidence_id(self, text: str) -> int:
-        """A number for the evidence of `text`, equal for texts with equal evidence."""
+        """A number for the evidence of `text`: the same for texts whose pieces (split at
+        `_PIECE_BREAK`) with any evidence have the same evidence, in order."""
         found = self._text_ids.get(text)
         if found is None:
-            ids = self._ids_of_evidence
-            found = self._text_ids[text] = ids.setdefault(self._evidence(text), len(ids))
+            parts = _PIECE_BREAK.split(text)
+            known = list(map(self._piece_ids.get, parts))
+            if None in known:
+                known = list(map(self._piece_id, parts))
+            pieces = tuple(filter(None, known))
+            ids = self._ids_of_pieces
+            found = ids.get(pieces)
+            if found is None:
+                found = ids[pieces] = len(self._pieces_of)
+                self._pieces_of.append(pieces)
+            self._text_ids[text] = found
+        return found
+
+    def _piece_id(self, piece: str) -> int:
+        """A number for the evidence of a text without `_PIECE_BREAK` (0: none)."""
+        found = self._piece_ids.get(piece)
+        if found is None:
+            terms = ((self._variant_id(t), t) for t in _content_terms(piece))
+            evidence = tuple((v, t) for v, t in terms if v is not None and self.index.lookup(t).tf)
+            found = self._ids_of_evidence.get(evidence)
+            if found is None:
+                found = self._ids_of_evidence[evidence] = len(self._piece_evidence)
+                self._piece_evidence.append(evidence)
+            self._piece_ids[piece] = found
         return found
 
     def _variant_id(self, term: str) -> int | None:
@@ -337,21 +440,6 @@ class _Scorer:
             found = ids.setdefault(variants, len(ids)) if variants else None
             self._variant_ids[term] = found
         return found
-
-    def _evidence(self, text: str) -> tuple[tuple[int, str], ...]:
-        """(variant id, term) of the content terms of `text` that occur in the collection."""
-        cached = self._texts.get(text)
-        if cached is None:
-            pieces = _PIECE_BREAK.split(text)
-            if len(pieces) > 1:
-                cached = tuple(itertools.chain.from_iterable(map(self._evidence, pieces)))
-            else:
-                terms = ((self._variant_id(t), t) for t in _content_terms(text))
-                cached = tuple(
-                    (v, t) for v, t in terms if v is not None and self.index.lookup(t).tf
-                )
-            self._texts[text] = cached
-        return cached
 
     def weights(self, term: str, keyword: bool) -> dict[int, float]:
         """Weight of `term` per paper: BM25F's saturated tf, times the keyword's specificity or
@@ -491,12 +579,19 @@ class _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
             self._full = _Scorer(self.index, None, self.tuning)
-            self._full._texts = self._texts  # compiled descriptions do not depend on `within`
+            # Compiled topics do not depend on `within`.
             self._full._variant_ids = self._variant_ids
-            self._full._text_ids = self._text_ids
-            self._full._firsts = self._firsts
+            self._full._piece_ids = self._piece_ids
             self._full._ids_of_evidence = self._ids_of_evidence
+            self._full._piece_evidence = self._piece_evidence
+            self._full._text_ids = self._text_ids
+            self._full._ids_of_pieces = self._ids_of_pieces
+            self._full._pieces_of = self._pieces_of
+            self._full._firsts = self._firsts
+            self._full._keyword_parts = self._keyword_parts
             self._full._compiled = self._compiled
+            self._full._shown_of = self._shown_of
+            self._full.query_of_shown = self.query_of_shown
             self._full._ids_of_variants = self._ids_of_variants
             self._full._queries = self._queries
             self._full._shown = self._shown
@@ -541,25 +636,10 @@ class _Scorer:
             self._prepare(chunk, threshold)
 
     def _prepare(self, queries: Sequence[_Query], threshold: float) -> None:
-        """Which papers each query sends. The calibrated threshold is only worked out when it
-        matters: when a paper scores between the floor and the global threshold, and could
-        reach `relative` x the query's reference. Scores here are a subset of the whole
-        collection's, so their REF_RANK-th best is a lower bound of the reference: papers
-        below `relative` x that bound fail whatever the reference."""
+        """Which papers each query sends."""
         groups, total = self._batch(queries)
         positive = total > 0
-        window = positive & (total >= self.tuning.floor) & (total < threshold)
-        relative = self.tuning.relative
-        cuts = np.full(len(queries), threshold)
-        candidates = np.flatnonzero(window.any(axis=1))
-        if len(candidates):
-            bound = relative * np.array(_nth_best(total[candidates], REF_RANK))
-            highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
-            known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
-            needed = candidates[~(known & (highest < bound))].tolist()
-            references = self.references([queries[n] for n in needed])
-            for n, reference in zip(needed, references, strict=True):
-                cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
+        cuts = self._cuts(queries, total, threshold)
         which, slot = np.nonzero(positive & (total >= cuts[:, None]))
         scores = total[which, slot].tolist()
         matched = (groups[which, :, slot] > 0).tolist()
@@ -573,6 +653,43 @@ class _Scorer:
             passing[n].append((self.slots[s], score, keys))
         for query, found in zip(queries, passing, strict=True):
             self._passing[query.key, threshold] = tuple(found)
+
+    def _cuts(self, queries: Sequence[_Query], total: _Vector, threshold: float) -> _Vector:
+        """Each query's send threshold, as far as it matters for `total` (its scores).
+
+        The calibrated threshold is only worked out when it matters: when a paper scores
+        between the floor and the global threshold, and could reach `relative` x the query's
+        reference. Scores here are a subset of the whole collection's, so their REF_RANK-th
+        best is a lower bound of the reference: papers below `relative` x that bound fail
+        whatever the reference."""
+        positive = total > 0
+        window = positive & (total >= self.tuning.floor) & (total < threshold)
+        relative = self.tuning.relative
+        cuts = np.full(len(queries), threshold)
+        candidates = np.flatnonzero(window.any(axis=1))
+        if len(candidates):
+            bound = relative * np.array(_nth_best(total[candidates], REF_RANK))
+            highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
+            known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
+            needed = candidates[~(known & (highest < bound))].tolist()
+            references = self.references([queries[n] for n in needed])
+            for n, reference in zip(needed, references, strict=True):
+                cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
+        return cuts
+
+    def rows(self, shown: npt.NDArray[np.intp], threshold: float) -> npt.NDArray[np.intp]:
+        """The row of `table` of each query in `query_of_shown[shown]`, each distinct key
+        scored once (row 0: nothing, sends nothing)."""
+        table = self._tables.get(threshold)
+        if table is None:
+            table = self._tables[threshold] = _Table(len(self.slots))
+        queries = [self.query_of_shown[n] for n in shown.tolist()]
+        missing = {q.key: q for q in queries if q.key not in table.row_of}
+        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
+        for chunk in self._chunks(sorted(missing.values(), key=lambda q: q.key)):
+            groups, total = self._batch(chunk)
+            table.add([q.key for q in chunk], total, self._cuts(chunk, total, threshold), groups)
+        return np.array([table.row_of[q.key] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
         """(paper, score, keyword groups) of each paper the query sends, shared by the topics
@@ -871,7 +988,11 @@ def _select_for(
     history: Mapping[str, AbstractSet[str]],
     votes: Mapping[str, Votes],
     tuning: Tuning,
+    *,
+    vectorised: bool = True,
 ) -> list[Selection]:
+    """`select_for`; with `vectorised` False, every subscriber is judged one by one (the
+    plain path the tests hold the vectorised one to)."""
     missing = [e.paper.id for e in listing.entries if e.paper.id not in index.id_to_index]
     if missing:
         raise ValueError(f"listing papers missing from the index (rebuild it): {missing[:5]}")
@@ -882,55 +1003,366 @@ def _select_for(
         if entry.rank < rank_of.get(i, entry.rank + 1):
             rank_of[i], paper_of[i] = entry.rank, entry.paper
     scorer = _Scorer(index, rank_of, tuning)
-    keys = [address_key(sub.email) for sub in subscribers]
-    # Every distinct topic scored at once (readers with votes are judged one by one).
-    compiled = [
-        None if votes.get(k) else [scorer.compile(t) for t in s.topics]
-        for s, k in zip(subscribers, keys, strict=True)
-    ]
-    scorer.prepare((q for queries in compiled if queries for q in queries), threshold)
-    selections = []
-    for sub, key, queries in zip(subscribers, keys, compiled, strict=True):
-        seen = history.get(key, frozenset())
-        if queries is None:  # a reader with votes
-            reader = _reader(scorer, sub, threshold, votes[key])
-            judged = _judge(scorer, sub, threshold, reader)
-            sent = ((i, v.score, v.matches, v.liked) for i, v in judged.items() if v.sent)
-            ranked = _ranked(sent, rank_of, paper_of)
-            near = [
-                (i, v.score, v.matches, v.liked)
-                for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
-                if not v.sent and paper_of[i].id not in seen
-            ][:CLOSEST]
+    edition = _Edition(scorer, rank_of, paper_of, threshold, listing.date)
+    # Address keys only matter to look up history and votes.
+    keys = [address_key(sub.email) for sub in subscribers] if history or votes else None
+    no_history: frozenset[str] = frozenset()
+    seen = [history.get(k, no_history) for k in keys] if keys and history else None
+    # Readers with votes (and topics with more keyword groups than `_Table` tells apart) are
+    # judged one by one, the others all at once.
+    together: list[int] = []
+    shown: list[list[int]] = []
+    alone: list[int] = []
+    queries = scorer.query_of_shown
+    for n, sub in enumerate(subscribers):
+        if not vectorised or (keys and votes.get(keys[n])):
+            alone.append(n)
+            continue
+        topics = [scorer.shown_of(t) for t in sub.topics]
+        if any(len(queries[t].keywords) > _MAX_GROUPS for t in topics):
+            alone.append(n)
         else:
-            # Subscribers whose topics send alike share their ranked papers.
-            shown = tuple(q.shown for q in queries)
-            cached = scorer._ranked.get((shown, sub.exclude, threshold))
-            if cached is None:
-                passing = _sent_without_votes(scorer, queries, sub.exclude, threshold)
-                cached = _ranked(passing, rank_of, paper_of)
-                scorer._ranked[shown, sub.exclude, threshold] = cached
-            ranked = cached
-            near = (
-                [] if ranked else _closest(scorer, queries, sub.exclude, threshold, paper_of, seen)
+            together.append(n)
+            shown.append(topics)
+    selections: list[Selection | None] = [None] * len(subscribers)
+    if together:
+        picks = edition.picks(
+            shown,
+            [subscribers[n].exclude for n in together],
+            [subscribers[n].max_papers for n in together],
+            [seen[n] for n in together] if seen else None,
+        )
+        for n, topics, (picked, ranked) in zip(together, shown, picks, strict=True):
+            sub = subscribers[n]
+            if ranked:
+                selections[n] = Selection(sub, listing.date, picked)
+                continue
+            near = _closest(
+                scorer,
+                [queries[t] for t in topics],
+                sub.exclude,
+                threshold,
+                paper_of,
+                seen[n] if seen else no_history,
             )
-        fresh = (sp for sp in ranked if sp.paper.id not in seen) if seen else iter(ranked)
-        picked = tuple(itertools.islice(fresh, max(0, sub.max_papers)))
-        misses: tuple[SelectedPaper, ...] = ()
-        if not ranked:
-            misses = tuple(
-                SelectedPaper(
-                    paper_of[i], s, rank_of[i], False, m, _mixed(s, rank_of[i]), liked=liked
-                )
-                for i, s, m, liked in near
+            selections[n] = edition.finish(sub, (), False, near)
+    for n in alone:
+        sub = subscribers[n]
+        key = keys[n] if keys else ""
+        selections[n] = _select_one(edition, sub, seen[n] if seen else no_history, votes.get(key))
+    return [s for s in selections if s is not None]
+
+
+def _select_one(
+    edition: _Edition, sub: Subscriber, seen: AbstractSet[str], votes: Votes | None
+) -> Selection:
+    """One subscriber's Selection, judged alone."""
+    scorer, threshold = edition.scorer, edition.threshold
+    rank_of, paper_of = edition.rank_of, edition.paper_of
+    if votes:
+        reader = _reader(scorer, sub, threshold, votes)
+        judged = _judge(scorer, sub, threshold, reader)
+        sent = ((i, v.score, v.matches, v.liked) for i, v in judged.items() if v.sent)
+        ranked = _ranked(sent, rank_of, paper_of)
+        near = [
+            (i, v.score, v.matches, v.liked)
+            for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
+            if not v.sent and paper_of[i].id not in seen
+        ][:CLOSEST]
+    else:
+        queries = [scorer.compile(t) for t in sub.topics]
+        # Subscribers whose topics send alike share their ranked papers.
+        shown = tuple(q.shown for q in queries)
+        cached = scorer._ranked.get((shown, sub.exclude, threshold))
+        if cached is None:
+            passing = _sent_without_votes(scorer, queries, sub.exclude, threshold)
+            cached = _ranked(passing, rank_of, paper_of)
+            scorer._ranked[shown, sub.exclude, threshold] = cached
+        ranked = cached
+        near = [] if ranked else _closest(scorer, queries, sub.exclude, threshold, paper_of, seen)
+    fresh = (sp for sp in ranked if sp.paper.id not in seen) if seen else iter(ranked)
+    picked = tuple(itertools.islice(fresh, max(0, sub.max_papers)))
+    return edition.finish(sub, picked, bool(ranked), near)
+
+
+_CELLS = 1 << 20  # (subscriber, topic, paper) cells gathered at once
+
+
+class _Edition:
+    """One edition's listing over a scorer: its papers as columns in the order ties are broken
+    in (trending rank, then id), and the vectorised selection of many subscribers at once."""
+
+    def __init__(
+        self,
+        scorer: _Scorer,
+        rank_of: Mapping[int, int],
+        paper_of: Mapping[int, Paper],
+        threshold: float,
+        date: dt.date,
+    ) -> None:
+        self.scorer, self.threshold, self.date = scorer, threshold, date
+        self.rank_of, self.paper_of = rank_of, paper_of
+        slots = scorer.slots
+        self.order = np.array(
+            sorted(range(len(slots)), key=lambda n: (rank_of[slots[n]], paper_of[slots[n]].id)),
+            dtype=np.intp,
+        )
+        self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
+        self.trend = np.array([_trend(rank_of[i]) for i in self.papers])
+        self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
+        # Explanations' parts, numbered (see `_labels`).
+        self._names: dict[str, int] = {}
+        self._terms: dict[tuple[str, ...], int] = {}
+        self._weak: dict[tuple[str, ...], int] = {}
+
+    def finish(
+        self,
+        sub: Subscriber,
+        picked: tuple[SelectedPaper, ...],
+        ranked: bool,
+        near: Sequence[_Sent],
+    ) -> Selection:
+        """The Selection of the `picked` papers; when none was `ranked` (before history), the
+        `near` misses, sent as such with `on_empty: closest`."""
+        if ranked:
+            return Selection(sub, self.date, picked)
+        rank_of, paper_of = self.rank_of, self.paper_of
+        misses = tuple(
+            SelectedPaper(paper_of[i], s, rank_of[i], False, m, _mixed(s, rank_of[i]), liked=liked)
+            for i, s, m, liked in near
+        )
+        if sub.on_empty == "closest":
+            picked = tuple(
+                dataclasses.replace(sp, sent=True, near_miss=True)
+                for sp in misses[: max(0, sub.max_papers)]
             )
-            if sub.on_empty == "closest":
-                picked = tuple(
-                    dataclasses.replace(sp, sent=True, near_miss=True)
-                    for sp in misses[: max(0, sub.max_papers)]
-                )
-        selections.append(Selection(sub, listing.date, picked, misses))
-    return selections
+        return Selection(sub, self.date, picked, misses)
+
+    def picks(
+        self,
+        shown: Sequence[Sequence[int]],
+        excludes: Sequence[tuple[str, ...]],
+        caps: Sequence[int],
+        seen: Sequence[AbstractSet[str]] | None,
+    ) -> list[tuple[tuple[SelectedPaper, ...], bool]]:
+        """Per subscriber (their topics' `shown`, exclude terms, max_papers and papers seen in
+        other editions): (the papers sent, in digest order; whether any was sent before
+        history took its own), every subscriber at once.
+
+        A subscriber's score of a paper is the best of their topics that send it; the papers
+        are ordered by mixed score with ties broken by column (trending rank, then id), as
+        `_ranked` sorts; a paper one topic sends carries that topic's explanation, one that
+        several send all of theirs, best first. Explanations and SelectedPapers are built once
+        per distinct value, most subscribers sharing them with others."""
+        scorer, width, n = self.scorer, len(self.papers), len(shown)
+        counts = np.fromiter(map(len, shown), dtype=np.intp, count=n)
+        depth = int(counts.max(initial=0))
+        flat = np.fromiter(itertools.chain.from_iterable(shown), np.intp, int(counts.sum()))
+        distinct = np.unique(flat)
+        row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
+        row_of_shown[distinct] = scorer.rows(distinct, self.threshold)
+        total, cuts, bits = scorer._tables[self.threshold].joined()
+        total, bits = total[:, self.order], bits[:, self.order]
+        sending = np.where((total > 0) & (total >= cuts[:, None]), total, 0.0)
+        # (subscriber, topic) -> the topic's row, row 0 (nothing) past their own topics.
+        owner = np.repeat(np.arange(n), counts)
+        position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        grid = np.zeros((n, depth), dtype=np.intp)
+        grid[owner, position] = row_of_shown[flat]
+        shown_grid = np.full((n, depth), -1, dtype=np.intp)
+        shown_grid[owner, position] = flat
+        excluded, excluding = self._excluded(excludes)
+        seen_at, seen_column = self._seen(seen)
+        cap = np.maximum(np.fromiter(caps, dtype=np.intp, count=n), 0)
+        ranked = np.zeros(n, dtype=bool)
+        found: list[
+            tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], _Vector, npt.NDArray[np.intp]]
+        ] = []
+        step = max(1, _CELLS // max(1, depth * width))
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            scores = sending[grid[a:b]]  # (subscriber, topic, column)
+            scores[np.broadcast_to(excluding[excluded[a:b], None, :], scores.shape)] = 0.0
+            best = scores.max(axis=1) if depth else np.zeros((b - a, width))
+            ranked[a:b] = (best > 0).any(axis=1)
+            lo, hi = np.searchsorted(seen_at, (a, b))
+            best[seen_at[lo:hi] - a, seen_column[lo:hi]] = 0.0
+            sub, column = np.nonzero(best > 0)
+            by = np.argsort(-(best[sub, column] * self.trend[column]), kind="stable")
+            by = by[np.argsort(sub[by], kind="stable")]
+            sub, column = sub[by], column[by]
+            per = np.bincount(sub, minlength=b - a)
+            keep = np.arange(len(sub)) - (np.cumsum(per) - per)[sub] < cap[a:b][sub]
+            sub, column = sub[keep], column[keep]
+            found.append((sub + a, column, scores[sub, :, column], shown_grid[a:b][sub]))
+        owners = np.concatenate([f[0] for f in found])
+        columns = np.concatenate([f[1] for f in found])
+        scores = np.concatenate([f[2] for f in found]).reshape(len(owners), depth)
+        shown_of = np.concatenate([f[3] for f in found]).reshape(len(owners), depth)
+        papers = self._papers(scores, shown_of, columns, row_of_shown, total, bits)
+        per = np.bincount(owners, minlength=n).tolist()
+        out = []
+        start = 0
+        for size, sent in zip(per, ranked.tolist(), strict=True):
+            out.append((tuple(papers[start : start + size]), sent))
+            start += size
+        return out
+
+    def _papers(
+        self,
+        scores: _Vector,
+        shown_of: npt.NDArray[np.intp],
+        columns: npt.NDArray[np.intp],
+        row_of_shown: npt.NDArray[np.intp],
+        total: _Vector,
+        bits: npt.NDArray[np.int64],
+    ) -> list[SelectedPaper]:
+        """The SelectedPaper of each picked cell, from its topics' `scores` (0 where a topic
+        does not send it) and `shown`."""
+        scorer, width = self.scorer, len(self.papers)
+        queries = scorer.query_of_shown
+        senders = scores > 0
+        # Each distinct (shown, column) a topic sends, then each distinct explanation.
+        pair = shown_of[senders] * width + np.broadcast_to(columns[:, None], senders.shape)[senders]
+        pairs, pair_at = np.unique(pair, return_inverse=True)
+        pair_shown, pair_column = np.divmod(pairs, width)
+        rows = row_of_shown[pair_shown]
+        pair_score, pair_bits = total[rows, pair_column], bits[rows, pair_column]
+        # An explanation depends on the topic's name, the matched keyword groups' terms (or,
+        # without any, its description terms and the paper), the paper and the score.
+        name, weak, group_at, group_terms = self._labels(np.unique(pair_shown))
+        lone = (pair_bits & (pair_bits - 1)) == 0  # one group (or none) matched
+        group = np.log2(np.where(lone & (pair_bits > 0), pair_bits, 1)).astype(np.intp)
+        terms = np.where(
+            pair_bits == 0, weak[pair_shown], group_terms[group_at[pair_shown] + group]
+        )
+        if not lone.all():  # several groups matched: each distinct (shown, bits) labelled once
+            several = np.flatnonzero(~lone)
+            which, at = np.unique(
+                np.stack([pair_shown[several], pair_bits[several]], axis=1),
+                axis=0,
+                return_inverse=True,
+            )
+            labels = [self._terms_label(queries[t], b) for t, b in which.tolist()]
+            terms[several] = np.array(labels, dtype=np.int64)[at.reshape(-1)]
+        columns_of = (name[pair_shown], pair_column, terms, pair_score.view(np.int64))
+        key = np.lexsort(columns_of)
+        new = np.zeros(len(key), dtype=bool)
+        new[:1] = True
+        for column in columns_of:
+            ordered = column[key]
+            new[1:] |= ordered[1:] != ordered[:-1]
+        match_of_pair = np.empty(len(key), dtype=np.intp)
+        match_of_pair[key] = np.cumsum(new) - 1
+        first = key[new]  # a pair showing each explanation
+        match_column = pair_column[first].tolist()
+        matches = [
+            scorer.match(queries[t], self.papers[c], _bits(b), s)
+            for t, c, b, s in zip(
+                pair_shown[first].tolist(),
+                match_column,
+                pair_bits[first].tolist(),
+                pair_score[first].tolist(),
+                strict=True,
+            )
+        ]
+        # Each cell: its one topic's SelectedPaper (shared by every cell with that
+        # explanation), or one made for the topics that send it, best first.
+        by_topic = np.full(senders.shape, -1, dtype=np.intp)
+        by_topic[senders] = match_of_pair[pair_at]
+        several = senders.sum(axis=1) > 1
+        out = np.empty(len(columns), dtype=object)
+        one = np.flatnonzero(~several)
+        match_at = by_topic[one].max(axis=1)
+        used, used_at = np.unique(match_at, return_inverse=True)
+        alone = np.empty(len(used), dtype=object)
+        for n, m in enumerate(used.tolist()):
+            match = matches[m]
+            alone[n] = self._paper(self.papers[match_column[m]], match.score, (match,))
+        out[one] = alone[used_at]
+        many = np.flatnonzero(several)
+        if len(many):
+            # Explanations best first (then in topic order), one SelectedPaper per distinct list.
+            best_first = np.argsort(-scores[many], axis=1, kind="stable")
+            ordered = np.take_along_axis(by_topic[many], best_first, axis=1)
+            distinct, at = np.unique(ordered, axis=0, return_inverse=True)
+            merged = np.empty(len(distinct), dtype=object)
+            for n, row in enumerate(distinct.tolist()):
+                found = tuple(matches[m] for m in row if m >= 0)
+                score = max(m.score for m in found)
+                merged[n] = self._paper(self.papers[match_column[row[0]]], score, found)
+            out[many] = merged[at.reshape(-1)]
+        papers: list[SelectedPaper] = out.tolist()
+        return papers
+
+    def _labels(
+        self, shown: npt.NDArray[np.intp]
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.intp], npt.NDArray[np.int64]
+    ]:
+        """Numbers for what explanations depend on, per `shown` (indexed by it): the topic's
+        name; its description terms (negative); where its keyword groups' numbers start in
+        the last array: the number of each group's terms."""
+        queries, names, terms = self.scorer.query_of_shown, self._names, self._terms
+        name, weak, at = [], [], []
+        groups: list[int] = []
+        for t in shown.tolist():
+            query = queries[t]
+            name.append(names.setdefault(query.topic.name, len(names)))
+            weak.append(-1 - self._weak.setdefault(query.weak, len(self._weak)))
+            at.append(len(groups))
+            groups += [terms.setdefault(g, len(terms)) for g in query.keywords]
+        size = int(shown[-1]) + 1 if len(shown) else 0
+        by_name, by_weak = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+        group_at = np.zeros(size, dtype=np.intp)
+        by_name[shown], by_weak[shown], group_at[shown] = name, weak, at
+        return by_name, by_weak, group_at, np.array([*groups, 0], dtype=np.int64)
+
+    def _terms_label(self, query: _Query, bits: int) -> int:
+        """The number of the terms of the keyword groups set in `bits` (see `_labels`)."""
+        terms = tuple(term for k in _bits(bits) for term in query.keywords[k])
+        return self._terms.setdefault(terms, len(self._terms))
+
+    def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
+        rank = self.rank_of[i]
+        return SelectedPaper(self.paper_of[i], score, rank, True, matches, _mixed(score, rank))
+
+    def _excluded(
+        self, excludes: Sequence[tuple[str, ...]]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """(a mask number per subscriber, a mask of the excluded columns per number)."""
+        numbers: dict[tuple[str, ...], int] = {(): 0}
+        which = np.fromiter(
+            (numbers.setdefault(e, len(numbers)) for e in excludes), np.intp, len(excludes)
+        )
+        masks = np.zeros((len(numbers), len(self.papers)), dtype=bool)
+        for terms, n in numbers.items():
+            hit = self.scorer.excluded(terms)
+            masks[n] = [i in hit for i in self.papers]
+        return which, masks
+
+    def _seen(
+        self, seen: Sequence[AbstractSet[str]] | None
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """(subscriber, column) of each listed paper a subscriber has seen, by subscriber."""
+        at: list[int] = []
+        columns: list[int] = []
+        column_of = self.column_of
+        for n, ids in enumerate(seen or ()):
+            if not ids:
+                continue
+            if len(ids) < len(column_of):
+                found = [column_of[p] for p in ids if p in column_of]
+            else:
+                found = [c for p, c in column_of.items() if p in ids]
+            at += [n] * len(found)
+            columns += found
+        return np.array(at, dtype=np.intp), np.array(columns, dtype=np.intp)
+
+
+def _bits(bits: int) -> tuple[int, ...]:
+    """The keyword groups set in `bits` (see `_Table`)."""
+    return tuple(k for k in range(bits.bit_length()) if bits >> k & 1)
 
 
 _Sent = tuple[int, float, tuple[TopicMatch, ...], str]  # (paper, score, matches, liked)
@@ -995,4 +1427,9 @@ def _closest(
 
 def _mixed(score: float, rank: int) -> float:
     """Relevance with a trending bonus that fades like DCG's position discount."""
-    return score * (1.0 + TREND_BONUS / math.log2(max(rank, 1) + 1))
+    return score * _trend(rank)
+
+
+def _trend(rank: int) -> float:
+    """What `_mixed` multiplies a score by: 1.5 for trending rank 1, 1.25 for rank 3."""
+    return 1.0 + TREND_BONUS / math.log2(max(rank, 1) + 1)
