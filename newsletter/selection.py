@@ -44,7 +44,7 @@ import itertools
 import math
 import re
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -127,7 +127,7 @@ _Vector = npt.NDArray[np.float64]  # one lane per slot (a row per term or keywor
 _Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
-_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int]  # _Query's fields
+_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int, int]  # _Query's
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +141,7 @@ class _Query:
     # What its explanations depend on too (the topic's name, `keywords`, `weak`), numbered per
     # scorer: topics that differ only in wording outside their terms share what they send.
     shown: int
+    described: int  # the evidence id of its description, whose terms most of `weak` are
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -203,21 +204,22 @@ _REFERENCES: weakref.WeakKeyDictionary[PaperIndex, dict[tuple[float, _Key], floa
 
 
 _D = TypeVar("_D", bound=np.generic)
+_K = TypeVar("_K", bound=Hashable)
 
 
-class _Lanes(Generic[_D]):
+class _Lanes(Generic[_K, _D]):
     """Each term's weights over a scorer's slots, as the rows of one matrix (a row is filled
     by `fill` the first time its term is used; row 0 stays all zeros), so a topic's terms are
     gathered in one step."""
 
     def __init__(
-        self, width: int, dtype: type[_D], fill: Callable[[str, npt.NDArray[_D]], None]
+        self, width: int, dtype: type[_D], fill: Callable[[_K, npt.NDArray[_D]], None]
     ) -> None:
         self.matrix: npt.NDArray[_D] = np.zeros((16, width), dtype=dtype)
         self._fill = fill
-        self._row_of: dict[str, int] = {}
+        self._row_of: dict[_K, int] = {}
 
-    def row(self, term: str) -> int:
+    def row(self, term: _K) -> int:
         found = self._row_of.get(term)
         if found is None:
             found = self._row_of[term] = len(self._row_of) + 1
@@ -240,9 +242,16 @@ class _Table:
         self._cuts: list[_Vector] = [np.full(1, np.inf)]
         self._bits: list[npt.NDArray[np.int64]] = [np.zeros((1, width), dtype=np.int64)]
 
-    def add(self, keys: Sequence[_Key], total: _Vector, cuts: _Vector, groups: _Vector) -> None:
+    def add(
+        self,
+        keys: Sequence[_Key],
+        total: _Vector,
+        cuts: _Vector,
+        groups: _Vector,
+        which: npt.NDArray[np.intp],
+    ) -> None:
         """Rows for `keys`: their scores, send thresholds and matched keyword groups (bit k
-        for group k, up to _MAX_GROUPS groups)."""
+        for group k, up to _MAX_GROUPS groups) from `groups[which]`."""
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
         depth = min(groups.shape[1], _MAX_GROUPS)
@@ -250,7 +259,7 @@ class _Table:
         hit = (groups[:, :depth] > 0).astype(np.int64)
         self._total.append(total)
         self._cuts.append(cuts)
-        self._bits.append(np.einsum("ngs,g->ns", hit, weights))
+        self._bits.append(np.einsum("ngs,g->ns", hit, weights)[which])
 
     def joined(self) -> tuple[_Vector, _Vector, npt.NDArray[np.int64]]:
         """(scores, send thresholds, matched group bits) of every row."""
@@ -285,6 +294,9 @@ class _Scorer:
         self._weak_parts: dict[tuple[str, ...], _Vector | None] = {}
         self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
+        # Per description (evidence id): the sum of its first terms' lanes, which most
+        # queries' description parts differ from by a few terms.
+        self._described_lanes = _Lanes(len(self.slots), np.int64, self._described_lane)
         self._variant_ids: dict[str, int | None] = {}
         # Texts compiled per piece: piece -> evidence id, a text -> the ids of its pieces.
         self._piece_ids: dict[str, int] = {}
@@ -311,6 +323,8 @@ class _Scorer:
         self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
         self._specific: dict[str, float | None] = {}
+        self._most: dict[tuple[str, ...], float] = {}
+        self._firsts_ids: dict[tuple[str, ...], int] = {}
         self._idfs: dict[str, float] = {}
         # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
         # (0, meaning "no cap", with too few papers to tell).
@@ -361,7 +375,7 @@ class _Scorer:
             weak.pop(variants, None)
         grouped, terms = tuple(groups.values()), tuple(weak.values())
         shown = self._shown.setdefault((name, grouped, terms), len(self._shown))
-        return grouped, terms, (tuple(g[0] for g in grouped), terms), shown
+        return grouped, terms, (tuple(g[0] for g in grouped), terms), shown, description
 
     def _keyword_part(
         self, keywords: tuple[str, ...]
@@ -473,11 +487,19 @@ class _Scorer:
         for i, w in self.weights(term, keyword=False).items():
             lane[self._slot_of[i]] = round(w * _FIXED)
 
+    def _described_lane(self, described: int, lane: npt.NDArray[np.int64]) -> None:
+        terms = self._first_terms_of(described).values()
+        rows = [self._weak_lanes.row(t) for t in terms]
+        lane[:] = self._weak_lanes.matrix[rows].sum(axis=0)
+
     def _most_specific(self, firsts: tuple[str, ...]) -> float:
         # Specificity is relative to the topic's most specific keyword: a reader whose every
         # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        found = (self._keyword_specificity(term) for term in firsts)
-        return max((f for f in found if f is not None), default=1.0)
+        cached = self._most.get(firsts)
+        if cached is None:
+            found = (self._keyword_specificity(term) for term in firsts)
+            cached = self._most[firsts] = max((f for f in found if f is not None), default=1.0)
+        return cached
 
     def _keyword_specificity(self, term: str) -> float | None:
         """The keyword's specificity (None when no paper has it)."""
@@ -507,7 +529,13 @@ class _Scorer:
 
     def _batch(self, queries: Sequence[_Query]) -> tuple[_Vector, _Vector]:
         """(keyword group weights, shape (query, group, slot), 0 past a query's own groups;
-        scores, shape (query, slot)) of several queries in one pass.
+        scores, shape (query, slot)) of several queries in one pass."""
+        groups, which, total = self._scored(queries)
+        return groups[which], total
+
+    def _scored(self, queries: Sequence[_Query]) -> tuple[_Vector, npt.NDArray[np.intp], _Vector]:
+        """(keyword group weights per distinct keyword list, shape (list, group, slot), 0
+        past a list's own groups; each query's list; scores, shape (query, slot)).
 
         Per slot, a query's keyword weights are sorted, best first, and summed with their
         decay in that order; its description terms' fixed-point weights are summed as
@@ -537,7 +565,8 @@ class _Scorer:
             for r in range(1, depth):
                 several = several + ranked[:, r] * KEYWORD_DECAY**r
             total[several_of, slot] = several
-        groups, total = groups[which], total[which]
+        which_of = np.array(which, dtype=np.intp)
+        total = total[which_of]
         # Each distinct description's part, kept by the scorer: a lane per query sharing it.
         parts = self._weak_parts
         missing = list(dict.fromkeys(q.weak for q in queries if q.weak not in parts))
@@ -545,9 +574,30 @@ class _Scorer:
         described = [w for w, scale in zip(missing, scales, strict=True) if scale]
         parts.update((w, None) for w, scale in zip(missing, scales, strict=True) if not scale)
         if described:
-            terms = [[weak.row(t) for t in w] for w in described]
-            starts = np.cumsum([0] + [len(t) for t in terms[:-1]])
-            summed = np.add.reduceat(weak.matrix[[r for t in terms for r in t]], starts, axis=0)
+            # Exact integer sums, in any order: a query's description lane, plus its terms
+            # not among the description's, minus the description's it lacks (its keywords').
+            base_of = {q.weak: q.described for q in queries}
+            bases: list[int] = []
+            adding: list[list[int]] = []
+            removing: list[list[int]] = []
+            for w in described:
+                firsts = self._first_terms_of(base_of[w]).values()
+                extra = [t for t in w if t not in firsts]
+                lacking = (
+                    [t for t in firsts if t not in w] if len(firsts) + len(extra) > len(w) else []
+                )
+                if len(extra) + len(lacking) < len(w):
+                    bases.append(self._described_lanes.row(base_of[w]))
+                else:
+                    bases.append(0)
+                    extra, lacking = list(w), []
+                adding.append([weak.row(t) for t in extra] + [0])  # row 0 is all zeros
+                removing.append([weak.row(t) for t in lacking] + [0])
+            summed = self._described_lanes.matrix[bases]
+            for lists, sign in ((adding, 1), (removing, -1)):
+                starts = np.cumsum([0] + [len(t) for t in lists[:-1]])
+                rows = weak.matrix[[r for t in lists for r in t]]
+                summed += sign * np.add.reduceat(rows, starts, axis=0)
             scaled = [scale for scale in scales if scale]
             part = np.array(scaled)[:, None] * summed.astype(np.float64)
             parts.update(zip(described, part, strict=True))
@@ -556,7 +606,7 @@ class _Scorer:
         if found:
             rows_with = [n for n, _ in found]
             total[rows_with] = total[rows_with] + np.array([lane for _, lane in found])
-        return groups, total
+        return groups, which_of, total
 
     def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
         """(each keyword group's weight per slot, each slot's score)."""
@@ -597,6 +647,10 @@ class _Scorer:
             self._full._shown = self._shown
         return self._full
 
+    def _key_order(self, query: _Query) -> int:
+        """A number per keyword list, to sort queries sharing theirs into one chunk."""
+        return self._firsts_ids.setdefault(query.key[0], len(self._firsts_ids))
+
     def references(self, queries: Sequence[_Query]) -> list[float]:
         """Each query's own scale: its REF_RANK-th best score over the whole collection (kept
         per index, see _REFERENCES)."""
@@ -604,11 +658,11 @@ class _Scorer:
         weight = self.tuning.description_weight
         missing = sorted(
             {q.key: q for q in queries if (weight, q.key) not in memo}.values(),
-            key=lambda q: q.key,
+            key=self._key_order,
         )
         full = self.full()
         for chunk in full._chunks(missing):
-            _, total = full._batch(chunk)
+            _, _, total = full._scored(chunk)
             for query, best in zip(chunk, _nth_best(total, REF_RANK), strict=True):
                 memo[weight, query.key] = best
         return [memo[weight, q.key] for q in queries]
@@ -632,7 +686,7 @@ class _Scorer:
             if (query.key, threshold) not in self._passing:
                 queries[query.key] = query
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
-        for chunk in self._chunks(sorted(queries.values(), key=lambda q: q.key)):
+        for chunk in self._chunks(sorted(queries.values(), key=self._key_order)):
             self._prepare(chunk, threshold)
 
     def _prepare(self, queries: Sequence[_Query], threshold: float) -> None:
@@ -686,9 +740,10 @@ class _Scorer:
         queries = [self.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key: q for q in queries if q.key not in table.row_of}
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
-        for chunk in self._chunks(sorted(missing.values(), key=lambda q: q.key)):
-            groups, total = self._batch(chunk)
-            table.add([q.key for q in chunk], total, self._cuts(chunk, total, threshold), groups)
+        for chunk in self._chunks(sorted(missing.values(), key=self._key_order)):
+            groups, which, total = self._scored(chunk)
+            cuts = self._cuts(chunk, total, threshold)
+            table.add([q.key for q in chunk], total, cuts, groups, which)
         return np.array([table.row_of[q.key] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
@@ -713,18 +768,33 @@ class _Scorer:
     def closest(self, query: _Query, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """The CLOSEST best papers this topic does not send (score > 0), best first."""
         cached = self._closest.get((query.shown, threshold))
-        if cached is None:
+        if cached is not None:
+            return cached
+        table = self._tables.get(threshold)
+        row = table.row_of.get(query.key) if table else None
+        if table is not None and row is not None:  # scored with the edition's other topics
+            total, cuts, bits = table.joined()
+            scores = total[row]
+            rest = np.flatnonzero((scores > 0) & (scores < cuts[row]))
+            best = rest[np.argsort(-scores[rest], kind="stable")[:CLOSEST]].tolist()
+            cached = [
+                (self.slots[n], s, self.match(query, self.slots[n], _bits(b), s))
+                for n, s, b in zip(
+                    best, scores[best].tolist(), bits[row, best].tolist(), strict=True
+                )
+            ]
+        else:
             groups, total = self._vectors(query)
             sent = {i for i, _, _ in self._passing_papers(query, threshold)}
-            rest = (
+            rest_of = (
                 (-s, n) for n, s in enumerate(total.tolist()) if s > 0 and self.slots[n] not in sent
             )
-            best = heapq.nsmallest(CLOSEST, rest)  # slots are in paper order: ties as papers
+            found = heapq.nsmallest(CLOSEST, rest_of)  # slots are in paper order: ties as papers
             cached = [
                 (self.slots[n], -s, self.match(query, self.slots[n], _matched(groups, n), -s))
-                for s, n in best
+                for s, n in found
             ]
-            self._closest[query.shown, threshold] = cached
+        self._closest[query.shown, threshold] = cached
         return cached
 
     def excluded(self, terms: tuple[str, ...]) -> frozenset[int]:
@@ -1182,7 +1252,10 @@ class _Edition:
         for a in range(0, n, step):
             b = min(n, a + step)
             scores = sending[grid[a:b]]  # (subscriber, topic, column)
-            scores[np.broadcast_to(excluding[excluded[a:b], None, :], scores.shape)] = 0.0
+            excluding_some = np.flatnonzero(excluded[a:b])
+            if len(excluding_some):
+                hide = excluding[excluded[a + excluding_some]]
+                scores[excluding_some] *= ~hide[:, None, :]
             best = scores.max(axis=1) if depth else np.zeros((b - a, width))
             ranked[a:b] = (best > 0).any(axis=1)
             lo, hi = np.searchsorted(seen_at, (a, b))
@@ -1236,15 +1309,20 @@ class _Edition:
         terms = np.where(
             pair_bits == 0, weak[pair_shown], group_terms[group_at[pair_shown] + group]
         )
-        if not lone.all():  # several groups matched: each distinct (shown, bits) labelled once
+        if not lone.all():
+            # Several groups matched: numbered by their terms' numbers, in order (the same
+            # terms as one group's, or another list of groups', may get another number: the
+            # explanations are then equal values built twice).
             several = np.flatnonzero(~lone)
-            which, at = np.unique(
-                np.stack([pair_shown[several], pair_bits[several]], axis=1),
-                axis=0,
-                return_inverse=True,
-            )
-            labels = [self._terms_label(queries[t], b) for t, b in which.tolist()]
-            terms[several] = np.array(labels, dtype=np.int64)[at.reshape(-1)]
+            bits_of, at = pair_bits[several], group_at[pair_shown[several]]
+            wide = int(bits_of.max()).bit_length()
+            found = np.full((len(several), wide), -1, dtype=np.int64)
+            for k in range(wide):
+                has = (bits_of >> k) & 1 == 1
+                found[has, k] = group_terms[at[has] + k]
+            found = np.take_along_axis(found, np.argsort(found < 0, axis=1, kind="stable"), 1)
+            _, number = np.unique(found, axis=0, return_inverse=True)
+            terms[several] = len(self._terms) + number.reshape(-1)
         columns_of = (name[pair_shown], pair_column, terms, pair_score.view(np.int64))
         key = np.lexsort(columns_of)
         new = np.zeros(len(key), dtype=bool)
@@ -1288,9 +1366,9 @@ class _Edition:
             distinct, at = np.unique(ordered, axis=0, return_inverse=True)
             merged = np.empty(len(distinct), dtype=object)
             for n, row in enumerate(distinct.tolist()):
-                found = tuple(matches[m] for m in row if m >= 0)
-                score = max(m.score for m in found)
-                merged[n] = self._paper(self.papers[match_column[row[0]]], score, found)
+                explained = tuple(matches[m] for m in row if m >= 0)
+                score = max(m.score for m in explained)
+                merged[n] = self._paper(self.papers[match_column[row[0]]], score, explained)
             out[many] = merged[at.reshape(-1)]
         papers: list[SelectedPaper] = out.tolist()
         return papers
@@ -1317,11 +1395,6 @@ class _Edition:
         group_at = np.zeros(size, dtype=np.intp)
         by_name[shown], by_weak[shown], group_at[shown] = name, weak, at
         return by_name, by_weak, group_at, np.array([*groups, 0], dtype=np.int64)
-
-    def _terms_label(self, query: _Query, bits: int) -> int:
-        """The number of the terms of the keyword groups set in `bits` (see `_labels`)."""
-        terms = tuple(term for k in _bits(bits) for term in query.keywords[k])
-        return self._terms.setdefault(terms, len(self._terms))
 
     def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
         rank = self.rank_of[i]
