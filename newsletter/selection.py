@@ -679,16 +679,6 @@ class _Scorer:
             self._thresholds[topic, threshold] = cached
         return cached
 
-    def prepare(self, compiled: Iterable[_Query], threshold: float) -> None:
-        """Work out which papers each distinct query among `compiled` sends, all at once."""
-        queries = {}
-        for query in compiled:
-            if (query.key, threshold) not in self._passing:
-                queries[query.key] = query
-        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
-        for chunk in self._chunks(sorted(queries.values(), key=self._key_order)):
-            self._prepare(chunk, threshold)
-
     def _prepare(self, queries: Sequence[_Query], threshold: float) -> None:
         """Which papers each query sends."""
         groups, total = self._batch(queries)
