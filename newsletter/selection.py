@@ -234,12 +234,17 @@ _MAX_GROUPS = 62  # keyword groups a topic's bits in `_Table.bits` can tell apar
 
 class _Table:
     """Scores of distinct query keys over a scorer's slots at one threshold, a row per key
-    (row 0 scores nothing): what the edition's vectorised selection gathers from."""
+    (row 0 scores nothing), the slots in the order of `columns`: what the edition's
+    vectorised selection gathers from."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, columns: npt.NDArray[np.intp]) -> None:
+        width = len(columns)
+        self.columns = columns  # the slot in each column
+        self.column_of_slot = np.argsort(columns)
         self.row_of: dict[_Key, int] = {}
         self._total: list[_Vector] = [np.zeros((1, width))]
         self._cuts: list[_Vector] = [np.full(1, np.inf)]
+        self._sending: list[_Vector] = [np.zeros((1, width))]
         self._bits: list[npt.NDArray[np.int64]] = [np.zeros((1, width), dtype=np.int64)]
 
     def add(
@@ -250,24 +255,28 @@ class _Table:
         groups: _Vector,
         which: npt.NDArray[np.intp],
     ) -> None:
-        """Rows for `keys`: their scores, send thresholds and matched keyword groups (bit k
-        for group k, up to _MAX_GROUPS groups) from `groups[which]`."""
+        """Rows for `keys`: their scores (`total`, in slot order), send thresholds and matched
+        keyword groups (bit k for group k, up to _MAX_GROUPS groups) from `groups[which]`."""
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
         depth = min(groups.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
-        hit = (groups[:, :depth] > 0).astype(np.int64)
+        hit = (groups[:, :depth, self.columns] > 0).astype(np.int64)
+        total = total[:, self.columns]
         self._total.append(total)
         self._cuts.append(cuts)
+        self._sending.append(np.where((total > 0) & (total >= cuts[:, None]), total, 0.0))
         self._bits.append(np.einsum("ngs,g->ns", hit, weights)[which])
 
-    def joined(self) -> tuple[_Vector, _Vector, npt.NDArray[np.int64]]:
-        """(scores, send thresholds, matched group bits) of every row."""
+    def joined(self) -> tuple[_Vector, _Vector, _Vector, npt.NDArray[np.int64]]:
+        """(scores, send thresholds, the scores of the papers sent (else 0), matched group
+        bits) of every row."""
         if len(self._total) > 1:
             self._total = [np.concatenate(self._total)]
             self._cuts = [np.concatenate(self._cuts)]
+            self._sending = [np.concatenate(self._sending)]
             self._bits = [np.concatenate(self._bits)]
-        return self._total[0], self._cuts[0], self._bits[0]
+        return self._total[0], self._cuts[0], self._sending[0], self._bits[0]
 
 
 class _Scorer:
@@ -721,12 +730,15 @@ class _Scorer:
                 cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
         return cuts
 
-    def rows(self, shown: npt.NDArray[np.intp], threshold: float) -> npt.NDArray[np.intp]:
-        """The row of `table` of each query in `query_of_shown[shown]`, each distinct key
-        scored once (row 0: nothing, sends nothing)."""
+    def rows(
+        self, shown: npt.NDArray[np.intp], threshold: float, columns: npt.NDArray[np.intp]
+    ) -> tuple[_Table, npt.NDArray[np.intp]]:
+        """The table at `threshold` (its slots in the order of `columns` when it is made),
+        and the row of each query in `query_of_shown[shown]`, each distinct key scored once
+        (row 0: nothing, sends nothing)."""
         table = self._tables.get(threshold)
         if table is None:
-            table = self._tables[threshold] = _Table(len(self.slots))
+            table = self._tables[threshold] = _Table(columns)
         queries = [self.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key: q for q in queries if q.key not in table.row_of}
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
@@ -734,7 +746,7 @@ class _Scorer:
             groups, which, total = self._scored(chunk)
             cuts = self._cuts(chunk, total, threshold)
             table.add([q.key for q in chunk], total, cuts, groups, which)
-        return np.array([table.row_of[q.key] for q in queries], dtype=np.intp)
+        return table, np.array([table.row_of[q.key] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
         """(paper, score, keyword groups) of each paper the query sends, shared by the topics
@@ -763,15 +775,13 @@ class _Scorer:
         table = self._tables.get(threshold)
         row = table.row_of.get(query.key) if table else None
         if table is not None and row is not None:  # scored with the edition's other topics
-            total, cuts, bits = table.joined()
-            scores = total[row]
+            total, cuts, _, bits = table.joined()
+            scores, bits = total[row, table.column_of_slot], bits[row, table.column_of_slot]
             rest = np.flatnonzero((scores > 0) & (scores < cuts[row]))
             best = rest[np.argsort(-scores[rest], kind="stable")[:CLOSEST]].tolist()
             cached = [
                 (self.slots[n], s, self.match(query, self.slots[n], _bits(b), s))
-                for n, s, b in zip(
-                    best, scores[best].tolist(), bits[row, best].tolist(), strict=True
-                )
+                for n, s, b in zip(best, scores[best].tolist(), bits[best].tolist(), strict=True)
             ]
         else:
             groups, total = self._vectors(query)
@@ -1220,10 +1230,9 @@ class _Edition:
         flat = np.fromiter(itertools.chain.from_iterable(shown), np.intp, int(counts.sum()))
         distinct = np.unique(flat)
         row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
-        row_of_shown[distinct] = scorer.rows(distinct, self.threshold)
-        total, cuts, bits = scorer._tables[self.threshold].joined()
-        total, bits = total[:, self.order], bits[:, self.order]
-        sending = np.where((total > 0) & (total >= cuts[:, None]), total, 0.0)
+        table, rows = scorer.rows(distinct, self.threshold, self.order)
+        row_of_shown[distinct] = rows
+        total, _, sending, bits = table.joined()
         # (subscriber, topic) -> the topic's row, row 0 (nothing) past their own topics.
         owner = np.repeat(np.arange(n), counts)
         position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -1311,8 +1320,7 @@ class _Edition:
                 has = (bits_of >> k) & 1 == 1
                 found[has, k] = group_terms[at[has] + k]
             found = np.take_along_axis(found, np.argsort(found < 0, axis=1, kind="stable"), 1)
-            _, number = np.unique(found, axis=0, return_inverse=True)
-            terms[several] = len(self._terms) + number.reshape(-1)
+            terms[several] = len(self._terms) + _numbered(found)
         columns_of = (name[pair_shown], pair_column, terms, pair_score.view(np.int64))
         key = np.lexsort(columns_of)
         new = np.zeros(len(key), dtype=bool)
@@ -1353,13 +1361,15 @@ class _Edition:
             # Explanations best first (then in topic order), one SelectedPaper per distinct list.
             best_first = np.argsort(-scores[many], axis=1, kind="stable")
             ordered = np.take_along_axis(by_topic[many], best_first, axis=1)
-            distinct, at = np.unique(ordered, axis=0, return_inverse=True)
+            at = _numbered(ordered)
+            distinct = np.empty_like(ordered)
+            distinct[at] = ordered
             merged = np.empty(len(distinct), dtype=object)
-            for n, row in enumerate(distinct.tolist()):
+            for n, row in enumerate(distinct[: at.max() + 1].tolist()):
                 explained = tuple(matches[m] for m in row if m >= 0)
                 score = max(m.score for m in explained)
                 merged[n] = self._paper(self.papers[match_column[row[0]]], score, explained)
-            out[many] = merged[at.reshape(-1)]
+            out[many] = merged[at]
         papers: list[SelectedPaper] = out.tolist()
         return papers
 
@@ -1421,6 +1431,21 @@ class _Edition:
             at += [n] * len(found)
             columns += found
         return np.array(at, dtype=np.intp), np.array(columns, dtype=np.intp)
+
+
+def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
+    """A number per distinct row of `rows` (0, 1, ...), for each row: `np.unique(axis=0)`
+    without its sort of the rows as bytes."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.intp)
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    new = np.zeros(len(rows), dtype=bool)
+    new[0] = True
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    numbers = np.empty(len(rows), dtype=np.intp)
+    numbers[order] = np.cumsum(new) - 1
+    return numbers
 
 
 def _bits(bits: int) -> tuple[int, ...]:
