@@ -127,7 +127,8 @@ _Vector = npt.NDArray[np.float64]  # one lane per slot (a row per term or keywor
 _Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
-_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int, int]  # _Query's
+# _Query's fields but its topic
+_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,11 @@ class _Query:
     # scorer: topics that differ only in wording outside their terms share what they send.
     shown: int
     described: int  # the evidence id of its description, whose terms most of `weak` are
+    # Numbers (per scorer) of `key`, its keyword part and `weak`: a nested tuple hashes anew
+    # at every look-up, an int does not.
+    key_id: int
+    firsts_id: int
+    weak_id: int
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -241,7 +247,7 @@ class _Table:
         width = len(columns)
         self.columns = columns  # the slot in each column
         self.column_of_slot = np.argsort(columns)
-        self.row_of: dict[_Key, int] = {}
+        self.row_of: dict[int, int] = {}  # _Query.key_id -> row
         self._total: list[_Vector] = [np.zeros((1, width))]
         self._cuts: list[_Vector] = [np.full(1, np.inf)]
         self._sending: list[_Vector] = [np.zeros((1, width))]
@@ -249,7 +255,7 @@ class _Table:
 
     def add(
         self,
-        keys: Sequence[_Key],
+        keys: Sequence[int],
         total: _Vector,
         cuts: _Vector,
         groups: _Vector,
@@ -300,7 +306,7 @@ class _Scorer:
         self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
         self._slot_of = {i: n for n, i in enumerate(self.slots)}
         self._weights: dict[tuple[str, bool], dict[int, float]] = {}
-        self._weak_parts: dict[tuple[str, ...], _Vector | None] = {}
+        self._weak_parts: dict[int, _Vector | None] = {}  # by _Query.weak_id
         self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
         # Per description (evidence id): the sum of its first terms' lanes, which most
@@ -320,6 +326,7 @@ class _Scorer:
         ] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self._shown_of: dict[tuple[str, tuple[str, ...], int], int] = {}
+        self._ids: dict[object, int] = {}  # see _Query.key_id
         self.query_of_shown: list[_Query] = []
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
@@ -333,7 +340,7 @@ class _Scorer:
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
         self._specific: dict[str, float | None] = {}
         self._most: dict[tuple[str, ...], float] = {}
-        self._firsts_ids: dict[tuple[str, ...], int] = {}
+        self._first_sets: dict[int, frozenset[str]] = {}
         self._idfs: dict[str, float] = {}
         # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
         # (0, meaning "no cap", with too few papers to tell).
@@ -375,16 +382,20 @@ class _Scorer:
     def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
         """A topic's keyword groups, description terms, key and `shown` (the description given
         by its evidence id)."""
-        groups, firsts = self._keyword_part(keywords)
+        groups, keyword_terms = self._keyword_part(keywords)
         # Each variant's first term, in order, but for the keywords' own.
         weak = dict(self._first_terms_of(description))
-        for variants, term in firsts.items():
+        for variants, term in keyword_terms.items():
             weak.setdefault(variants, term)
         for variants in groups:
             weak.pop(variants, None)
         grouped, terms = tuple(groups.values()), tuple(weak.values())
         shown = self._shown.setdefault((name, grouped, terms), len(self._shown))
-        return grouped, terms, (tuple(g[0] for g in grouped), terms), shown, description
+        firsts = tuple(g[0] for g in grouped)
+        ids = self._ids  # one numbering: a key (a pair of tuples) equals no list of terms
+        key = firsts, terms
+        numbers = ids.setdefault(key, len(ids)), ids.setdefault(firsts, len(ids))
+        return grouped, terms, key, shown, description, *numbers, ids.setdefault(terms, len(ids))
 
     def _keyword_part(
         self, keywords: tuple[str, ...]
@@ -553,16 +564,17 @@ class _Scorer:
         keywords, weak = self._keyword_lanes, self._weak_lanes
         # Many queries share their keywords (or description): each distinct list is scored
         # once, then copied to its queries' rows.
-        first_of: dict[tuple[str, ...], int] = {}
-        which = [first_of.setdefault(q.key[0], len(first_of)) for q in queries]
+        first_of: dict[int, int] = {}
+        which = [first_of.setdefault(q.firsts_id, len(first_of)) for q in queries]
         count = len(first_of)
-        depth = max(map(len, first_of), default=0)
+        keyword_lists = list({q.firsts_id: q.key[0] for q in queries}.values())
+        depth = max(map(len, keyword_lists), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
         rows = np.array(
-            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in first_of],
+            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in keyword_lists],
             dtype=np.intp,
         ).reshape(count, depth)
-        most = np.array([self._most_specific(firsts) for firsts in first_of])
+        most = np.array([self._most_specific(firsts) for firsts in keyword_lists])
         groups = keywords.matrix[rows] / most[:, None, None]
         # A slot one keyword group matches scores that group's weight; only the (few) slots
         # where several match need their weights sorted.
@@ -578,25 +590,30 @@ class _Scorer:
         total = total[which_of]
         # Each distinct description's part, kept by the scorer: a lane per query sharing it.
         parts = self._weak_parts
-        missing = list(dict.fromkeys(q.weak for q in queries if q.weak not in parts))
-        scales = [self._weak_scale(w) for w in missing]
-        described = [w for w, scale in zip(missing, scales, strict=True) if scale]
-        parts.update((w, None) for w, scale in zip(missing, scales, strict=True) if not scale)
+        missing = list({q.weak_id: q for q in queries if q.weak_id not in parts}.values())
+        scales = [self._weak_scale(q.weak) for q in missing]
+        described = [q for q, scale in zip(missing, scales, strict=True) if scale]
+        parts.update(
+            (q.weak_id, None) for q, scale in zip(missing, scales, strict=True) if not scale
+        )
         if described:
             # Exact integer sums, in any order: a query's description lane, plus its terms
             # not among the description's, minus the description's it lacks (its keywords').
-            base_of = {q.weak: q.described for q in queries}
             bases: list[int] = []
             adding: list[list[int]] = []
             removing: list[list[int]] = []
-            for w in described:
-                firsts = self._first_terms_of(base_of[w]).values()
+            for q in described:
+                w = q.weak
+                firsts = self._first_sets.get(q.described)
+                if firsts is None:
+                    terms = self._first_terms_of(q.described).values()
+                    firsts = self._first_sets[q.described] = frozenset(terms)
                 extra = [t for t in w if t not in firsts]
                 lacking = (
                     [t for t in firsts if t not in w] if len(firsts) + len(extra) > len(w) else []
                 )
                 if len(extra) + len(lacking) < len(w):
-                    bases.append(self._described_lanes.row(base_of[w]))
+                    bases.append(self._described_lanes.row(q.described))
                 else:
                     bases.append(0)
                     extra, lacking = list(w), []
@@ -609,8 +626,8 @@ class _Scorer:
                 summed += sign * np.add.reduceat(rows, starts, axis=0)
             scaled = [scale for scale in scales if scale]
             part = np.array(scaled)[:, None] * summed.astype(np.float64)
-            parts.update(zip(described, part, strict=True))
-        lanes = [(n, parts[q.weak]) for n, q in enumerate(queries)]
+            parts.update(zip((q.weak_id for q in described), part, strict=True))
+        lanes = [(n, parts[q.weak_id]) for n, q in enumerate(queries)]
         found = [(n, lane) for n, lane in lanes if lane is not None]
         if found:
             rows_with = [n for n, _ in found]
@@ -650,6 +667,7 @@ class _Scorer:
             self._full._keyword_parts = self._keyword_parts
             self._full._compiled = self._compiled
             self._full._shown_of = self._shown_of
+            self._full._ids = self._ids
             self._full.query_of_shown = self.query_of_shown
             self._full._ids_of_variants = self._ids_of_variants
             self._full._queries = self._queries
@@ -658,7 +676,7 @@ class _Scorer:
 
     def _key_order(self, query: _Query) -> int:
         """A number per keyword list, to sort queries sharing theirs into one chunk."""
-        return self._firsts_ids.setdefault(query.key[0], len(self._firsts_ids))
+        return query.firsts_id
 
     def references(self, queries: Sequence[_Query]) -> list[float]:
         """Each query's own scale: its REF_RANK-th best score over the whole collection (kept
@@ -740,13 +758,13 @@ class _Scorer:
         if table is None:
             table = self._tables[threshold] = _Table(columns)
         queries = [self.query_of_shown[n] for n in shown.tolist()]
-        missing = {q.key: q for q in queries if q.key not in table.row_of}
+        missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
         for chunk in self._chunks(sorted(missing.values(), key=self._key_order)):
             groups, which, total = self._scored(chunk)
             cuts = self._cuts(chunk, total, threshold)
-            table.add([q.key for q in chunk], total, cuts, groups, which)
-        return table, np.array([table.row_of[q.key] for q in queries], dtype=np.intp)
+            table.add([q.key_id for q in chunk], total, cuts, groups, which)
+        return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
         """(paper, score, keyword groups) of each paper the query sends, shared by the topics
@@ -773,7 +791,7 @@ class _Scorer:
         if cached is not None:
             return cached
         table = self._tables.get(threshold)
-        row = table.row_of.get(query.key) if table else None
+        row = table.row_of.get(query.key_id) if table else None
         if table is not None and row is not None:  # scored with the edition's other topics
             total, cuts, _, bits = table.joined()
             scores, bits = total[row, table.column_of_slot], bits[row, table.column_of_slot]
