@@ -244,14 +244,22 @@ class _Table:
     vectorised selection gathers from."""
 
     def __init__(self, columns: npt.NDArray[np.intp]) -> None:
-        width = len(columns)
         self.columns = columns  # the slot in each column
         self.column_of_slot = np.argsort(columns)
         self.row_of: dict[int, int] = {}  # _Query.key_id -> row
-        self._total: list[_Vector] = [np.zeros((1, width))]
-        self._cuts: list[_Vector] = [np.full(1, np.inf)]
-        self._sending: list[_Vector] = [np.zeros((1, width))]
-        self._bits: list[npt.NDArray[np.int64]] = [np.zeros((1, width), dtype=np.int64)]
+        self.total: _Vector = np.zeros((1, len(columns)))
+        self.cuts: _Vector = np.full(1, np.inf)
+        self.bits: npt.NDArray[np.int64] = np.zeros((1, len(columns)), dtype=np.int64)
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` more rows (filled in chunks by `add`, without copying the table
+        once per chunk)."""
+        extra = len(self.row_of) + 1 + rows - len(self.total)
+        if extra > 0:
+            width = self.total.shape[1]
+            self.total = np.concatenate([self.total, np.zeros((extra, width))])
+            self.cuts = np.concatenate([self.cuts, np.full(extra, np.inf)])
+            self.bits = np.concatenate([self.bits, np.zeros((extra, width), dtype=np.int64)])
 
     def add(
         self,
@@ -261,28 +269,19 @@ class _Table:
         groups: _Vector,
         which: npt.NDArray[np.intp],
     ) -> None:
-        """Rows for `keys`: their scores (`total`, in slot order), send thresholds and matched
-        keyword groups (bit k for group k, up to _MAX_GROUPS groups) from `groups[which]`."""
+        """Rows for `keys` (reserved): their scores (`total`, in slot order), send thresholds
+        and matched keyword groups (bit k for group k, up to _MAX_GROUPS groups) from
+        `groups[which]`."""
+        start = len(self.row_of) + 1
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
+        end = len(self.row_of) + 1
         depth = min(groups.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
         hit = (groups[:, :depth, self.columns] > 0).astype(np.int64)
-        total = total[:, self.columns]
-        self._total.append(total)
-        self._cuts.append(cuts)
-        self._sending.append(np.where((total > 0) & (total >= cuts[:, None]), total, 0.0))
-        self._bits.append(np.einsum("ngs,g->ns", hit, weights)[which])
-
-    def joined(self) -> tuple[_Vector, _Vector, _Vector, npt.NDArray[np.int64]]:
-        """(scores, send thresholds, the scores of the papers sent (else 0), matched group
-        bits) of every row."""
-        if len(self._total) > 1:
-            self._total = [np.concatenate(self._total)]
-            self._cuts = [np.concatenate(self._cuts)]
-            self._sending = [np.concatenate(self._sending)]
-            self._bits = [np.concatenate(self._bits)]
-        return self._total[0], self._cuts[0], self._sending[0], self._bits[0]
+        self.total[start:end] = total[:, self.columns]
+        self.cuts[start:end] = cuts
+        self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
 
 
 class _Scorer:
@@ -759,6 +758,7 @@ class _Scorer:
             table = self._tables[threshold] = _Table(columns)
         queries = [self.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
+        table.reserve(len(missing))
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
         for chunk in self._chunks(sorted(missing.values(), key=self._key_order)):
             groups, which, total = self._scored(chunk)
@@ -793,9 +793,9 @@ class _Scorer:
         table = self._tables.get(threshold)
         row = table.row_of.get(query.key_id) if table else None
         if table is not None and row is not None:  # scored with the edition's other topics
-            total, cuts, _, bits = table.joined()
-            scores, bits = total[row, table.column_of_slot], bits[row, table.column_of_slot]
-            rest = np.flatnonzero((scores > 0) & (scores < cuts[row]))
+            scores = table.total[row, table.column_of_slot]
+            bits = table.bits[row, table.column_of_slot]
+            rest = np.flatnonzero((scores > 0) & (scores < table.cuts[row]))
             best = rest[np.argsort(-scores[rest], kind="stable")[:CLOSEST]].tolist()
             cached = [
                 (self.slots[n], s, self.match(query, self.slots[n], _bits(b), s))
@@ -1250,7 +1250,7 @@ class _Edition:
         row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
         table, rows = scorer.rows(distinct, self.threshold, self.order)
         row_of_shown[distinct] = rows
-        total, _, sending, bits = table.joined()
+        total, cuts, bits = table.total, table.cuts, table.bits
         # (subscriber, topic) -> the topic's row, row 0 (nothing) past their own topics.
         owner = np.repeat(np.arange(n), counts)
         position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -1268,7 +1268,9 @@ class _Edition:
         step = max(1, _CELLS // max(1, depth * width))
         for a in range(0, n, step):
             b = min(n, a + step)
-            scores = sending[grid[a:b]]  # (subscriber, topic, column)
+            rows = grid[a:b]
+            scores = total[rows]  # (subscriber, topic, column), 0 where the topic does not send
+            scores[scores < cuts[rows][:, :, None]] = 0.0
             excluding_some = np.flatnonzero(excluded[a:b])
             if len(excluding_some):
                 hide = excluding[excluded[a + excluding_some]]
