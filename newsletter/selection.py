@@ -150,6 +150,18 @@ class _Query:
     weak_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class _KeywordPart:
+    """What a topic's keyword list gives its query (see `_Scorer._compile_terms`)."""
+
+    grouped: tuple[tuple[str, ...], ...]  # `_Query.keywords`
+    grouped_id: int
+    firsts: tuple[str, ...]  # each group's first term: what the scores depend on
+    firsts_id: int
+    variants: frozenset[int]  # the groups' variant ids
+    terms: tuple[tuple[int, str], ...]  # (variant id, first term) of the keywords' evidence
+
+
 def _content_terms(text: str) -> tuple[str, ...]:
     """Content words of free text, a hyphenated compound ("self-play") as one term, and each
     pair of adjacent content terms ("count bonuses"), which is evidence beyond its words."""
@@ -320,16 +332,15 @@ class _Scorer:
         self._ids_of_pieces: dict[tuple[int, ...], int] = {}
         self._pieces_of: list[tuple[int, ...]] = []
         self._firsts: dict[int, dict[int, str]] = {}
-        self._keyword_parts: dict[
-            tuple[str, ...], tuple[dict[int, tuple[str, ...]], dict[int, str]]
-        ] = {}
+        self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self._shown_of: dict[tuple[str, tuple[str, ...], int], int] = {}
         self._ids: dict[object, int] = {}  # see _Query.key_id
+        self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
         self.query_of_shown: list[_Query] = []
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
-        self._shown: dict[tuple[str, tuple[tuple[str, ...], ...], tuple[str, ...]], int] = {}
+        self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
         self._passing: dict[tuple[_Key, float], _Passing] = {}
         self._tables: dict[float, _Table] = {}
         self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
@@ -381,41 +392,55 @@ class _Scorer:
     def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
         """A topic's keyword groups, description terms, key and `shown` (the description given
         by its evidence id)."""
-        groups, keyword_terms = self._keyword_part(keywords)
+        part = self._keyword_part(keywords)
         # Each variant's first term, in order, but for the keywords' own.
         weak = dict(self._first_terms_of(description))
-        for variants, term in keyword_terms.items():
+        for variants, term in part.terms:
             weak.setdefault(variants, term)
-        for variants in groups:
+        for variants in part.variants:
             weak.pop(variants, None)
-        grouped, terms = tuple(groups.values()), tuple(weak.values())
-        shown = self._shown.setdefault((name, grouped, terms), len(self._shown))
-        firsts = tuple(g[0] for g in grouped)
-        ids = self._ids  # one numbering: a key (a pair of tuples) equals no list of terms
-        key = firsts, terms
-        numbers = ids.setdefault(key, len(ids)), ids.setdefault(firsts, len(ids))
-        return grouped, terms, key, shown, description, *numbers, ids.setdefault(terms, len(ids))
+        terms = tuple(weak.values())
+        ids = self._ids  # one numbering: a pair of numbers equals no tuple of terms
+        weak_id = ids.setdefault(terms, len(ids))
+        key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
+        shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
+        key = part.firsts, terms
+        return part.grouped, terms, key, shown, description, key_id, part.firsts_id, weak_id
 
-    def _keyword_part(
-        self, keywords: tuple[str, ...]
-    ) -> tuple[dict[int, tuple[str, ...]], dict[int, str]]:
-        """(variant id -> keyword group, variant id -> first term of the keywords' evidence)."""
+    def _keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
+        """What a topic's keyword list gives its query."""
         found = self._keyword_parts.get(keywords)
         if found is None:
             # "offline RL" and "offline reinforcement learning" are one term once the index
             # knows the acronym: counting both would score every offline-RL paper twice.
             # Terms are told apart by the number of their variants (see `_variant_id`).
             groups: dict[int, list[str]] = {}
-            for keyword in (k.strip() for k in keywords):
-                variants = self._variant_id(keyword)
-                if variants is not None and keyword not in groups.get(variants, ()):
-                    groups.setdefault(variants, []).append(keyword)
             firsts: dict[int, str] = {}
-            for keyword in keywords:
-                for variants, term in self._first_terms(keyword).items():
+            for stripped, variants, terms in map(self._keyword, keywords):
+                if variants is not None and stripped not in groups.get(variants, ()):
+                    groups.setdefault(variants, []).append(stripped)
+                for variants, term in terms:
                     firsts.setdefault(variants, term)
-            found = {v: tuple(g) for v, g in groups.items()}, firsts
-            self._keyword_parts[keywords] = found
+            grouped = tuple(tuple(g) for g in groups.values())
+            first = tuple(g[0] for g in grouped)
+            ids = self._ids
+            found = self._keyword_parts[keywords] = _KeywordPart(
+                grouped,
+                ids.setdefault(("groups", grouped), len(ids)),
+                first,
+                ids.setdefault(first, len(ids)),
+                frozenset(groups),
+                tuple(firsts.items()),
+            )
+        return found
+
+    def _keyword(self, keyword: str) -> tuple[str, int | None, tuple[tuple[int, str], ...]]:
+        """(the keyword stripped, its variant id, the first terms of its evidence)."""
+        found = self._keywords.get(keyword)
+        if found is None:
+            stripped = keyword.strip()
+            terms = tuple(self._first_terms(keyword).items())
+            found = self._keywords[keyword] = stripped, self._variant_id(stripped), terms
         return found
 
     def _first_terms(self, text: str) -> dict[int, str]:
@@ -667,6 +692,7 @@ class _Scorer:
             self._full._compiled = self._compiled
             self._full._shown_of = self._shown_of
             self._full._ids = self._ids
+            self._full._keywords = self._keywords
             self._full.query_of_shown = self.query_of_shown
             self._full._ids_of_variants = self._ids_of_variants
             self._full._queries = self._queries
