@@ -150,6 +150,19 @@ class _Query:
     weak_id: int
 
 
+@dataclass(slots=True)
+class _Labels:
+    """Numbers for what a `shown`'s explanations depend on, a list entry per `shown`: the
+    topic's name, its description terms (`_Query.weak_id`), where its keyword groups'
+    numbers start in `groups` (the number of each group's terms). A scorer numbers names and
+    terms alike in `_Scorer._ids`: equal numbers, equal values."""
+
+    names: list[int] = dataclasses.field(default_factory=list)
+    weak: list[int] = dataclasses.field(default_factory=list)
+    groups_at: list[int] = dataclasses.field(default_factory=list)
+    groups: list[int] = dataclasses.field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class _KeywordPart:
     """What a topic's keyword list gives its query (see `_Scorer._compile_terms`)."""
@@ -159,6 +172,7 @@ class _KeywordPart:
     firsts: tuple[str, ...]  # each group's first term: what the scores depend on
     firsts_id: int
     variants: frozenset[int]  # the groups' variant ids
+    group_ids: tuple[int, ...]  # a number for each group's terms (see `shown_labels`)
     terms: tuple[tuple[int, str], ...]  # (variant id, first term) of the keywords' evidence
 
 
@@ -338,6 +352,7 @@ class _Scorer:
         self._ids: dict[object, int] = {}  # see _Query.key_id
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
         self.query_of_shown: list[_Query] = []
+        self.shown_labels = _Labels()
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
@@ -387,6 +402,11 @@ class _Scorer:
             found = self._compiled[key] = self._compile_terms(*key)
             if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
                 self.query_of_shown.append(_Query(topic, *found))
+                labels = self.shown_labels
+                labels.names.append(self._ids.setdefault(topic.name, len(self._ids)))
+                labels.weak.append(found[7])
+                labels.groups_at.append(len(labels.groups))
+                labels.groups += self._keyword_part(topic.keywords).group_ids
         return found
 
     def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
@@ -430,6 +450,7 @@ class _Scorer:
                 first,
                 ids.setdefault(first, len(ids)),
                 frozenset(groups),
+                tuple(ids.setdefault(g, len(ids)) for g in grouped),
                 tuple(firsts.items()),
             )
         return found
@@ -694,6 +715,7 @@ class _Scorer:
             self._full._ids = self._ids
             self._full._keywords = self._keywords
             self._full.query_of_shown = self.query_of_shown
+            self._full.shown_labels = self.shown_labels
             self._full._ids_of_variants = self._ids_of_variants
             self._full._queries = self._queries
             self._full._shown = self._shown
@@ -1224,10 +1246,6 @@ class _Edition:
         self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
         self.trend = np.array([_trend(rank_of[i]) for i in self.papers])
         self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
-        # Explanations' parts, numbered (see `_labels`).
-        self._names: dict[str, int] = {}
-        self._terms: dict[tuple[str, ...], int] = {}
-        self._weak: dict[tuple[str, ...], int] = {}
 
     def finish(
         self,
@@ -1348,7 +1366,11 @@ class _Edition:
         pair_score, pair_bits = total[rows, pair_column], bits[rows, pair_column]
         # An explanation depends on the topic's name, the matched keyword groups' terms (or,
         # without any, its description terms and the paper), the paper and the score.
-        name, weak, group_at, group_terms = self._labels(np.unique(pair_shown))
+        labels = scorer.shown_labels
+        name = np.array(labels.names, dtype=np.int64)
+        weak = -1 - np.array(labels.weak, dtype=np.int64)  # negative: no group's terms
+        group_at = np.array(labels.groups_at, dtype=np.intp)
+        group_terms = np.array([*labels.groups, 0], dtype=np.int64)
         lone = (pair_bits & (pair_bits - 1)) == 0  # one group (or none) matched
         group = np.log2(np.where(lone & (pair_bits > 0), pair_bits, 1)).astype(np.intp)
         terms = np.where(
@@ -1366,7 +1388,7 @@ class _Edition:
                 has = (bits_of >> k) & 1 == 1
                 found[has, k] = group_terms[at[has] + k]
             found = np.take_along_axis(found, np.argsort(found < 0, axis=1, kind="stable"), 1)
-            terms[several] = len(self._terms) + _numbered(found)
+            terms[several] = len(scorer._ids) + _numbered(found)
         columns_of = (name[pair_shown], pair_column, terms, pair_score.view(np.int64))
         key = np.lexsort(columns_of)
         new = np.zeros(len(key), dtype=bool)
@@ -1418,29 +1440,6 @@ class _Edition:
             out[many] = merged[at]
         papers: list[SelectedPaper] = out.tolist()
         return papers
-
-    def _labels(
-        self, shown: npt.NDArray[np.intp]
-    ) -> tuple[
-        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.intp], npt.NDArray[np.int64]
-    ]:
-        """Numbers for what explanations depend on, per `shown` (indexed by it): the topic's
-        name; its description terms (negative); where its keyword groups' numbers start in
-        the last array: the number of each group's terms."""
-        queries, names, terms = self.scorer.query_of_shown, self._names, self._terms
-        name, weak, at = [], [], []
-        groups: list[int] = []
-        for t in shown.tolist():
-            query = queries[t]
-            name.append(names.setdefault(query.topic.name, len(names)))
-            weak.append(-1 - self._weak.setdefault(query.weak, len(self._weak)))
-            at.append(len(groups))
-            groups += [terms.setdefault(g, len(terms)) for g in query.keywords]
-        size = int(shown[-1]) + 1 if len(shown) else 0
-        by_name, by_weak = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-        group_at = np.zeros(size, dtype=np.intp)
-        by_name[shown], by_weak[shown], group_at[shown] = name, weak, at
-        return by_name, by_weak, group_at, np.array([*groups, 0], dtype=np.int64)
 
     def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
         rank = self.rank_of[i]
