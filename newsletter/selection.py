@@ -348,7 +348,6 @@ class _Scorer:
         self._firsts: dict[int, dict[int, str]] = {}
         self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
-        self._shown_of: dict[tuple[str, tuple[str, ...], int], int] = {}
         self._ids: dict[object, int] = {}  # see _Query.key_id
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
         self.query_of_shown: list[_Query] = []
@@ -383,30 +382,20 @@ class _Scorer:
     def shown_of(self, topic: Topic) -> int:
         """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
         for each: the fast path of an edition, which needs no `_Query` per topic."""
-        description = self._text_ids.get(topic.description)
-        if description is None:
-            description = self._evidence_id(topic.description)
-        found = self._shown_of.get((topic.name, topic.keywords, description))
-        if found is None:
-            found = self._shown_of[topic.name, topic.keywords, description] = self._compile(topic)[
-                3
-            ]
-        return found
+        return self._compile(topic)[3]
 
     def _compile(self, topic: Topic) -> _Compiled:
         # A query depends on the description only through its evidence, which rewordings
         # (another closing remark, a number) often leave as it was.
-        key = (topic.name, topic.keywords, self._evidence_id(topic.description))
+        description = self._text_ids.get(topic.description)
+        if description is None:
+            description = self._evidence_id(topic.description)
+        key = (topic.name, topic.keywords, description)
         found = self._compiled.get(key)
         if found is None:
             found = self._compiled[key] = self._compile_terms(*key)
             if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
                 self.query_of_shown.append(_Query(topic, *found))
-                labels = self.shown_labels
-                labels.names.append(self._ids.setdefault(topic.name, len(self._ids)))
-                labels.weak.append(found[7])
-                labels.groups_at.append(len(labels.groups))
-                labels.groups += self._keyword_part(topic.keywords).group_ids
         return found
 
     def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
@@ -424,6 +413,12 @@ class _Scorer:
         weak_id = ids.setdefault(terms, len(ids))
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
         shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
+        labels = self.shown_labels
+        if shown == len(labels.names):  # a new one
+            labels.names.append(ids.setdefault(name, len(ids)))
+            labels.weak.append(weak_id)
+            labels.groups_at.append(len(labels.groups))
+            labels.groups += part.group_ids
         key = part.firsts, terms
         return part.grouped, terms, key, shown, description, key_id, part.firsts_id, weak_id
 
@@ -711,7 +706,6 @@ class _Scorer:
             self._full._firsts = self._firsts
             self._full._keyword_parts = self._keyword_parts
             self._full._compiled = self._compiled
-            self._full._shown_of = self._shown_of
             self._full._ids = self._ids
             self._full._keywords = self._keywords
             self._full.query_of_shown = self.query_of_shown
