@@ -172,7 +172,7 @@ class _KeywordPart:
     firsts: tuple[str, ...]  # each group's first term: what the scores depend on
     firsts_id: int
     variants: frozenset[int]  # the groups' variant ids
-    group_ids: tuple[int, ...]  # a number for each group's terms (see `shown_labels`)
+    group_ids: tuple[int, ...]  # a number for each group's terms (see `_Labels`)
     terms: tuple[tuple[int, str], ...]  # (variant id, first term) of the keywords' evidence
 
 
@@ -310,33 +310,12 @@ class _Table:
         self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
 
 
-class _Scorer:
-    """Scores topics against the papers `within` (None: all), caching per term and topic.
+class _Topics:
+    """Topics compiled to index terms (what does not depend on which papers are scored), and
+    numbers for what their scores and explanations depend on."""
 
-    Each term's weights are a vector with one lane per paper (slot); a topic's score is worked
-    out for every slot at once. Description terms are summed as fixed-point integers, so their
-    sum is exact and never depends on the order of the terms; keyword weights are sorted per
-    slot and summed with their decay in rank order.
-    """
-
-    def __init__(
-        self, index: PaperIndex, within: Collection[int] | None, tuning: Tuning = DEFAULT_TUNING
-    ) -> None:
+    def __init__(self, index: PaperIndex) -> None:
         self.index = index
-        self.tuning = tuning
-        self._full: _Scorer | None = None if within is not None else self
-        self._thresholds: dict[tuple[Topic, float], float] = {}
-        self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
-        self.within = None if within is None else frozenset(within)
-        self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
-        self._slot_of = {i: n for n, i in enumerate(self.slots)}
-        self._weights: dict[tuple[str, bool], dict[int, float]] = {}
-        self._weak_parts: dict[int, _Vector | None] = {}  # by _Query.weak_id
-        self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
-        self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
-        # Per description (evidence id): the sum of its first terms' lanes, which most
-        # queries' description parts differ from by a few terms.
-        self._described_lanes = _Lanes(len(self.slots), np.int64, self._described_lane)
         self._variant_ids: dict[str, int | None] = {}
         # Texts compiled per piece: piece -> evidence id, a text -> the ids of its pieces.
         self._piece_ids: dict[str, int] = {}
@@ -348,30 +327,13 @@ class _Scorer:
         self._firsts: dict[int, dict[int, str]] = {}
         self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
-        self._ids: dict[object, int] = {}  # see _Query.key_id
+        self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
         self.query_of_shown: list[_Query] = []
-        self.shown_labels = _Labels()
+        self.labels = _Labels()
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
-        self._passing: dict[tuple[_Key, float], _Passing] = {}
-        self._tables: dict[float, _Table] = {}
-        self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
-        # A subscriber's sent papers per (their topics' `shown`, exclude terms, threshold).
-        self._ranked: dict[tuple[tuple[int, ...], tuple[str, ...], float], list[SelectedPaper]] = {}
-        self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
-        self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
-        self._specific: dict[str, float | None] = {}
-        self._most: dict[tuple[str, ...], float] = {}
-        self._first_sets: dict[int, frozenset[str]] = {}
-        self._idfs: dict[str, float] = {}
-        # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
-        # (0, meaning "no cap", with too few papers to tell).
-        n = len(index.papers)
-        self._specific_idf = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
-        self._strong: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
-        self._found: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
 
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
@@ -403,17 +365,17 @@ class _Scorer:
         by its evidence id)."""
         part = self._keyword_part(keywords)
         # Each variant's first term, in order, but for the keywords' own.
-        weak = dict(self._first_terms_of(description))
+        weak = dict(self.first_terms_of(description))
         for variants, term in part.terms:
             weak.setdefault(variants, term)
         for variants in part.variants:
             weak.pop(variants, None)
         terms = tuple(weak.values())
-        ids = self._ids  # one numbering: a pair of numbers equals no tuple of terms
+        ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
         weak_id = ids.setdefault(terms, len(ids))
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
         shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
-        labels = self.shown_labels
+        labels = self.labels
         if shown == len(labels.names):  # a new one
             labels.names.append(ids.setdefault(name, len(ids)))
             labels.weak.append(weak_id)
@@ -438,7 +400,7 @@ class _Scorer:
                     firsts.setdefault(variants, term)
             grouped = tuple(tuple(g) for g in groups.values())
             first = tuple(g[0] for g in grouped)
-            ids = self._ids
+            ids = self.ids
             found = self._keyword_parts[keywords] = _KeywordPart(
                 grouped,
                 ids.setdefault(("groups", grouped), len(ids)),
@@ -461,9 +423,9 @@ class _Scorer:
 
     def _first_terms(self, text: str) -> dict[int, str]:
         """Variant id -> first term of the evidence of `text`, in order (not to be changed)."""
-        return self._first_terms_of(self._evidence_id(text))
+        return self.first_terms_of(self._evidence_id(text))
 
-    def _first_terms_of(self, text_id: int) -> dict[int, str]:
+    def first_terms_of(self, text_id: int) -> dict[int, str]:
         """`_first_terms` of the texts with this evidence id."""
         found = self._firsts.get(text_id)
         if found is None:
@@ -515,6 +477,60 @@ class _Scorer:
             self._variant_ids[term] = found
         return found
 
+
+class _Scorer:
+    """Scores topics against the papers `within` (None: all), caching per term and topic.
+
+    Each term's weights are a vector with one lane per paper (slot); a topic's score is worked
+    out for every slot at once. Description terms are summed as fixed-point integers, so their
+    sum is exact and never depends on the order of the terms; keyword weights are sorted per
+    slot and summed with their decay in rank order.
+    """
+
+    def __init__(
+        self,
+        index: PaperIndex,
+        within: Collection[int] | None,
+        tuning: Tuning = DEFAULT_TUNING,
+        topics: _Topics | None = None,
+    ) -> None:
+        self.index = index
+        self.tuning = tuning
+        self._full: _Scorer | None = None if within is not None else self
+        self._thresholds: dict[tuple[Topic, float], float] = {}
+        self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
+        self.within = None if within is None else frozenset(within)
+        self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
+        self._slot_of = {i: n for n, i in enumerate(self.slots)}
+        self._weights: dict[tuple[str, bool], dict[int, float]] = {}
+        self._weak_parts: dict[int, _Vector | None] = {}  # by _Query.weak_id
+        self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
+        self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
+        # Per description (evidence id): the sum of its first terms' lanes, which most
+        # queries' description parts differ from by a few terms.
+        self._described_lanes = _Lanes(len(self.slots), np.int64, self._described_lane)
+        self.topics = topics or _Topics(index)  # shared with `full()`
+        self._passing: dict[tuple[_Key, float], _Passing] = {}
+        self._tables: dict[float, _Table] = {}
+        self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
+        # A subscriber's sent papers per (their topics' `shown`, exclude terms, threshold).
+        self._ranked: dict[tuple[tuple[int, ...], tuple[str, ...], float], list[SelectedPaper]] = {}
+        self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
+        self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
+        self._specific: dict[str, float | None] = {}
+        self._most: dict[tuple[str, ...], float] = {}
+        self._first_sets: dict[int, frozenset[str]] = {}
+        self._idfs: dict[str, float] = {}
+        # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
+        # (0, meaning "no cap", with too few papers to tell).
+        n = len(index.papers)
+        self._specific_idf = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
+        self._strong: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+        self._found: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
+
+    def compile(self, topic: Topic) -> _Query:
+        return self.topics.compile(topic)
+
     def weights(self, term: str, keyword: bool) -> dict[int, float]:
         """Weight of `term` per paper: BM25F's saturated tf, times the keyword's specificity or
         the description term's idf. The user chose a keyword, so its rarity says little about
@@ -548,7 +564,7 @@ class _Scorer:
             lane[self._slot_of[i]] = round(w * _FIXED)
 
     def _described_lane(self, described: int, lane: npt.NDArray[np.int64]) -> None:
-        terms = self._first_terms_of(described).values()
+        terms = self.topics.first_terms_of(described).values()
         rows = [self._weak_lanes.row(t) for t in terms]
         lane[:] = self._weak_lanes.matrix[rows].sum(axis=0)
 
@@ -646,7 +662,7 @@ class _Scorer:
                 w = q.weak
                 firsts = self._first_sets.get(q.described)
                 if firsts is None:
-                    terms = self._first_terms_of(q.described).values()
+                    terms = self.topics.first_terms_of(q.described).values()
                     firsts = self._first_sets[q.described] = frozenset(terms)
                 extra = [t for t in w if t not in firsts]
                 lacking = (
@@ -694,25 +710,7 @@ class _Scorer:
     def full(self) -> _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
-            self._full = _Scorer(self.index, None, self.tuning)
-            # Compiled topics do not depend on `within`.
-            self._full._variant_ids = self._variant_ids
-            self._full._piece_ids = self._piece_ids
-            self._full._ids_of_evidence = self._ids_of_evidence
-            self._full._piece_evidence = self._piece_evidence
-            self._full._text_ids = self._text_ids
-            self._full._ids_of_pieces = self._ids_of_pieces
-            self._full._pieces_of = self._pieces_of
-            self._full._firsts = self._firsts
-            self._full._keyword_parts = self._keyword_parts
-            self._full._compiled = self._compiled
-            self._full._ids = self._ids
-            self._full._keywords = self._keywords
-            self._full.query_of_shown = self.query_of_shown
-            self._full.shown_labels = self.shown_labels
-            self._full._ids_of_variants = self._ids_of_variants
-            self._full._queries = self._queries
-            self._full._shown = self._shown
+            self._full = _Scorer(self.index, None, self.tuning, self.topics)
         return self._full
 
     def _key_order(self, query: _Query) -> int:
@@ -798,7 +796,7 @@ class _Scorer:
         table = self._tables.get(threshold)
         if table is None:
             table = self._tables[threshold] = _Table(columns)
-        queries = [self.query_of_shown[n] for n in shown.tolist()]
+        queries = [self.topics.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
         table.reserve(len(missing))
         # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
@@ -1143,12 +1141,12 @@ def _select_for(
     together: list[int] = []
     shown: list[list[int]] = []
     alone: list[int] = []
-    queries = scorer.query_of_shown
+    queries = scorer.topics.query_of_shown
     for n, sub in enumerate(subscribers):
         if not vectorised or (keys and votes.get(keys[n])):
             alone.append(n)
             continue
-        topics = [scorer.shown_of(t) for t in sub.topics]
+        topics = [scorer.topics.shown_of(t) for t in sub.topics]
         if any(len(queries[t].keywords) > _MAX_GROUPS for t in topics):
             alone.append(n)
         else:
@@ -1350,7 +1348,7 @@ class _Edition:
         """The SelectedPaper of each picked cell, from its topics' `scores` (0 where a topic
         does not send it) and `shown`."""
         scorer, width = self.scorer, len(self.papers)
-        queries = scorer.query_of_shown
+        queries = scorer.topics.query_of_shown
         senders = scores > 0
         # Each distinct (shown, column) a topic sends, then each distinct explanation.
         pair = shown_of[senders] * width + np.broadcast_to(columns[:, None], senders.shape)[senders]
@@ -1360,7 +1358,7 @@ class _Edition:
         pair_score, pair_bits = total[rows, pair_column], bits[rows, pair_column]
         # An explanation depends on the topic's name, the matched keyword groups' terms (or,
         # without any, its description terms and the paper), the paper and the score.
-        labels = scorer.shown_labels
+        labels = scorer.topics.labels
         name = np.array(labels.names, dtype=np.int64)
         weak = -1 - np.array(labels.weak, dtype=np.int64)  # negative: no group's terms
         group_at = np.array(labels.groups_at, dtype=np.intp)
@@ -1382,7 +1380,7 @@ class _Edition:
                 has = (bits_of >> k) & 1 == 1
                 found[has, k] = group_terms[at[has] + k]
             found = np.take_along_axis(found, np.argsort(found < 0, axis=1, kind="stable"), 1)
-            terms[several] = len(scorer._ids) + _numbered(found)
+            terms[several] = len(scorer.topics.ids) + _numbered(found)
         columns_of = (name[pair_shown], pair_column, terms, pair_score.view(np.int64))
         key = np.lexsort(columns_of)
         new = np.zeros(len(key), dtype=bool)
