@@ -27,11 +27,17 @@ score: relevance with a bonus for the day's trending rank.
 When nothing is sent, the Selection carries the closest near misses; a subscriber with
 `on_empty: closest` gets them, labelled as such.
 
-Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised), each
-distinct query (keyword list and description terms) is scored once per edition (and over the
-whole collection only when one of its papers falls between the floor and the global
-threshold), its explanations are built once per distinct name, keywords and terms (a reworded
-description often leaves them alike), and each subscriber merges a few short lists.
+Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised); a
+topic is compiled once per distinct name, keyword list and description evidence (a reworded
+description often keeps its evidence: it is compiled per punctuation piece), and scored once
+per distinct key (keyword list and description terms; a description's part is its evidence's
+integer lane plus or minus a few terms), over the whole collection only when a paper falls
+between the floor and the global threshold. An edition then selects its subscribers without
+votes together (`_Edition.picks`), as matrices of subscriber x topic x listed paper: the send
+decision, exclusions, history, the order by mixed score and `max_papers`; explanations and
+SelectedPapers are built once per distinct value and shared. Readers with votes are judged
+one by one (`_judge`), as are all subscribers with `_select_for(..., vectorised=False)`, the
+plain path the tests hold the vectorised one to.
 """
 
 from __future__ import annotations
