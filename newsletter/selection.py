@@ -179,7 +179,8 @@ class _KeywordPart:
     firsts_id: int
     variants: frozenset[int]  # the groups' variant ids
     group_ids: tuple[int, ...]  # a number for each group's terms (see `_Labels`)
-    terms: tuple[tuple[int, str], ...]  # (variant id, first term) of the keywords' evidence
+    # (variant id, first term) of the keywords' evidence, but for the groups' own variants
+    terms: tuple[tuple[int, str], ...]
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -370,13 +371,13 @@ class _Topics:
         """A topic's keyword groups, description terms, key and `shown` (the description given
         by its evidence id)."""
         part = self._keyword_part(keywords)
-        # Each variant's first term, in order, but for the keywords' own.
-        weak = dict(self.first_terms_of(description))
-        for variants, term in part.terms:
-            weak.setdefault(variants, term)
-        for variants in part.variants:
-            weak.pop(variants, None)
-        terms = tuple(weak.values())
+        # Each variant's first term, in order (the description's, then the keywords'), but
+        # for the keyword groups' own.
+        described, groups = self.first_terms_of(description), part.variants
+        terms = tuple(
+            [t for v, t in described.items() if v not in groups]
+            + [t for v, t in part.terms if v not in described]
+        )
         ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
         weak_id = ids.setdefault(terms, len(ids))
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
@@ -414,7 +415,7 @@ class _Topics:
                 ids.setdefault(first, len(ids)),
                 frozenset(groups),
                 tuple(ids.setdefault(g, len(ids)) for g in grouped),
-                tuple(firsts.items()),
+                tuple((v, t) for v, t in firsts.items() if v not in groups),
             )
         return found
 
