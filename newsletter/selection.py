@@ -27,23 +27,30 @@ score: relevance with a bonus for the day's trending rank.
 When nothing is sent, the Selection carries the closest near misses; a subscriber with
 `on_empty: closest` gets them, labelled as such.
 
-Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised), each
-distinct query (keyword list and description terms) is scored once per edition (and over the
-whole collection only when one of its papers falls between the floor and the global
-threshold), its explanations are built once per distinct name, keywords and terms (a reworded
-description often leaves them alike), and each subscriber merges a few short lists.
+Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised); a
+topic is compiled once per distinct name, keyword list and description evidence (a reworded
+description often keeps its evidence: it is compiled per punctuation piece), and scored once
+per distinct key (keyword list and description terms; a description's part is its evidence's
+integer lane plus or minus a few terms), over the whole collection only when a paper falls
+between the floor and the global threshold. An edition then selects its subscribers without
+votes together (`_Edition.picks`), as matrices of subscriber x topic x listed paper: the send
+decision, exclusions, history, the order by mixed score and `max_papers`; explanations and
+SelectedPapers are built once per distinct value and shared. Readers with votes are judged
+one by one (`_judge`), as are all subscribers with `_select_for(..., vectorised=False)`, the
+plain path the tests hold the vectorised one to.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import gc
 import heapq
 import itertools
 import math
 import re
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -128,7 +135,8 @@ _Vector = npt.NDArray[np.float64]  # one lane per slot (a row per term or keywor
 _Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
-_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int]  # _Query's fields
+# _Query's fields but its topic
+_Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,39 @@ class _Query:
     # What its explanations depend on too (the topic's name, `keywords`, `weak`), numbered per
     # scorer: topics that differ only in wording outside their terms share what they send.
     shown: int
+    described: int  # the evidence id of its description, whose terms most of `weak` are
+    # Numbers (per scorer) of `key`, its keyword part and `weak`: a nested tuple hashes anew
+    # at every look-up, an int does not.
+    key_id: int
+    firsts_id: int
+    weak_id: int
+
+
+@dataclass(slots=True)
+class _Labels:
+    """Numbers for what a `shown`'s explanations depend on, a list entry per `shown`: the
+    topic's name, its description terms (`_Query.weak_id`), where its keyword groups'
+    numbers start in `groups` (the number of each group's terms). A scorer numbers names and
+    terms alike in `_Scorer._ids`: equal numbers, equal values."""
+
+    names: list[int] = dataclasses.field(default_factory=list)
+    weak: list[int] = dataclasses.field(default_factory=list)
+    groups_at: list[int] = dataclasses.field(default_factory=list)
+    groups: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeywordPart:
+    """What a topic's keyword list gives its query (see `_Scorer._compile_terms`)."""
+
+    grouped: tuple[tuple[str, ...], ...]  # `_Query.keywords`
+    grouped_id: int
+    firsts: tuple[str, ...]  # each group's first term: what the scores depend on
+    firsts_id: int
+    variants: frozenset[int]  # the groups' variant ids
+    group_ids: tuple[int, ...]  # a number for each group's terms (see `_Labels`)
+    # (variant id, first term) of the keywords' evidence, but for the groups' own variants
+    terms: tuple[tuple[int, str], ...]
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -204,21 +245,22 @@ _REFERENCES: weakref.WeakKeyDictionary[PaperIndex, dict[tuple[float, _Key], floa
 
 
 _D = TypeVar("_D", bound=np.generic)
+_K = TypeVar("_K", bound=Hashable)
 
 
-class _Lanes(Generic[_D]):
+class _Lanes(Generic[_K, _D]):
     """Each term's weights over a scorer's slots, as the rows of one matrix (a row is filled
     by `fill` the first time its term is used; row 0 stays all zeros), so a topic's terms are
     gathered in one step."""
 
     def __init__(
-        self, width: int, dtype: type[_D], fill: Callable[[str, npt.NDArray[_D]], None]
+        self, width: int, dtype: type[_D], fill: Callable[[_K, npt.NDArray[_D]], None]
     ) -> None:
         self.matrix: npt.NDArray[_D] = np.zeros((16, width), dtype=dtype)
         self._fill = fill
-        self._row_of: dict[str, int] = {}
+        self._row_of: dict[_K, int] = {}
 
-    def row(self, term: str) -> int:
+    def row(self, term: _K) -> int:
         found = self._row_of.get(term)
         if found is None:
             found = self._row_of[term] = len(self._row_of) + 1
@@ -228,105 +270,209 @@ class _Lanes(Generic[_D]):
         return found
 
 
-class _Scorer:
-    """Scores topics against the papers `within` (None: all), caching per term and topic.
+_MAX_GROUPS = 62  # keyword groups a topic's bits in `_Table.bits` can tell apart
 
-    Each term's weights are a vector with one lane per paper (slot); a topic's score is worked
-    out for every slot at once. Description terms are summed as fixed-point integers, so their
-    sum is exact and never depends on the order of the terms; keyword weights are sorted per
-    slot and summed with their decay in rank order.
-    """
 
-    def __init__(
-        self, index: PaperIndex, within: Collection[int] | None, tuning: Tuning = DEFAULT_TUNING
+class _Table:
+    """Scores of distinct query keys over a scorer's slots at one threshold, a row per key
+    (row 0 scores nothing), the slots in the order of `columns`: what the edition's
+    vectorised selection gathers from."""
+
+    def __init__(self, columns: npt.NDArray[np.intp]) -> None:
+        self.columns = columns  # the slot in each column
+        self.column_of_slot = np.argsort(columns)
+        self.row_of: dict[int, int] = {}  # _Query.key_id -> row
+        self.total: _Vector = np.zeros((1, len(columns)))
+        self.cuts: _Vector = np.full(1, np.inf)
+        self.bits: npt.NDArray[np.int64] = np.zeros((1, len(columns)), dtype=np.int64)
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` more rows (filled in chunks by `add`, without copying the table
+        once per chunk)."""
+        extra = len(self.row_of) + 1 + rows - len(self.total)
+        if extra > 0:
+            width = self.total.shape[1]
+            self.total = np.concatenate([self.total, np.zeros((extra, width))])
+            self.cuts = np.concatenate([self.cuts, np.full(extra, np.inf)])
+            self.bits = np.concatenate([self.bits, np.zeros((extra, width), dtype=np.int64)])
+
+    def add(
+        self,
+        keys: Sequence[int],
+        total: _Vector,
+        cuts: _Vector,
+        groups: _Vector,
+        which: npt.NDArray[np.intp],
     ) -> None:
+        """Rows for `keys` (reserved): their scores (`total`, in slot order), send thresholds
+        and matched keyword groups (bit k for group k, up to _MAX_GROUPS groups) from
+        `groups[which]`."""
+        start = len(self.row_of) + 1
+        for key in keys:
+            self.row_of[key] = len(self.row_of) + 1
+        end = len(self.row_of) + 1
+        depth = min(groups.shape[1], _MAX_GROUPS)
+        weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
+        hit = (groups[:, :depth, self.columns] > 0).astype(np.int64)
+        self.total[start:end] = total[:, self.columns]
+        self.cuts[start:end] = cuts
+        self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
+
+
+class _Topics:
+    """Topics compiled to index terms (what does not depend on which papers are scored), and
+    numbers for what their scores and explanations depend on."""
+
+    def __init__(self, index: PaperIndex) -> None:
         self.index = index
-        self.tuning = tuning
-        self._full: _Scorer | None = None if within is not None else self
-        self._thresholds: dict[tuple[Topic, float], float] = {}
-        self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
-        self.within = None if within is None else frozenset(within)
-        self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
-        self._slot_of = {i: n for n, i in enumerate(self.slots)}
-        self._weights: dict[tuple[str, bool], dict[int, float]] = {}
-        self._weak_parts: dict[tuple[str, ...], _Vector | None] = {}
-        self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
-        self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
-        self._texts: dict[str, tuple[tuple[int, str], ...]] = {}
         self._variant_ids: dict[str, int | None] = {}
+        # Texts compiled per piece: piece -> evidence id, a text -> the ids of its pieces.
+        self._piece_ids: dict[str, int] = {}
+        self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {(): 0}
+        self._piece_evidence: list[tuple[tuple[int, str], ...]] = [()]
         self._text_ids: dict[str, int] = {}
-        self._firsts: dict[str, dict[int, str]] = {}
-        self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {}
+        self._ids_of_pieces: dict[tuple[int, ...], int] = {}
+        self._pieces_of: list[tuple[int, ...]] = []
+        self._firsts: dict[int, dict[int, str]] = {}
+        self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
+        self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
+        self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
+        self.query_of_shown: list[_Query] = []
+        self.labels = _Labels()
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
-        self._shown: dict[tuple[str, tuple[tuple[str, ...], ...], tuple[str, ...]], int] = {}
-        self._passing: dict[tuple[_Key, float], _Passing] = {}
-        self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
-        # A subscriber's sent papers per (their topics' `shown`, exclude terms, threshold).
-        self._ranked: dict[tuple[tuple[int, ...], tuple[str, ...], float], list[SelectedPaper]] = {}
-        self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
-        self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
-        self._specific: dict[str, float | None] = {}
-        self._idfs: dict[str, float] = {}
-        # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
-        # (0, meaning "no cap", with too few papers to tell).
-        n = len(index.papers)
-        self._specific_idf = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
-        self._strong: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
-        self._found: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
+        self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
 
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
         if cached is None:
-            cached = self._queries[topic] = self._compile(topic)
+            cached = self._queries[topic] = _Query(topic, *self._compile(topic))
         return cached
 
-    def _compile(self, topic: Topic) -> _Query:
+    def shown_of(self, topic: Topic) -> int:
+        """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
+        for each: the fast path of an edition, which needs no `_Query` per topic."""
+        return self._compile(topic)[3]
+
+    def _compile(self, topic: Topic) -> _Compiled:
         # A query depends on the description only through its evidence, which rewordings
         # (another closing remark, a number) often leave as it was.
-        key = (topic.name, topic.keywords, self._evidence_id(topic.description))
+        description = self._text_ids.get(topic.description)
+        if description is None:
+            description = self._evidence_id(topic.description)
+        key = (topic.name, topic.keywords, description)
         found = self._compiled.get(key)
         if found is None:
-            found = self._compiled[key] = self._compile_terms(topic)
-        return _Query(topic, *found)
+            found = self._compiled[key] = self._compile_terms(*key)
+            if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
+                self.query_of_shown.append(_Query(topic, *found))
+        return found
 
-    def _compile_terms(self, topic: Topic) -> _Compiled:
-        """A topic's keyword groups, description terms, key and `shown`."""
-        # "offline RL" and "offline reinforcement learning" are one term once the index knows
-        # the acronym: counting both would score every offline-RL paper twice.
-        # Terms are told apart by the number of their variants (see `_variant_id`).
-        groups: dict[int, list[str]] = {}
-        for keyword in (k.strip() for k in topic.keywords):
-            variants = self._variant_id(keyword)
-            if variants is not None and keyword not in groups.get(variants, ()):
-                groups.setdefault(variants, []).append(keyword)
-        # Each variant's first term, in order, but for the keywords' own.
-        weak = dict(self._first_terms(topic.description))
-        for keyword in topic.keywords:
-            for variants, term in self._first_terms(keyword).items():
-                weak.setdefault(variants, term)
-        for variants in groups:
-            weak.pop(variants, None)
-        keywords, terms = tuple(tuple(g) for g in groups.values()), tuple(weak.values())
-        shown = self._shown.setdefault((topic.name, keywords, terms), len(self._shown))
-        return keywords, terms, (tuple(g[0] for g in keywords), terms), shown
+    def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
+        """A topic's keyword groups, description terms, key and `shown` (the description given
+        by its evidence id)."""
+        part = self._keyword_part(keywords)
+        # Each variant's first term, in order (the description's, then the keywords'), but
+        # for the keyword groups' own.
+        described, groups = self.first_terms_of(description), part.variants
+        terms = tuple(
+            [t for v, t in described.items() if v not in groups]
+            + [t for v, t in part.terms if v not in described]
+        )
+        ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
+        weak_id = ids.setdefault(terms, len(ids))
+        key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
+        shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
+        labels = self.labels
+        if shown == len(labels.names):  # a new one
+            labels.names.append(ids.setdefault(name, len(ids)))
+            labels.weak.append(weak_id)
+            labels.groups_at.append(len(labels.groups))
+            labels.groups += part.group_ids
+        key = part.firsts, terms
+        return part.grouped, terms, key, shown, description, key_id, part.firsts_id, weak_id
+
+    def _keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
+        """What a topic's keyword list gives its query."""
+        found = self._keyword_parts.get(keywords)
+        if found is None:
+            # "offline RL" and "offline reinforcement learning" are one term once the index
+            # knows the acronym: counting both would score every offline-RL paper twice.
+            # Terms are told apart by the number of their variants (see `_variant_id`).
+            groups: dict[int, list[str]] = {}
+            firsts: dict[int, str] = {}
+            for stripped, variants, terms in map(self._keyword, keywords):
+                if variants is not None and stripped not in groups.get(variants, ()):
+                    groups.setdefault(variants, []).append(stripped)
+                for variants, term in terms:
+                    firsts.setdefault(variants, term)
+            grouped = tuple(tuple(g) for g in groups.values())
+            first = tuple(g[0] for g in grouped)
+            ids = self.ids
+            found = self._keyword_parts[keywords] = _KeywordPart(
+                grouped,
+                ids.setdefault(("groups", grouped), len(ids)),
+                first,
+                ids.setdefault(first, len(ids)),
+                frozenset(groups),
+                tuple(ids.setdefault(g, len(ids)) for g in grouped),
+                tuple((v, t) for v, t in firsts.items() if v not in groups),
+            )
+        return found
+
+    def _keyword(self, keyword: str) -> tuple[str, int | None, tuple[tuple[int, str], ...]]:
+        """(the keyword stripped, its variant id, the first terms of its evidence)."""
+        found = self._keywords.get(keyword)
+        if found is None:
+            stripped = keyword.strip()
+            terms = tuple(self._first_terms(keyword).items())
+            found = self._keywords[keyword] = stripped, self._variant_id(stripped), terms
+        return found
 
     def _first_terms(self, text: str) -> dict[int, str]:
         """Variant id -> first term of the evidence of `text`, in order (not to be changed)."""
-        found = self._firsts.get(text)
+        return self.first_terms_of(self._evidence_id(text))
+
+    def first_terms_of(self, text_id: int) -> dict[int, str]:
+        """`_first_terms` of the texts with this evidence id."""
+        found = self._firsts.get(text_id)
         if found is None:
-            found = self._firsts[text] = {}
-            for variants, term in self._evidence(text):
-                found.setdefault(variants, term)
+            found = self._firsts[text_id] = {}
+            for piece in self._pieces_of[text_id]:
+                for variants, term in self._piece_evidence[piece]:
+                    found.setdefault(variants, term)
         return found
 
     def _evidence_id(self, text: str) -> int:
-        """A number for the evidence of `text`, equal for texts with equal evidence."""
+        """A number for the evidence of `text`: the same for texts whose pieces (split at
+        `_PIECE_BREAK`) with any evidence have the same evidence, in order."""
         found = self._text_ids.get(text)
         if found is None:
-            ids = self._ids_of_evidence
-            found = self._text_ids[text] = ids.setdefault(self._evidence(text), len(ids))
+            parts = _PIECE_BREAK.split(text)
+            known = list(map(self._piece_ids.get, parts))
+            if None in known:
+                known = list(map(self._piece_id, parts))
+            pieces = tuple(filter(None, known))
+            ids = self._ids_of_pieces
+            found = ids.get(pieces)
+            if found is None:
+                found = ids[pieces] = len(self._pieces_of)
+                self._pieces_of.append(pieces)
+            self._text_ids[text] = found
+        return found
+
+    def _piece_id(self, piece: str) -> int:
+        """A number for the evidence of a text without `_PIECE_BREAK` (0: none)."""
+        found = self._piece_ids.get(piece)
+        if found is None:
+            terms = ((self._variant_id(t), t) for t in _content_terms(piece))
+            evidence = tuple((v, t) for v, t in terms if v is not None and self.index.lookup(t).tf)
+            found = self._ids_of_evidence.get(evidence)
+            if found is None:
+                found = self._ids_of_evidence[evidence] = len(self._piece_evidence)
+                self._piece_evidence.append(evidence)
+            self._piece_ids[piece] = found
         return found
 
     def _variant_id(self, term: str) -> int | None:
@@ -340,20 +486,59 @@ class _Scorer:
             self._variant_ids[term] = found
         return found
 
-    def _evidence(self, text: str) -> tuple[tuple[int, str], ...]:
-        """(variant id, term) of the content terms of `text` that occur in the collection."""
-        cached = self._texts.get(text)
-        if cached is None:
-            pieces = _PIECE_BREAK.split(text)
-            if len(pieces) > 1:
-                cached = tuple(itertools.chain.from_iterable(map(self._evidence, pieces)))
-            else:
-                terms = ((self._variant_id(t), t) for t in _content_terms(text))
-                cached = tuple(
-                    (v, t) for v, t in terms if v is not None and self.index.lookup(t).tf
-                )
-            self._texts[text] = cached
-        return cached
+
+class _Scorer:
+    """Scores topics against the papers `within` (None: all), caching per term and topic.
+
+    Each term's weights are a vector with one lane per paper (slot); a topic's score is worked
+    out for every slot at once. Description terms are summed as fixed-point integers, so their
+    sum is exact and never depends on the order of the terms; keyword weights are sorted per
+    slot and summed with their decay in rank order.
+    """
+
+    def __init__(
+        self,
+        index: PaperIndex,
+        within: Collection[int] | None,
+        tuning: Tuning = DEFAULT_TUNING,
+        topics: _Topics | None = None,
+    ) -> None:
+        self.index = index
+        self.tuning = tuning
+        self._full: _Scorer | None = None if within is not None else self
+        self._thresholds: dict[tuple[Topic, float], float] = {}
+        self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
+        self.within = None if within is None else frozenset(within)
+        self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
+        self._slot_of = {i: n for n, i in enumerate(self.slots)}
+        self._weights: dict[tuple[str, bool], dict[int, float]] = {}
+        self._weak_parts: dict[int, _Vector | None] = {}  # by _Query.weak_id
+        self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
+        self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
+        # Per description (evidence id): the sum of its first terms' lanes, which most
+        # queries' description parts differ from by a few terms.
+        self._described_lanes = _Lanes(len(self.slots), np.int64, self._described_lane)
+        self.topics = topics or _Topics(index)  # shared with `full()`
+        self._passing: dict[tuple[_Key, float], _Passing] = {}
+        self._tables: dict[float, _Table] = {}
+        self._sends: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
+        # A subscriber's sent papers per (their topics' `shown`, exclude terms, threshold).
+        self._ranked: dict[tuple[tuple[int, ...], tuple[str, ...], float], list[SelectedPaper]] = {}
+        self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
+        self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
+        self._specific: dict[str, float | None] = {}
+        self._most: dict[tuple[str, ...], float] = {}
+        self._first_sets: dict[int, frozenset[str]] = {}
+        self._idfs: dict[str, float] = {}
+        # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
+        # (0, meaning "no cap", with too few papers to tell).
+        n = len(index.papers)
+        self._specific_idf = soft_idf(n, int(GENERIC_SHARE * n)) if n >= MIN_COLLECTION else 0.0
+        self._strong: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}
+        self._found: dict[tuple[tuple[str, ...], int], tuple[tuple[str, ...], ...]] = {}
+
+    def compile(self, topic: Topic) -> _Query:
+        return self.topics.compile(topic)
 
     def weights(self, term: str, keyword: bool) -> dict[int, float]:
         """Weight of `term` per paper: BM25F's saturated tf, times the keyword's specificity or
@@ -387,11 +572,19 @@ class _Scorer:
         for i, w in self.weights(term, keyword=False).items():
             lane[self._slot_of[i]] = round(w * _FIXED)
 
+    def _described_lane(self, described: int, lane: npt.NDArray[np.int64]) -> None:
+        terms = self.topics.first_terms_of(described).values()
+        rows = [self._weak_lanes.row(t) for t in terms]
+        lane[:] = self._weak_lanes.matrix[rows].sum(axis=0)
+
     def _most_specific(self, firsts: tuple[str, ...]) -> float:
         # Specificity is relative to the topic's most specific keyword: a reader whose every
         # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        found = (self._keyword_specificity(term) for term in firsts)
-        return max((f for f in found if f is not None), default=1.0)
+        cached = self._most.get(firsts)
+        if cached is None:
+            found = (self._keyword_specificity(term) for term in firsts)
+            cached = self._most[firsts] = max((f for f in found if f is not None), default=1.0)
+        return cached
 
     def _keyword_specificity(self, term: str) -> float | None:
         """The keyword's specificity (None when no paper has it)."""
@@ -421,7 +614,13 @@ class _Scorer:
 
     def _batch(self, queries: Sequence[_Query]) -> tuple[_Vector, _Vector]:
         """(keyword group weights, shape (query, group, slot), 0 past a query's own groups;
-        scores, shape (query, slot)) of several queries in one pass.
+        scores, shape (query, slot)) of several queries in one pass."""
+        groups, which, total = self._scored(queries)
+        return groups[which], total
+
+    def _scored(self, queries: Sequence[_Query]) -> tuple[_Vector, npt.NDArray[np.intp], _Vector]:
+        """(keyword group weights per distinct keyword list, shape (list, group, slot), 0
+        past a list's own groups; each query's list; scores, shape (query, slot)).
 
         Per slot, a query's keyword weights are sorted, best first, and summed with their
         decay in that order; its description terms' fixed-point weights are summed as
@@ -430,16 +629,17 @@ class _Scorer:
         keywords, weak = self._keyword_lanes, self._weak_lanes
         # Many queries share their keywords (or description): each distinct list is scored
         # once, then copied to its queries' rows.
-        first_of: dict[tuple[str, ...], int] = {}
-        which = [first_of.setdefault(q.key[0], len(first_of)) for q in queries]
+        first_of: dict[int, int] = {}
+        which = [first_of.setdefault(q.firsts_id, len(first_of)) for q in queries]
         count = len(first_of)
-        depth = max(map(len, first_of), default=0)
+        keyword_lists = list({q.firsts_id: q.key[0] for q in queries}.values())
+        depth = max(map(len, keyword_lists), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
         rows = np.array(
-            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in first_of],
+            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in keyword_lists],
             dtype=np.intp,
         ).reshape(count, depth)
-        most = np.array([self._most_specific(firsts) for firsts in first_of])
+        most = np.array([self._most_specific(firsts) for firsts in keyword_lists])
         groups = keywords.matrix[rows] / most[:, None, None]
         # A slot one keyword group matches scores that group's weight; only the (few) slots
         # where several match need their weights sorted.
@@ -451,26 +651,53 @@ class _Scorer:
             for r in range(1, depth):
                 several = several + ranked[:, r] * KEYWORD_DECAY**r
             total[several_of, slot] = several
-        groups, total = groups[which], total[which]
+        which_of = np.array(which, dtype=np.intp)
+        total = total[which_of]
         # Each distinct description's part, kept by the scorer: a lane per query sharing it.
         parts = self._weak_parts
-        missing = list(dict.fromkeys(q.weak for q in queries if q.weak not in parts))
-        scales = [self._weak_scale(w) for w in missing]
-        described = [w for w, scale in zip(missing, scales, strict=True) if scale]
-        parts.update((w, None) for w, scale in zip(missing, scales, strict=True) if not scale)
+        missing = list({q.weak_id: q for q in queries if q.weak_id not in parts}.values())
+        scales = [self._weak_scale(q.weak) for q in missing]
+        described = [q for q, scale in zip(missing, scales, strict=True) if scale]
+        parts.update(
+            (q.weak_id, None) for q, scale in zip(missing, scales, strict=True) if not scale
+        )
         if described:
-            terms = [[weak.row(t) for t in w] for w in described]
-            starts = np.cumsum([0] + [len(t) for t in terms[:-1]])
-            summed = np.add.reduceat(weak.matrix[[r for t in terms for r in t]], starts, axis=0)
+            # Exact integer sums, in any order: a query's description lane, plus its terms
+            # not among the description's, minus the description's it lacks (its keywords').
+            bases: list[int] = []
+            adding: list[list[int]] = []
+            removing: list[list[int]] = []
+            for q in described:
+                w = q.weak
+                firsts = self._first_sets.get(q.described)
+                if firsts is None:
+                    terms = self.topics.first_terms_of(q.described).values()
+                    firsts = self._first_sets[q.described] = frozenset(terms)
+                extra = [t for t in w if t not in firsts]
+                lacking = (
+                    [t for t in firsts if t not in w] if len(firsts) + len(extra) > len(w) else []
+                )
+                if len(extra) + len(lacking) < len(w):
+                    bases.append(self._described_lanes.row(q.described))
+                else:
+                    bases.append(0)
+                    extra, lacking = list(w), []
+                adding.append([weak.row(t) for t in extra] + [0])  # row 0 is all zeros
+                removing.append([weak.row(t) for t in lacking] + [0])
+            summed = self._described_lanes.matrix[bases]
+            for lists, sign in ((adding, 1), (removing, -1)):
+                starts = np.cumsum([0] + [len(t) for t in lists[:-1]])
+                rows = weak.matrix[[r for t in lists for r in t]]
+                summed += sign * np.add.reduceat(rows, starts, axis=0)
             scaled = [scale for scale in scales if scale]
             part = np.array(scaled)[:, None] * summed.astype(np.float64)
-            parts.update(zip(described, part, strict=True))
-        lanes = [(n, parts[q.weak]) for n, q in enumerate(queries)]
+            parts.update(zip((q.weak_id for q in described), part, strict=True))
+        lanes = [(n, parts[q.weak_id]) for n, q in enumerate(queries)]
         found = [(n, lane) for n, lane in lanes if lane is not None]
         if found:
             rows_with = [n for n, _ in found]
             total[rows_with] = total[rows_with] + np.array([lane for _, lane in found])
-        return groups, total
+        return groups, which_of, total
 
     def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
         """(each keyword group's weight per slot, each slot's score)."""
@@ -492,17 +719,12 @@ class _Scorer:
     def full(self) -> _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
-            self._full = _Scorer(self.index, None, self.tuning)
-            self._full._texts = self._texts  # compiled descriptions do not depend on `within`
-            self._full._variant_ids = self._variant_ids
-            self._full._text_ids = self._text_ids
-            self._full._firsts = self._firsts
-            self._full._ids_of_evidence = self._ids_of_evidence
-            self._full._compiled = self._compiled
-            self._full._ids_of_variants = self._ids_of_variants
-            self._full._queries = self._queries
-            self._full._shown = self._shown
+            self._full = _Scorer(self.index, None, self.tuning, self.topics)
         return self._full
+
+    def _key_order(self, query: _Query) -> int:
+        """A number per keyword list, to sort queries sharing theirs into one chunk."""
+        return query.firsts_id
 
     def references(self, queries: Sequence[_Query]) -> list[float]:
         """Each query's own scale: its REF_RANK-th best score over the whole collection (kept
@@ -511,11 +733,11 @@ class _Scorer:
         weight = self.tuning.description_weight
         missing = sorted(
             {q.key: q for q in queries if (weight, q.key) not in memo}.values(),
-            key=lambda q: q.key,
+            key=self._key_order,
         )
         full = self.full()
         for chunk in full._chunks(missing):
-            _, total = full._batch(chunk)
+            _, _, total = full._scored(chunk)
             for query, best in zip(chunk, _nth_best(total, REF_RANK), strict=True):
                 memo[weight, query.key] = best
         return [memo[weight, q.key] for q in queries]
@@ -532,36 +754,11 @@ class _Scorer:
             self._thresholds[topic, threshold] = cached
         return cached
 
-    def prepare(self, compiled: Iterable[_Query], threshold: float) -> None:
-        """Work out which papers each distinct query among `compiled` sends, all at once."""
-        queries = {}
-        for query in compiled:
-            if (query.key, threshold) not in self._passing:
-                queries[query.key] = query
-        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
-        for chunk in self._chunks(sorted(queries.values(), key=lambda q: q.key)):
-            self._prepare(chunk, threshold)
-
     def _prepare(self, queries: Sequence[_Query], threshold: float) -> None:
-        """Which papers each query sends. The calibrated threshold is only worked out when it
-        matters: when a paper scores between the floor and the global threshold, and could
-        reach `relative` x the query's reference. Scores here are a subset of the whole
-        collection's, so their REF_RANK-th best is a lower bound of the reference: papers
-        below `relative` x that bound fail whatever the reference."""
+        """Which papers each query sends."""
         groups, total = self._batch(queries)
         positive = total > 0
-        window = positive & (total >= self.tuning.floor) & (total < threshold)
-        relative = self.tuning.relative
-        cuts = np.full(len(queries), threshold)
-        candidates = np.flatnonzero(window.any(axis=1))
-        if len(candidates):
-            bound = relative * np.array(_nth_best(total[candidates], REF_RANK))
-            highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
-            known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
-            needed = candidates[~(known & (highest < bound))].tolist()
-            references = self.references([queries[n] for n in needed])
-            for n, reference in zip(needed, references, strict=True):
-                cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
+        cuts = self._cuts(queries, total, threshold)
         which, slot = np.nonzero(positive & (total >= cuts[:, None]))
         scores = total[which, slot].tolist()
         matched = (groups[which, :, slot] > 0).tolist()
@@ -575,6 +772,48 @@ class _Scorer:
             passing[n].append((self.slots[s], score, keys))
         for query, found in zip(queries, passing, strict=True):
             self._passing[query.key, threshold] = tuple(found)
+
+    def _cuts(self, queries: Sequence[_Query], total: _Vector, threshold: float) -> _Vector:
+        """Each query's send threshold, as far as it matters for `total` (its scores).
+
+        The calibrated threshold is only worked out when it matters: when a paper scores
+        between the floor and the global threshold, and could reach `relative` x the query's
+        reference. Scores here are a subset of the whole collection's, so their REF_RANK-th
+        best is a lower bound of the reference: papers below `relative` x that bound fail
+        whatever the reference."""
+        positive = total > 0
+        window = positive & (total >= self.tuning.floor) & (total < threshold)
+        relative = self.tuning.relative
+        cuts = np.full(len(queries), threshold)
+        candidates = np.flatnonzero(window.any(axis=1))
+        if len(candidates):
+            bound = relative * np.array(_nth_best(total[candidates], REF_RANK))
+            highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
+            known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
+            needed = candidates[~(known & (highest < bound))].tolist()
+            references = self.references([queries[n] for n in needed])
+            for n, reference in zip(needed, references, strict=True):
+                cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
+        return cuts
+
+    def rows(
+        self, shown: npt.NDArray[np.intp], threshold: float, columns: npt.NDArray[np.intp]
+    ) -> tuple[_Table, npt.NDArray[np.intp]]:
+        """The table at `threshold` (its slots in the order of `columns` when it is made),
+        and the row of each query in `query_of_shown[shown]`, each distinct key scored once
+        (row 0: nothing, sends nothing)."""
+        table = self._tables.get(threshold)
+        if table is None:
+            table = self._tables[threshold] = _Table(columns)
+        queries = [self.topics.query_of_shown[n] for n in shown.tolist()]
+        missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
+        table.reserve(len(missing))
+        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
+        for chunk in self._chunks(sorted(missing.values(), key=self._key_order)):
+            groups, which, total = self._scored(chunk)
+            cuts = self._cuts(chunk, total, threshold)
+            table.add([q.key_id for q in chunk], total, cuts, groups, which)
+        return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
         """(paper, score, keyword groups) of each paper the query sends, shared by the topics
@@ -598,18 +837,31 @@ class _Scorer:
     def closest(self, query: _Query, threshold: float) -> list[tuple[int, float, TopicMatch]]:
         """The CLOSEST best papers this topic does not send (score > 0), best first."""
         cached = self._closest.get((query.shown, threshold))
-        if cached is None:
+        if cached is not None:
+            return cached
+        table = self._tables.get(threshold)
+        row = table.row_of.get(query.key_id) if table else None
+        if table is not None and row is not None:  # scored with the edition's other topics
+            scores = table.total[row, table.column_of_slot]
+            bits = table.bits[row, table.column_of_slot]
+            rest = np.flatnonzero((scores > 0) & (scores < table.cuts[row]))
+            best = rest[np.argsort(-scores[rest], kind="stable")[:CLOSEST]].tolist()
+            cached = [
+                (self.slots[n], s, self.match(query, self.slots[n], _bits(b), s))
+                for n, s, b in zip(best, scores[best].tolist(), bits[best].tolist(), strict=True)
+            ]
+        else:
             groups, total = self._vectors(query)
             sent = {i for i, _, _ in self._passing_papers(query, threshold)}
-            rest = (
+            rest_of = (
                 (-s, n) for n, s in enumerate(total.tolist()) if s > 0 and self.slots[n] not in sent
             )
-            best = heapq.nsmallest(CLOSEST, rest)  # slots are in paper order: ties as papers
+            found = heapq.nsmallest(CLOSEST, rest_of)  # slots are in paper order: ties as papers
             cached = [
                 (self.slots[n], -s, self.match(query, self.slots[n], _matched(groups, n), -s))
-                for s, n in best
+                for s, n in found
             ]
-            self._closest[query.shown, threshold] = cached
+        self._closest[query.shown, threshold] = cached
         return cached
 
     def excluded(self, terms: tuple[str, ...]) -> frozenset[int]:
@@ -873,7 +1125,11 @@ def _select_for(
     history: Mapping[str, AbstractSet[str]],
     votes: Mapping[str, Votes],
     tuning: Tuning,
+    *,
+    vectorised: bool = True,
 ) -> list[Selection]:
+    """`select_for`; with `vectorised` False, every subscriber is judged one by one (the
+    plain path the tests hold the vectorised one to)."""
     missing = [e.paper.id for e in listing.entries if e.paper.id not in index.id_to_index]
     if missing:
         raise ValueError(f"listing papers missing from the index (rebuild it): {missing[:5]}")
@@ -884,55 +1140,363 @@ def _select_for(
         if entry.rank < rank_of.get(i, entry.rank + 1):
             rank_of[i], paper_of[i] = entry.rank, entry.paper
     scorer = _Scorer(index, rank_of, tuning)
-    keys = [address_key(sub.email) for sub in subscribers]
-    # Every distinct topic scored at once (readers with votes are judged one by one).
-    compiled = [
-        None if votes.get(k) else [scorer.compile(t) for t in s.topics]
-        for s, k in zip(subscribers, keys, strict=True)
-    ]
-    scorer.prepare((q for queries in compiled if queries for q in queries), threshold)
-    selections = []
-    for sub, key, queries in zip(subscribers, keys, compiled, strict=True):
-        seen = history.get(key, frozenset())
-        if queries is None:  # a reader with votes
-            reader = _reader(scorer, sub, threshold, votes[key])
-            judged = _judge(scorer, sub, threshold, reader)
-            sent = ((i, v.score, v.matches, v.liked) for i, v in judged.items() if v.sent)
-            ranked = _ranked(sent, rank_of, paper_of)
-            near = [
-                (i, v.score, v.matches, v.liked)
-                for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
-                if not v.sent and paper_of[i].id not in seen
-            ][:CLOSEST]
+    edition = _Edition(scorer, rank_of, paper_of, threshold, listing.date)
+    # Address keys only matter to look up history and votes.
+    keys = [address_key(sub.email) for sub in subscribers] if history or votes else None
+    no_history: frozenset[str] = frozenset()
+    seen = [history.get(k, no_history) for k in keys] if keys and history else None
+    # Readers with votes (and topics with more keyword groups than `_Table` tells apart) are
+    # judged one by one, the others all at once.
+    together: list[int] = []
+    shown: list[list[int]] = []
+    alone: list[int] = []
+    queries = scorer.topics.query_of_shown
+    for n, sub in enumerate(subscribers):
+        if not vectorised or (keys and votes.get(keys[n])):
+            alone.append(n)
+            continue
+        topics = [scorer.topics.shown_of(t) for t in sub.topics]
+        if any(len(queries[t].keywords) > _MAX_GROUPS for t in topics):
+            alone.append(n)
         else:
-            # Subscribers whose topics send alike share their ranked papers.
-            shown = tuple(q.shown for q in queries)
-            cached = scorer._ranked.get((shown, sub.exclude, threshold))
-            if cached is None:
-                passing = _sent_without_votes(scorer, queries, sub.exclude, threshold)
-                cached = _ranked(passing, rank_of, paper_of)
-                scorer._ranked[shown, sub.exclude, threshold] = cached
-            ranked = cached
-            near = (
-                [] if ranked else _closest(scorer, queries, sub.exclude, threshold, paper_of, seen)
+            together.append(n)
+            shown.append(topics)
+    selections: list[Selection | None] = [None] * len(subscribers)
+    if together:
+        picks = edition.picks(
+            shown,
+            [subscribers[n].exclude for n in together],
+            [subscribers[n].max_papers for n in together],
+            [seen[n] for n in together] if seen else None,
+        )
+        for n, topics, (picked, ranked) in zip(together, shown, picks, strict=True):
+            sub = subscribers[n]
+            if ranked:
+                selections[n] = Selection(sub, listing.date, picked)
+                continue
+            near = _closest(
+                scorer,
+                [queries[t] for t in topics],
+                sub.exclude,
+                threshold,
+                paper_of,
+                seen[n] if seen else no_history,
             )
-        fresh = (sp for sp in ranked if sp.paper.id not in seen) if seen else iter(ranked)
-        picked = tuple(itertools.islice(fresh, max(0, sub.max_papers)))
-        misses: tuple[SelectedPaper, ...] = ()
-        if not ranked:
-            misses = tuple(
-                SelectedPaper(
-                    paper_of[i], s, rank_of[i], False, m, _mixed(s, rank_of[i]), liked=liked
-                )
-                for i, s, m, liked in near
+            selections[n] = edition.finish(sub, (), False, near)
+    for n in alone:
+        sub = subscribers[n]
+        key = keys[n] if keys else ""
+        selections[n] = _select_one(edition, sub, seen[n] if seen else no_history, votes.get(key))
+    return [s for s in selections if s is not None]
+
+
+def _select_one(
+    edition: _Edition, sub: Subscriber, seen: AbstractSet[str], votes: Votes | None
+) -> Selection:
+    """One subscriber's Selection, judged alone."""
+    scorer, threshold = edition.scorer, edition.threshold
+    rank_of, paper_of = edition.rank_of, edition.paper_of
+    if votes:
+        reader = _reader(scorer, sub, threshold, votes)
+        judged = _judge(scorer, sub, threshold, reader)
+        sent = ((i, v.score, v.matches, v.liked) for i, v in judged.items() if v.sent)
+        ranked = _ranked(sent, rank_of, paper_of)
+        near = [
+            (i, v.score, v.matches, v.liked)
+            for i, v in sorted(judged.items(), key=lambda iv: (-iv[1].score, iv[0]))
+            if not v.sent and paper_of[i].id not in seen
+        ][:CLOSEST]
+    else:
+        queries = [scorer.compile(t) for t in sub.topics]
+        # Subscribers whose topics send alike share their ranked papers.
+        shown = tuple(q.shown for q in queries)
+        cached = scorer._ranked.get((shown, sub.exclude, threshold))
+        if cached is None:
+            passing = _sent_without_votes(scorer, queries, sub.exclude, threshold)
+            cached = _ranked(passing, rank_of, paper_of)
+            scorer._ranked[shown, sub.exclude, threshold] = cached
+        ranked = cached
+        near = [] if ranked else _closest(scorer, queries, sub.exclude, threshold, paper_of, seen)
+    fresh = (sp for sp in ranked if sp.paper.id not in seen) if seen else iter(ranked)
+    picked = tuple(itertools.islice(fresh, max(0, sub.max_papers)))
+    return edition.finish(sub, picked, bool(ranked), near)
+
+
+_CELLS = 1 << 20  # (subscriber, topic, paper) cells gathered at once
+
+
+class _Edition:
+    """One edition's listing over a scorer: its papers as columns in the order ties are broken
+    in (trending rank, then id), and the vectorised selection of many subscribers at once."""
+
+    def __init__(
+        self,
+        scorer: _Scorer,
+        rank_of: Mapping[int, int],
+        paper_of: Mapping[int, Paper],
+        threshold: float,
+        date: dt.date,
+    ) -> None:
+        self.scorer, self.threshold, self.date = scorer, threshold, date
+        self.rank_of, self.paper_of = rank_of, paper_of
+        slots = scorer.slots
+        self.order = np.array(
+            sorted(range(len(slots)), key=lambda n: (rank_of[slots[n]], paper_of[slots[n]].id)),
+            dtype=np.intp,
+        )
+        self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
+        self.trend = np.array([_trend(rank_of[i]) for i in self.papers])
+        self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
+
+    def finish(
+        self,
+        sub: Subscriber,
+        picked: tuple[SelectedPaper, ...],
+        ranked: bool,
+        near: Sequence[_Sent],
+    ) -> Selection:
+        """The Selection of the `picked` papers; when none was `ranked` (before history), the
+        `near` misses, sent as such with `on_empty: closest`."""
+        if ranked:
+            return Selection(sub, self.date, picked)
+        rank_of, paper_of = self.rank_of, self.paper_of
+        misses = tuple(
+            SelectedPaper(paper_of[i], s, rank_of[i], False, m, _mixed(s, rank_of[i]), liked=liked)
+            for i, s, m, liked in near
+        )
+        if sub.on_empty == "closest":
+            picked = tuple(
+                dataclasses.replace(sp, sent=True, near_miss=True)
+                for sp in misses[: max(0, sub.max_papers)]
             )
-            if sub.on_empty == "closest":
-                picked = tuple(
-                    dataclasses.replace(sp, sent=True, near_miss=True)
-                    for sp in misses[: max(0, sub.max_papers)]
-                )
-        selections.append(Selection(sub, listing.date, picked, misses))
-    return selections
+        return Selection(sub, self.date, picked, misses)
+
+    def picks(
+        self,
+        shown: Sequence[Sequence[int]],
+        excludes: Sequence[tuple[str, ...]],
+        caps: Sequence[int],
+        seen: Sequence[AbstractSet[str]] | None,
+    ) -> list[tuple[tuple[SelectedPaper, ...], bool]]:
+        """Per subscriber (their topics' `shown`, exclude terms, max_papers and papers seen in
+        other editions): (the papers sent, in digest order; whether any was sent before
+        history took its own), every subscriber at once.
+
+        A subscriber's score of a paper is the best of their topics that send it; the papers
+        are ordered by mixed score with ties broken by column (trending rank, then id), as
+        `_ranked` sorts; a paper one topic sends carries that topic's explanation, one that
+        several send all of theirs, best first. Explanations and SelectedPapers are built once
+        per distinct value, most subscribers sharing them with others."""
+        scorer, width, n = self.scorer, len(self.papers), len(shown)
+        counts = np.fromiter(map(len, shown), dtype=np.intp, count=n)
+        depth = int(counts.max(initial=0))
+        flat = np.fromiter(itertools.chain.from_iterable(shown), np.intp, int(counts.sum()))
+        distinct = np.unique(flat)
+        row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
+        table, rows = scorer.rows(distinct, self.threshold, self.order)
+        row_of_shown[distinct] = rows
+        total, cuts, bits = table.total, table.cuts, table.bits
+        # (subscriber, topic) -> the topic's row, row 0 (nothing) past their own topics.
+        owner = np.repeat(np.arange(n), counts)
+        position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        grid = np.zeros((n, depth), dtype=np.intp)
+        grid[owner, position] = row_of_shown[flat]
+        shown_grid = np.full((n, depth), -1, dtype=np.intp)
+        shown_grid[owner, position] = flat
+        excluded, excluding = self._excluded(excludes)
+        seen_at, seen_column = self._seen(seen)
+        cap = np.maximum(np.fromiter(caps, dtype=np.intp, count=n), 0)
+        ranked = np.zeros(n, dtype=bool)
+        found: list[
+            tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], _Vector, npt.NDArray[np.intp]]
+        ] = []
+        step = max(1, _CELLS // max(1, depth * width))
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            rows = grid[a:b]
+            scores = total[rows]  # (subscriber, topic, column), 0 where the topic does not send
+            scores[scores < cuts[rows][:, :, None]] = 0.0
+            excluding_some = np.flatnonzero(excluded[a:b])
+            if len(excluding_some):
+                hide = excluding[excluded[a + excluding_some]]
+                scores[excluding_some] *= ~hide[:, None, :]
+            best = scores.max(axis=1) if depth else np.zeros((b - a, width))
+            ranked[a:b] = (best > 0).any(axis=1)
+            lo, hi = np.searchsorted(seen_at, (a, b))
+            best[seen_at[lo:hi] - a, seen_column[lo:hi]] = 0.0
+            sub, column = np.nonzero(best > 0)
+            by = np.argsort(-(best[sub, column] * self.trend[column]), kind="stable")
+            by = by[np.argsort(sub[by], kind="stable")]
+            sub, column = sub[by], column[by]
+            per = np.bincount(sub, minlength=b - a)
+            keep = np.arange(len(sub)) - (np.cumsum(per) - per)[sub] < cap[a:b][sub]
+            sub, column = sub[keep], column[keep]
+            found.append((sub + a, column, scores[sub, :, column], shown_grid[a:b][sub]))
+        owners = np.concatenate([f[0] for f in found])
+        columns = np.concatenate([f[1] for f in found])
+        scores = np.concatenate([f[2] for f in found]).reshape(len(owners), depth)
+        shown_of = np.concatenate([f[3] for f in found]).reshape(len(owners), depth)
+        papers = self._papers(scores, shown_of, columns, row_of_shown, total, bits)
+        per = np.bincount(owners, minlength=n).tolist()
+        out = []
+        start = 0
+        for size, sent in zip(per, ranked.tolist(), strict=True):
+            out.append((tuple(papers[start : start + size]), sent))
+            start += size
+        return out
+
+    def _papers(
+        self,
+        scores: _Vector,
+        shown_of: npt.NDArray[np.intp],
+        columns: npt.NDArray[np.intp],
+        row_of_shown: npt.NDArray[np.intp],
+        total: _Vector,
+        bits: npt.NDArray[np.int64],
+    ) -> list[SelectedPaper]:
+        """The SelectedPaper of each picked cell, from its topics' `scores` (0 where a topic
+        does not send it) and `shown`."""
+        scorer, width = self.scorer, len(self.papers)
+        queries = scorer.topics.query_of_shown
+        senders = scores > 0
+        # Each distinct (shown, column) a topic sends, then each distinct explanation.
+        pair = shown_of[senders] * width + np.broadcast_to(columns[:, None], senders.shape)[senders]
+        pairs, pair_at = np.unique(pair, return_inverse=True)
+        pair_shown, pair_column = np.divmod(pairs, width)
+        rows = row_of_shown[pair_shown]
+        pair_score, pair_bits = total[rows, pair_column], bits[rows, pair_column]
+        # An explanation depends on the topic's name, the matched keyword groups' terms (or,
+        # without any, its description terms and the paper), the paper and the score.
+        labels = scorer.topics.labels
+        name = np.array(labels.names, dtype=np.int64)
+        weak = -1 - np.array(labels.weak, dtype=np.int64)  # negative: no group's terms
+        group_at = np.array(labels.groups_at, dtype=np.intp)
+        group_terms = np.array([*labels.groups, 0], dtype=np.int64)
+        lone = (pair_bits & (pair_bits - 1)) == 0  # one group (or none) matched
+        group = np.log2(np.where(lone & (pair_bits > 0), pair_bits, 1)).astype(np.intp)
+        terms = np.where(
+            pair_bits == 0, weak[pair_shown], group_terms[group_at[pair_shown] + group]
+        )
+        if not lone.all():
+            # Several groups matched: numbered by their terms' numbers, in order (the same
+            # terms as one group's, or another list of groups', may get another number: the
+            # explanations are then equal values built twice).
+            several = np.flatnonzero(~lone)
+            bits_of, at = pair_bits[several], group_at[pair_shown[several]]
+            wide = int(bits_of.max()).bit_length()
+            found = np.full((len(several), wide), -1, dtype=np.int64)
+            for k in range(wide):
+                has = (bits_of >> k) & 1 == 1
+                found[has, k] = group_terms[at[has] + k]
+            found = np.take_along_axis(found, np.argsort(found < 0, axis=1, kind="stable"), 1)
+            terms[several] = len(scorer.topics.ids) + _numbered(found)
+        columns_of = (name[pair_shown], pair_column, terms, pair_score.view(np.int64))
+        key = np.lexsort(columns_of)
+        new = np.zeros(len(key), dtype=bool)
+        new[:1] = True
+        for column in columns_of:
+            ordered = column[key]
+            new[1:] |= ordered[1:] != ordered[:-1]
+        match_of_pair = np.empty(len(key), dtype=np.intp)
+        match_of_pair[key] = np.cumsum(new) - 1
+        first = key[new]  # a pair showing each explanation
+        match_column = pair_column[first].tolist()
+        matches = [
+            scorer.match(queries[t], self.papers[c], _bits(b), s)
+            for t, c, b, s in zip(
+                pair_shown[first].tolist(),
+                match_column,
+                pair_bits[first].tolist(),
+                pair_score[first].tolist(),
+                strict=True,
+            )
+        ]
+        # Each cell: its one topic's SelectedPaper (shared by every cell with that
+        # explanation), or one made for the topics that send it, best first.
+        by_topic = np.full(senders.shape, -1, dtype=np.intp)
+        by_topic[senders] = match_of_pair[pair_at]
+        several = senders.sum(axis=1) > 1
+        out = np.empty(len(columns), dtype=object)
+        one = np.flatnonzero(~several)
+        match_at = by_topic[one].max(axis=1)
+        used, used_at = np.unique(match_at, return_inverse=True)
+        alone = np.empty(len(used), dtype=object)
+        for n, m in enumerate(used.tolist()):
+            match = matches[m]
+            alone[n] = self._paper(self.papers[match_column[m]], match.score, (match,))
+        out[one] = alone[used_at]
+        many = np.flatnonzero(several)
+        if len(many):
+            # Explanations best first (then in topic order), one SelectedPaper per distinct list.
+            best_first = np.argsort(-scores[many], axis=1, kind="stable")
+            ordered = np.take_along_axis(by_topic[many], best_first, axis=1)
+            at = _numbered(ordered)
+            distinct = np.empty_like(ordered)
+            distinct[at] = ordered
+            merged = np.empty(len(distinct), dtype=object)
+            for n, row in enumerate(distinct[: at.max() + 1].tolist()):
+                explained = tuple(matches[m] for m in row if m >= 0)
+                score = max(m.score for m in explained)
+                merged[n] = self._paper(self.papers[match_column[row[0]]], score, explained)
+            out[many] = merged[at]
+        papers: list[SelectedPaper] = out.tolist()
+        return papers
+
+    def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
+        rank = self.rank_of[i]
+        return SelectedPaper(self.paper_of[i], score, rank, True, matches, _mixed(score, rank))
+
+    def _excluded(
+        self, excludes: Sequence[tuple[str, ...]]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """(a mask number per subscriber, a mask of the excluded columns per number)."""
+        numbers: dict[tuple[str, ...], int] = {(): 0}
+        which = np.fromiter(
+            (numbers.setdefault(e, len(numbers)) for e in excludes), np.intp, len(excludes)
+        )
+        masks = np.zeros((len(numbers), len(self.papers)), dtype=bool)
+        for terms, n in numbers.items():
+            hit = self.scorer.excluded(terms)
+            masks[n] = [i in hit for i in self.papers]
+        return which, masks
+
+    def _seen(
+        self, seen: Sequence[AbstractSet[str]] | None
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """(subscriber, column) of each listed paper a subscriber has seen, by subscriber."""
+        at: list[int] = []
+        columns: list[int] = []
+        column_of = self.column_of
+        for n, ids in enumerate(seen or ()):
+            if not ids:
+                continue
+            if len(ids) < len(column_of):
+                found = [column_of[p] for p in ids if p in column_of]
+            else:
+                found = [c for p, c in column_of.items() if p in ids]
+            at += [n] * len(found)
+            columns += found
+        return np.array(at, dtype=np.intp), np.array(columns, dtype=np.intp)
+
+
+def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
+    """A number per distinct row of `rows` (0, 1, ...), for each row: `np.unique(axis=0)`
+    without its sort of the rows as bytes."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.intp)
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    new = np.zeros(len(rows), dtype=bool)
+    new[0] = True
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    numbers = np.empty(len(rows), dtype=np.intp)
+    numbers[order] = np.cumsum(new) - 1
+    return numbers
+
+
+def _bits(bits: int) -> tuple[int, ...]:
+    """The keyword groups set in `bits` (see `_Table`)."""
+    return tuple(k for k in range(bits.bit_length()) if bits >> k & 1)
 
 
 _Sent = tuple[int, float, tuple[TopicMatch, ...], str]  # (paper, score, matches, liked)
@@ -997,4 +1561,9 @@ def _closest(
 
 def _mixed(score: float, rank: int) -> float:
     """Relevance with a trending bonus that fades like DCG's position discount."""
-    return score * (1.0 + TREND_BONUS / math.log2(max(rank, 1) + 1))
+    return score * _trend(rank)
+
+
+def _trend(rank: int) -> float:
+    """What `_mixed` multiplies a score by: 1.5 for trending rank 1, 1.25 for rank 3."""
+    return 1.0 + TREND_BONUS / math.log2(max(rank, 1) + 1)
