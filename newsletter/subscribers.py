@@ -11,6 +11,7 @@ import datetime as dt
 import gc
 import re
 import zoneinfo
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeGuard
@@ -39,6 +40,7 @@ from newsletter.yamlfile import (
     read_document_nodes,
     walk,
 )
+from newsletter.yamlscan import scan_document
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -157,39 +159,52 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
 
 
 def parse_subscribers(text: str, source: str = "<subscribers>") -> list[Subscriber]:
-    """Validate the file's text; raise SubscriberConfigError listing every problem.
+    """Validate the file's text; raise SubscriberConfigError listing every problem."""
+    return _parse_pieces(lambda: (text,), source)
 
-    The text is read once, with LibYAML's C parser where PyYAML has it. A file that is not
-    valid YAML is read again by the pure-Python parser, so the message (and its line) is the
-    same whichever parser is installed."""
+
+def _parse_pieces(pieces: Callable[[], Iterable[str]], source: str) -> list[Subscriber]:
+    """Validate the text made of `pieces()` (each ending at a line end).
+
+    The text is read once: by the scanner (`yamlscan`) when it is written in the plain subset
+    of YAML subscriber files use, a piece at a time; else, whole, with LibYAML's C parser where
+    PyYAML has it. A file that is not valid YAML is read again by the pure-Python parser, so the
+    message (and its line) is the same whichever parser is installed."""
     try:
-        return _parse(text, source, Loader)
+        return _parse(pieces, source, Loader)
     except _NotYaml:
         if Loader is PureLoader:
             raise
-        return _parse(text, source, PureLoader)
+        return _parse(pieces, source, PureLoader)
 
 
 class _NotYaml(SubscriberConfigError):
     pass
 
 
-def _parse(text: str, source: str, loader: type[Any]) -> list[Subscriber]:
+def _parse(pieces: Callable[[], Iterable[str]], source: str, loader: type[Any]) -> list[Subscriber]:
     # A load allocates millions of objects and frees few: collecting meanwhile is waste (the
     # subscribers built at the end would otherwise pay for full collections over the rest).
     collecting = gc.isenabled()
     gc.disable()
     try:
         check = _Check(source)
-        raw, lines = _read(text, source, loader, check)
+        raw, lines = _read(pieces, source, loader, check)
         return check.finish(raw, lines)
     finally:
         if collecting:
             gc.enable()
 
 
-def _read(text: str, source: str, loader: type[Any], check: _Check) -> tuple[Any, Lines | None]:
+def _read(
+    pieces: Callable[[], Iterable[str]], source: str, loader: type[Any], check: _Check
+) -> tuple[Any, Lines | None]:
     """The document's values and lines, each subscriber checked by `check` as it is read."""
+    try:
+        return scan_document(pieces(), "subscribers", check.entry)
+    except NotPlain:
+        check.restart()
+    text = "".join(pieces())
     try:
         try:
             return read_document(text, loader, "subscribers", check.entry)
@@ -486,7 +501,7 @@ def _address(email: str) -> str | None:
 def load_subscribers(path: Path) -> list[Subscriber]:
     """Read and validate the subscriber file (the only function here that does I/O)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return _parse_pieces(lambda: _pieces(path), str(path))
     except FileNotFoundError:
         raise SubscriberConfigError(
             path, [f"{path}: no such file; set NEWSLETTER_SUBSCRIBERS_FILE or create it"]
@@ -495,4 +510,13 @@ def load_subscribers(path: Path) -> list[Subscriber]:
         raise SubscriberConfigError(
             path, [f"{path}: cannot read it as UTF-8 text ({exc})"]
         ) from None
-    return parse_subscribers(text, str(path))
+
+
+PIECE = 1 << 20  # characters of the file read at a time
+
+
+def _pieces(path: Path) -> Iterator[str]:
+    """The file's text in pieces of whole lines (line ends read as LF, as `read_text` does)."""
+    with path.open(encoding="utf-8") as file:
+        while lines := file.readlines(PIECE):
+            yield "".join(lines)
