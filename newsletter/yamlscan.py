@@ -36,7 +36,9 @@ from newsletter.yamlfile import (
 _LINE = re.compile(r"( *)(-(?: +|(?=\n)))?(?:([A-Za-z_][A-Za-z0-9_]*):(?=[ \n]) *)?(.*)\n")
 # Anything that is not a printable character, LF or space is left to the parser: tabs, CR and
 # the other line breaks YAML knows, a byte-order mark, what YAML refuses.
-_UNSURE = re.compile("[^\n\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+_UNSURE = re.compile(
+    "[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
 _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _FLOW_PLAIN = re.compile(r"[^\s,\[\]{}#:\"'&*!|>%@`?\-][^,\[\]{}#:\"'\n]*")
 _FLOW_KEY = re.compile(r" *([A-Za-z_][A-Za-z0-9_]*): +")
