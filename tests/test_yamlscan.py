@@ -105,8 +105,13 @@ def read_both(text: str) -> tuple[Any, Any]:
 
     def run(read: Any) -> Any:
         items: list[Any] = []
+
+        def on_item(i: int, entry: Any, lines: Any) -> int:
+            items.append((i, entry, lines))
+            return i
+
         try:
-            return read(lambda i, e, lines: items.append((i, e, lines)) or i), items
+            return read(on_item), items
         except NotPlain:
             return "NotPlain"
         except yaml.YAMLError:
