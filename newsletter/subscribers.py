@@ -237,7 +237,7 @@ class _Check:
         """Forget the subscribers checked so far (the file is read again another way)."""
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
         self.first_index: dict[str, tuple[int, str, int]] = {}
-        self.shared: dict[Any, Any] = {}  # equal values read as one object (see fast_entry)
+        self.shared = Shared()  # equal values read as one object (see fast_entry)
 
     def problem(
         self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
@@ -383,7 +383,19 @@ _ENTRY_KEYS = frozenset(SubscriberModel.model_fields)
 _TOPIC_KEYS = frozenset(TopicModel.model_fields)
 
 
-def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None:
+class Shared:
+    """One file's values read as one object each: `values` (settings, term tuples), `terms`
+    (keywords that passed the check) and `topics` (checked topics by their fields)."""
+
+    __slots__ = ("terms", "topics", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[Any, Any] = {}
+        self.terms: dict[str, str] = {}
+        self.topics: dict[tuple[Any, ...], Topic] = {}
+
+
+def fast_entry(entry: Any, shared: Shared | None = None) -> Entry | None:
     """The fields of an entry that is plainly valid, as `SubscriberModel` would give them; None
     when it is not plainly so (then the model decides, and words any problem).
 
@@ -391,10 +403,10 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
     nothing for `str_strip_whitespace` to strip and no control character, known keys only. Each
     check is the model's own rule, so anything accepted here the model accepts unchanged.
 
-    Equal topics, keywords and settings become one object through `shared` (one dict per file):
+    Equal topics, keywords and settings become one object through `shared` (one per file):
     100,000 subscribers repeat a few hundred keywords and zones many times over."""
     if shared is None:
-        shared = {}
+        shared = Shared()
     if type(entry) is not dict or not _ENTRY_KEYS.issuperset(entry):
         return None
     email = entry.get("email")
@@ -422,7 +434,7 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
     normal = _address(email)
     if normal is None:
         return None
-    share = shared.setdefault
+    share = shared.values.setdefault
     return (
         normal,
         name,
@@ -435,29 +447,35 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
     )
 
 
-def _fast_topics(given: Any, shared: dict[Any, Any]) -> tuple[Topic, ...] | None:
+def _fast_topics(given: Any, shared: Shared) -> tuple[Topic, ...] | None:
     if type(given) is not list or not given:
         return None
     topics = []
+    known_terms, known_topics = shared.terms, shared.topics
     for t in given:
         if type(t) is not dict or not _TOPIC_KEYS.issuperset(t):
             return None
         name, keywords, description = t.get("name"), t.get("keywords"), t.get("description", "")
-        if not _line(name, 1, 120):
+        if type(keywords) is not list or not keywords or type(name) is not str:
             return None
-        if not (
-            _line(description, 0, None)
-            and type(keywords) is list
-            and keywords
-            and all(_line(k, 1, 200) for k in keywords)
-        ):
+        if type(description) is not str:
             return None
-        share = shared.setdefault
-        terms = tuple([share(k, k) for k in keywords])
-        key = (name, terms, description)  # a tuple hashes in C; a dataclass would in Python
-        topic = shared.get(key)
+        terms = []
+        for k in keywords:
+            term = known_terms.get(k) if type(k) is str else None
+            if term is None:
+                if not _line(k, 1, 200):
+                    return None
+                term = known_terms[k] = k
+            terms.append(term)
+        key = (name, tuple(terms), description)  # a tuple hashes in C; a dataclass in Python
+        topic = known_topics.get(key)
         if topic is None:
-            topic = shared[key] = Topic(name, share(terms, terms), share(description, description))
+            if not (_line(name, 1, 120) and _line(description, 0, None)):
+                return None
+            share = shared.values.setdefault
+            topic = Topic(name, share(key[1], key[1]), share(description, description))
+            known_topics[key] = topic
         topics.append(topic)
     return tuple(topics)
 
