@@ -224,101 +224,99 @@ class _Scan:
         """Read whole lines (`chunk` ends with LF) whose first is line `lineno` + 1."""
         if _UNSURE.search(chunk):
             raise NotPlain("a character the scanner leaves to the parser")
-        stack = self.stack
         resolve = self.resolve
         keys = self.keys
-        root = self.root
-        top = stack[-1] if stack else None
+        # The mapping the usual line (`key: value`) goes to, kept in locals: -1 when none.
+        col, data, maplines = self.usual()
         for ind_s, dash, key, rest in _LINE.findall(chunk):
             lineno += 1
-            if (  # the usual line: `key: value` in the mapping being read
-                top is not None
-                and not dash
-                and key in keys
-                and rest
-                and rest[0] != "#"
-                and top.col == len(ind_s)
-                and top.pending is None
-                and not top.seq
-                and top is not root
-            ):
-                data = top.data
+            if key in keys and not dash and len(ind_s) == col and rest and rest[0] != "#":
                 if key in data:
                     raise NotPlain("a duplicate key")
                 data[key], vlines = _value(rest, lineno, resolve)
-                maplines = top.lines
                 maplines.keys.append(key)
                 maplines.key_lines.append(lineno)
                 maplines.children.append(vlines)
-                continue
-            if not dash and not key:
-                if not rest or rest[0] == "#":
-                    continue  # blank or a comment
+            elif dash or key:
+                self.place(lineno, len(ind_s), dash, key, rest)
+                col, data, maplines = self.usual()
+            elif rest and rest[0] != "#":  # neither blank nor a comment
                 raise NotPlain("a line that is neither key nor item")
-            ind = len(ind_s)
-            if not stack:
-                if root is not None or dash or ind:
-                    raise NotPlain("the document is not one block mapping")
-                root = self.root = _Frame(0, False, {}, MapLines(lineno, [], [], []))
-                stack.append(root)
-            top = stack[-1]
-            if top.pending is not None:  # the line after `key:`: its value, or a null
-                pkey, pline = top.pending
-                top.pending = None
-                if ind > top.col or (ind == top.col and dash):
-                    new = _Frame(ind, bool(dash), [] if dash else {}, None)
-                    new.lines = SeqLines(lineno, []) if dash else MapLines(lineno, [], [], [])
-                    new.stream = top is root and pkey == self.stream_key and bool(dash)
-                    self.put(top, pkey, pline, new.data, new.lines)
-                    stack.append(new)
-                    top = new
-                else:
-                    self.put(top, pkey, pline, None, pline)
-            while top.col > ind or (top.col == ind and top.seq and not dash):
-                self.pop()
-                if not stack:
-                    raise NotPlain("a line outside the document")
-                top = stack[-1]
-            if top.col != ind or top.seq != bool(dash):
-                raise NotPlain("a line at an indentation the scanner cannot place")
-            if dash:
-                if top.stream:
-                    self.emit(top)
-                if not key:
-                    if not rest or rest[0] == "#":
-                        raise NotPlain("an empty item")
-                    value, vlines = _value(rest, lineno, resolve)
-                    if top.stream:
-                        top.item = (value, vlines)
-                    else:
-                        top.data.append(value)
-                        top.lines.children.append(vlines)
-                    continue
-                item = _Frame(ind + len(dash), False, {}, MapLines(lineno, [], [], []))
-                if top.stream:
-                    top.item = (item.data, item.lines)
-                else:
-                    top.data.append(item.data)
-                    top.lines.children.append(item.lines)
-                stack.append(item)
-                top = item
-            if key not in keys:
-                resolve.key(key)
-                keys.add(key)
-            data = top.data
-            if key in data:
-                raise NotPlain("a duplicate key")
-            if not rest or rest[0] == "#":
-                top.pending = (key, lineno)
-                continue
-            if top is root and key == self.stream_key and rest[0] in "[{":
-                raise NotPlain("the streamed list written inline")
-            data[key], vlines = _value(rest, lineno, resolve)
-            maplines = top.lines
-            maplines.keys.append(key)
-            maplines.key_lines.append(lineno)
-            maplines.children.append(vlines)
         return lineno
+
+    def usual(self) -> tuple[int, Any, Any]:
+        """(column, value, lines) of the mapping the next `key: value` line may go to
+        without `place` (-1: none)."""
+        if not self.stack:
+            return -1, None, None
+        top = self.stack[-1]
+        if top.seq or top.pending is not None or top is self.root:
+            return -1, None, None
+        return top.col, top.data, top.lines
+
+    def place(self, lineno: int, ind: int, dash: str, key: str, rest: str) -> None:
+        """Any other key or item line: open and close collections around it."""
+        stack = self.stack
+        resolve = self.resolve
+        root = self.root
+        if not stack:
+            if root is not None or dash or ind:
+                raise NotPlain("the document is not one block mapping")
+            root = self.root = _Frame(0, False, {}, MapLines(lineno, [], [], []))
+            stack.append(root)
+        top = stack[-1]
+        if top.pending is not None:  # the line after `key:`: its value, or a null
+            pkey, pline = top.pending
+            top.pending = None
+            if ind > top.col or (ind == top.col and dash):
+                new = _Frame(ind, bool(dash), [] if dash else {}, None)
+                new.lines = SeqLines(lineno, []) if dash else MapLines(lineno, [], [], [])
+                new.stream = top is root and pkey == self.stream_key and bool(dash)
+                self.put(top, pkey, pline, new.data, new.lines)
+                stack.append(new)
+                top = new
+            else:
+                self.put(top, pkey, pline, None, pline)
+        while top.col > ind or (top.col == ind and top.seq and not dash):
+            self.pop()
+            if not stack:
+                raise NotPlain("a line outside the document")
+            top = stack[-1]
+        if top.col != ind or top.seq != bool(dash):
+            raise NotPlain("a line at an indentation the scanner cannot place")
+        if dash:
+            if top.stream:
+                self.emit(top)
+            if not key:
+                if not rest or rest[0] == "#":
+                    raise NotPlain("an empty item")
+                value, vlines = _value(rest, lineno, resolve)
+                if top.stream:
+                    top.item = (value, vlines)
+                else:
+                    top.data.append(value)
+                    top.lines.children.append(vlines)
+                return
+            item = _Frame(ind + len(dash), False, {}, MapLines(lineno, [], [], []))
+            if top.stream:
+                top.item = (item.data, item.lines)
+            else:
+                top.data.append(item.data)
+                top.lines.children.append(item.lines)
+            stack.append(item)
+            top = item
+        if key not in self.keys:
+            resolve.key(key)
+            self.keys.add(key)
+        if key in top.data:
+            raise NotPlain("a duplicate key")
+        if not rest or rest[0] == "#":
+            top.pending = (key, lineno)
+            return
+        if top is root and key == self.stream_key and rest[0] in "[{":
+            raise NotPlain("the streamed list written inline")
+        value, vlines = _value(rest, lineno, resolve)
+        self.put(top, key, lineno, value, vlines)
 
     def end(self) -> tuple[Any, Lines]:
         while self.stack:
