@@ -7,11 +7,13 @@ and the fix, so a user can correct the whole file in one pass. The validated fil
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import re
 import zoneinfo
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeGuard
@@ -32,6 +34,7 @@ from newsletter.models import Subscriber, Topic
 from newsletter.yamlfile import (
     Lines,
     Loader,
+    MapLines,
     NotPlain,
     PureLoader,
     SeqLines,
@@ -170,30 +173,79 @@ def _parse_pieces(pieces: Callable[[], Iterable[str]], source: str) -> list[Subs
     of YAML subscriber files use, a piece at a time; else, whole, with LibYAML's C parser where
     PyYAML has it. A file that is not valid YAML is read again by the pure-Python parser, so the
     message (and its line) is the same whichever parser is installed."""
+    subs: list[Subscriber]
     try:
-        return _parse(pieces, source, Loader)
+        subs = _parse(pieces, source, Loader)
     except _NotYaml:
         if Loader is PureLoader:
             raise
-        return _parse(pieces, source, PureLoader)
+        subs = _parse(pieces, source, PureLoader)
+    return subs
 
 
 class _NotYaml(SubscriberConfigError):
     pass
 
 
-def _parse(pieces: Callable[[], Iterable[str]], source: str, loader: type[Any]) -> list[Subscriber]:
+def _parse(
+    pieces: Callable[[], Iterable[str]], source: str, loader: type[Any], outline: bool = False
+) -> Any:
     # A load allocates millions of objects and frees few: collecting meanwhile is waste (the
     # subscribers built at the end would otherwise pay for full collections over the rest).
     collecting = gc.isenabled()
     gc.disable()
     try:
-        check = _Check(source)
+        check = _Check(source, keep=not outline)
         raw, lines = _read(pieces, source, loader, check)
+        if outline:
+            outlined = check.outline(raw, lines)  # every problem first, however it was read
+            return outlined if check.scanned else None
         return check.finish(raw, lines)
     finally:
         if collecting:
             gc.enable()
+
+
+@dataclass(frozen=True, slots=True)
+class Outline:
+    """A valid file without its subscribers: what reading them again a chunk at a time needs
+    (see `roster`)."""
+
+    defaults: DefaultsModel
+    lines: list[int]  # each subscriber's line
+    keys: dict[str, int]  # address_key -> the subscriber's index
+    end: int | None  # the line of the first top-level key after the list (None: end of file)
+
+
+def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline | None:
+    """Check the text made of `pieces()` as `parse_subscribers` does (every problem at once),
+    keeping only its outline; None when the scanner could not read it (anchors, say): the
+    outline's lines would not be the text's."""
+    outline: Outline | None
+    try:
+        outline = _parse(pieces, source, Loader, outline=True)
+    except _NotYaml:
+        if Loader is PureLoader:
+            raise
+        outline = _parse(pieces, source, PureLoader, outline=True)
+    return outline
+
+
+def read_chunk(
+    text: str, source: str, defaults: DefaultsModel, lines: Sequence[int], shared: Shared
+) -> list[Subscriber]:
+    """The subscribers written in `text`, some items of a file's list as written there, each
+    with its line in `lines`: a piece of a file checked before (see `roster`). `shared` is
+    kept from one piece to the next."""
+    check = _Check(source, shared=shared)
+    try:
+        raw, _ = scan_document(["subscribers:\n", text], "subscribers", check.entry)
+    except NotPlain:
+        raw = None
+    entries = raw.get("subscribers") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or len(entries) != len(lines) or None in entries:
+        raise SubscriberConfigError(source, [f"{source}: changed while it was read; run again"])
+    return [_to_subscriber(e, defaults, line) for e, line in zip(entries, lines, strict=True)]
 
 
 def _read(
@@ -201,6 +253,7 @@ def _read(
 ) -> tuple[Any, Lines | None]:
     """The document's values and lines, each subscriber checked by `check` as it is read."""
     try:
+        check.scanned = True
         return scan_document(pieces(), "subscribers", check.entry)
     except NotPlain:
         check.restart()
@@ -229,15 +282,19 @@ def _read(
 class _Check:
     """The checks of one file: each subscriber as it is read, then the whole."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, keep: bool = True, shared: Shared | None = None) -> None:
         self.source = source
+        self.keep = keep  # False: check each subscriber, keep none
+        self.given = shared
         self.restart()
 
     def restart(self) -> None:
         """Forget the subscribers checked so far (the file is read again another way)."""
+        self.scanned = False
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
         self.first_index: dict[str, tuple[int, str, int]] = {}
-        self.shared = Shared()  # equal values read as one object (see fast_entry)
+        # equal values read as one object (see fast_entry)
+        self.shared = self.given or Shared(None if self.keep else SHARED_LIMIT)
 
     def problem(
         self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
@@ -248,7 +305,8 @@ class _Check:
 
     def entry(self, i: int, entry: Any, lines: Lines) -> Entry | None:
         """Check subscriber #i+1 as it is read (`lines`: its own)."""
-        return self.entry_at(i, entry, (lines, line_of(lines)))
+        valid = self.entry_at(i, entry, (lines, line_of(lines)))
+        return valid if self.keep else None
 
     def entry_at(self, i: int, entry: Any, at: tuple[Lines | None, int]) -> Entry | None:
         """Check subscriber #i+1, found `at` in the lines; its fields, or None if invalid.
@@ -257,6 +315,7 @@ class _Check:
         whose errors make the messages."""
         email = entry.get("email") if isinstance(entry, dict) else None
         valid = fast_entry(entry, self.shared)
+        self.shared.bound()
         if valid is None:
             valid = self.validated(i, entry, at, email)
         if isinstance(email, str) and email.strip():
@@ -308,6 +367,30 @@ class _Check:
 
     def finish(self, raw: Any, lines: Lines | None) -> list[Subscriber]:
         """The top-level checks; the subscribers, or SubscriberConfigError with every problem."""
+        defaults = self.verdict(raw, lines)
+        items, _ = walk(lines, ["subscribers"])
+        assert isinstance(items, SeqLines)
+        return [
+            _to_subscriber(m, defaults, line_of(item))
+            for m, item in zip(raw["subscribers"], items.children, strict=True)
+            if m is not None
+        ]
+
+    def outline(self, raw: Any, lines: Lines | None) -> Outline:
+        """The top-level checks; the file's outline, or SubscriberConfigError."""
+        defaults = self.verdict(raw, lines)
+        items, _ = walk(lines, ["subscribers"])
+        assert isinstance(items, SeqLines) and isinstance(lines, MapLines)
+        after = lines.keys.index("subscribers") + 1
+        return Outline(
+            defaults,
+            [line_of(item) for item in items.children],
+            {key: first[0] for key, first in self.first_index.items()},
+            lines.key_lines[after] if after < len(lines.keys) else None,
+        )
+
+    def verdict(self, raw: Any, lines: Lines | None) -> DefaultsModel:
+        """The top-level checks: the defaults, or SubscriberConfigError with every problem."""
         source = self.source
         if not isinstance(raw, dict):
             raise SubscriberConfigError(
@@ -343,13 +426,7 @@ class _Check:
             raise SubscriberConfigError(
                 source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
             )
-        items, _ = walk(lines, ["subscribers"])
-        assert isinstance(items, SeqLines)
-        return [
-            _to_subscriber(m, defaults, line_of(item))
-            for m, item in zip(entries, items.children, strict=True)
-            if m is not None
-        ]
+        return defaults
 
 
 def _to_subscriber(e: Entry, d: DefaultsModel, line: int) -> Subscriber:
@@ -387,12 +464,23 @@ class Shared:
     """One file's values read as one object each: `values` (settings, term tuples), `terms`
     (keywords that passed the check) and `topics` (checked topics by their fields)."""
 
-    __slots__ = ("terms", "topics", "values")
+    __slots__ = ("limit", "terms", "topics", "values")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit  # values kept at most (None: all; a pass that keeps nothing)
         self.values: dict[Any, Any] = {}
         self.terms: dict[str, str] = {}
         self.topics: dict[tuple[Any, ...], Topic] = {}
+
+    def bound(self) -> None:
+        """Forget everything once over the limit (sharing is then only a cache)."""
+        if self.limit is not None and len(self.topics) + len(self.values) > self.limit:
+            self.values.clear()
+            self.terms.clear()
+            self.topics.clear()
+
+
+SHARED_LIMIT = 20_000  # values a pass that keeps no subscriber remembers for sharing
 
 
 def fast_entry(entry: Any, shared: Shared | None = None) -> Entry | None:
@@ -518,8 +606,15 @@ def _address(email: str) -> str | None:
 
 def load_subscribers(path: Path) -> list[Subscriber]:
     """Read and validate the subscriber file (the only function here that does I/O)."""
-    try:
+    with reading(path):
         return _parse_pieces(lambda: _pieces(path), str(path))
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A file that cannot be read, or not as UTF-8 text, as a SubscriberConfigError."""
+    try:
+        yield
     except FileNotFoundError:
         raise SubscriberConfigError(
             path, [f"{path}: no such file; set NEWSLETTER_SUBSCRIBERS_FILE or create it"]

@@ -43,6 +43,7 @@ _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _FLOW_PLAIN = re.compile(r"[^\s,\[\]{}#:\"'&*!|>%@`?\-][^,\[\]{}#:\"'\n]*")
 _FLOW_KEY = re.compile(r" *([A-Za-z_][A-Za-z0-9_]*): +")
 _MISSING = object()
+CACHE_MAX = 4096  # plain scalars whose value the resolver remembers
 # A double-quoted scalar, or a flow list of them, without escapes: the text between the quotes.
 _QUOTED = re.compile(r'"[^"\\]*" *')
 _QUOTED_ITEM = re.compile(r'"([^"]*)"')
@@ -63,6 +64,8 @@ class _Resolver:
     def __call__(self, text: str) -> Any:
         value = self.cache.get(text, _MISSING)
         if value is _MISSING:
+            if len(self.cache) > CACHE_MAX:
+                self.cache.clear()
             value = self.cache[text] = self._construct(text)
         return value
 
@@ -84,6 +87,9 @@ class _Resolver:
         if self(text) != text:  # yes, on, null, ...: not a string
             raise NotPlain("a key that is not a string")
         return text
+
+
+_RESOLVER = _Resolver()  # holds no state but its memo
 
 
 def _flow(s: str, pos: int, line: int, resolve: _Resolver) -> tuple[Any, Lines, int]:
@@ -188,9 +194,9 @@ class _Frame:
 
 
 class _Scan:
-    def __init__(self, stream_key: str, on_item: OnItem) -> None:
+    def __init__(self, stream_key: str, on_item: OnItem, resolve: _Resolver) -> None:
         self.stream_key, self.on_item = stream_key, on_item
-        self.resolve = _Resolver()
+        self.resolve = resolve
         self.stack: list[_Frame] = []
         self.root: _Frame | None = None
         self.keys: set[str] = set()  # keys known to read as strings
@@ -332,7 +338,7 @@ def scan_document(
     """What `yamlfile.read_document(text, ..., stream_key, on_item)` gives for the text made of
     `chunks` (each ending at a line end, but for the last), or NotPlain, possibly after some
     items went to `on_item`. Only the pieces read so far are held."""
-    scan = _Scan(stream_key, on_item)
+    scan = _Scan(stream_key, on_item, _RESOLVER)
     lineno = 0
     try:
         for chunk in chunks:
