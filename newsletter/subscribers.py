@@ -292,7 +292,9 @@ class _Check:
         """Forget the subscribers checked so far (the file is read again another way)."""
         self.scanned = False
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
-        self.first_index: dict[str, tuple[int, str, int]] = {}
+        # address_key -> where it was first: (index, email as written, line of the email), or
+        # index << 32 | line when the email was written as its key (one int: 100,000 of them)
+        self.first_index: dict[str, int | tuple[int, str, int]] = {}
         # equal values read as one object (see fast_entry)
         self.shared = self.given or Shared(None if self.keep else SHARED_LIMIT)
 
@@ -323,9 +325,10 @@ class _Check:
             first = self.first_index.get(key)
             email_at = walk(at[0], ["email"], at[1])
             if first is None:
-                self.first_index[key] = (i, email, email_at[1])
+                line = email_at[1]
+                self.first_index[key] = i << 32 | line if email == key else (i, email, line)
             else:
-                n, first_email, first_line = first
+                n, first_email, first_line = _first(key, first)
                 self.problem(
                     2,
                     email_at,
@@ -385,7 +388,7 @@ class _Check:
         return Outline(
             defaults,
             [line_of(item) for item in items.children],
-            {key: first[0] for key, first in self.first_index.items()},
+            {key: _first(key, first)[0] for key, first in self.first_index.items()},
             lines.key_lines[after] if after < len(lines.keys) else None,
         )
 
@@ -427,6 +430,13 @@ class _Check:
                 source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
             )
         return defaults
+
+
+def _first(key: str, first: int | tuple[int, str, int]) -> tuple[int, str, int]:
+    """(index, email as written, line of the email) of a `first_index` entry."""
+    if isinstance(first, int):
+        return first >> 32, key, first & 0xFFFFFFFF
+    return first
 
 
 def _to_subscriber(e: Entry, d: DefaultsModel, line: int) -> Subscriber:
