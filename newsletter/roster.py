@@ -28,6 +28,7 @@ from newsletter.subscribers import (
     Shared,
     load_subscribers,
     outline_subscribers,
+    place_of,
     read_chunk,
     reading,
 )
@@ -84,11 +85,12 @@ class Roster(Sequence[Subscriber]):
 
     def keys(self) -> list[str]:
         """Every subscriber's address_key, in file order."""
-        return sorted(self.outline.keys, key=self.outline.keys.__getitem__)
+        outline = self.outline
+        return sorted(outline.places, key=lambda key: place_of(key, outline.places[key])[0])
 
     def get(self, key: str) -> Subscriber | None:
         """The subscriber with this address_key, if any."""
-        index = self.outline.keys.get(key)
+        index = self.outline.index(key)
         return None if index is None else self[index]
 
 
@@ -105,7 +107,7 @@ class ByAddress(Mapping[str, Subscriber]):
         return found
 
     def __contains__(self, key: object) -> bool:
-        return key in self.roster.outline.keys
+        return key in self.roster.outline.places
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.roster.keys())

@@ -213,7 +213,13 @@ class Outline:
 
     defaults: DefaultsModel
     lines: list[int]  # each subscriber's line
-    keys: dict[str, int]  # address_key -> the subscriber's index
+    places: dict[str, int | tuple[int, str, int]]  # address_key -> `_Check.first_index`
+
+    def index(self, key: str) -> int | None:
+        """The index of the subscriber with this address_key, if any."""
+        place = self.places.get(key)
+        return None if place is None else place_of(key, place)[0]
+
     end: int | None  # the line of the first top-level key after the list (None: end of file)
 
 
@@ -328,7 +334,7 @@ class _Check:
                 line = email_at[1]
                 self.first_index[key] = i << 32 | line if email == key else (i, email, line)
             else:
-                n, first_email, first_line = _first(key, first)
+                n, first_email, first_line = place_of(key, first)
                 self.problem(
                     2,
                     email_at,
@@ -388,7 +394,7 @@ class _Check:
         return Outline(
             defaults,
             [line_of(item) for item in items.children],
-            {key: _first(key, first)[0] for key, first in self.first_index.items()},
+            self.first_index,
             lines.key_lines[after] if after < len(lines.keys) else None,
         )
 
@@ -432,7 +438,7 @@ class _Check:
         return defaults
 
 
-def _first(key: str, first: int | tuple[int, str, int]) -> tuple[int, str, int]:
+def place_of(key: str, first: int | tuple[int, str, int]) -> tuple[int, str, int]:
     """(index, email as written, line of the email) of a `first_index` entry."""
     if isinstance(first, int):
         return first >> 32, key, first & 0xFFFFFFFF
@@ -635,7 +641,7 @@ def reading(path: Path) -> Iterator[None]:
         ) from None
 
 
-PIECE = 1 << 20  # characters of the file read at a time
+PIECE = 1 << 16  # characters of the file read at a time (and lines split at once)
 
 
 def _pieces(path: Path) -> Iterator[str]:
