@@ -214,13 +214,12 @@ class Outline:
     defaults: DefaultsModel
     lines: list[int]  # each subscriber's line
     places: dict[str, int | tuple[int, str, int]]  # address_key -> `_Check.first_index`
+    end: int | None  # the line of the first top-level key after the list (None: end of file)
 
     def index(self, key: str) -> int | None:
         """The index of the subscriber with this address_key, if any."""
         place = self.places.get(key)
         return None if place is None else place_of(key, place)[0]
-
-    end: int | None  # the line of the first top-level key after the list (None: end of file)
 
 
 def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline | None:
