@@ -67,7 +67,7 @@ from newsletter.settings import (
 )
 from newsletter.signals import graceful_stop
 from newsletter.store import Store
-from newsletter.subscribers import load_subscribers
+from newsletter.subscribers import check_subscribers, load_subscribers
 from newsletter.web import serve
 
 P = ParamSpec("P")
@@ -544,12 +544,12 @@ def subscribers_check_cmd(app: AppContext, file: Path | None) -> None:
         source = "FILE" if file else "setting NEWSLETTER_SUBSCRIBERS_FILE"
         fail(f"{source}: no such file {path}; correct the path (`newsletter init` writes one)")
     try:
-        subs = app.subscribers(path)
+        outline = check_subscribers(path)  # checks everything, keeps no subscriber
     except SubscriberConfigError as exc:
         err.print(str(exc), highlight=False, markup=False)
         sys.exit(EXIT_FAILED)
-    topics = sum(len(s.topics) for s in subs)
-    out.print(f"{path}: valid ({len(subs)} subscribers, {topics} topics)", highlight=False)
+    count, topics = len(outline.lines), outline.topics
+    out.print(f"{path}: valid ({count} subscribers, {topics} topics)", highlight=False)
 
 
 @subscribers_group.command("list")

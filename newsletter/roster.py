@@ -154,7 +154,7 @@ def load_roster(path: Path) -> Sequence[Subscriber]:
     try:
         with reading(path):
             outline = outline_subscribers(pieces, str(path))
-        if outline is None or not copied:
+        if not outline.scanned or not copied:
             copy.close()
             return load_subscribers(path)
         return Roster(str(path), copy, outline)

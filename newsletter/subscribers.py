@@ -198,8 +198,7 @@ def _parse(
         check = _Check(source, keep=not outline)
         raw, lines = _read(pieces, source, loader, check)
         if outline:
-            outlined = check.outline(raw, lines)  # every problem first, however it was read
-            return outlined if check.scanned else None
+            return check.outline(raw, lines)
         return check.finish(raw, lines)
     finally:
         if collecting:
@@ -215,6 +214,8 @@ class Outline:
     lines: list[int]  # each subscriber's line
     places: dict[str, int | tuple[int, str, int]]  # address_key -> `_Check.first_index`
     end: int | None  # the line of the first top-level key after the list (None: end of file)
+    topics: int  # topics in all
+    scanned: bool  # read by the scanner: else the lines are not those of pieces of the text
 
     def index(self, key: str) -> int | None:
         """The index of the subscriber with this address_key, if any."""
@@ -222,11 +223,10 @@ class Outline:
         return None if place is None else place_of(key, place)[0]
 
 
-def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline | None:
+def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline:
     """Check the text made of `pieces()` as `parse_subscribers` does (every problem at once),
-    keeping only its outline; None when the scanner could not read it (anchors, say): the
-    outline's lines would not be the text's."""
-    outline: Outline | None
+    keeping only its outline."""
+    outline: Outline
     try:
         outline = _parse(pieces, source, Loader, outline=True)
     except _NotYaml:
@@ -296,6 +296,7 @@ class _Check:
     def restart(self) -> None:
         """Forget the subscribers checked so far (the file is read again another way)."""
         self.scanned = False
+        self.topics = 0  # in the valid subscribers
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
         # address_key -> where it was first: (index, email as written, line of the email), or
         # index << 32 | line when the email was written as its key (one int: 100,000 of them)
@@ -325,6 +326,8 @@ class _Check:
         self.shared.bound()
         if valid is None:
             valid = self.validated(i, entry, at, email)
+        if valid is not None:
+            self.topics += len(valid[6])
         if isinstance(email, str) and email.strip():
             key = address_key(valid[0] if valid is not None else email)
             first = self.first_index.get(key)
@@ -395,6 +398,8 @@ class _Check:
             [line_of(item) for item in items.children],
             self.first_index,
             lines.key_lines[after] if after < len(lines.keys) else None,
+            self.topics,
+            self.scanned,
         )
 
     def verdict(self, raw: Any, lines: Lines | None) -> DefaultsModel:
@@ -620,9 +625,15 @@ def _address(email: str) -> str | None:
 
 
 def load_subscribers(path: Path) -> list[Subscriber]:
-    """Read and validate the subscriber file (the only function here that does I/O)."""
+    """Read and validate the subscriber file (this and `check_subscribers` do the I/O)."""
     with reading(path):
         return _parse_pieces(lambda: _pieces(path), str(path))
+
+
+def check_subscribers(path: Path) -> Outline:
+    """Validate the subscriber file as `load_subscribers` does, keeping only its outline."""
+    with reading(path):
+        return outline_subscribers(lambda: _pieces(path), str(path))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from newsletter import roster
 from newsletter.addresses import address_key
 from newsletter.errors import SubscriberConfigError
 from newsletter.roster import Roster, addresses, by_address, load_roster
-from newsletter.subscribers import load_subscribers
+from newsletter.subscribers import check_subscribers, load_subscribers
 
 from .conftest import EXAMPLE_SUBSCRIBERS
 
@@ -92,3 +92,12 @@ def test_a_file_the_scanner_leaves_to_the_parser_is_loaded_whole(tmp_path: Path)
     assert not isinstance(subs, Roster) and subs == load_subscribers(path)
     example = load_roster(EXAMPLE_SUBSCRIBERS)
     assert isinstance(example, Roster) and list(example) == load_subscribers(EXAMPLE_SUBSCRIBERS)
+
+
+def test_checking_a_file_counts_what_loading_it_gives(tmp_path: Path) -> None:
+    for path in (_file(tmp_path, 200), EXAMPLE_SUBSCRIBERS):
+        outline = check_subscribers(path)
+        subs = load_subscribers(path)
+        assert len(outline.lines) == len(subs) and outline.scanned
+        assert outline.topics == sum(len(s.topics) for s in subs)
+        assert outline.lines == [s.line for s in subs]
