@@ -142,7 +142,7 @@ class AppContext:
 
     def roster(self) -> Sequence[Subscriber]:
         """The validated subscriber file for a run over all of it: checked whole, then read
-        again a chunk at a time (memory flat in the number of subscribers; see `roster`)."""
+        again a chunk at a time, so a send never holds them all (see `roster`)."""
         return load_roster(self.settings.subscribers_file)
 
 
