@@ -3,17 +3,20 @@ private copy, giving exactly what `load_subscribers` gives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from newsletter import roster
 from newsletter.addresses import address_key
-from newsletter.errors import SubscriberConfigError
+from newsletter.errors import ConfigError, SubscriberConfigError
 from newsletter.roster import Roster, addresses, by_address, load_roster
+from newsletter.settings import Settings
 from newsletter.subscribers import check_subscribers, load_subscribers
 
 from .conftest import EXAMPLE_SUBSCRIBERS
+from .test_deliver import World, make_world, running
 
 
 def _file(tmp_path: Path, n: int, tail: str = "") -> Path:
@@ -101,3 +104,28 @@ def test_checking_a_file_counts_what_loading_it_gives(tmp_path: Path) -> None:
         assert len(outline.lines) == len(subs) and outline.scanned
         assert outline.topics == sum(len(s.topics) for s in subs)
         assert outline.lines == [s.line for s in subs]
+
+
+@pytest.fixture
+def world(make_settings: Callable[..., Settings]) -> Iterator[World]:
+    """The bundled seeds ingested, the example subscribers (see test_deliver)."""
+    made = make_world(make_settings)
+    yield made
+    made.store.close()
+
+
+async def test_a_send_reads_the_roster_and_delivers_what_the_list_delivers(
+    world: World,
+) -> None:
+    subs = load_roster(EXAMPLE_SUBSCRIBERS)
+    assert isinstance(subs, Roster) and list(subs) == world.subscribers
+    async with running() as server:
+        report = await world.send(server, subscribers=subs)
+        again = await world.send(server, subscribers=subs)
+        resent = await world.send(server, subscribers=subs, resend=[world.emails[1].upper()])
+        with pytest.raises(ConfigError, match=r"nobody@example\.org"):
+            await world.send(server, subscribers=subs, only=["nobody@example.org"])
+    assert report.sent == len(world.emails) and again.sent == 0 and resent.sent == 1
+    received = server.handler.by_rcpt()
+    assert sorted(received) == sorted(world.emails)
+    assert [len(received[e]) for e in world.emails] == [1, 2, 1, 1, 1]
