@@ -493,11 +493,15 @@ class Shared:
         self.topics: dict[tuple[Any, ...], Topic] = {}
 
     def bound(self) -> None:
-        """Forget everything once over the limit (sharing is then only a cache)."""
-        if self.limit is not None and len(self.topics) + len(self.values) > self.limit:
+        """Forget what is over the limit (sharing is then only a cache): topics and settings
+        first; the keywords, a few hundred that recur everywhere, only when they too are many."""
+        if self.limit is None:
+            return
+        if len(self.topics) + len(self.values) > self.limit:
             self.values.clear()
-            self.terms.clear()
             self.topics.clear()
+        if len(self.terms) > self.limit:
+            self.terms.clear()
 
 
 SHARED_LIMIT = 20_000  # values a pass that keeps no subscriber remembers for sharing
