@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -46,6 +46,7 @@ from newsletter.pipeline import (
     write_previews,
 )
 from newsletter.render import Renderer, write_preview, write_preview_index
+from newsletter.roster import load_roster
 from newsletter.schedule import (
     Daemon,
     PassResult,
@@ -66,7 +67,7 @@ from newsletter.settings import (
 )
 from newsletter.signals import graceful_stop
 from newsletter.store import Store
-from newsletter.subscribers import load_subscribers
+from newsletter.subscribers import check_subscribers, load_subscribers
 from newsletter.web import serve
 
 P = ParamSpec("P")
@@ -138,6 +139,11 @@ class AppContext:
     def subscribers(self, path: Path | None = None) -> list[Subscriber]:
         """The validated subscriber file; an invalid file stops the command (exit 2)."""
         return load_subscribers(path or self.settings.subscribers_file)
+
+    def roster(self) -> Sequence[Subscriber]:
+        """The validated subscriber file for a run over all of it: checked whole, then read
+        again a chunk at a time, so a send never holds them all (see `roster`)."""
+        return load_roster(self.settings.subscribers_file)
 
 
 def open_store(settings: Settings) -> Store:
@@ -538,12 +544,12 @@ def subscribers_check_cmd(app: AppContext, file: Path | None) -> None:
         source = "FILE" if file else "setting NEWSLETTER_SUBSCRIBERS_FILE"
         fail(f"{source}: no such file {path}; correct the path (`newsletter init` writes one)")
     try:
-        subs = app.subscribers(path)
+        outline = check_subscribers(path)  # checks everything, keeps no subscriber
     except SubscriberConfigError as exc:
         err.print(str(exc), highlight=False, markup=False)
         sys.exit(EXIT_FAILED)
-    topics = sum(len(s.topics) for s in subs)
-    out.print(f"{path}: valid ({len(subs)} subscribers, {topics} topics)", highlight=False)
+    count, topics = len(outline.lines), outline.topics
+    out.print(f"{path}: valid ({count} subscribers, {topics} topics)", highlight=False)
 
 
 @subscribers_group.command("list")
@@ -751,7 +757,7 @@ def send_cmd(
     Example: newsletter send --date 2026-03-17 --json
     """
 
-    subscribers = app.subscribers()
+    subscribers = app.roster()
     edition = edition_listing(app.store, date).date
     report = run_send(
         app.settings,

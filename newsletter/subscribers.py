@@ -7,10 +7,13 @@ and the fix, so a user can correct the whole file in one pass. The validated fil
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import re
 import zoneinfo
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeGuard
@@ -31,6 +34,7 @@ from newsletter.models import Subscriber, Topic
 from newsletter.yamlfile import (
     Lines,
     Loader,
+    MapLines,
     NotPlain,
     PureLoader,
     SeqLines,
@@ -39,6 +43,7 @@ from newsletter.yamlfile import (
     read_document_nodes,
     walk,
 )
+from newsletter.yamlscan import scan_document
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -157,39 +162,107 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
 
 
 def parse_subscribers(text: str, source: str = "<subscribers>") -> list[Subscriber]:
-    """Validate the file's text; raise SubscriberConfigError listing every problem.
+    """Validate the file's text; raise SubscriberConfigError listing every problem."""
+    return _parse_pieces(lambda: (text,), source)
 
-    The text is read once, with LibYAML's C parser where PyYAML has it. A file that is not
-    valid YAML is read again by the pure-Python parser, so the message (and its line) is the
-    same whichever parser is installed."""
+
+def _parse_pieces(pieces: Callable[[], Iterable[str]], source: str) -> list[Subscriber]:
+    """Validate the text made of `pieces()` (each ending at a line end).
+
+    The text is read once: by the scanner (`yamlscan`) when it is written in the plain subset
+    of YAML subscriber files use, a piece at a time; else, whole, with LibYAML's C parser where
+    PyYAML has it. A file that is not valid YAML is read again by the pure-Python parser, so the
+    message (and its line) is the same whichever parser is installed."""
+    subs: list[Subscriber]
     try:
-        return _parse(text, source, Loader)
+        subs = _parse(pieces, source, Loader)
     except _NotYaml:
         if Loader is PureLoader:
             raise
-        return _parse(text, source, PureLoader)
+        subs = _parse(pieces, source, PureLoader)
+    return subs
 
 
 class _NotYaml(SubscriberConfigError):
     pass
 
 
-def _parse(text: str, source: str, loader: type[Any]) -> list[Subscriber]:
+def _parse(
+    pieces: Callable[[], Iterable[str]], source: str, loader: type[Any], outline: bool = False
+) -> Any:
     # A load allocates millions of objects and frees few: collecting meanwhile is waste (the
     # subscribers built at the end would otherwise pay for full collections over the rest).
     collecting = gc.isenabled()
     gc.disable()
     try:
-        check = _Check(source)
-        raw, lines = _read(text, source, loader, check)
+        check = _Check(source, keep=not outline)
+        raw, lines = _read(pieces, source, loader, check)
+        if outline:
+            return check.outline(raw, lines)
         return check.finish(raw, lines)
     finally:
         if collecting:
             gc.enable()
 
 
-def _read(text: str, source: str, loader: type[Any], check: _Check) -> tuple[Any, Lines | None]:
+@dataclass(frozen=True, slots=True)
+class Outline:
+    """A valid file without its subscribers: what reading them again a chunk at a time needs
+    (see `roster`)."""
+
+    defaults: DefaultsModel
+    lines: list[int]  # each subscriber's line
+    places: dict[str, int | tuple[int, str, int]]  # address_key -> `_Check.first_index`
+    end: int | None  # the line of the first top-level key after the list (None: end of file)
+    topics: int  # topics in all
+    scanned: bool  # read by the scanner: else the lines are not those of pieces of the text
+
+    def index(self, key: str) -> int | None:
+        """The index of the subscriber with this address_key, if any."""
+        place = self.places.get(key)
+        return None if place is None else place_of(key, place)[0]
+
+
+def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline:
+    """Check the text made of `pieces()` as `parse_subscribers` does (every problem at once),
+    keeping only its outline."""
+    outline: Outline
+    try:
+        outline = _parse(pieces, source, Loader, outline=True)
+    except _NotYaml:
+        if Loader is PureLoader:
+            raise
+        outline = _parse(pieces, source, PureLoader, outline=True)
+    return outline
+
+
+def read_chunk(
+    text: str, source: str, defaults: DefaultsModel, lines: Sequence[int], shared: Shared
+) -> list[Subscriber]:
+    """The subscribers written in `text`, some items of a file's list as written there, each
+    with its line in `lines`: a piece of a file checked before (see `roster`). `shared` is
+    kept from one piece to the next."""
+    check = _Check(source, shared=shared)
+    try:
+        raw, _ = scan_document(["subscribers:\n", text], "subscribers", check.entry)
+    except NotPlain:
+        raw = None
+    entries = raw.get("subscribers") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or len(entries) != len(lines) or None in entries:
+        raise SubscriberConfigError(source, [f"{source}: changed while it was read; run again"])
+    return [_to_subscriber(e, defaults, line) for e, line in zip(entries, lines, strict=True)]
+
+
+def _read(
+    pieces: Callable[[], Iterable[str]], source: str, loader: type[Any], check: _Check
+) -> tuple[Any, Lines | None]:
     """The document's values and lines, each subscriber checked by `check` as it is read."""
+    try:
+        check.scanned = True
+        return scan_document(pieces(), "subscribers", check.entry)
+    except NotPlain:
+        check.restart()
+    text = "".join(pieces())
     try:
         try:
             return read_document(text, loader, "subscribers", check.entry)
@@ -214,15 +287,22 @@ def _read(text: str, source: str, loader: type[Any], check: _Check) -> tuple[Any
 class _Check:
     """The checks of one file: each subscriber as it is read, then the whole."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, keep: bool = True, shared: Shared | None = None) -> None:
         self.source = source
+        self.keep = keep  # False: check each subscriber, keep none
+        self.given = shared
         self.restart()
 
     def restart(self) -> None:
         """Forget the subscribers checked so far (the file is read again another way)."""
+        self.scanned = False
+        self.topics = 0  # in the valid subscribers
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
-        self.first_index: dict[str, tuple[int, str, int]] = {}
-        self.shared: dict[Any, Any] = {}  # equal values read as one object (see fast_entry)
+        # address_key -> where it was first: (index, email as written, line of the email), or
+        # index << 32 | line when the email was written as its key (one int: 100,000 of them)
+        self.first_index: dict[str, int | tuple[int, str, int]] = {}
+        # equal values read as one object (see fast_entry)
+        self.shared = self.given or Shared(None if self.keep else SHARED_LIMIT)
 
     def problem(
         self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
@@ -233,7 +313,8 @@ class _Check:
 
     def entry(self, i: int, entry: Any, lines: Lines) -> Entry | None:
         """Check subscriber #i+1 as it is read (`lines`: its own)."""
-        return self.entry_at(i, entry, (lines, line_of(lines)))
+        valid = self.entry_at(i, entry, (lines, line_of(lines)))
+        return valid if self.keep else None
 
     def entry_at(self, i: int, entry: Any, at: tuple[Lines | None, int]) -> Entry | None:
         """Check subscriber #i+1, found `at` in the lines; its fields, or None if invalid.
@@ -242,16 +323,20 @@ class _Check:
         whose errors make the messages."""
         email = entry.get("email") if isinstance(entry, dict) else None
         valid = fast_entry(entry, self.shared)
+        self.shared.bound()
         if valid is None:
             valid = self.validated(i, entry, at, email)
+        if valid is not None:
+            self.topics += len(valid[6])
         if isinstance(email, str) and email.strip():
             key = address_key(valid[0] if valid is not None else email)
             first = self.first_index.get(key)
             email_at = walk(at[0], ["email"], at[1])
             if first is None:
-                self.first_index[key] = (i, email, email_at[1])
+                line = email_at[1]
+                self.first_index[key] = i << 32 | line if email == key else (i, email, line)
             else:
-                n, first_email, first_line = first
+                n, first_email, first_line = place_of(key, first)
                 self.problem(
                     2,
                     email_at,
@@ -293,6 +378,32 @@ class _Check:
 
     def finish(self, raw: Any, lines: Lines | None) -> list[Subscriber]:
         """The top-level checks; the subscribers, or SubscriberConfigError with every problem."""
+        defaults = self.verdict(raw, lines)
+        items, _ = walk(lines, ["subscribers"])
+        assert isinstance(items, SeqLines)
+        return [
+            _to_subscriber(m, defaults, line_of(item))
+            for m, item in zip(raw["subscribers"], items.children, strict=True)
+            if m is not None
+        ]
+
+    def outline(self, raw: Any, lines: Lines | None) -> Outline:
+        """The top-level checks; the file's outline, or SubscriberConfigError."""
+        defaults = self.verdict(raw, lines)
+        items, _ = walk(lines, ["subscribers"])
+        assert isinstance(items, SeqLines) and isinstance(lines, MapLines)
+        after = lines.keys.index("subscribers") + 1
+        return Outline(
+            defaults,
+            [line_of(item) for item in items.children],
+            self.first_index,
+            lines.key_lines[after] if after < len(lines.keys) else None,
+            self.topics,
+            self.scanned,
+        )
+
+    def verdict(self, raw: Any, lines: Lines | None) -> DefaultsModel:
+        """The top-level checks: the defaults, or SubscriberConfigError with every problem."""
         source = self.source
         if not isinstance(raw, dict):
             raise SubscriberConfigError(
@@ -328,13 +439,14 @@ class _Check:
             raise SubscriberConfigError(
                 source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
             )
-        items, _ = walk(lines, ["subscribers"])
-        assert isinstance(items, SeqLines)
-        return [
-            _to_subscriber(m, defaults, line_of(item))
-            for m, item in zip(entries, items.children, strict=True)
-            if m is not None
-        ]
+        return defaults
+
+
+def place_of(key: str, first: int | tuple[int, str, int]) -> tuple[int, str, int]:
+    """(index, email as written, line of the email) of a `first_index` entry."""
+    if isinstance(first, int):
+        return first >> 32, key, first & 0xFFFFFFFF
+    return first
 
 
 def _to_subscriber(e: Entry, d: DefaultsModel, line: int) -> Subscriber:
@@ -368,7 +480,34 @@ _ENTRY_KEYS = frozenset(SubscriberModel.model_fields)
 _TOPIC_KEYS = frozenset(TopicModel.model_fields)
 
 
-def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None:
+class Shared:
+    """One file's values read as one object each: `values` (settings, term tuples), `terms`
+    (keywords that passed the check) and `topics` (checked topics by their fields)."""
+
+    __slots__ = ("limit", "terms", "topics", "values")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit  # values kept at most (None: all; a pass that keeps nothing)
+        self.values: dict[Any, Any] = {}
+        self.terms: dict[str, str] = {}
+        self.topics: dict[tuple[Any, ...], Topic] = {}
+
+    def bound(self) -> None:
+        """Forget what is over the limit (sharing is then only a cache): topics and settings
+        first; the keywords, a few hundred that recur everywhere, only when they too are many."""
+        if self.limit is None:
+            return
+        if len(self.topics) + len(self.values) > self.limit:
+            self.values.clear()
+            self.topics.clear()
+        if len(self.terms) > self.limit:
+            self.terms.clear()
+
+
+SHARED_LIMIT = 20_000  # values a pass that keeps no subscriber remembers for sharing
+
+
+def fast_entry(entry: Any, shared: Shared | None = None) -> Entry | None:
     """The fields of an entry that is plainly valid, as `SubscriberModel` would give them; None
     when it is not plainly so (then the model decides, and words any problem).
 
@@ -376,10 +515,10 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
     nothing for `str_strip_whitespace` to strip and no control character, known keys only. Each
     check is the model's own rule, so anything accepted here the model accepts unchanged.
 
-    Equal topics, keywords and settings become one object through `shared` (one dict per file):
+    Equal topics, keywords and settings become one object through `shared` (one per file):
     100,000 subscribers repeat a few hundred keywords and zones many times over."""
     if shared is None:
-        shared = {}
+        shared = Shared()
     if type(entry) is not dict or not _ENTRY_KEYS.issuperset(entry):
         return None
     email = entry.get("email")
@@ -407,7 +546,7 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
     normal = _address(email)
     if normal is None:
         return None
-    share = shared.setdefault
+    share = shared.values.setdefault
     return (
         normal,
         name,
@@ -420,29 +559,35 @@ def fast_entry(entry: Any, shared: dict[Any, Any] | None = None) -> Entry | None
     )
 
 
-def _fast_topics(given: Any, shared: dict[Any, Any]) -> tuple[Topic, ...] | None:
+def _fast_topics(given: Any, shared: Shared) -> tuple[Topic, ...] | None:
     if type(given) is not list or not given:
         return None
     topics = []
+    known_terms, known_topics = shared.terms, shared.topics
     for t in given:
         if type(t) is not dict or not _TOPIC_KEYS.issuperset(t):
             return None
         name, keywords, description = t.get("name"), t.get("keywords"), t.get("description", "")
-        if not _line(name, 1, 120):
+        if type(keywords) is not list or not keywords or type(name) is not str:
             return None
-        if not (
-            _line(description, 0, None)
-            and type(keywords) is list
-            and keywords
-            and all(_line(k, 1, 200) for k in keywords)
-        ):
+        if type(description) is not str:
             return None
-        share = shared.setdefault
-        terms = tuple([share(k, k) for k in keywords])
-        key = (name, terms, description)  # a tuple hashes in C; a dataclass would in Python
-        topic = shared.get(key)
+        terms = []
+        for k in keywords:
+            term = known_terms.get(k) if type(k) is str else None
+            if term is None:
+                if not _line(k, 1, 200):
+                    return None
+                term = known_terms[k] = k
+            terms.append(term)
+        key = (name, tuple(terms), description)  # a tuple hashes in C; a dataclass in Python
+        topic = known_topics.get(key)
         if topic is None:
-            topic = shared[key] = Topic(name, share(terms, terms), share(description, description))
+            if not (_line(name, 1, 120) and _line(description, 0, None)):
+                return None
+            share = shared.values.setdefault
+            topic = Topic(name, share(key[1], key[1]), share(description, description))
+            known_topics[key] = topic
         topics.append(topic)
     return tuple(topics)
 
@@ -484,9 +629,22 @@ def _address(email: str) -> str | None:
 
 
 def load_subscribers(path: Path) -> list[Subscriber]:
-    """Read and validate the subscriber file (the only function here that does I/O)."""
+    """Read and validate the subscriber file (this and `check_subscribers` do the I/O)."""
+    with reading(path):
+        return _parse_pieces(lambda: _pieces(path), str(path))
+
+
+def check_subscribers(path: Path) -> Outline:
+    """Validate the subscriber file as `load_subscribers` does, keeping only its outline."""
+    with reading(path):
+        return outline_subscribers(lambda: _pieces(path), str(path))
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A file that cannot be read, or not as UTF-8 text, as a SubscriberConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        yield
     except FileNotFoundError:
         raise SubscriberConfigError(
             path, [f"{path}: no such file; set NEWSLETTER_SUBSCRIBERS_FILE or create it"]
@@ -495,4 +653,13 @@ def load_subscribers(path: Path) -> list[Subscriber]:
         raise SubscriberConfigError(
             path, [f"{path}: cannot read it as UTF-8 text ({exc})"]
         ) from None
-    return parse_subscribers(text, str(path))
+
+
+PIECE = 1 << 16  # characters of the file read at a time (and lines split at once)
+
+
+def _pieces(path: Path) -> Iterator[str]:
+    """The file's text in pieces of whole lines (line ends read as LF, as `read_text` does)."""
+    with path.open(encoding="utf-8") as file:
+        while lines := file.readlines(PIECE):
+            yield "".join(lines)

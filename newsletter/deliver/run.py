@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from newsletter.deliver.transport import Transport, make_transport
 from newsletter.deliver.workers import InlinePool, Prepared, Preparer, ProcessPool
 from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
 from newsletter.models import LedgerOutcome, RenderedEmail, Subscriber
+from newsletter.roster import Roster, addresses, by_address
 from newsletter.settings import Settings
 from newsletter.store import LedgerRow, Store
 
@@ -57,12 +58,19 @@ class Job:
 
 def scope(
     subscribers: Sequence[Subscriber], only: Sequence[str] | None, resend: Sequence[str]
-) -> list[Subscriber]:
-    by_email: dict[str, Subscriber] = {}
-    for s in subscribers:  # one mailbox, one digest (the subscriber file refuses duplicates)
-        kept = by_email.setdefault(address_key(s.email), s)
-        if kept is not s:
-            log.warning("%s: same mailbox as %s; sending it one digest", s.email, kept.email)
+) -> Sequence[Subscriber]:
+    by_email: Mapping[str, Subscriber]
+    if isinstance(subscribers, Roster):  # a checked file: one subscriber per mailbox
+        by_email = by_address(subscribers)
+        if only is None and not resend:
+            return subscribers  # read a chunk at a time as the run goes
+    else:
+        found: dict[str, Subscriber] = {}
+        for s in subscribers:  # one mailbox, one digest (the subscriber file refuses duplicates)
+            kept = found.setdefault(address_key(s.email), s)
+            if kept is not s:
+                log.warning("%s: same mailbox as %s; sending it one digest", s.email, kept.email)
+        by_email = found
     named = [address_key(e) for e in [*(only or ()), *resend]]
     unknown = [e for e in named if e not in by_email]
     if unknown:
@@ -80,7 +88,7 @@ class Run:
         self,
         settings: Settings,
         store: Store,
-        scope: list[Subscriber],
+        scope: Sequence[Subscriber],
         edition: dt.date,
         *,
         dry_run: bool,
@@ -236,7 +244,7 @@ class Run:
         ours in flight, any row still claimed by us is one whose claim committed while its
         connection dropped (we never saw it): give those back and claim again; so too when a
         row came free meanwhile (one we handed back, say)."""
-        by_key = {address_key(s.email): s for s in self.scope}
+        by_key = by_address(self.scope)
         while True:
             await self._claim_loop(pool, claims, by_key)
             self.produced = True
@@ -255,7 +263,7 @@ class Run:
             self.produced = False
 
     async def _claim_loop(
-        self, pool: InlinePool | ProcessPool, claims: Claims, by_key: dict[str, Subscriber]
+        self, pool: InlinePool | ProcessPool, claims: Claims, by_key: Mapping[str, Subscriber]
     ) -> None:
         waiting: collections.deque[asyncio.Future[list[Prepared]]] = collections.deque()
         try:
@@ -445,7 +453,7 @@ class Run:
                 first = self._gone_mark is None
                 self._gone_mark = mark
                 if not first or mark[0]:
-                    emails = [s.email for s in self.scope]
+                    emails = addresses(self.scope)
                     self.gone = await self.ledger.call(self.store.unsubscribed, emails)
         return email in self.gone
 

@@ -1,0 +1,180 @@
+"""The subscriber file for a run over all of it (`send`), read again a chunk at a time, so the
+run never holds every subscriber (only their address index: about 270 bytes each).
+
+The whole file is checked first, every problem reported at once as `load_subscribers` does,
+before anything is sent; meanwhile it is copied, as read, into an anonymous temporary file (an
+edit during a long send changes nothing, and nothing is left behind, even after SIGKILL). A
+`Roster` keeps the copy, each subscriber's place in it and the address keys; its items and
+slices are read from the copy when asked for. A file the scanner does not read (anchors, say)
+is loaded whole, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, overload
+
+from newsletter.addresses import address_key
+from newsletter.models import Subscriber
+from newsletter.subscribers import (
+    PIECE,
+    SHARED_LIMIT,
+    Outline,
+    Shared,
+    load_subscribers,
+    outline_subscribers,
+    place_of,
+    read_chunk,
+    reading,
+)
+
+CHUNK = 256  # subscribers read at a time when iterating
+
+
+class Roster(Sequence[Subscriber]):
+    """A checked subscriber file, its subscribers read from a private copy when asked for."""
+
+    def __init__(self, source: str, copy: IO[bytes], outline: Outline) -> None:
+        self.source, self.copy, self.outline = source, copy, outline
+        self._closer = weakref.finalize(self, copy.close)  # the copy goes with the roster
+        self.offsets, self.end = _offsets(copy, outline.lines, outline.end)
+        self.shared = Shared(SHARED_LIMIT)  # equal topics of the chunks read as one object
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> Subscriber: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Subscriber]: ...
+
+    def __getitem__(self, index: int | slice) -> Subscriber | list[Subscriber]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self.read(start, stop)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.read(index, index + 1)[0]
+
+    def __iter__(self) -> Iterator[Subscriber]:
+        for start in range(0, len(self), CHUNK):
+            yield from self.read(start, min(len(self), start + CHUNK))
+
+    def read(self, start: int, stop: int) -> list[Subscriber]:
+        """Subscribers #start+1 to #stop (one read of the copy)."""
+        if start >= stop:
+            return []
+        begin = self.offsets[start]
+        end = self.offsets[stop] if stop < len(self) else self.end
+        text = os.pread(self.copy.fileno(), end - begin, begin).decode("utf-8")
+        lines = self.outline.lines[start:stop]
+        return read_chunk(text, self.source, self.outline.defaults, lines, self.shared)
+
+    def close(self) -> None:
+        self._closer()
+
+    def keys(self) -> list[str]:
+        """Every subscriber's address_key, in file order."""
+        outline = self.outline
+        return sorted(outline.places, key=lambda key: place_of(key, outline.places[key])[0])
+
+    def get(self, key: str) -> Subscriber | None:
+        """The subscriber with this address_key, if any."""
+        index = self.outline.index(key)
+        return None if index is None else self[index]
+
+
+class ByAddress(Mapping[str, Subscriber]):
+    """A roster's subscribers by address_key, each read when looked up."""
+
+    def __init__(self, roster: Roster) -> None:
+        self.roster = roster
+
+    def __getitem__(self, key: str) -> Subscriber:
+        found = self.roster.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.roster.outline.places
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.roster.keys())
+
+    def __len__(self) -> int:
+        return len(self.roster)
+
+
+def by_address(subscribers: Sequence[Subscriber]) -> Mapping[str, Subscriber]:
+    """The subscribers by address_key (the first of any one mailbox)."""
+    if isinstance(subscribers, Roster):
+        return ByAddress(subscribers)
+    found: dict[str, Subscriber] = {}
+    for s in subscribers:
+        found.setdefault(address_key(s.email), s)
+    return found
+
+
+def addresses(subscribers: Sequence[Subscriber]) -> list[str]:
+    """Every subscriber's address (a roster's without reading the subscribers)."""
+    if isinstance(subscribers, Roster):
+        return subscribers.keys()
+    return [s.email for s in subscribers]
+
+
+def load_roster(path: Path) -> Sequence[Subscriber]:
+    """The checked subscriber file (SubscriberConfigError listing every problem): a Roster, or
+    when the scanner does not read the file, the list of its subscribers."""
+    copy = tempfile.TemporaryFile()  # noqa: SIM115 (the roster keeps it open)
+    copied = False
+
+    def pieces() -> Iterator[str]:
+        nonlocal copied
+        with path.open("rb") as file:
+            while lines := file.readlines(PIECE):
+                piece = b"".join(lines)
+                if not copied:
+                    copy.write(piece)
+                yield piece.decode("utf-8")
+        if not copied:
+            copy.flush()
+            copied = True
+
+    try:
+        with reading(path):
+            outline = outline_subscribers(pieces, str(path))
+        if not outline.scanned or not copied:
+            copy.close()
+            return load_subscribers(path)
+        return Roster(str(path), copy, outline)
+    except BaseException:
+        copy.close()
+        raise
+
+
+def _offsets(copy: IO[bytes], lines: Sequence[int], end_line: int | None) -> tuple[array[int], int]:
+    """The byte offset of each subscriber's first line in the copy, and where the list ends."""
+    offsets: array[int] = array("q")
+    wanted = iter(lines)
+    nxt = next(wanted, 0)
+    pos = 0
+    copy.seek(0)
+    for lineno, line in enumerate(copy, 1):
+        if lineno == nxt:
+            offsets.append(pos)
+            nxt = next(wanted, 0)
+        elif lineno == end_line:
+            break
+        pos += len(line)
+    return offsets, pos

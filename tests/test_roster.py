@@ -1,0 +1,131 @@
+"""A send's subscribers: the whole file checked first, then read again a chunk at a time from a
+private copy, giving exactly what `load_subscribers` gives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from newsletter import roster
+from newsletter.addresses import address_key
+from newsletter.errors import ConfigError, SubscriberConfigError
+from newsletter.roster import Roster, addresses, by_address, load_roster
+from newsletter.settings import Settings
+from newsletter.subscribers import check_subscribers, load_subscribers
+
+from .conftest import EXAMPLE_SUBSCRIBERS
+from .test_deliver import World, make_world, running
+
+
+def _file(tmp_path: Path, n: int, tail: str = "") -> Path:
+    entry = (
+        "  - email: Reader{i}@Example.org\n"
+        "    name: Reader {i}\n"
+        "{extra}"
+        "    topics:\n"
+        "      - name: T{t}\n"
+        '        keywords: ["k{t}", shared]\n'
+    )
+    body = "".join(
+        entry.format(i=i, t=i % 7, extra="    send_at: '06:30'\n\n  # a comment\n" * (i % 3 == 0))
+        for i in range(n)
+    )
+    path = tmp_path / "subscribers.yaml"
+    path.write_text("subscribers:\n" + body + tail, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("tail", ["", "defaults: {max_papers: 5}\n", "\n# the end\n"])
+def test_a_roster_reads_what_load_subscribers_reads(tmp_path: Path, tail: str) -> None:
+    path = _file(tmp_path, 1000, tail)
+    subs = load_roster(path)
+    assert isinstance(subs, Roster)
+    expected = load_subscribers(path)
+    assert len(subs) == 1000 and list(subs) == expected
+    assert subs[0] == expected[0] and subs[-1] == expected[-1] and subs[10:20] == expected[10:20]
+    assert subs[999:2000] == expected[999:] and subs[5:5] == [] and subs[::400] == expected[::400]
+    with pytest.raises(IndexError):
+        subs[1000]
+    keyed = by_address(subs)
+    assert keyed[address_key(expected[567].email)] == expected[567]
+    assert "nobody@example.org" not in keyed and len(keyed) == 1000
+    assert addresses(subs) == [address_key(s.email) for s in expected]
+
+
+def test_a_roster_reads_its_own_copy_whatever_happens_to_the_file(tmp_path: Path) -> None:
+    path = _file(tmp_path, 300)
+    subs = load_roster(path)
+    before = load_subscribers(path)
+    path.write_text("subscribers:\n  - email: other@example.org\n", encoding="utf-8")
+    assert list(subs) == before
+    path.unlink()
+    assert subs[299] == before[299]
+
+
+def test_a_roster_reads_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(roster, "CHUNK", 7)
+    path = _file(tmp_path, 50)
+    assert list(load_roster(path)) == load_subscribers(path)
+
+
+def test_every_problem_is_reported_before_a_roster_exists(tmp_path: Path) -> None:
+    path = _file(tmp_path, 20)
+    text = path.read_text(encoding="utf-8")
+    bad = text.replace("Reader3@", "Reader2@").replace("name: T5", "name: ''")
+    path.write_text(bad + "colour: blue\n", encoding="utf-8")
+    with pytest.raises(SubscriberConfigError) as expected:
+        load_subscribers(path)
+    with pytest.raises(SubscriberConfigError) as got:
+        load_roster(path)
+    assert got.value.problems == expected.value.problems and len(got.value.problems) >= 3
+    with pytest.raises(SubscriberConfigError, match="no such file"):
+        load_roster(tmp_path / "missing.yaml")
+
+
+def test_a_file_the_scanner_leaves_to_the_parser_is_loaded_whole(tmp_path: Path) -> None:
+    path = tmp_path / "anchored.yaml"
+    path.write_text(
+        "subscribers:\n  - email: a@example.org\n    topics: [&t {name: T, keywords: [k]}]\n"
+        "  - email: b@example.org\n    topics: [*t]\n",
+        encoding="utf-8",
+    )
+    subs = load_roster(path)
+    assert not isinstance(subs, Roster) and subs == load_subscribers(path)
+    example = load_roster(EXAMPLE_SUBSCRIBERS)
+    assert isinstance(example, Roster) and list(example) == load_subscribers(EXAMPLE_SUBSCRIBERS)
+
+
+def test_checking_a_file_counts_what_loading_it_gives(tmp_path: Path) -> None:
+    for path in (_file(tmp_path, 200), EXAMPLE_SUBSCRIBERS):
+        outline = check_subscribers(path)
+        subs = load_subscribers(path)
+        assert len(outline.lines) == len(subs) and outline.scanned
+        assert outline.topics == sum(len(s.topics) for s in subs)
+        assert outline.lines == [s.line for s in subs]
+
+
+@pytest.fixture
+def world(make_settings: Callable[..., Settings]) -> Iterator[World]:
+    """The bundled seeds ingested, the example subscribers (see test_deliver)."""
+    made = make_world(make_settings)
+    yield made
+    made.store.close()
+
+
+async def test_a_send_reads_the_roster_and_delivers_what_the_list_delivers(
+    world: World,
+) -> None:
+    subs = load_roster(EXAMPLE_SUBSCRIBERS)
+    assert isinstance(subs, Roster) and list(subs) == world.subscribers
+    async with running() as server:
+        report = await world.send(server, subscribers=subs)
+        again = await world.send(server, subscribers=subs)
+        resent = await world.send(server, subscribers=subs, resend=[world.emails[1].upper()])
+        with pytest.raises(ConfigError, match=r"nobody@example\.org"):
+            await world.send(server, subscribers=subs, only=["nobody@example.org"])
+    assert report.sent == len(world.emails) and again.sent == 0 and resent.sent == 1
+    received = server.handler.by_rcpt()
+    assert sorted(received) == sorted(world.emails)
+    assert [len(received[e]) for e in world.emails] == [1, 2, 1, 1, 1]
