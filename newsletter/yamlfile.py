@@ -165,7 +165,7 @@ class _Reader:
         if tag in _SPECIAL:
             raise NotPlain("merge or value key")
         node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
-        return self.loader.yaml_constructors[tag](self.loader, node)
+        return construct_scalar(self.loader, node)
 
     def sequence(self, start: Any) -> tuple[list[Any], SeqLines]:
         data: list[Any] = []
@@ -250,10 +250,43 @@ def read_document_nodes(text: str, loader_class: type[Any]) -> tuple[Any, Lines 
         node = loader.get_single_node()
         if node is None:
             return None, None
+        _check_scalars(loader, node, set())  # a bad date is reported at its line, not raised
         # Constructing flattens merge keys in place; the lines are those of the text as written.
         return loader.construct_document(copy.deepcopy(node)), _node_lines(node, {})
     finally:
         loader.dispose()
+
+
+def construct_scalar(loader: Any, node: yaml.ScalarNode) -> Any:
+    """The value of a plain scalar the loader resolved to `node.tag`; one that only looks like
+    a date or number (`2026-13-45`) is a YAML error at its line, not a crash."""
+    try:
+        return loader.yaml_constructors[node.tag](loader, node)
+    except (ValueError, OverflowError) as exc:
+        kind = {"timestamp": "date"}.get(node.tag.rsplit(":", 1)[-1], node.tag.rsplit(":", 1)[-1])
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.value!r} reads as a {kind} but is not one ({exc}); "
+            "put it in quotes to keep it as text",
+            node.start_mark,
+        ) from None
+
+
+def _check_scalars(loader: Any, node: yaml.Node, seen: set[int]) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag in loader.yaml_constructors and node.tag != _STR:
+            construct_scalar(loader, node)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _check_scalars(loader, key, seen)
+            _check_scalars(loader, value, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_scalars(loader, item, seen)
 
 
 def _node_lines(node: yaml.Node, seen: dict[int, Lines]) -> Lines:

@@ -15,7 +15,7 @@ from newsletter import subscribers
 from newsletter.addresses import address_key
 from newsletter.cli import cli
 from newsletter.errors import SubscriberConfigError
-from newsletter.subscribers import load_subscribers, parse_subscribers
+from newsletter.subscribers import check_subscribers, load_subscribers, parse_subscribers
 
 from .conftest import EXAMPLE_SUBSCRIBERS
 
@@ -89,6 +89,27 @@ def test_not_yaml_and_not_a_mapping() -> None:
         parse_subscribers("- just a list\n", "s.yaml")
     with pytest.raises(SubscriberConfigError, match="at least one subscriber"):
         parse_subscribers("subscribers: []\n", "s.yaml")
+
+
+@pytest.mark.parametrize("anchored", [False, True])
+def test_a_date_that_does_not_exist_is_a_located_problem_not_a_crash(
+    anchored: bool, tmp_path: Path
+) -> None:
+    """`2026-13-45` resolves as a YAML date that cannot be built: both the plain reader and the
+    node-tree reader (anchors) report its line and the fix."""
+    anchor = "defaults: &d\n  max_papers: 5\n" if anchored else ""
+    text = f"{anchor}subscribers:\n  - email: a@example.org\n    name: 2026-13-45\n"
+    line = 5 if anchored else 3
+    with pytest.raises(SubscriberConfigError) as caught:
+        parse_subscribers(text, "s.yaml")
+    assert caught.value.problems == [
+        f"s.yaml, line {line}: not valid YAML ('2026-13-45' reads as a date but is not one "
+        "(month must be in 1..12); put it in quotes to keep it as text)"
+    ]
+    path = tmp_path / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SubscriberConfigError, match=f"line {line}: not valid YAML"):
+        check_subscribers(path)
 
 
 def test_missing_file_names_the_setting(tmp_path: Path) -> None:
