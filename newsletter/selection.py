@@ -1356,6 +1356,8 @@ class _Edition:
     ) -> list[SelectedPaper]:
         """The SelectedPaper of each picked cell, from its topics' `scores` (0 where a topic
         does not send it) and `shown`."""
+        if not len(columns):  # nothing picked (say, no subscriber in the chunk has a topic)
+            return []
         scorer, width = self.scorer, len(self.papers)
         queries = scorer.topics.query_of_shown
         senders = scores > 0

@@ -884,3 +884,17 @@ def test_the_vectorised_selection_is_the_one_by_one_selection_on_generated_profi
                 tied += sum(a.score == b.score for a, b in itertools.pairwise(misses))
     assert shared > 1000, "the profiles must be sent papers, or this test tests little"
     assert tied > 20, "the twins must tie, or the order of ties is not tested"
+
+
+def test_a_chunk_where_no_subscriber_has_a_topic_selects_nothing() -> None:
+    """The vectorised path with no topic column at all (the file format requires a topic, the
+    library API does not) gives empty selections, as judging one by one does."""
+    day = seed_listings()[0]
+    index = PaperIndex.build(list(day.papers))
+    subs = [Subscriber("a@example.org"), Subscriber("b@example.org")]
+    together = selection_module._select_for(index, day, subs, 2.3, {}, {}, DEFAULT_TUNING)
+    alone = selection_module._select_for(
+        index, day, subs, 2.3, {}, {}, DEFAULT_TUNING, vectorised=False
+    )
+    assert [(s.papers, s.near_misses) for s in together] == [((), ())] * 2
+    assert [(s.papers, s.near_misses) for s in alone] == [((), ())] * 2
