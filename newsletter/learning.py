@@ -32,8 +32,8 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   without votes, shrunk halfway towards no change and bounded, so a few votes nudge it and
   never flip it. It only rises: lowering it for up-votes below it sent more partly relevant
   papers and cost precision in the simulated-reader evaluation.
-The weights, the contrast, the prior and `half` are chosen leave-one-profile-out by
-scripts/eval.py; `send_contrast` is set (Tuning.vote_send_contrast), by the analysis above.
+The weights, both contrasts, the prior and `half` are chosen leave-one-profile-out by
+scripts/eval.py (the shipped defaults are its choice on all profiles).
 Everything here is pure; `selection.py` feeds it the scores and applies the result.
 """
 

@@ -15,9 +15,9 @@ paper 0/1/2 (2 = relevant).
    before and after the votes, with the LOO constants; the vote constants (weight on the
    ranking, weight on the send decision, contrast with the collection, keyword prior, votes
    at half strength) are, for each profile, the grid point with the best mean F1 + nDCG@10
-   after votes over the *other* profiles (the contrast of the likeness that moves the send
-   decision is not on the grid: `Tuning.vote_send_contrast`). With a dozen profiles one split is noisy, so this
-   is run both ways round (votes on half 0, then on half 1, each with its own choice of the
+   after votes over the *other* profiles (the send contrast, how much of the likeness to the
+   whole collection is taken off the likeness to liked papers that moves the send decision, is
+   on the grid too). With a dozen profiles one split is noisy, so this is run both ways round (votes on half 0, then on half 1, each with its own choice of the
    vote constants) and the two changes are averaged.
 
     .venv/bin/python scripts/eval.py [--profiles P.json --qrels Q.json] [--no-extra]
@@ -66,6 +66,7 @@ VOTE_SEND_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
 VOTE_CONTRASTS = (0.0, 0.5)
 VOTE_PRIORS = (1.0, 2.0, 4.0, math.inf)  # inf: votes leave the keywords' weights alone
 VOTE_HALVES = (0.0, 4.0)  # 0: the likeness weights act in full from the first vote
+VOTE_SEND_CONTRASTS = (0.0, 0.5)
 MISSED_UPVOTES = 3
 
 Grades = Mapping[str, int]  # title -> 0/1/2
@@ -239,20 +240,27 @@ def simulate_votes(
     return votes
 
 
-# vote_weight, vote_send_weight, vote_contrast, vote_prior, vote_half
-VoteConfig = tuple[float, float, float, float, float]
+# vote_weight, vote_send_weight, vote_contrast, vote_prior, vote_half, vote_send_contrast
+VoteConfig = tuple[float, float, float, float, float, float]
 
 
 def vote_grid() -> list[VoteConfig]:
     return list(
-        itertools.product(VOTE_WEIGHTS, VOTE_SEND_WEIGHTS, VOTE_CONTRASTS, VOTE_PRIORS, VOTE_HALVES)
+        itertools.product(
+            VOTE_WEIGHTS,
+            VOTE_SEND_WEIGHTS,
+            VOTE_CONTRASTS,
+            VOTE_PRIORS,
+            VOTE_HALVES,
+            VOTE_SEND_CONTRASTS,
+        )
     )
 
 
 def with_votes(
     bench: Bench, pid: str, config: Config, vote: VoteConfig, votes: Mapping[str, int]
 ) -> list[tuple[str, float, bool]]:
-    weight, send, contrast, prior, half = vote
+    weight, send, contrast, prior, half, send_contrast = vote
     tuning = replace(
         config.tuning,
         vote_weight=weight,
@@ -260,6 +268,7 @@ def with_votes(
         vote_contrast=contrast,
         vote_prior=prior,
         vote_half=half,
+        vote_send_contrast=send_contrast,
     )
     ranked = rank_all(
         bench.index, bench.profiles[pid], threshold=config.threshold, tuning=tuning, votes=votes
@@ -372,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in pids:
             ups = sum(1 for v in run.votes[p].values() if v > 0)
             notes[p] = (
-                "votes w={:g} send={:g} contrast={:g} prior={:g} half={:g}; ".format(*picked[p])
+                "votes w={:g} send={:g} contrast={:g} prior={:g} half={:g} send_contrast={:g}; ".format(
+                    *picked[p]
+                )
                 + f"{ups} up, {len(run.votes[p]) - ups} down"
             )
         which = f"votes on half {run.voting}, scored on half {1 - run.voting}"
@@ -389,9 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f1, ndcg10 = (statistics.mean(g[n] for g in gains) for n in (0, 1))
         print(f"both ways round: votes change mean F1 by {f1:+.3f}, mean nDCG@10 by {ndcg10:+.3f}")
     shipped_votes = (
-        "vote weight {:g}, send weight {:g}, contrast {:g}, prior {:g}, half {:g}".format(
-            *best_votes(pids, runs)
-        )
+        "vote weight {:g}, send weight {:g}, contrast {:g}, prior {:g}, half {:g}, "
+        "send contrast {:g}".format(*best_votes(pids, runs))
     )
     print(f"vote constants chosen on all profiles (the shipped defaults): {shipped_votes}")
     return 0
