@@ -506,6 +506,7 @@ class _Scorer:
         self.index = index
         self.tuning = tuning
         self._full: _Scorer | None = None if within is not None else self
+        self._outside: _Scorer | None = None
         self._thresholds: dict[tuple[Topic, float], float] = {}
         self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
         self.within = None if within is None else frozenset(within)
@@ -742,6 +743,35 @@ class _Scorer:
                 memo[weight, query.key] = best
         return [memo[weight, q.key] for q in queries]
 
+    def outside(self) -> _Scorer | None:
+        """A scorer over the stored papers this one leaves out (None: it leaves none out)."""
+        if self._outside is None and self.within is not None:
+            rest = set(range(len(self.index.papers))) - self.within
+            if rest:
+                self._outside = _Scorer(self.index, rest, self.tuning, self.topics)
+        return self._outside
+
+    def _references_from(self, queries: Sequence[_Query], scores: _Vector) -> list[float]:
+        """`references` of queries whose `scores` over this scorer's slots are known: only the
+        papers outside them are scored (a paper's score does not depend on which others a
+        scorer holds, and the REF_RANK-th best of the union does not on their order)."""
+        memo = _REFERENCES.setdefault(self.index, {})
+        weight = self.tuning.description_weight
+        rows = {q.key: n for n, q in enumerate(queries) if (weight, q.key) not in memo}
+        missing = sorted(rows.values(), key=lambda n: self._key_order(queries[n]))
+        outside = self.outside() if self.within is not None else None
+        if outside is None:
+            if missing:
+                for n, best in zip(missing, _nth_best(scores[missing], REF_RANK), strict=True):
+                    memo[weight, queries[n].key] = best
+        else:
+            for chunk in outside._chunks(missing):
+                _, _, rest = outside._scored([queries[n] for n in chunk])
+                both = np.concatenate([scores[list(chunk)], rest], axis=1)
+                for n, best in zip(chunk, _nth_best(both, REF_RANK), strict=True):
+                    memo[weight, queries[n].key] = best
+        return [memo[weight, q.key] for q in queries]
+
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
         return self.references([self.compile(topic)])[0]
@@ -791,7 +821,7 @@ class _Scorer:
             highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
             known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
             needed = candidates[~(known & (highest < bound))].tolist()
-            references = self.references([queries[n] for n in needed])
+            references = self._references_from([queries[n] for n in needed], total[needed])
             for n, reference in zip(needed, references, strict=True):
                 cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
         return cuts
