@@ -246,6 +246,7 @@ _REFERENCES: weakref.WeakKeyDictionary[PaperIndex, dict[tuple[float, _Key], floa
 
 _D = TypeVar("_D", bound=np.generic)
 _K = TypeVar("_K", bound=Hashable)
+_T = TypeVar("_T")
 
 
 class _Lanes(Generic[_K, _D]):
@@ -705,8 +706,9 @@ class _Scorer:
         groups, total = self._batch([query])
         return groups[0, : len(query.keywords)], total[0]
 
-    def _chunks(self, queries: Sequence[_Query]) -> Iterable[Sequence[_Query]]:
-        """`queries` in runs small enough that their terms' lanes fit in BATCH_CELLS."""
+    def _chunks(self, queries: Sequence[_T]) -> Iterable[Sequence[_T]]:
+        """`queries` (or their numbers) in runs small enough that their terms' lanes fit in
+        BATCH_CELLS."""
         size = max(1, BATCH_CELLS // (max(1, len(self.slots)) * 16))
         return (queries[n : n + size] for n in range(0, len(queries), size))
 
