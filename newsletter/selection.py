@@ -340,6 +340,8 @@ class _Topics:
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
         self.query_of_shown: list[_Query] = []
+        # The `shown` of queries with more keyword groups than `_Table.bits` tells apart.
+        self.wide: set[int] = set()
         self.labels = _Labels()
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
@@ -368,6 +370,8 @@ class _Topics:
             found = self._compiled[key] = self._compile_terms(*key)
             if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
                 self.query_of_shown.append(_Query(topic, *found))
+                if len(found[0]) > _MAX_GROUPS:
+                    self.wide.add(found[3])
         return found
 
     def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
@@ -1183,12 +1187,13 @@ def _select_for(
     shown: list[list[int]] = []
     alone: list[int] = []
     queries = scorer.topics.query_of_shown
+    shown_of, wide = scorer.topics.shown_of, scorer.topics.wide
     for n, sub in enumerate(subscribers):
         if not vectorised or (keys and votes.get(keys[n])):
             alone.append(n)
             continue
-        topics = [scorer.topics.shown_of(t) for t in sub.topics]
-        if any(len(queries[t].keywords) > _MAX_GROUPS for t in topics):
+        topics = [shown_of(t) for t in sub.topics]
+        if wide and not wide.isdisjoint(topics):
             alone.append(n)
         else:
             together.append(n)
