@@ -29,15 +29,16 @@ When nothing is sent, the Selection carries the closest near misses; a subscribe
 
 Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised); a
 topic is compiled once per distinct name, keyword list and description evidence (a reworded
-description often keeps its evidence: it is compiled per punctuation piece), and scored once
-per distinct key (keyword list and description terms; a description's part is its evidence's
-integer lane plus or minus a few terms), over the whole collection only when a paper falls
-between the floor and the global threshold. An edition then selects its subscribers without
-votes together (`_Edition.picks`), as matrices of subscriber x topic x listed paper: the send
-decision, exclusions, history, the order by mixed score and `max_papers`; explanations and
-SelectedPapers are built once per distinct value and shared. Readers with votes are judged
-one by one (`_judge`), as are all subscribers with `_select_for(..., vectorised=False)`, the
-plain path the tests hold the vectorised one to.
+description often keeps its evidence: it is compiled per punctuation piece; compiled topics
+are kept with the index for the next edition, see `_TOPICS`), and scored once per distinct
+key (keyword list and description terms; a description's part is its evidence's integer lane
+plus or minus a few terms), over the whole collection only when a paper falls between the
+floor and the global threshold (and then only the papers outside the listing). An edition
+then selects its subscribers without votes together (`_Edition.picks`), as matrices of
+subscriber x topic x listed paper: the send decision, exclusions, history, the order by mixed
+score and `max_papers`; explanations and SelectedPapers are built once per distinct value and
+shared. Readers with votes are judged one by one (`_judge`), as are all subscribers with
+`_select_for(..., vectorised=False)`, the plain path the tests hold the vectorised one to.
 """
 
 from __future__ import annotations
@@ -347,6 +348,10 @@ class _Topics:
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
 
+    def size(self) -> int:
+        """How many topics and texts it keeps, as far as they grow without bound."""
+        return len(self._compiled) + len(self._queries) + len(self._text_ids)
+
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
         if cached is None:
@@ -490,6 +495,22 @@ class _Topics:
             found = ids.setdefault(variants, len(ids)) if variants else None
             self._variant_ids[term] = found
         return found
+
+
+# Each index's compiled topics (they depend on the stored papers alone), kept for as long as
+# the index, as `_REFERENCES` is: the daemon selects every group of subscribers and every
+# edition of a day over one index, mostly with the same topics. Started afresh past
+# MAX_COMPILED topics, so a long-lived index with ever new topics stays bounded.
+_TOPICS: weakref.WeakKeyDictionary[PaperIndex, _Topics] = weakref.WeakKeyDictionary()
+MAX_COMPILED = 1_000_000
+
+
+def _topics_of(index: PaperIndex) -> _Topics:
+    """The index's kept `_Topics` (see `_TOPICS`)."""
+    topics = _TOPICS.get(index)
+    if topics is None or topics.size() > MAX_COMPILED:
+        topics = _TOPICS[index] = _Topics(index)
+    return topics
 
 
 class _Scorer:
@@ -1175,7 +1196,7 @@ def _select_for(
         i = index.id_to_index[entry.paper.id]
         if entry.rank < rank_of.get(i, entry.rank + 1):
             rank_of[i], paper_of[i] = entry.rank, entry.paper
-    scorer = _Scorer(index, rank_of, tuning)
+    scorer = _Scorer(index, rank_of, tuning, _topics_of(index))
     edition = _Edition(scorer, rank_of, paper_of, threshold, listing.date)
     # Address keys only matter to look up history and votes.
     keys = [address_key(sub.email) for sub in subscribers] if history or votes else None
