@@ -554,7 +554,8 @@ class _Scorer:
         self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
         self._specific: dict[str, float | None] = {}
-        self._most: dict[tuple[str, ...], float] = {}
+        self._most: dict[int, float] = {}  # by _Query.firsts_id
+        self._scales: dict[int, float] = {}  # by _Query.weak_id
         self._first_sets: dict[int, frozenset[str]] = {}
         self._idfs: dict[str, float] = {}
         # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
@@ -604,13 +605,14 @@ class _Scorer:
         rows = [self._weak_lanes.row(t) for t in terms]
         lane[:] = self._weak_lanes.matrix[rows].sum(axis=0)
 
-    def _most_specific(self, firsts: tuple[str, ...]) -> float:
+    def _most_specific(self, firsts_id: int, firsts: tuple[str, ...]) -> float:
         # Specificity is relative to the topic's most specific keyword: a reader whose every
         # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        cached = self._most.get(firsts)
+        cached = self._most.get(firsts_id)
         if cached is None:
             found = (self._keyword_specificity(term) for term in firsts)
-            cached = self._most[firsts] = max((f for f in found if f is not None), default=1.0)
+            cached = max((f for f in found if f is not None), default=1.0)
+            self._most[firsts_id] = cached
         return cached
 
     def _keyword_specificity(self, term: str) -> float | None:
@@ -620,8 +622,14 @@ class _Scorer:
             self._specific[term] = self._specificity(postings) if postings.tf else None
         return self._specific[term]
 
-    def _weak_scale(self, weak: tuple[str, ...]) -> float:
+    def _weak_scale(self, query: _Query) -> float:
         """What a description's summed fixed-point weights are multiplied by (0: none)."""
+        found = self._scales.get(query.weak_id)
+        if found is None:
+            found = self._scales[query.weak_id] = self._scale_of(query.weak)
+        return found
+
+    def _scale_of(self, weak: tuple[str, ...]) -> float:
         weight = self.tuning.description_weight
         if not weak or weight <= 0:
             return 0.0
@@ -659,14 +667,15 @@ class _Scorer:
         first_of: dict[int, int] = {}
         which = [first_of.setdefault(q.firsts_id, len(first_of)) for q in queries]
         count = len(first_of)
-        keyword_lists = list({q.firsts_id: q.key[0] for q in queries}.values())
+        firsts_of = {q.firsts_id: q.key[0] for q in queries}
+        keyword_lists = list(firsts_of.values())
         depth = max(map(len, keyword_lists), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
         rows = np.array(
             [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in keyword_lists],
             dtype=np.intp,
         ).reshape(count, depth)
-        most = np.array([self._most_specific(firsts) for firsts in keyword_lists])
+        most = np.array([self._most_specific(n, firsts) for n, firsts in firsts_of.items()])
         groups = keywords.matrix[rows] / most[:, None, None]
         # A slot one keyword group matches scores that group's weight; only the (few) slots
         # where several match need their weights sorted.
@@ -683,7 +692,7 @@ class _Scorer:
         # Each distinct description's part, kept by the scorer: a lane per query sharing it.
         parts = self._weak_parts
         missing = list({q.weak_id: q for q in queries if q.weak_id not in parts}.values())
-        scales = [self._weak_scale(q.weak) for q in missing]
+        scales = [self._weak_scale(q) for q in missing]
         described = [q for q, scale in zip(missing, scales, strict=True) if scale]
         parts.update(
             (q.weak_id, None) for q, scale in zip(missing, scales, strict=True) if not scale
@@ -747,7 +756,7 @@ class _Scorer:
     def full(self) -> _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
-            self._full = _Scorer(self.index, None, self.tuning, self.topics)
+            self._full = self._sibling(None)
         return self._full
 
     def _key_order(self, query: _Query) -> int:
@@ -770,12 +779,19 @@ class _Scorer:
                 memo[weight, query.key] = best
         return [memo[weight, q.key] for q in queries]
 
+    def _sibling(self, within: Collection[int] | None) -> _Scorer:
+        """A scorer over other papers, sharing what does not depend on which papers."""
+        other = _Scorer(self.index, within, self.tuning, self.topics)
+        other._most, other._scales, other._first_sets = self._most, self._scales, self._first_sets
+        other._specific, other._idfs = self._specific, self._idfs
+        return other
+
     def outside(self) -> _Scorer | None:
         """A scorer over the stored papers this one leaves out (None: it leaves none out)."""
         if self._outside is None and self.within is not None:
             rest = set(range(len(self.index.papers))) - self.within
             if rest:
-                self._outside = _Scorer(self.index, rest, self.tuning, self.topics)
+                self._outside = self._sibling(rest)
         return self._outside
 
     def _references_from(self, queries: Sequence[_Query], scores: _Vector) -> list[float]:
