@@ -993,12 +993,14 @@ class _Scorer:
 
 def _nth_best(scores: _Vector, n: int) -> list[float]:
     """Per row, the n-th best positive score (the last one when fewer; 0.0 when none)."""
-    counts = (scores > 0).sum(axis=1).tolist()
+    counts = (scores > 0).sum(axis=1)
     n = min(n, scores.shape[1])
     if not n:
         return [0.0] * len(counts)
     best = -np.partition(-np.where(scores > 0, scores, 0.0), range(n), axis=1)[:, :n]
-    return [float(best[row, min(n, c) - 1]) if c else 0.0 for row, c in enumerate(counts)]
+    nth = best[np.arange(len(best)), np.clip(counts, 1, n) - 1]
+    found: list[float] = np.where(counts > 0, nth, 0.0).tolist()
+    return found
 
 
 def calibrated_threshold(threshold: float, reference: float, tuning: Tuning) -> float:
