@@ -1321,7 +1321,8 @@ class _Edition:
             dtype=np.intp,
         )
         self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
-        self.trend = np.array([_trend(rank_of[i]) for i in self.papers])
+        self.trend_of = {i: _trend(rank_of[i]) for i in self.papers}  # what `_mixed` multiplies
+        self.trend = np.array([self.trend_of[i] for i in self.papers])
         self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
 
     def finish(
@@ -1401,8 +1402,8 @@ class _Edition:
             lo, hi = np.searchsorted(seen_at, (a, b))
             best[seen_at[lo:hi] - a, seen_column[lo:hi]] = 0.0
             sub, column = np.nonzero(best > 0)
-            by = np.argsort(-(best[sub, column] * self.trend[column]), kind="stable")
-            by = by[np.argsort(sub[by], kind="stable")]
+            # By subscriber, then mixed score, ties by column (lexsort is stable).
+            by = np.lexsort((-(best[sub, column] * self.trend[column]), sub))
             sub, column = sub[by], column[by]
             per = np.bincount(sub, minlength=b - a)
             keep = np.arange(len(sub)) - (np.cumsum(per) - per)[sub] < cap[a:b][sub]
@@ -1522,7 +1523,8 @@ class _Edition:
 
     def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
         rank = self.rank_of[i]
-        return SelectedPaper(self.paper_of[i], score, rank, True, matches, _mixed(score, rank))
+        mixed = score * self.trend_of[i]  # _mixed(score, rank), the factor worked out once
+        return SelectedPaper(self.paper_of[i], score, rank, True, matches, mixed)
 
     def _excluded(
         self, excludes: Sequence[tuple[str, ...]]
