@@ -29,15 +29,16 @@ When nothing is sent, the Selection carries the closest near misses; a subscribe
 
 Scale: each distinct term is matched once per index (`PaperIndex.lookup` is memoised); a
 topic is compiled once per distinct name, keyword list and description evidence (a reworded
-description often keeps its evidence: it is compiled per punctuation piece), and scored once
-per distinct key (keyword list and description terms; a description's part is its evidence's
-integer lane plus or minus a few terms), over the whole collection only when a paper falls
-between the floor and the global threshold. An edition then selects its subscribers without
-votes together (`_Edition.picks`), as matrices of subscriber x topic x listed paper: the send
-decision, exclusions, history, the order by mixed score and `max_papers`; explanations and
-SelectedPapers are built once per distinct value and shared. Readers with votes are judged
-one by one (`_judge`), as are all subscribers with `_select_for(..., vectorised=False)`, the
-plain path the tests hold the vectorised one to.
+description often keeps its evidence: it is compiled per punctuation piece; compiled topics
+are kept with the index for the next edition, see `_TOPICS`), and scored once per distinct
+key (keyword list and description terms; a description's part is its evidence's integer lane
+plus or minus a few terms), over the whole collection only when a paper falls between the
+floor and the global threshold (and then only the papers outside the listing). An edition
+then selects its subscribers without votes together (`_Edition.picks`), as matrices of
+subscriber x topic x listed paper: the send decision, exclusions, history, the order by mixed
+score and `max_papers`; explanations and SelectedPapers are built once per distinct value and
+shared. Readers with votes are judged one by one (`_judge`), as are all subscribers with
+`_select_for(..., vectorised=False)`, the plain path the tests hold the vectorised one to.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ _REFERENCES: weakref.WeakKeyDictionary[PaperIndex, dict[tuple[float, _Key], floa
 
 _D = TypeVar("_D", bound=np.generic)
 _K = TypeVar("_K", bound=Hashable)
+_T = TypeVar("_T")
 
 
 class _Lanes(Generic[_K, _D]):
@@ -339,10 +341,16 @@ class _Topics:
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
         self.query_of_shown: list[_Query] = []
+        # The `shown` of queries with more keyword groups than `_Table.bits` tells apart.
+        self.wide: set[int] = set()
         self.labels = _Labels()
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
         self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
+
+    def size(self) -> int:
+        """How many topics and texts it keeps, as far as they grow without bound."""
+        return len(self._compiled) + len(self._queries) + len(self._text_ids)
 
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
@@ -367,6 +375,8 @@ class _Topics:
             found = self._compiled[key] = self._compile_terms(*key)
             if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
                 self.query_of_shown.append(_Query(topic, *found))
+                if len(found[0]) > _MAX_GROUPS:
+                    self.wide.add(found[3])
         return found
 
     def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
@@ -487,6 +497,22 @@ class _Topics:
         return found
 
 
+# Each index's compiled topics (they depend on the stored papers alone), kept for as long as
+# the index, as `_REFERENCES` is: the daemon selects every group of subscribers and every
+# edition of a day over one index, mostly with the same topics. Started afresh past
+# MAX_COMPILED topics, so a long-lived index with ever new topics stays bounded.
+_TOPICS: weakref.WeakKeyDictionary[PaperIndex, _Topics] = weakref.WeakKeyDictionary()
+MAX_COMPILED = 1_000_000
+
+
+def _topics_of(index: PaperIndex) -> _Topics:
+    """The index's kept `_Topics` (see `_TOPICS`)."""
+    topics = _TOPICS.get(index)
+    if topics is None or topics.size() > MAX_COMPILED:
+        topics = _TOPICS[index] = _Topics(index)
+    return topics
+
+
 class _Scorer:
     """Scores topics against the papers `within` (None: all), caching per term and topic.
 
@@ -506,6 +532,7 @@ class _Scorer:
         self.index = index
         self.tuning = tuning
         self._full: _Scorer | None = None if within is not None else self
+        self._outside: _Scorer | None = None
         self._thresholds: dict[tuple[Topic, float], float] = {}
         self._closest: dict[tuple[int, float], list[tuple[int, float, TopicMatch]]] = {}
         self.within = None if within is None else frozenset(within)
@@ -527,7 +554,8 @@ class _Scorer:
         self._excluded: dict[tuple[str, ...], frozenset[int]] = {}
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
         self._specific: dict[str, float | None] = {}
-        self._most: dict[tuple[str, ...], float] = {}
+        self._most: dict[int, float] = {}  # by _Query.firsts_id
+        self._scales: dict[int, float] = {}  # by _Query.weak_id
         self._first_sets: dict[int, frozenset[str]] = {}
         self._idfs: dict[str, float] = {}
         # The idf of a term in GENERIC_SHARE of the papers: specific enough for full weight
@@ -577,13 +605,14 @@ class _Scorer:
         rows = [self._weak_lanes.row(t) for t in terms]
         lane[:] = self._weak_lanes.matrix[rows].sum(axis=0)
 
-    def _most_specific(self, firsts: tuple[str, ...]) -> float:
+    def _most_specific(self, firsts_id: int, firsts: tuple[str, ...]) -> float:
         # Specificity is relative to the topic's most specific keyword: a reader whose every
         # keyword is broad ("reinforcement learning") still gets their subject at full weight.
-        cached = self._most.get(firsts)
+        cached = self._most.get(firsts_id)
         if cached is None:
             found = (self._keyword_specificity(term) for term in firsts)
-            cached = self._most[firsts] = max((f for f in found if f is not None), default=1.0)
+            cached = max((f for f in found if f is not None), default=1.0)
+            self._most[firsts_id] = cached
         return cached
 
     def _keyword_specificity(self, term: str) -> float | None:
@@ -593,8 +622,14 @@ class _Scorer:
             self._specific[term] = self._specificity(postings) if postings.tf else None
         return self._specific[term]
 
-    def _weak_scale(self, weak: tuple[str, ...]) -> float:
+    def _weak_scale(self, query: _Query) -> float:
         """What a description's summed fixed-point weights are multiplied by (0: none)."""
+        found = self._scales.get(query.weak_id)
+        if found is None:
+            found = self._scales[query.weak_id] = self._scale_of(query.weak)
+        return found
+
+    def _scale_of(self, weak: tuple[str, ...]) -> float:
         weight = self.tuning.description_weight
         if not weak or weight <= 0:
             return 0.0
@@ -632,14 +667,15 @@ class _Scorer:
         first_of: dict[int, int] = {}
         which = [first_of.setdefault(q.firsts_id, len(first_of)) for q in queries]
         count = len(first_of)
-        keyword_lists = list({q.firsts_id: q.key[0] for q in queries}.values())
+        firsts_of = {q.firsts_id: q.key[0] for q in queries}
+        keyword_lists = list(firsts_of.values())
         depth = max(map(len, keyword_lists), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
         rows = np.array(
             [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in keyword_lists],
             dtype=np.intp,
         ).reshape(count, depth)
-        most = np.array([self._most_specific(firsts) for firsts in keyword_lists])
+        most = np.array([self._most_specific(n, firsts) for n, firsts in firsts_of.items()])
         groups = keywords.matrix[rows] / most[:, None, None]
         # A slot one keyword group matches scores that group's weight; only the (few) slots
         # where several match need their weights sorted.
@@ -656,7 +692,7 @@ class _Scorer:
         # Each distinct description's part, kept by the scorer: a lane per query sharing it.
         parts = self._weak_parts
         missing = list({q.weak_id: q for q in queries if q.weak_id not in parts}.values())
-        scales = [self._weak_scale(q.weak) for q in missing]
+        scales = [self._weak_scale(q) for q in missing]
         described = [q for q, scale in zip(missing, scales, strict=True) if scale]
         parts.update(
             (q.weak_id, None) for q, scale in zip(missing, scales, strict=True) if not scale
@@ -704,8 +740,9 @@ class _Scorer:
         groups, total = self._batch([query])
         return groups[0, : len(query.keywords)], total[0]
 
-    def _chunks(self, queries: Sequence[_Query]) -> Iterable[Sequence[_Query]]:
-        """`queries` in runs small enough that their terms' lanes fit in BATCH_CELLS."""
+    def _chunks(self, queries: Sequence[_T]) -> Iterable[Sequence[_T]]:
+        """`queries` (or their numbers) in runs small enough that their terms' lanes fit in
+        BATCH_CELLS."""
         size = max(1, BATCH_CELLS // (max(1, len(self.slots)) * 16))
         return (queries[n : n + size] for n in range(0, len(queries), size))
 
@@ -719,7 +756,7 @@ class _Scorer:
     def full(self) -> _Scorer:
         """A scorer over the whole collection (this one when it already is)."""
         if self._full is None:
-            self._full = _Scorer(self.index, None, self.tuning, self.topics)
+            self._full = self._sibling(None)
         return self._full
 
     def _key_order(self, query: _Query) -> int:
@@ -740,6 +777,42 @@ class _Scorer:
             _, _, total = full._scored(chunk)
             for query, best in zip(chunk, _nth_best(total, REF_RANK), strict=True):
                 memo[weight, query.key] = best
+        return [memo[weight, q.key] for q in queries]
+
+    def _sibling(self, within: Collection[int] | None) -> _Scorer:
+        """A scorer over other papers, sharing what does not depend on which papers."""
+        other = _Scorer(self.index, within, self.tuning, self.topics)
+        other._most, other._scales, other._first_sets = self._most, self._scales, self._first_sets
+        other._specific, other._idfs = self._specific, self._idfs
+        return other
+
+    def outside(self) -> _Scorer | None:
+        """A scorer over the stored papers this one leaves out (None: it leaves none out)."""
+        if self._outside is None and self.within is not None:
+            rest = set(range(len(self.index.papers))) - self.within
+            if rest:
+                self._outside = self._sibling(rest)
+        return self._outside
+
+    def _references_from(self, queries: Sequence[_Query], scores: _Vector) -> list[float]:
+        """`references` of queries whose `scores` over this scorer's slots are known: only the
+        papers outside them are scored (a paper's score does not depend on which others a
+        scorer holds, and the REF_RANK-th best of the union does not on their order)."""
+        memo = _REFERENCES.setdefault(self.index, {})
+        weight = self.tuning.description_weight
+        rows = {q.key: n for n, q in enumerate(queries) if (weight, q.key) not in memo}
+        missing = sorted(rows.values(), key=lambda n: self._key_order(queries[n]))
+        outside = self.outside() if self.within is not None else None
+        if outside is None:
+            if missing:
+                for n, best in zip(missing, _nth_best(scores[missing], REF_RANK), strict=True):
+                    memo[weight, queries[n].key] = best
+        else:
+            for chunk in outside._chunks(missing):
+                _, _, rest = outside._scored([queries[n] for n in chunk])
+                both = np.concatenate([scores[list(chunk)], rest], axis=1)
+                for n, best in zip(chunk, _nth_best(both, REF_RANK), strict=True):
+                    memo[weight, queries[n].key] = best
         return [memo[weight, q.key] for q in queries]
 
     def reference(self, topic: Topic) -> float:
@@ -791,7 +864,7 @@ class _Scorer:
             highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
             known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
             needed = candidates[~(known & (highest < bound))].tolist()
-            references = self.references([queries[n] for n in needed])
+            references = self._references_from([queries[n] for n in needed], total[needed])
             for n, reference in zip(needed, references, strict=True):
                 cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
         return cuts
@@ -920,12 +993,14 @@ class _Scorer:
 
 def _nth_best(scores: _Vector, n: int) -> list[float]:
     """Per row, the n-th best positive score (the last one when fewer; 0.0 when none)."""
-    counts = (scores > 0).sum(axis=1).tolist()
+    counts = (scores > 0).sum(axis=1)
     n = min(n, scores.shape[1])
     if not n:
         return [0.0] * len(counts)
     best = -np.partition(-np.where(scores > 0, scores, 0.0), range(n), axis=1)[:, :n]
-    return [float(best[row, min(n, c) - 1]) if c else 0.0 for row, c in enumerate(counts)]
+    nth = best[np.arange(len(best)), np.clip(counts, 1, n) - 1]
+    found: list[float] = np.where(counts > 0, nth, 0.0).tolist()
+    return found
 
 
 def calibrated_threshold(threshold: float, reference: float, tuning: Tuning) -> float:
@@ -1139,7 +1214,7 @@ def _select_for(
         i = index.id_to_index[entry.paper.id]
         if entry.rank < rank_of.get(i, entry.rank + 1):
             rank_of[i], paper_of[i] = entry.rank, entry.paper
-    scorer = _Scorer(index, rank_of, tuning)
+    scorer = _Scorer(index, rank_of, tuning, _topics_of(index))
     edition = _Edition(scorer, rank_of, paper_of, threshold, listing.date)
     # Address keys only matter to look up history and votes.
     keys = [address_key(sub.email) for sub in subscribers] if history or votes else None
@@ -1151,12 +1226,13 @@ def _select_for(
     shown: list[list[int]] = []
     alone: list[int] = []
     queries = scorer.topics.query_of_shown
+    shown_of, wide = scorer.topics.shown_of, scorer.topics.wide
     for n, sub in enumerate(subscribers):
         if not vectorised or (keys and votes.get(keys[n])):
             alone.append(n)
             continue
-        topics = [scorer.topics.shown_of(t) for t in sub.topics]
-        if any(len(queries[t].keywords) > _MAX_GROUPS for t in topics):
+        topics = [shown_of(t) for t in sub.topics]
+        if wide and not wide.isdisjoint(topics):
             alone.append(n)
         else:
             together.append(n)
@@ -1245,7 +1321,8 @@ class _Edition:
             dtype=np.intp,
         )
         self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
-        self.trend = np.array([_trend(rank_of[i]) for i in self.papers])
+        self.trend_of = {i: _trend(rank_of[i]) for i in self.papers}  # what `_mixed` multiplies
+        self.trend = np.array([self.trend_of[i] for i in self.papers])
         self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
 
     def finish(
@@ -1325,8 +1402,8 @@ class _Edition:
             lo, hi = np.searchsorted(seen_at, (a, b))
             best[seen_at[lo:hi] - a, seen_column[lo:hi]] = 0.0
             sub, column = np.nonzero(best > 0)
-            by = np.argsort(-(best[sub, column] * self.trend[column]), kind="stable")
-            by = by[np.argsort(sub[by], kind="stable")]
+            # By subscriber, then mixed score, ties by column (lexsort is stable).
+            by = np.lexsort((-(best[sub, column] * self.trend[column]), sub))
             sub, column = sub[by], column[by]
             per = np.bincount(sub, minlength=b - a)
             keep = np.arange(len(sub)) - (np.cumsum(per) - per)[sub] < cap[a:b][sub]
@@ -1446,7 +1523,8 @@ class _Edition:
 
     def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
         rank = self.rank_of[i]
-        return SelectedPaper(self.paper_of[i], score, rank, True, matches, _mixed(score, rank))
+        mixed = score * self.trend_of[i]  # _mixed(score, rank), the factor worked out once
+        return SelectedPaper(self.paper_of[i], score, rank, True, matches, mixed)
 
     def _excluded(
         self, excludes: Sequence[tuple[str, ...]]

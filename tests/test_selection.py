@@ -898,3 +898,24 @@ def test_a_chunk_where_no_subscriber_has_a_topic_selects_nothing() -> None:
     )
     assert [(s.papers, s.near_misses) for s in together] == [((), ())] * 2
     assert [(s.papers, s.near_misses) for s in alone] == [((), ())] * 2
+
+
+def test_editions_over_one_index_reuse_its_compiled_topics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon selects every group and edition of a day over one index: the topics compiled
+    for one edition are kept with the index and serve the next, which selects what a fresh
+    index would; past MAX_COMPILED topics they are compiled afresh."""
+    papers = [p for lst in seed_listings() for p in lst.papers]
+    first, second = seed_listings()[:2]
+    subs = _generated_subscribers(200, seed=5)
+    index = PaperIndex.build(papers)
+    select_for(index, first, subs, threshold=THRESHOLD)
+    kept = selection_module._TOPICS[index]
+    assert kept.size() > len(subs)
+    again = select_for(index, second, subs, threshold=THRESHOLD)
+    assert selection_module._TOPICS[index] is kept
+    assert again == select_for(PaperIndex.build(papers), second, subs, threshold=THRESHOLD)
+    monkeypatch.setattr(selection_module, "MAX_COMPILED", kept.size() - 1)
+    assert select_for(index, second, subs, threshold=THRESHOLD) == again
+    assert selection_module._TOPICS[index] is not kept
