@@ -85,7 +85,7 @@ class Preparer:
                 out.append(Prepared(email, skip=why_empty[email]))
                 continue
             try:
-                msg = self.renderer.render(sel, now=now)
+                msg, wire = self.renderer.render_wire(sel, now=now)
             except (ValueError, NewsletterError) as exc:  # e.g. an address we cannot send to
                 out.append(Prepared(email, error=f"cannot render the digest: {exc}"))
                 continue
@@ -95,7 +95,7 @@ class Preparer:
                 out.append(Prepared(email, error=error, permanent=False))
                 continue
             slim = dataclasses.replace(msg, html="", text="")
-            out.append(Prepared(email, slim, wire_form(msg.raw)))
+            out.append(Prepared(email, slim, wire if wire is not None else wire_form(msg.raw)))
         return out
 
 
