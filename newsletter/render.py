@@ -48,7 +48,7 @@ from newsletter.dailypapers import arxiv_page, paper_page
 from newsletter.errors import ConfigError, RenderError
 from newsletter.links import Links, one_click_allowed
 from newsletter.mime import (
-    assemble,
+    assemble_wire,
     clean_header_text,
     dkim_enabled,
     encode_phrase,
@@ -811,6 +811,14 @@ class Renderer:
 
     def render(self, selection: Selection, *, now: dt.datetime) -> RenderedEmail:
         """The finished message for one subscriber; `now` is only used for the Date header."""
+        return self.render_wire(selection, now=now)[0]
+
+    def render_wire(
+        self, selection: Selection, *, now: dt.datetime
+    ) -> tuple[RenderedEmail, bytes | None]:
+        """`render`, and the message as SMTP DATA carries it (deliver.wire_form of its raw),
+        built from the same cached lines; None when not built here (a DKIM-signed message,
+        or headers wire_form refuses): the caller then calls wire_form itself."""
         papers = [sp for sp in selection.papers if sp.sent]
         sub = selection.subscriber
         if not papers:
@@ -833,10 +841,10 @@ class Renderer:
         subject = clean_header_text(self._subject.render(ctx))
         mid = message_id(selection.edition, sub.email, self.settings.sender_domain)
         headers = self._headers(to, subject, mid, now, https, mailto)
-        raw = assemble(headers, text, html, _boundary(mid))
+        raw, wire = assemble_wire(headers, text, html, _boundary(mid))
         if self._dkim:
-            raw = sign_dkim(raw, self.settings)
-        return RenderedEmail(
+            raw, wire = sign_dkim(raw, self.settings), None
+        email = RenderedEmail(
             to=check_address(sub.email),
             subject=subject,
             message_id=mid,
@@ -845,6 +853,7 @@ class Renderer:
             raw=raw,
             paper_ids=tuple(p.id for p in ctx["papers"]),
         )
+        return email, wire
 
     def _headers(
         self, to: str, subject: str, mid: str, now: dt.datetime, https: str | None, mailto: str

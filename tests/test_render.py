@@ -19,8 +19,11 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from newsletter.deliver import wire_form
 from newsletter.errors import BadToken, ConfigError, RenderError
 from newsletter.mime import (
+    assemble,
+    assemble_wire,
     clean_header_text,
     encode_phrase,
     encode_unstructured,
@@ -451,6 +454,52 @@ def test_any_display_name_round_trips_and_cannot_inject(value: str) -> None:
     assert name == clean_header_text(value)
 
 
+# What DATA carries, built with the message from the same cached lines, must be exactly what
+# wire_form makes of the message: any dot-stuffing slip would corrupt (or cut) a digest.
+_BODY = st.text(st.sampled_from(".. =\n\r\taé€-x"), max_size=400)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(_BODY, _BODY, st.sampled_from(["Subject", ".Subject", "X"]))
+def test_the_wire_form_built_with_a_message_is_wire_form_of_it(
+    text: str, html: str, name: str
+) -> None:
+    headers = [(name, "a\r\n .folded"), ("To", "b@example.org")]
+    raw, wire = assemble_wire(headers, text * 3, html, "=_alt_x")
+    assert raw == assemble(headers, text * 3, html, "=_alt_x")
+    assert wire is not None and wire == wire_form(raw)
+
+
+def test_a_header_wire_form_refuses_gives_no_wire_form() -> None:
+    raw, wire = assemble_wire([("Subject", "a\nb")], "t", "h", "=_alt_x")
+    assert wire is None and wire_form(raw) is None
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=lambda p: p.name[:3])
+def test_every_digest_comes_with_its_wire_form(renderer: Renderer, seed: Path) -> None:
+    day = listing(seed)
+    dotted = paper(
+        "." * 60 + " Dots " + "a" * 70 + "." * 30,
+        ".NET. " + ". " * 120 + "offline RL " + "." * 200,
+        ("https://example.org/" + "." * 90,),
+    )
+    m = TopicMatch(OFFLINE.name, ("offline RL",), highlights=("offline RL",), score=1.0)
+    stuffed = 0
+    for name in ["", "Ada Lovelace", ".Dot Reader", "Zoë " + "." * 80]:
+        for sel in (
+            *(KINDS[kind](day) for kind in KINDS),
+            one(dotted, m, sub=reader(OFFLINE, name=name)),
+        ):
+            sel = dataclasses.replace(sel, subscriber=reader(OFFLINE, RLHF, name=name))
+            if not any(sp.sent for sp in sel.papers):
+                continue
+            out, wire = renderer.render_wire(sel, now=NOW)
+            assert out == renderer.render(sel, now=NOW)
+            assert wire == wire_form(out.raw)
+            stuffed += wire is not None and b"\r\n.." in wire
+    assert stuffed  # the case that matters was there
+
+
 def test_no_header_injection_through_names_topics_or_addresses(renderer: Renderer) -> None:
     evil = Topic("RL\r\nBcc: victim@example.com", ("offline RL",))
     sub = Subscriber("ada@example.org", name="Ada\r\nBcc: victim@example.com\n", topics=(evil,))
@@ -664,6 +713,8 @@ def test_dkim_signature_verifies_and_covers_the_list_headers(
         assert name in h
     assert "list-unsubscribe-post" in h
     assert sign_dkim(out.raw, settings) == out.raw  # already signed: unchanged
+    _, wire = Renderer(settings).render_wire(select(listing(SEEDS[0]), reader(OFFLINE)), now=NOW)
+    assert wire in (None, wire_form(out.raw))  # None: the caller runs wire_form itself
     tampered = out.raw.replace(b"Subject: ", b"Subject: FREE ", 1)
     assert not dkim.verify(tampered, dnsfunc=dns)
 

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -85,7 +86,7 @@ class Preparer:
                 out.append(Prepared(email, skip=why_empty[email]))
                 continue
             try:
-                msg = self.renderer.render(sel, now=now)
+                msg, wire = self.renderer.render_wire(sel, now=now)
             except (ValueError, NewsletterError) as exc:  # e.g. an address we cannot send to
                 out.append(Prepared(email, error=f"cannot render the digest: {exc}"))
                 continue
@@ -95,7 +96,7 @@ class Preparer:
                 out.append(Prepared(email, error=error, permanent=False))
                 continue
             slim = dataclasses.replace(msg, html="", text="")
-            out.append(Prepared(email, slim, wire_form(msg.raw)))
+            out.append(Prepared(email, slim, wire if wire is not None else wire_form(msg.raw)))
         return out
 
 
@@ -124,6 +125,10 @@ def _worker_init_forked(lock_dir: Path) -> None:
     with contextlib.suppress(ValueError):  # only possible in the main thread
         signal.set_wakeup_fd(-1)
     _close_inherited_locks(lock_dir)
+    # What the child inherited (paper index, templates, modules) lives as long as it does:
+    # out of the collector's reach, full collections no longer walk it (~0.07 s each) nor
+    # copy its pages by touching their headers.
+    gc.freeze()
     assert _WORKER is not None, "fork without a preparer"
     _WORKER.store.engine.dispose(close=False)  # fresh connections; never the parent's
 
