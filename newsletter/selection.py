@@ -502,7 +502,7 @@ class _Topics:
 # edition of a day over one index, mostly with the same topics. Started afresh past
 # MAX_COMPILED topics, so a long-lived index with ever new topics stays bounded.
 _TOPICS: weakref.WeakKeyDictionary[PaperIndex, _Topics] = weakref.WeakKeyDictionary()
-MAX_COMPILED = 1_000_000
+MAX_COMPILED = 50_000  # ~40 MB: one edition of a large file must not grow send memory
 
 
 def _topics_of(index: PaperIndex) -> _Topics:
