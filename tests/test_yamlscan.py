@@ -16,6 +16,7 @@ from newsletter.yamlfile import NotPlain, read_document
 from newsletter.yamlscan import scan_document
 
 from .conftest import EXAMPLE_SUBSCRIBERS
+from .test_subscribers import BAD as SUBSCRIBERS_BAD
 
 # Scalars people write, then some that read as other types, or that only the parser reads.
 WORDS = ["RL", "offline RL", "Élodie", "naïve", "日本語", "v1.0", "100%", "Ada Lovelace", "5"]
@@ -234,33 +235,18 @@ def _parser_only(*_: Any) -> Any:
     raise NotPlain("the test reads with the parser")
 
 
-BAD = """\
-defaults: {max_papers: 10, send_at: "7am", timezone: UTC}
-colour: blue
-subscribers:
-  - email: ada@example.org
-    name: Ada
-    timezone: Europe/Lodnon
-    send_at: "25:00"
-    max_papers: 99
-    topics:
-      - name: X
-        keywords: []
-    hobby: chess
-  - email: ADA@example.org
-    topics: []
-  - email: not-an-email
-    name: "Eve Bcc: victim@example.org"
-    topics:
-      - name: Y
-        keywords: [a]
-        weight: 3
+# test_subscribers' file with every kind of problem, written in the subset the scanner reads
+# (its name's escaped CR LF would send it to the parser), and two more subscribers' problems.
+BAD = (
+    SUBSCRIBERS_BAD.replace("Eve\\r\\nBcc", "Eve Bcc")
+    + """\
   - email: b@example.org
     on_empty: never
     exclude: ["", ok]
     topics:
     - {name: "", keywords: [a, b], description: 5}
 """
+)
 
 
 def test_subscribers_and_every_message_are_the_same_through_either_reader(
