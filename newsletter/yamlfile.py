@@ -99,6 +99,25 @@ def walk(lines: Lines | None, path: Sequence[Any], line: int = 1) -> tuple[Lines
     return node, line
 
 
+Resolvers = list[tuple[str, Any]]
+
+
+def plain_resolvers(loader: Any) -> tuple[dict[str, Resolvers], Resolvers | None]:
+    """The implicit resolvers a plain scalar's first character calls for, and those for any
+    other first character (None: such a scalar is a string)."""
+    resolvers: dict[Any, Resolvers] = loader.yaml_implicit_resolvers
+    wildcard = resolvers.get(None, [])
+    return {c: rs + wildcard for c, rs in resolvers.items() if c is not None}, wildcard or None
+
+
+def resolve_plain(by_first: dict[str, Resolvers], other: Resolvers | None, text: str) -> str:
+    """The tag the safe loader gives the plain scalar `text` (see `plain_resolvers`)."""
+    for tag, regexp in by_first.get(text[:1], other) or ():
+        if regexp.match(text):
+            return str(tag)
+    return _STR
+
+
 class _Reader:
     """Values and lines from the events of one loader (C or pure-Python parser)."""
 
@@ -106,11 +125,7 @@ class _Reader:
         self.get_event: Callable[[], Any] = loader.get_event
         self.check_event: Callable[..., bool] = loader.check_event
         self.loader = loader
-        resolvers: dict[Any, list[tuple[str, Any]]] = loader.yaml_implicit_resolvers
-        wildcard = resolvers.get(None, [])
-        # The resolvers a plain scalar's first character calls for (None: it is a string).
-        self.by_first = {c: rs + wildcard for c, rs in resolvers.items() if c is not None}
-        self.other: list[tuple[str, Any]] | None = wildcard or None
+        self.by_first, self.other = plain_resolvers(loader)
         if loader.yaml_path_resolvers:
             raise NotPlain("path resolvers")
         self.stream_key = stream_key
@@ -152,14 +167,7 @@ class _Reader:
         text: str = event.value
         if not event.implicit[0]:  # quoted: always a string
             return text
-        resolvers = self.by_first.get(text[:1], self.other)
-        if resolvers is None:
-            return text
-        tag = _STR
-        for tag_, regexp in resolvers:
-            if regexp.match(text):
-                tag = tag_
-                break
+        tag = resolve_plain(self.by_first, self.other, text)
         if tag == _STR:
             return text
         if tag in _SPECIAL:
@@ -263,7 +271,8 @@ def construct_scalar(loader: Any, node: yaml.ScalarNode) -> Any:
     try:
         return loader.yaml_constructors[node.tag](loader, node)
     except (ValueError, OverflowError) as exc:
-        kind = {"timestamp": "date"}.get(node.tag.rsplit(":", 1)[-1], node.tag.rsplit(":", 1)[-1])
+        kind = node.tag.rsplit(":", 1)[-1]
+        kind = {"timestamp": "date"}.get(kind, kind)
         raise yaml.constructor.ConstructorError(
             None,
             None,

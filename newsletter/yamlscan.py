@@ -31,6 +31,8 @@ from newsletter.yamlfile import (
     OnItem,
     SeqLines,
     line_of,
+    plain_resolvers,
+    resolve_plain,
 )
 
 # One line: indentation, a sequence dash, an identifier key with its colon, and the rest.
@@ -56,10 +58,7 @@ class _Resolver:
 
     def __init__(self) -> None:
         self.loader = yaml.SafeLoader("")
-        resolvers: dict[Any, list[tuple[str, Any]]] = yaml.SafeLoader.yaml_implicit_resolvers
-        wildcard = resolvers.get(None, [])
-        self.by_first = {c: rs + wildcard for c, rs in resolvers.items() if c is not None}
-        self.other: list[tuple[str, Any]] | None = wildcard or None
+        self.by_first, self.other = plain_resolvers(yaml.SafeLoader)
         self.cache: dict[str, Any] = {}
 
     def __call__(self, text: str) -> Any:
@@ -71,12 +70,7 @@ class _Resolver:
         return value
 
     def _construct(self, text: str) -> Any:
-        resolvers = self.by_first.get(text[:1], self.other)
-        tag = _STR
-        for tag_, regexp in resolvers or ():
-            if regexp.match(text):
-                tag = tag_
-                break
+        tag = resolve_plain(self.by_first, self.other, text)
         if tag == _STR:
             return text
         if tag in _SPECIAL or tag in _PLAIN_TAGS:
