@@ -145,11 +145,18 @@ def _qp_line(line: str) -> tuple[bytes, bytes]:
     """The line quoted-printable, and that as DATA carries it (dot-stuffed, RFC 5321 4.5.2)."""
     # b2a_qp keeps the input's line-ending style, so the CRLF here gives CRLF soft breaks too.
     qp = binascii.b2a_qp((line + CRLF).encode("utf-8"), istext=True)
-    return qp, _stuffed(qp)
+    return qp, dot_stuffed(qp)
 
 
-def _stuffed(lines: bytes) -> bytes:
-    """Whole CRLF lines with one more "." before each line that starts with one."""
+def crlf_lines(data: bytes) -> bool:
+    """Whether `data` is whole lines that each end in CRLF (no bare CR or LF)."""
+    crlf = data.count(b"\r\n")
+    return data.endswith(b"\r\n") and data.count(b"\n") == crlf and data.count(b"\r") == crlf
+
+
+def dot_stuffed(lines: bytes) -> bytes:
+    """Whole CRLF lines with one more "." before each line that starts with one (RFC 5321
+    4.5.2), as DATA carries them."""
     return (b"." + lines if lines.startswith(b".") else lines).replace(b"\r\n.", b"\r\n..")
 
 
@@ -167,10 +174,6 @@ def _qp_pairs(body: str) -> list[tuple[bytes, bytes]]:
     if lines[-1] == "":
         lines.pop()
     return list(map(_qp_line, lines))
-
-
-def _qp(body: str) -> bytes:
-    return b"".join(qp for qp, _ in _qp_pairs(body))
 
 
 def assemble(headers: list[tuple[str, str]], text: str, html: str, boundary: str) -> bytes:
@@ -208,13 +211,12 @@ def assemble_wire(
             end,
         )
     )
-    crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or not head.endswith(b"\r\n"):
+    if not crlf_lines(head):
         return raw, None
     # the fixed lines between the parts start with "-" or a letter: nothing to stuff there
     wire = b"".join(
         (
-            _stuffed(head),
+            dot_stuffed(head),
             top,
             first,
             *(w for _, w in text_qp),

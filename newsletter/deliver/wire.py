@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from newsletter.mime import crlf_lines, dot_stuffed
+
 # An ASCII addr-spec that needs no quoting in MAIL FROM:<...> / RCPT TO:<...>.
 PLAIN_ADDRESS = re.compile(r"[!#-;=?-~]+@[A-Za-z0-9.-]+", re.ASCII)
 
@@ -16,9 +18,6 @@ def wire_form(raw: bytes) -> bytes | None:
     what sendmail() does with three regex passes (~0.5 ms per 30 KB). The run computes this
     in the render workers, off the event loop.
     """
-    crlf = raw.count(b"\r\n")
-    if not (raw.endswith(b"\r\n") and raw.count(b"\n") == crlf and raw.count(b"\r") == crlf):
+    if not crlf_lines(raw):
         return None
-    # RFC 5321 4.5.2: a line that starts with "." gets one more; lines end only in CRLF here
-    body = b"." + raw if raw.startswith(b".") else raw
-    return body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    return dot_stuffed(raw) + b".\r\n"
