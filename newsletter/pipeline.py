@@ -140,13 +140,18 @@ def paper_index(store: Store) -> PaperIndex:
     return _INDEXES[key]
 
 
-def edition_listing(store: Store, edition: dt.date | None) -> DailyListing:
-    """The listing of `edition`, or the newest one when None."""
+def edition_listing(
+    store: Store, edition: dt.date | None, known: DailyListing | None = None
+) -> DailyListing:
+    """The listing of `edition`, or the newest one when None; `known` when it is that
+    edition's (a send selects chunk by chunk from one listing, read once)."""
+    if known is not None and known.date == edition:
+        return known
     date = edition or store.newest_date()
     listing = store.listing(date) if date else None
     if listing is None:
-        known = ", ".join(d.isoformat() for d in store.listing_dates()) or "none; run ingest first"
-        raise NoListing(f"no listing stored for {date}; stored dates: {known}")
+        stored = ", ".join(d.isoformat() for d in store.listing_dates()) or "none; run ingest first"
+        raise NoListing(f"no listing stored for {date}; stored dates: {stored}")
     return listing
 
 
@@ -183,8 +188,7 @@ def selections_for(
     The papers this edition itself delivered are not history for it, so rendering the same
     edition again (a preview after sending, a resend) yields the same content.
     """
-    if listing is None or listing.date != edition:
-        listing = edition_listing(store, edition)
+    listing = edition_listing(store, edition, listing)
     history = store.history_elsewhere(listing.date, [s.email for s in subscribers])
     if votes is None:  # the readers' own votes (email links, archive pages, feedback add)
         votes = store.vote_map([s.email for s in subscribers])
@@ -249,8 +253,7 @@ def skip_reasons(
     empty = [s.subscriber for s in selections if not any(p.sent for p in s.papers)]
     if not empty:
         return {}
-    if listing is None or listing.date != edition:
-        listing = edition_listing(store, edition)
+    listing = edition_listing(store, edition, listing)
     again = select_for(
         index or paper_index(store),
         listing,

@@ -69,9 +69,8 @@ class Preparer:
     def _prepare(
         self, subscribers: Sequence[Subscriber], edition: dt.date, now: dt.datetime
     ) -> list[Prepared]:
-        if self.listing is None or self.listing.date != edition:
-            self.listing = edition_listing(self.store, edition)
-        listing, index = self.listing, self.index
+        listing = self.listing = edition_listing(self.store, edition, self.listing)
+        index = self.index  # one paper index and one listing for every chunk of the run
         selections = selections_for(
             self.store, self.settings, subscribers, edition, index=index, listing=listing
         )
