@@ -4,7 +4,9 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
 - Rocchio (1971) on tf-idf paper vectors, with the collection as the background: the liked
   centroid keeps each term of the papers they liked, less `contrast` x that term's weight in
   the collection's centroid, so what is distinctive of their likes (words that need not be in
-  their profile) counts, and what every paper says does not. A paper's likeness is
+  their profile) counts, and what every paper says does not; the disliked centroid likewise,
+  so a paper sinks for what was distinctive of the papers they voted down, not for the words
+  of the field it shares with the ones they wanted. A paper's likeness is
   `cos(paper, liked) - cos(paper, disliked)`, centred on the collection's mean likeness;
   its score moves by `weight` x that (the ranking). Its send decision moves by `send_weight`
   x its relative likeness, `cos(paper, liked) - send_contrast x cos(paper, collection)`
@@ -120,7 +122,7 @@ class Likeness:
 
     liked: tuple[tuple[str, Mapping[str, float]], ...]  # (title, vector) of each up-voted paper
     up: Mapping[str, float]  # distinctive centroid of the up-voted papers ({} when none)
-    down: Mapping[str, float]  # centroid of the down-voted papers ({} when none)
+    down: Mapping[str, float]  # distinctive centroid of the down-voted papers ({} when none)
     baseline: float = 0.0  # the mean of (up - down) likeness over the collection
     vetoed: frozenset[int] = frozenset()  # papers the reader voted down: never sent to them
     disliked: tuple[Mapping[str, float], ...] = ()  # vector of each down-voted paper
@@ -297,7 +299,7 @@ def _likeness(
     # Without a liked paper there is nothing to be relatively like: the ranking's likeness.
     sending = background(index) if send_contrast is not None and ups else None
     relative_by = send_contrast or 0.0
-    down = _centroid(disliked) if downs else {}
+    down = distinctive(disliked, collection, contrast) if downs else {}
     sample = [index.vector(i) for i in _sample(index)]
     downs_of = [_dot(v, down) for v in sample]
     baseline = _mean([_dot(v, up) - d for v, d in zip(sample, downs_of, strict=True)])
