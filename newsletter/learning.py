@@ -4,7 +4,9 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
 - Rocchio (1971) on tf-idf paper vectors, with the collection as the background: the liked
   centroid keeps each term of the papers they liked, less `contrast` x that term's weight in
   the collection's centroid, so what is distinctive of their likes (words that need not be in
-  their profile) counts, and what every paper says does not. A paper's likeness is
+  their profile) counts, and what every paper says does not; the disliked centroid likewise,
+  so a paper sinks for what was distinctive of the papers they voted down, not for the words
+  of the field it shares with the ones they wanted. A paper's likeness is
   `cos(paper, liked) - cos(paper, disliked)`, centred on the collection's mean likeness;
   its score moves by `weight` x that (the ranking). Its send decision moves by `send_weight`
   x its relative likeness, `cos(paper, liked) - send_contrast x cos(paper, collection)`
@@ -58,6 +60,12 @@ NEAR_DUPLICATE = 0.6
 
 # The collection's centroid (over the same sample), per index: every reader's votes use it.
 _BACKGROUND: weakref.WeakKeyDictionary[PaperIndex, dict[str, float]] = weakref.WeakKeyDictionary()
+# Each set of votes' Likeness, per index: a reader's votes are judged again for every edition
+# (and every weighting, in the evaluation). Started afresh past MAX_KEPT sets of votes.
+_LIKENESS: weakref.WeakKeyDictionary[
+    PaperIndex, dict[tuple[tuple[int, ...], tuple[int, ...], float, float | None], Likeness]
+] = weakref.WeakKeyDictionary()
+MAX_KEPT = 256
 
 
 def _centroid(vectors: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -107,50 +115,82 @@ class Lift:
 
 
 @dataclass(frozen=True, slots=True)
-class Reader:
-    """What one reader's votes teach: score changes and a threshold shift."""
+class Likeness:
+    """What a reader's votes say of each paper before they are weighted: the same for every
+    weighting of the same votes, so it is kept per index (see `_LIKENESS`) and each paper's
+    part worked out once."""
 
     liked: tuple[tuple[str, Mapping[str, float]], ...]  # (title, vector) of each up-voted paper
     up: Mapping[str, float]  # distinctive centroid of the up-voted papers ({} when none)
-    down: Mapping[str, float]  # centroid of the down-voted papers ({} when none)
-    weight: float
-    shift: float  # added to the reader's send threshold (positive: sends less)
+    down: Mapping[str, float]  # distinctive centroid of the down-voted papers ({} when none)
     baseline: float = 0.0  # the mean of (up - down) likeness over the collection
     vetoed: frozenset[int] = frozenset()  # papers the reader voted down: never sent to them
-    send_weight: float = 0.0
     disliked: tuple[Mapping[str, float], ...] = ()  # vector of each down-voted paper
-    # Per topic of the subscriber, the weight of each keyword group (() when votes change none)
-    keywords: tuple[tuple[float, ...], ...] = ()
     # The send decision's likeness: to the liked centroid `centre` less `send_contrast` x to
-    # the collection's centroid (None: the ranking's likeness), its mean over the collection,
-    # and the most it may move a send margin.
+    # the collection's centroid (None: the ranking's likeness), and its mean over the
+    # collection.
     centre: Mapping[str, float] = field(default_factory=dict)
     collection: Mapping[str, float] | None = None
     send_contrast: float = 0.0
     send_baseline: float = 0.0
-    send_bound: float = math.inf
+    # paper -> (likeness, the send decision's likeness, unwanted), and the liked paper it is
+    # most like, as far as asked for.
+    _parts: dict[int, tuple[float, float, bool]] = field(default_factory=dict)
+    _most_like: dict[int, str] = field(default_factory=dict)
+
+    def parts(self, i: int, vector: Mapping[str, float]) -> tuple[float, float, bool]:
+        """(likeness, the send decision's likeness, unwanted) of paper i (tf-idf `vector`):
+        how much more it is like the liked papers than the typical stored paper is."""
+        found = self._parts.get(i)
+        if found is None:
+            up = _dot(vector, self.up) if self.up else 0.0
+            down = _dot(vector, self.down) if self.down else 0.0
+            likeness = up - down - self.baseline
+            sending = likeness
+            if self.collection is not None:
+                sending = _relative(vector, self.centre, self.collection, self.send_contrast)
+                sending -= down + self.send_baseline
+            unwanted = i in self.vetoed or any(
+                _dot(vector, d) >= NEAR_DUPLICATE for d in self.disliked
+            )
+            found = self._parts[i] = likeness, sending, unwanted
+        return found
+
+    def most_like(self, i: int, vector: Mapping[str, float]) -> str:
+        """The title of the liked paper that paper i is most like."""
+        found = self._most_like.get(i)
+        if found is None:
+            best = max(self.liked, key=lambda tv: (_dot(vector, tv[1]), tv[0]))
+            found = self._most_like[i] = best[0]
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """What one reader's votes teach: score changes and a threshold shift."""
+
+    likeness: Likeness
+    weight: float
+    shift: float  # added to the reader's send threshold (positive: sends less)
+    send_weight: float = 0.0
+    # Per topic of the subscriber, the weight of each keyword group (() when votes change none)
+    keywords: tuple[tuple[float, ...], ...] = ()
+    send_bound: float = math.inf  # the most the likeness may move a send margin
 
     def adjust(self, i: int, vector: Mapping[str, float]) -> Lift:
         """The votes' effect on paper i (with tf-idf `vector`). The change is centred on the
         collection's mean likeness: a paper more like the liked papers than the typical stored
         paper rises, one less like them sinks."""
-        up = _dot(vector, self.up) if self.up else 0.0
-        down = _dot(vector, self.down) if self.down else 0.0
-        likeness = up - down - self.baseline
-        sending = likeness
-        if self.collection is not None:
-            sending = _relative(vector, self.centre, self.collection, self.send_contrast) - down
-            sending -= self.send_baseline
+        likeness, sending, unwanted = self.likeness.parts(i, vector)
         send = max(-self.send_bound, min(self.send_bound, self.send_weight * sending))
-        unwanted = i in self.vetoed or any(_dot(vector, d) >= NEAR_DUPLICATE for d in self.disliked)
         because = ""
         # Lifted in the ranking or towards being sent: the liked paper it is most like says why.
-        if max(self.weight * likeness, send) >= EXPLAIN_MIN and self.liked:
-            because = max(self.liked, key=lambda tv: (_dot(vector, tv[1]), tv[0]))[0]
+        if max(self.weight * likeness, send) >= EXPLAIN_MIN and self.likeness.liked:
+            because = self.likeness.most_like(i, vector)
         return Lift(self.weight * likeness, send, unwanted, because)
 
 
-NO_READER = Reader((), {}, {}, 0.0, 0.0)
+NO_READER = Reader(Likeness((), {}, {}), 0.0, 0.0)
 
 
 def threshold_shift(margins: Sequence[tuple[float, int]], threshold: float) -> float:
@@ -223,17 +263,43 @@ def learn(
     )
     if not ups and not downs:
         return NO_READER
-    liked = tuple((index.papers[i].title, index.vector(i)) for i in ups)
-    disliked = tuple(index.vector(i) for i in downs)
-    collection = background(index) if weights.contrast else {}
-    up = distinctive([v for _, v in liked], collection, weights.contrast) if ups else {}
-    centre = _centroid([v for _, v in liked]) if ups else {}
-    # Without a liked paper there is nothing to be relatively like: the ranking's likeness.
-    sending = background(index) if weights.send_contrast is not None and ups else None
-    send_contrast = weights.send_contrast or 0.0
-    down = _centroid(disliked) if downs else {}
     voted = [(margins[i], 1) for i in ups if i in margins]
     voted += [(margins[i], -1) for i in downs if i in margins]
+    grown = weights.grown(len(ups) + len(downs))
+    return Reader(
+        _likeness(index, tuple(ups), tuple(downs), weights.contrast, weights.send_contrast),
+        weights.score * grown,
+        threshold_shift(voted, threshold),
+        send_weight=weights.send * grown,
+        keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
+        send_bound=MAX_SHIFT * threshold,
+    )
+
+
+def _likeness(
+    index: PaperIndex,
+    ups: tuple[int, ...],
+    downs: tuple[int, ...],
+    contrast: float,
+    send_contrast: float | None,
+) -> Likeness:
+    """The Likeness of these votes (kept per index: see `_LIKENESS`)."""
+    kept = _LIKENESS.setdefault(index, {})
+    key = ups, downs, contrast, send_contrast
+    found = kept.get(key)
+    if found is not None:
+        return found
+    if len(kept) >= MAX_KEPT:
+        kept.clear()
+    liked = tuple((index.papers[i].title, index.vector(i)) for i in ups)
+    disliked = tuple(index.vector(i) for i in downs)
+    collection = background(index) if contrast else {}
+    up = distinctive([v for _, v in liked], collection, contrast) if ups else {}
+    centre = _centroid([v for _, v in liked]) if ups else {}
+    # Without a liked paper there is nothing to be relatively like: the ranking's likeness.
+    sending = background(index) if send_contrast is not None and ups else None
+    relative_by = send_contrast or 0.0
+    down = distinctive(disliked, collection, contrast) if downs else {}
     sample = [index.vector(i) for i in _sample(index)]
     downs_of = [_dot(v, down) for v in sample]
     baseline = _mean([_dot(v, up) - d for v, d in zip(sample, downs_of, strict=True)])
@@ -241,28 +307,23 @@ def learn(
     if sending is not None:
         send_baseline = _mean(
             [
-                _relative(v, centre, sending, send_contrast) - d
+                _relative(v, centre, sending, relative_by) - d
                 for v, d in zip(sample, downs_of, strict=True)
             ]
         )
-    shift = threshold_shift(voted, threshold)
-    return Reader(
+    found = kept[key] = Likeness(
         liked,
         up,
         down,
-        weights.score * weights.grown(len(ups) + len(downs)),
-        shift,
         baseline,
         vetoed=frozenset(downs),
-        send_weight=weights.send * weights.grown(len(ups) + len(downs)),
         disliked=disliked,
-        keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
         centre=centre,
         collection=sending,
-        send_contrast=send_contrast,
+        send_contrast=relative_by,
         send_baseline=send_baseline,
-        send_bound=MAX_SHIFT * threshold,
     )
+    return found
 
 
 def _relative(

@@ -79,6 +79,7 @@ __all__ = [
     "Tuning",
     "calibrated_threshold",
     "rank_all",
+    "rank_all_weighted",
     "score_papers",
     "select_for",
     "topic_reference",
@@ -110,7 +111,7 @@ class Tuning:
     vote_weight: float = 8.0  # score change per unit of likeness to the reader's liked papers
     vote_send_weight: float = 8.0  # ... and the change of its margin over the send threshold
     vote_contrast: float = 0.5  # share of the collection's centroid off the liked centroid
-    vote_prior: float = 2.0  # up-votes a reader's own keyword counts for against down-votes
+    vote_prior: float = 1.0  # up-votes a reader's own keyword counts for against down-votes
     vote_half: float = 4.0  # votes at which the likeness weights act at half strength
     vote_send_contrast: float = 0.5  # vote_contrast of the likeness that moves the send decision
 
@@ -1051,8 +1052,15 @@ class _Verdict:
 _NO_LIFT = Lift(0.0, 0.0, False, "")
 
 
-def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | None) -> Reader:
-    """What this subscriber's own votes teach (NO_READER without votes)."""
+def _reader(
+    scorer: _Scorer,
+    sub: Subscriber,
+    threshold: float,
+    votes: Votes | None,
+    weights: Weights | None = None,
+) -> Reader:
+    """What this subscriber's own votes teach (NO_READER without votes), weighted by
+    `weights` (None: the scorer's tuning's)."""
     if not votes:
         return NO_READER
     full = scorer.full()
@@ -1062,7 +1070,7 @@ def _reader(scorer: _Scorer, sub: Subscriber, threshold: float, votes: Votes | N
         scores, cut = full.scores(topic), full.threshold_for(topic, threshold)
         for i in voted:
             margins[i] = max(margins[i], scores.score(i) - cut)
-    weights = scorer.tuning.vote_weights()
+    weights = weights or scorer.tuning.vote_weights()
     up = [i for i in voted if votes[full.index.papers[i].id] > 0]
     down = [i for i in voted if votes[full.index.papers[i].id] < 0]
     keywords = []
@@ -1145,22 +1153,50 @@ def rank_all(
     """Every paper with a score > 0, by relevance alone (no history, no max_papers): for
     previews and evaluation. `sent` is the real send decision: the topic's calibrated
     threshold, and the reader's `votes` (paper id -> +1/-1) when given."""
+    return rank_all_weighted(
+        index,
+        subscriber,
+        threshold=threshold,
+        limit=limit,
+        tuning=tuning,
+        votes=votes,
+        weightings=(tuning.vote_weights(),),
+    )[0]
+
+
+def rank_all_weighted(
+    index: PaperIndex,
+    subscriber: Subscriber,
+    *,
+    threshold: float,
+    weightings: Sequence[Weights],
+    limit: int | None = None,
+    tuning: Tuning = DEFAULT_TUNING,
+    votes: Votes | None = None,
+) -> list[list[SelectedPaper]]:
+    """`rank_all` with each of several weightings of the votes (in place of `tuning`'s vote
+    constants), the topics scored and explained once: for the evaluation's grid."""
     scorer = _Scorer(index, None, tuning)
-    reader = _reader(scorer, subscriber, threshold, votes)
-    judged = _judge(scorer, subscriber, threshold, reader)
-    order = sorted(judged, key=lambda i: (-judged[i].score, index.papers[i].id))
-    return [
-        SelectedPaper(
-            index.papers[i],
-            judged[i].score,
-            0,
-            judged[i].sent,
-            judged[i].matches,
-            0.0,
-            liked=judged[i].liked,
+    out = []
+    for weights in weightings:
+        reader = _reader(scorer, subscriber, threshold, votes, weights)
+        judged = _judge(scorer, subscriber, threshold, reader)
+        order = sorted(judged, key=lambda i: (-judged[i].score, index.papers[i].id))
+        out.append(
+            [
+                SelectedPaper(
+                    index.papers[i],
+                    judged[i].score,
+                    0,
+                    judged[i].sent,
+                    judged[i].matches,
+                    0.0,
+                    liked=judged[i].liked,
+                )
+                for i in order[:limit]
+            ]
         )
-        for i in order[:limit]
-    ]
+    return out
 
 
 def select_for(

@@ -179,11 +179,12 @@ class Settings(BaseSettings):
     vote_contrast: float = Field(
         0.5,
         ge=0,
-        description="Share of the collection's average paper taken off the centroid of a "
-        "reader's liked papers, so their distinctive words count and common ones do not.",
+        description="Share of the collection's average paper taken off the centroids of a "
+        "reader's liked and disliked papers, so their distinctive words count and common ones "
+        "do not.",
     )
     vote_prior: float = Field(
-        2.0,
+        1.0,
         gt=0,
         description="A reader's keyword weighs (this + up) / (this + up + down) for them, where "
         "up and down count their votes on papers it matched: a keyword that sent papers they "

@@ -13,7 +13,12 @@ Folding rules, the same for papers and for the user's terms:
 - "reinforcement learning (RL)" in any paper teaches the index that RL = reinforcement learning
   (both ways), and "pre-training" in any paper that it = "pretraining";
 - a multi-word term also matches, at half weight, with up to two content words inserted
-  ("offline goal-conditioned reinforcement learning"), never across punctuation.
+  ("offline goal-conditioned reinforcement learning"), never across punctuation;
+- a two-word term also matches, at a quarter weight, with its words near each other in either
+  order ("policy-guided diffusion", "diffusion models ... as policies"): the unordered window
+  of Metzler & Croft's sequential dependence model. Not for a term that is one word in
+  disguise (an acronym's expansion, a compound the collection hyphenates: "model-based"), and
+  these loose matches do not count towards its document frequency (its idf).
 Everything here is pure; `selection.py` turns the postings into scores.
 """
 
@@ -47,6 +52,10 @@ TITLE_WEIGHT = 2.0
 # WINDOW_TF occurrence: "offline goal-conditioned reinforcement learning" is about offline RL.
 MAX_SLACK = 2
 WINDOW_TF = 0.5
+# Two words within LOOSE_WINDOW positions (SDM's unordered window for a pair), in any order,
+# count as LOOSE_TF of an occurrence: half of an ordered window, as that is half of a phrase.
+LOOSE_TF = 0.25
+LOOSE_WINDOW = 8
 _BREAK = MAX_SLACK + 2
 _PUNCT = re.compile(r"[.,;:!?()\[\]{}\"/|]")
 
@@ -323,6 +332,7 @@ class PaperIndex:
         self.avg_abstract = max(1.0, sum(abstract_lens) / max(1, len(papers)))
         self.acronyms = acronyms
         self.compounds = compounds
+        self._compound_pairs = frozenset(compounds.values())
         self.expansions_by_first: dict[str, list[tuple[tuple[str, ...], str]]] = defaultdict(list)
         for short, expansions in sorted(acronyms.items()):
             for exp in expansions:
@@ -436,21 +446,35 @@ class PaperIndex:
         if cached is not None:
             return cached
         merged: dict[int, dict[tuple[int, int], bool]] = defaultdict(dict)
-        for variant in self.variants(term):
+        variants = self.variants(term)
+        for variant in variants:
             for i, found in self._match(variant).items():
                 for span, exact in found:
                     merged[i][span] = merged[i].get(span, False) or exact
         n, df = len(self.papers), len(merged)
+        loose: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for variant in variants if self._loose_ok(variants) else ():
+            if len(variant) == 2:
+                for i, pairs in self._loose(variant).items():
+                    taken = merged.get(i, {})  # the pair's own phrase occurrences count once
+                    loose[i] += [
+                        pair
+                        for pair in pairs
+                        if not any(a <= pair[0] <= b or a <= pair[1] <= b for a, b in taken)
+                    ]
         saturated: dict[int, float] = {}
         spans: dict[int, tuple[tuple[int, int], ...]] = {}
         exact_in: set[int] = set()
-        for i in sorted(merged):
-            spans[i] = tuple(sorted(merged[i]))
+        for i in sorted(merged.keys() | loose.keys()):
+            words = {(p, p) for pair in loose.get(i, ()) for p in pair}
+            spans[i] = tuple(sorted({*merged.get(i, {}), *words}))
             tf = [0.0, 0.0]  # title, abstract
-            for span, exact in merged[i].items():
+            for span, exact in merged.get(i, {}).items():
                 tf[not self.in_title(i, span)] += 1.0 if exact else WINDOW_TF
+            for span in set(loose.get(i, ())):
+                tf[not self.in_title(i, span)] += LOOSE_TF
             saturated[i] = self._saturate(i, tf[0], tf[1])
-            if any(merged[i].values()):
+            if any(merged.get(i, {}).values()):
                 exact_in.add(i)
         idf = max(0.0, math.log((n - df + 0.5) / (df + 0.5)))
         result = Postings(idf, saturated, spans, frozenset(exact_in), soft_idf(n, df))
@@ -499,6 +523,36 @@ class PaperIndex:
                 ]
                 if found:
                     out[i] = found
+        return out
+
+    def _loose_ok(self, variants: tuple[tuple[str, ...], ...]) -> bool:
+        """Whether a term's words may match loosely: not when it is one word in disguise (an
+        acronym, a compound the collection writes hyphenated: "RL", "model-based")."""
+        return all(len(v) > 1 and v not in self._compound_pairs for v in variants)
+
+    def _loose(self, keys: tuple[str, ...]) -> dict[int, list[tuple[int, int]]]:
+        """Papers where the two `keys` occur within LOOSE_WINDOW positions of each other in
+        one field, in either order: (first, last) position of each occurrence of the first key
+        with the second one nearest it."""
+        first, second = (self.positions.get(k) for k in keys)
+        if not first or not second:
+            return {}
+        out: dict[int, list[tuple[int, int]]] = {}
+        for i in sorted(first.keys() & second.keys()):
+            start, theirs = self.abstract_starts[i], second[i]
+            found = []
+            for p in first[i]:
+                k = bisect.bisect_left(theirs, p)
+                near = [
+                    q
+                    for q in theirs[max(0, k - 1) : k + 2]
+                    if q != p and abs(q - p) <= LOOSE_WINDOW and (q < start) == (p < start)
+                ]
+                if near:
+                    q = min(near, key=lambda q: (abs(q - p), q))
+                    found.append((min(p, q), max(p, q)))
+            if found:
+                out[i] = found
         return out
 
     def _window(

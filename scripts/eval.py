@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.ingest import dump_files, read_dump
+from newsletter.learning import Weights
 from newsletter.models import DailyListing, Paper, Subscriber, Topic
 from newsletter.selection import (
     DEFAULT_TUNING,
@@ -45,6 +46,7 @@ from newsletter.selection import (
     Tuning,
     calibrated_threshold,
     rank_all,
+    rank_all_weighted,
     topic_reference,
 )
 from newsletter.settings import BUNDLED, Settings
@@ -258,22 +260,26 @@ def vote_grid() -> list[VoteConfig]:
 
 
 def with_votes(
-    bench: Bench, pid: str, config: Config, vote: VoteConfig, votes: Mapping[str, int]
-) -> list[tuple[str, float, bool]]:
-    weight, send, contrast, prior, half, send_contrast = vote
-    tuning = replace(
-        config.tuning,
-        vote_weight=weight,
-        vote_send_weight=send,
-        vote_contrast=contrast,
-        vote_prior=prior,
-        vote_half=half,
-        vote_send_contrast=send_contrast,
+    bench: Bench,
+    pid: str,
+    config: Config,
+    grid: Sequence[VoteConfig],
+    votes: Mapping[str, int],
+) -> list[list[tuple[str, float, bool]]]:
+    """The ranking (title, score, sent) with the reader's `votes`, per vote configuration."""
+    weightings = [
+        Weights(weight, send, contrast, prior, half, send_contrast)
+        for weight, send, contrast, prior, half, send_contrast in grid
+    ]
+    ranked = rank_all_weighted(
+        bench.index,
+        bench.profiles[pid],
+        threshold=config.threshold,
+        tuning=config.tuning,
+        votes=votes,
+        weightings=weightings,
     )
-    ranked = rank_all(
-        bench.index, bench.profiles[pid], threshold=config.threshold, tuning=tuning, votes=votes
-    )
-    return [(sp.paper.title, sp.score, sp.sent) for sp in ranked]
+    return [[(sp.paper.title, sp.score, sp.sent) for sp in one] for one in ranked]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,10 +305,13 @@ class Direction:
     ) -> Direction:
         scored = {p.title for p in papers.values() if half_of(p.id) != voting}
         votes = {p: simulate_votes(bench, p, chosen[p], listings, grades[p], voting) for p in pids}
+        grid = vote_grid()
         after = {
-            (p, w): measure(with_votes(bench, p, chosen[p], w, votes[p]), grades[p], p, scored)
+            (p, w): measure(ranking, grades[p], p, scored)
             for p in pids
-            for w in vote_grid()
+            for w, ranking in zip(
+                grid, with_votes(bench, p, chosen[p], grid, votes[p]), strict=True
+            )
         }
         before = [measure(bench.ranking(p, chosen[p]), grades[p], p, scored) for p in pids]
         return cls(voting, votes, before, after)

@@ -115,3 +115,21 @@ def test_a_paper_lifted_only_towards_being_sent_names_the_liked_paper() -> None:
     assert lift.because == papers["liked"].title
     still = learn(index, {papers["liked"].id: 1}, weights=Weights(0.0), margins={}, threshold=2.0)
     assert still.adjust(rare, index.vector(rare)).because == ""
+
+
+def test_a_down_vote_sinks_what_is_distinctive_of_the_disliked_paper() -> None:
+    # Voted down: "liked" (distinctive: hippocampal replay). With the contrast, "plain", which
+    # shares only the words of every stored paper with it, sinks less than without it, and
+    # "rare", which shares its own words, sinks more than "plain".
+    index, papers = replay_world()
+    rare, plain = (index.id_to_index[papers[k].id] for k in ("rare", "plain"))
+
+    def score_moves(contrast: float) -> list[float]:
+        weights = Weights(1.0, contrast=contrast)
+        reader = learn(index, {papers["liked"].id: -1}, weights=weights, margins={}, threshold=2.0)
+        return [reader.adjust(i, index.vector(i)).score for i in (rare, plain)]
+
+    rare_plain, plain_plain = score_moves(0.0)
+    rare_contrast, plain_contrast = score_moves(0.5)
+    assert plain_contrast > plain_plain
+    assert rare_contrast < plain_contrast and rare_plain < 0

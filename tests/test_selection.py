@@ -34,7 +34,7 @@ from newsletter.selection import (
 )
 from newsletter.settings import Settings
 from newsletter.subscribers import load_subscribers
-from newsletter.textindex import tokenize, word_spans
+from newsletter.textindex import soft_idf, tokenize, word_spans
 
 from . import reference_matcher
 from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
@@ -118,6 +118,24 @@ def test_hyphen_and_space_fold() -> None:
     expected = {"Model-based planning", "Model based control"}
     assert keyword_hits(papers, "model-based") == expected
     assert keyword_hits(papers, "model based") == expected
+
+
+def test_a_two_word_keyword_matches_its_words_near_each_other_at_a_quarter_weight() -> None:
+    papers = [
+        paper("Diffusion policy for manipulation", "Actions."),
+        paper("Policy-guided diffusion", "Synthetic trajectories."),
+        paper("Diffusion of innovations", "Economics. Our policy is to be brief, as always here."),
+        paper("Diffusion models for control", "Generated plans."),
+    ]
+    hits = keyword_hits(papers, "diffusion policy")
+    assert hits == {"Diffusion policy for manipulation", "Policy-guided diffusion"}
+    index = PaperIndex.build(papers)
+    postings = index.lookup("diffusion policy")
+    assert postings.tf[1] < postings.tf[0]  # a quarter of an occurrence, saturated less
+    assert postings.soft_idf == soft_idf(4, 1)  # loose matches leave its document frequency
+    highlights = rank_all(index, subscriber("diffusion policy"), threshold=0)
+    loose = next(sp for sp in highlights if sp.paper.title.startswith("Policy-guided"))
+    assert set(loose.matches[0].highlights) == {"Policy", "diffusion"}  # each word, not the run
 
 
 def test_a_hyphenated_compound_matches_its_closed_spelling() -> None:
