@@ -20,7 +20,12 @@ paper 0/1/2 (2 = relevant).
    on the grid too). With a dozen profiles one split is noisy, so this is run both ways round (votes on half 0, then on half 1, each with its own choice of the
    vote constants) and the two changes are averaged.
 
-    .venv/bin/python scripts/eval.py [--profiles P.json --qrels Q.json] [--no-extra]
+3. Held out: `profiles_heldout.json` + `qrels_heldout.json` were written and graded by a judge
+   who never saw the matcher's code or output, after the matcher's development, and were never
+   looked at while changing it. They are scored last, with every constant (and the vote
+   constants) chosen on the development profiles above alone.
+
+    .venv/bin/python scripts/eval.py [--profiles P.json --qrels Q.json] [--no-extra] [--no-heldout]
                                      [--voting-half 0|1]
 """
 
@@ -103,14 +108,20 @@ def load_listings(seeds: Path) -> list[DailyListing]:
 
 
 def load_profiles(
-    profiles: Path, qrels: Path, extra: bool
+    profiles: Path, qrels: Path, suffixes: Sequence[str] = ()
 ) -> tuple[list[dict[str, Any]], dict[str, Grades]]:
+    """The profiles of `profiles` + `qrels`, plus those of `profiles_<suffix>.json` +
+    `qrels_<suffix>.json` beside them for each suffix whose two files exist."""
     found = json.loads(profiles.read_text(encoding="utf-8"))
     grades = json.loads(qrels.read_text(encoding="utf-8"))
-    more = profiles.with_name("profiles_extra.json"), qrels.with_name("qrels_extra.json")
-    if extra and more[0].exists() and more[1].exists():
-        found += json.loads(more[0].read_text(encoding="utf-8"))
-        grades.update(json.loads(more[1].read_text(encoding="utf-8")))
+    for suffix in suffixes:
+        more = (
+            profiles.with_name(f"profiles_{suffix}.json"),
+            qrels.with_name(f"qrels_{suffix}.json"),
+        )
+        if more[0].exists() and more[1].exists():
+            found += json.loads(more[0].read_text(encoding="utf-8"))
+            grades.update(json.loads(more[1].read_text(encoding="utf-8")))
     return [p for p in found if p["id"] in grades], grades
 
 
@@ -302,10 +313,11 @@ class Direction:
         grades: Mapping[str, Grades],
         papers: Mapping[str, Paper],
         voting: int,
+        grid: Sequence[VoteConfig] | None = None,
     ) -> Direction:
         scored = {p.title for p in papers.values() if half_of(p.id) != voting}
         votes = {p: simulate_votes(bench, p, chosen[p], listings, grades[p], voting) for p in pids}
-        grid = vote_grid()
+        grid = vote_grid() if grid is None else grid
         after = {
             (p, w): measure(ranking, grades[p], p, scored)
             for p in pids
@@ -327,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--qrels", type=Path, default=EVAL_DIR / "qrels.json")
     parser.add_argument("--seeds", type=Path, default=BUNDLED / "seeds")
     parser.add_argument("--no-extra", action="store_true", help="ignore the *_extra.json files")
+    parser.add_argument("--no-heldout", action="store_true", help="ignore the *_heldout.json files")
     parser.add_argument(
         "--voting-half",
         type=int,
@@ -339,9 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     listings = load_listings(args.seeds)
     papers = {p.id: p for lst in listings for p in lst.papers}
     index = PaperIndex.build(list(papers.values()))
-    profiles, grades = load_profiles(args.profiles, args.qrels, not args.no_extra)
+    profiles, grades = load_profiles(args.profiles, args.qrels, () if args.no_extra else ("extra",))
     pids = [p["id"] for p in profiles]
-    bench = Bench(index, profiles)
+    heldout_profiles, heldout_grades = load_profiles(
+        args.profiles, args.qrels, () if args.no_heldout else ("heldout",)
+    )
+    heldout = [p["id"] for p in heldout_profiles if p["id"] not in grades]
+    grades.update({p: heldout_grades[p] for p in heldout})
+    bench = Bench(index, [*profiles, *(p for p in heldout_profiles if p["id"] in heldout)])
     everything = {p.title for p in papers.values()}
 
     settings = Settings.model_fields
@@ -413,7 +431,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send contrast {:g}".format(*best_votes(pids, runs))
     )
     print(f"vote constants chosen on all profiles (the shipped defaults): {shipped_votes}")
+    if heldout:
+        report_heldout(bench, pids, heldout, grades, listings, papers, runs)
     return 0
+
+
+def report_heldout(
+    bench: Bench,
+    pids: Sequence[str],
+    heldout: Sequence[str],
+    grades: Mapping[str, Grades],
+    listings: Sequence[DailyListing],
+    papers: Mapping[str, Paper],
+    runs: Sequence[Direction],
+) -> None:
+    """The held-out profiles (`*_heldout.json`), written and graded after the matcher's
+    development and never looked at while changing it, scored with every constant chosen on
+    the development profiles `pids` alone: the closest figure to profiles nobody has seen."""
+    everything = {p.title for p in papers.values()}
+    config = choose(bench, grades, pids, everything)
+    chosen = dict.fromkeys(heldout, config)
+    results = [measure(bench.ranking(p, config), grades[p], p, everything) for p in heldout]
+    print_table(
+        f"held-out profiles, without votes (constants chosen on the {len(pids)} development "
+        f"profiles: {config.label()})",
+        results,
+        {},
+    )
+    gains = []
+    for dev in runs:
+        vote = max(vote_grid(), key=lambda w: statistics.mean(dev.value(q, w) for q in pids))
+        run = Direction.run(bench, heldout, chosen, listings, grades, papers, dev.voting, [vote])
+        after = [run.after[p, vote] for p in heldout]
+        which = f"votes on half {run.voting}, scored on half {1 - run.voting}"
+        print_table(f"held-out, simulated reader ({which}), BEFORE votes", run.before, {})
+        print_table(f"held-out, simulated reader ({which}), AFTER votes", after, {})
+        gains.append(
+            (
+                statistics.mean(a.f1 for a in after) - statistics.mean(b.f1 for b in run.before),
+                statistics.mean(a.ndcg10 for a in after)
+                - statistics.mean(b.ndcg10 for b in run.before),
+            )
+        )
+        print(
+            f"\nheld-out, {which}: votes change mean F1 by {gains[-1][0]:+.3f}, "
+            f"mean nDCG@10 by {gains[-1][1]:+.3f}"
+        )
+    if len(gains) > 1:
+        f1, ndcg10 = (statistics.mean(g[n] for g in gains) for n in (0, 1))
+        print(
+            f"held-out, both ways round: votes change mean F1 by {f1:+.3f}, "
+            f"mean nDCG@10 by {ndcg10:+.3f}"
+        )
 
 
 if __name__ == "__main__":
