@@ -305,18 +305,19 @@ class _Table:
         cuts: _Vector,
         groups: _Vector,
         which: npt.NDArray[np.intp],
+        slots: npt.NDArray[np.intp],
     ) -> None:
-        """Rows for `keys` (reserved): their scores (`total`, in slot order), send thresholds
-        and matched keyword groups (bit k for group k, up to _MAX_GROUPS groups) from
-        `groups[which]`."""
+        """Rows for `keys` (reserved): their scores (`total`), send thresholds and matched
+        keyword groups (bit k for group k, up to _MAX_GROUPS groups) from `groups[which]`,
+        `slots` giving the lane of `total` and `groups` of each column."""
         start = len(self.row_of) + 1
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
         end = len(self.row_of) + 1
         depth = min(groups.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
-        hit = (groups[:, :depth, self.columns] > 0).astype(np.int64)
-        self.total[start:end] = total[:, self.columns]
+        hit = (groups[:, :depth, slots] > 0).astype(np.int64)
+        self.total[start:end] = total[:, slots]
         self.cuts[start:end] = cuts
         self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
 
@@ -815,6 +816,15 @@ class _Scorer:
                     memo[weight, queries[n].key] = best
         return [memo[weight, q.key] for q in queries]
 
+    def _references_of(self, queries: Sequence[_Query], whole: _Vector) -> list[float]:
+        """`references` of queries whose scores over the `whole` collection are known."""
+        memo = _REFERENCES.setdefault(self.index, {})
+        weight = self.tuning.description_weight
+        found = _nth_best(whole, REF_RANK)
+        for query, best in zip(queries, found, strict=True):
+            memo[weight, query.key] = best
+        return found
+
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
         return self.references([self.compile(topic)])[0]
@@ -846,8 +856,15 @@ class _Scorer:
         for query, found in zip(queries, passing, strict=True):
             self._passing[query.key, threshold] = tuple(found)
 
-    def _cuts(self, queries: Sequence[_Query], total: _Vector, threshold: float) -> _Vector:
-        """Each query's send threshold, as far as it matters for `total` (its scores).
+    def _cuts(
+        self,
+        queries: Sequence[_Query],
+        total: _Vector,
+        threshold: float,
+        whole: _Vector | None = None,
+    ) -> _Vector:
+        """Each query's send threshold, as far as it matters for `total` (its scores), given
+        its scores over the `whole` collection when they are known.
 
         The calibrated threshold is only worked out when it matters: when a paper scores
         between the floor and the global threshold, and could reach `relative` x the query's
@@ -864,7 +881,10 @@ class _Scorer:
             highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
             known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
             needed = candidates[~(known & (highest < bound))].tolist()
-            references = self._references_from([queries[n] for n in needed], total[needed])
+            if whole is None:
+                references = self._references_from([queries[n] for n in needed], total[needed])
+            else:
+                references = self._references_of([queries[n] for n in needed], whole[needed])
             for n, reference in zip(needed, references, strict=True):
                 cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
         return cuts
@@ -881,11 +901,17 @@ class _Scorer:
         queries = [self.topics.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
         table.reserve(len(missing))
-        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
-        for chunk in self._chunks(sorted(missing.values(), key=self._key_order)):
-            groups, which, total = self._scored(chunk)
-            cuts = self._cuts(chunk, total, threshold)
-            table.add([q.key_id for q in chunk], total, cuts, groups, which)
+        # Scored over the whole collection in one pass, which the references need of most
+        # queries anyway, the listing's slots taken from it (a paper's score does not depend
+        # on which others a scorer holds). In key order, so queries sharing keywords fall in
+        # one chunk (see `_batch`).
+        full = self.full()
+        listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
+        slots = listed[table.columns]
+        for chunk in full._chunks(sorted(missing.values(), key=self._key_order)):
+            groups, which, whole = full._scored(chunk)
+            cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
+            table.add([q.key_id for q in chunk], whole, cuts, groups, which, slots)
         return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
