@@ -140,7 +140,9 @@ _Key = tuple[tuple[str, ...], tuple[str, ...]]
 _Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int, int, int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ pays a call per field, and an edition makes one
+# per distinct topic (never changed once made).
+@dataclass(slots=True, eq=False)
 class _Query:
     """A topic compiled to index terms."""
 
@@ -172,7 +174,7 @@ class _Labels:
     groups: list[int] = dataclasses.field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen, as `_Query`
 class _KeywordPart:
     """What a topic's keyword list gives its query (see `_Scorer._compile_terms`)."""
 
@@ -184,6 +186,7 @@ class _KeywordPart:
     group_ids: tuple[int, ...]  # a number for each group's terms (see `_Labels`)
     # (variant id, first term) of the keywords' evidence, but for the groups' own variants
     terms: tuple[tuple[int, str], ...]
+    evidence_id: int  # a number for `variants` and `terms`: what a query's `weak` needs
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -338,6 +341,8 @@ class _Topics:
         self._pieces_of: list[tuple[int, ...]] = []
         self._firsts: dict[int, dict[int, str]] = {}
         self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
+        # (_KeywordPart.evidence_id, description evidence id) -> (`weak`, its number)
+        self._weak: dict[tuple[int, int], tuple[tuple[str, ...], int]] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
@@ -362,6 +367,11 @@ class _Topics:
     def shown_of(self, topic: Topic) -> int:
         """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
         for each: the fast path of an edition, which needs no `_Query` per topic."""
+        description = self._text_ids.get(topic.description)
+        if description is not None:  # `_compile`'s look-up, inlined for the many repeats
+            found = self._compiled.get((topic.name, topic.keywords, description))
+            if found is not None:
+                return found[3]
         return self._compile(topic)[3]
 
     def _compile(self, topic: Topic) -> _Compiled:
@@ -384,15 +394,21 @@ class _Topics:
         """A topic's keyword groups, description terms, key and `shown` (the description given
         by its evidence id)."""
         part = self._keyword_part(keywords)
-        # Each variant's first term, in order (the description's, then the keywords'), but
-        # for the keyword groups' own.
-        described, groups = self.first_terms_of(description), part.variants
-        terms = tuple(
-            [t for v, t in described.items() if v not in groups]
-            + [t for v, t in part.terms if v not in described]
-        )
         ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
-        weak_id = ids.setdefault(terms, len(ids))
+        weak = self._weak.get((part.evidence_id, description))
+        if weak is None:
+            # Each variant's first term, in order (the description's, then the keywords'),
+            # but for the keyword groups' own.
+            described, groups = self.first_terms_of(description), part.variants
+            terms = tuple(
+                [t for v, t in described.items() if v not in groups]
+                + [t for v, t in part.terms if v not in described]
+            )
+            weak = self._weak[part.evidence_id, description] = (
+                terms,
+                ids.setdefault(terms, len(ids)),
+            )
+        terms, weak_id = weak
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
         shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
         labels = self.labels
@@ -414,21 +430,29 @@ class _Topics:
             groups: dict[int, list[str]] = {}
             firsts: dict[int, str] = {}
             for stripped, variants, terms in map(self._keyword, keywords):
-                if variants is not None and stripped not in groups.get(variants, ()):
-                    groups.setdefault(variants, []).append(stripped)
+                if variants is not None:
+                    group = groups.get(variants)
+                    if group is None:
+                        groups[variants] = [stripped]
+                    elif stripped not in group:
+                        group.append(stripped)
                 for variants, term in terms:
-                    firsts.setdefault(variants, term)
-            grouped = tuple(tuple(g) for g in groups.values())
-            first = tuple(g[0] for g in grouped)
+                    if variants not in firsts:
+                        firsts[variants] = term
+            grouped = tuple([tuple(g) for g in groups.values()])
+            first = tuple([g[0] for g in grouped])
+            variants = frozenset(groups)
+            terms = tuple([(v, t) for v, t in firsts.items() if v not in groups])
             ids = self.ids
             found = self._keyword_parts[keywords] = _KeywordPart(
                 grouped,
                 ids.setdefault(("groups", grouped), len(ids)),
                 first,
                 ids.setdefault(first, len(ids)),
-                frozenset(groups),
-                tuple(ids.setdefault(g, len(ids)) for g in grouped),
-                tuple((v, t) for v, t in firsts.items() if v not in groups),
+                variants,
+                tuple([ids.setdefault(g, len(ids)) for g in grouped]),
+                terms,
+                ids.setdefault(("evidence", variants, terms), len(ids)),
             )
         return found
 
