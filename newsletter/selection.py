@@ -441,7 +441,7 @@ class _Topics:
                         firsts[variants] = term
             grouped = tuple([tuple(g) for g in groups.values()])
             first = tuple([g[0] for g in grouped])
-            variants = frozenset(groups)
+            grouped_variants = frozenset(groups)
             terms = tuple([(v, t) for v, t in firsts.items() if v not in groups])
             ids = self.ids
             found = self._keyword_parts[keywords] = _KeywordPart(
@@ -449,10 +449,10 @@ class _Topics:
                 ids.setdefault(("groups", grouped), len(ids)),
                 first,
                 ids.setdefault(first, len(ids)),
-                variants,
+                grouped_variants,
                 tuple([ids.setdefault(g, len(ids)) for g in grouped]),
                 terms,
-                ids.setdefault(("evidence", variants, terms), len(ids)),
+                ids.setdefault(("evidence", grouped_variants, terms), len(ids)),
             )
         return found
 
@@ -1371,9 +1371,11 @@ class _Edition:
             dtype=np.intp,
         )
         self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
-        self.trend_of = {i: _trend(rank_of[i]) for i in self.papers}  # what `_mixed` multiplies
-        self.trend = np.array([self.trend_of[i] for i in self.papers])
+        self.trend = np.array([_trend(rank_of[i]) for i in self.papers])  # what `_mixed` multiplies
         self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
+        self.paper_of_column = [paper_of[i] for i in self.papers]
+        self.rank_of_column = [rank_of[i] for i in self.papers]
+        self.trend_of_column = self.trend.tolist()
 
     def finish(
         self,
@@ -1418,7 +1420,7 @@ class _Edition:
         counts = np.fromiter(map(len, shown), dtype=np.intp, count=n)
         depth = int(counts.max(initial=0))
         flat = np.fromiter(itertools.chain.from_iterable(shown), np.intp, int(counts.sum()))
-        distinct = np.unique(flat)
+        distinct = _distinct(flat)[0]
         row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
         table, rows = scorer.rows(distinct, self.threshold, self.order)
         row_of_shown[distinct] = rows
@@ -1490,7 +1492,7 @@ class _Edition:
         senders = scores > 0
         # Each distinct (shown, column) a topic sends, then each distinct explanation.
         pair = shown_of[senders] * width + np.broadcast_to(columns[:, None], senders.shape)[senders]
-        pairs, pair_at = np.unique(pair, return_inverse=True)
+        pairs, pair_at = _distinct(pair)
         pair_shown, pair_column = np.divmod(pairs, width)
         rows = row_of_shown[pair_shown]
         pair_score, pair_bits = total[rows, pair_column], bits[rows, pair_column]
@@ -1548,11 +1550,10 @@ class _Edition:
         out = np.empty(len(columns), dtype=object)
         one = np.flatnonzero(~several)
         match_at = by_topic[one].max(axis=1)
-        used, used_at = np.unique(match_at, return_inverse=True)
+        used, used_at = _distinct(match_at)
         alone = np.empty(len(used), dtype=object)
-        for n, m in enumerate(used.tolist()):
-            match = matches[m]
-            alone[n] = self._paper(self.papers[match_column[m]], match.score, (match,))
+        paper = self._paper
+        alone[:] = [paper(match_column[m], (matches[m],)) for m in used.tolist()]
         out[one] = alone[used_at]
         many = np.flatnonzero(several)
         if len(many):
@@ -1562,19 +1563,24 @@ class _Edition:
             at = _numbered(ordered)
             distinct = np.empty_like(ordered)
             distinct[at] = ordered
+            distinct = distinct[: at.max() + 1]
+            sizes = (distinct >= 0).sum(axis=1).tolist()  # the senders come first
             merged = np.empty(len(distinct), dtype=object)
-            for n, row in enumerate(distinct[: at.max() + 1].tolist()):
-                explained = tuple(matches[m] for m in row if m >= 0)
-                score = max(m.score for m in explained)
-                merged[n] = self._paper(self.papers[match_column[row[0]]], score, explained)
+            merged[:] = [
+                paper(match_column[row[0]], tuple([matches[m] for m in row[:size]]))
+                for row, size in zip(distinct.tolist(), sizes, strict=True)
+            ]
             out[many] = merged[at]
         papers: list[SelectedPaper] = out.tolist()
         return papers
 
-    def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
-        rank = self.rank_of[i]
-        mixed = score * self.trend_of[i]  # _mixed(score, rank), the factor worked out once
-        return SelectedPaper(self.paper_of[i], score, rank, True, matches, mixed)
+    def _paper(self, column: int, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
+        """The sent paper in `column` with its explanations, best first: the first's score."""
+        score = matches[0].score
+        mixed = score * self.trend_of_column[column]  # _mixed(score, rank), worked out once
+        return SelectedPaper(
+            self.paper_of_column[column], score, self.rank_of_column[column], True, matches, mixed
+        )
 
     def _excluded(
         self, excludes: Sequence[tuple[str, ...]]
@@ -1607,6 +1613,22 @@ class _Edition:
             at += [n] * len(found)
             columns += found
         return np.array(at, dtype=np.intp), np.array(columns, dtype=np.intp)
+
+
+def _distinct(
+    values: npt.NDArray[np.intp],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """`np.unique(values, return_inverse=True)` of small non-negative integers, by marking
+    them in a table of all the numbers up to the largest instead of sorting them."""
+    if not len(values):
+        return values, values
+    if int(values.max()) > 16 * len(values) + 4096:  # a table that size would cost more
+        found, at = np.unique(values, return_inverse=True)
+        return found, at.reshape(values.shape)
+    marked = np.zeros(int(values.max()) + 1, dtype=bool)
+    marked[values] = True
+    number = np.cumsum(marked, dtype=np.intp) - 1
+    return np.flatnonzero(marked), number[values]
 
 
 def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
