@@ -263,12 +263,12 @@ class _Lanes(Generic[_K, _D]):
     ) -> None:
         self.matrix: npt.NDArray[_D] = np.zeros((16, width), dtype=dtype)
         self._fill = fill
-        self._row_of: dict[_K, int] = {}
+        self.row_of: dict[_K, int] = {}  # what `row` has filled (read-only outside)
 
     def row(self, term: _K) -> int:
-        found = self._row_of.get(term)
+        found = self.row_of.get(term)
         if found is None:
-            found = self._row_of[term] = len(self._row_of) + 1
+            found = self.row_of[term] = len(self.row_of) + 1
             if found == len(self.matrix):  # full: double the capacity
                 self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
             self._fill(term, self.matrix[found])
@@ -294,12 +294,15 @@ class _Table:
     def reserve(self, rows: int) -> None:
         """Room for `rows` more rows (filled in chunks by `add`, without copying the table
         once per chunk)."""
-        extra = len(self.row_of) + 1 + rows - len(self.total)
-        if extra > 0:
-            width = self.total.shape[1]
-            self.total = np.concatenate([self.total, np.zeros((extra, width))])
-            self.cuts = np.concatenate([self.cuts, np.full(extra, np.inf)])
-            self.bits = np.concatenate([self.bits, np.zeros((extra, width), dtype=np.int64)])
+        used = len(self.row_of) + 1
+        if used + rows > len(self.total):
+            # Left unset: `add` writes every reserved row before any is read.
+            total = np.empty((used + rows, self.total.shape[1]))
+            cuts = np.empty(used + rows)
+            bits = np.empty((used + rows, self.bits.shape[1]), dtype=np.int64)
+            total[:used], cuts[:used] = self.total[:used], self.cuts[:used]
+            bits[:used] = self.bits[:used]
+            self.total, self.cuts, self.bits = total, cuts, bits
 
     def add(
         self,
@@ -696,8 +699,12 @@ class _Scorer:
         keyword_lists = list(firsts_of.values())
         depth = max(map(len, keyword_lists), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
+        row_of, row = keywords.row_of, keywords.row
         rows = np.array(
-            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in keyword_lists],
+            [
+                [row_of.get(t) or row(t) for t in firsts] + pad[len(firsts) :]
+                for firsts in keyword_lists
+            ],
             dtype=np.intp,
         ).reshape(count, depth)
         most = np.array([self._most_specific(n, firsts) for n, firsts in firsts_of.items()])
@@ -753,11 +760,16 @@ class _Scorer:
             scaled = [scale for scale in scales if scale]
             part = np.array(scaled)[:, None] * summed.astype(np.float64)
             parts.update(zip((q.weak_id for q in described), part, strict=True))
-        lanes = [(n, parts[q.weak_id]) for n, q in enumerate(queries)]
+        # Each distinct description part once, gathered to its queries' rows (adding 0.0
+        # leaves a score without one as it was).
+        lane_of: dict[int, int] = {}
+        at = [lane_of.setdefault(q.weak_id, len(lane_of)) for q in queries]
+        lanes = [(n, parts[w]) for n, w in enumerate(lane_of)]
         found = [(n, lane) for n, lane in lanes if lane is not None]
         if found:
-            rows_with = [n for n, _ in found]
-            total[rows_with] = total[rows_with] + np.array([lane for _, lane in found])
+            stacked = np.zeros((len(lanes), width))
+            stacked[[n for n, _ in found]] = [lane for _, lane in found]
+            total += stacked[at]
         return groups, which_of, total
 
     def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
@@ -841,13 +853,9 @@ class _Scorer:
         return [memo[weight, q.key] for q in queries]
 
     def _references_of(self, queries: Sequence[_Query], whole: _Vector) -> list[float]:
-        """`references` of queries whose scores over the `whole` collection are known."""
-        memo = _REFERENCES.setdefault(self.index, {})
-        weight = self.tuning.description_weight
-        found = _nth_best(whole, REF_RANK)
-        for query, best in zip(queries, found, strict=True):
-            memo[weight, query.key] = best
-        return found
+        """`references` of queries whose scores over the `whole` collection are known: worked
+        out from them, which is cheaper than keeping them (in `_REFERENCES`) by key."""
+        return _nth_best(whole, REF_RANK)
 
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
@@ -1627,8 +1635,11 @@ def _distinct(
         return found, at.reshape(values.shape)
     marked = np.zeros(int(values.max()) + 1, dtype=bool)
     marked[values] = True
-    number = np.cumsum(marked, dtype=np.intp) - 1
-    return np.flatnonzero(marked), number[values]
+    found = np.flatnonzero(marked)
+    # Numbers written where they are needed only: a cumsum over the table is slower.
+    number = np.empty(len(marked), dtype=np.int32)  # fewer than 2**31: at most 16x values
+    number[found] = np.arange(len(found), dtype=np.int32)
+    return found, number[values].astype(np.intp)
 
 
 def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
