@@ -487,18 +487,37 @@ class _Topics:
         `_PIECE_BREAK`) with any evidence have the same evidence, in order."""
         found = self._text_ids.get(text)
         if found is None:
-            parts = _PIECE_BREAK.split(text)
-            known = list(map(self._piece_ids.get, parts))
-            if None in known:
-                known = list(map(self._piece_id, parts))
-            pieces = tuple(filter(None, known))
-            ids = self._ids_of_pieces
-            found = ids.get(pieces)
-            if found is None:
-                found = ids[pieces] = len(self._pieces_of)
-                self._pieces_of.append(pieces)
-            self._text_ids[text] = found
+            # Split after its last full stop, a text's pieces are its head's then its tail's:
+            # a description reworded in its last sentence reuses its head's, kept as a text
+            # of its own (one level only, so a text is kept at most twice).
+            head, stop, tail = text.rpartition(". ")
+            if stop:
+                head += "."
+                known = self._text_ids.get(head)
+                if known is None:
+                    known = self._text_ids[head] = self._pieces_id(self._pieces(head))
+                pieces = self._pieces_of[known] + self._pieces(" " + tail)
+            else:
+                pieces = self._pieces(text)
+            found = self._text_ids[text] = self._pieces_id(pieces)
         return found
+
+    def _pieces_id(self, pieces: tuple[int, ...]) -> int:
+        """The evidence id of a text with these `_pieces`."""
+        ids = self._ids_of_pieces
+        found = ids.get(pieces)
+        if found is None:
+            found = ids[pieces] = len(self._pieces_of)
+            self._pieces_of.append(pieces)
+        return found
+
+    def _pieces(self, text: str) -> tuple[int, ...]:
+        """The evidence ids of the pieces of `text` (split at `_PIECE_BREAK`) with any."""
+        parts = _PIECE_BREAK.split(text)
+        known = list(map(self._piece_ids.get, parts))
+        if None in known:
+            known = list(map(self._piece_id, parts))
+        return tuple(filter(None, known))
 
     def _piece_id(self, piece: str) -> int:
         """A number for the evidence of a text without `_PIECE_BREAK` (0: none)."""

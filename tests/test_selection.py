@@ -842,6 +842,23 @@ def test_content_terms_are_those_of_the_pieces_between_punctuation(parts: list[s
     assert _content_terms(text) == tuple(t for p in pieces for t in _content_terms(p))
 
 
+@settings(deadline=None)  # the first example builds the seed index
+@given(
+    st.lists(st.sampled_from(["RL", "reward model", ". ", ".", "(", "1", " ", "offline RL"])),
+    st.booleans(),
+)
+def test_a_texts_evidence_is_that_of_its_pieces_whichever_head_was_seen_first(
+    parts: list[str], head_first: bool
+) -> None:
+    # A text's evidence is put together from its head's (up to its last full stop) and its
+    # tail's: it must be the evidence of all its pieces, head cached before or not.
+    text = "".join(parts)
+    topics = selection_module._Topics(seed_index())
+    if head_first:
+        topics._evidence_id(text.rpartition(". ")[0] + ".")
+    assert topics._pieces_of[topics._evidence_id(text)] == topics._pieces(text)
+
+
 def test_the_vectorised_selection_is_the_one_by_one_selection_on_generated_profiles() -> None:
     """Many random profiles (shared and reworded topics, a topic twice, more keywords than the
     vectorised path tells apart, excludes, history, votes, no topics): `select_for`, which
