@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import gc
 import heapq
 import itertools
@@ -1676,6 +1677,7 @@ def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
     return numbers
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct values, asked for per explanation
 def _bits(bits: int) -> tuple[int, ...]:
     """The keyword groups set in `bits` (see `_Table`)."""
     return tuple(k for k in range(bits.bit_length()) if bits >> k & 1)
