@@ -955,12 +955,14 @@ class _Scorer:
         table.reserve(len(missing))
         # Scored over the whole collection in one pass, which the references need of most
         # queries anyway, the listing's slots taken from it (a paper's score does not depend
-        # on which others a scorer holds). In key order, so queries sharing keywords fall in
-        # one chunk (see `_batch`).
+        # on which others a scorer holds). By number of keyword groups, then in key order,
+        # so queries sharing keywords fall in one chunk (see `_batch`) and a chunk's
+        # (query, group, slot) weights are padded to few more groups than its queries have.
         full = self.full()
         listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
         slots = listed[table.columns]
-        for chunk in full._chunks(sorted(missing.values(), key=self._key_order)):
+        order = sorted(missing.values(), key=lambda q: (len(q.key[0]), self._key_order(q)))
+        for chunk in full._chunks(order):
             groups, which, whole = full._scored(chunk)
             cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
             table.add([q.key_id for q in chunk], whole, cuts, groups, which, slots)
