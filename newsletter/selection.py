@@ -92,6 +92,7 @@ GENERIC_SHARE = 0.05  # a keyword in at most this share of the papers has full w
 MIN_COLLECTION = 50  # with fewer stored papers, document frequency says nothing: no discount
 REF_RANK = 3  # a topic's own scale: the score of its 3rd best paper over the whole collection
 BATCH_CELLS = 1 << 21  # term lanes (x papers) gathered at once when scoring many topics
+WHOLE_PASS = 4  # an edition scores all stored papers at once while they are at most 4x listed
 CLOSEST = 3  # near misses shown (or sent, with on_empty: closest) when nothing matched
 _FIXED = float(1 << 24)  # fixed-point scale of the packed description weights
 # Punctuation that never falls inside a content term nor between a pair's words, so a text's
@@ -953,19 +954,27 @@ class _Scorer:
         queries = [self.topics.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
         table.reserve(len(missing))
-        # Scored over the whole collection in one pass, which the references need of most
-        # queries anyway, the listing's slots taken from it (a paper's score does not depend
-        # on which others a scorer holds). By number of keyword groups, then in key order,
-        # so queries sharing keywords fall in one chunk (see `_batch`) and a chunk's
-        # (query, group, slot) weights are padded to few more groups than its queries have.
-        full = self.full()
-        listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
-        slots = listed[table.columns]
+        # While the stored papers are few times the listed ones, scored over the whole
+        # collection in one pass, which the references need of most queries anyway, the
+        # listing's slots taken from it (a paper's score does not depend on which others a
+        # scorer holds); past that, the listing first, and the rest only for the queries
+        # whose references matter. By number of keyword groups, then in key order, so
+        # queries sharing keywords fall in one chunk (see `_batch`) and a chunk's (query,
+        # group, slot) weights are padded to few more groups than its queries have.
         order = sorted(missing.values(), key=lambda q: (len(q.key[0]), self._key_order(q)))
-        for chunk in full._chunks(order):
-            groups, which, whole = full._scored(chunk)
-            cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
-            table.add([q.key_id for q in chunk], whole, cuts, groups, which, slots)
+        if len(self.index.papers) > WHOLE_PASS * len(self.slots):
+            for chunk in self._chunks(order):
+                groups, which, total = self._scored(chunk)
+                cuts = self._cuts(chunk, total, threshold)
+                table.add([q.key_id for q in chunk], total, cuts, groups, which, table.columns)
+        else:
+            full = self.full()
+            listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
+            slots = listed[table.columns]
+            for chunk in full._chunks(order):
+                groups, which, whole = full._scored(chunk)
+                cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
+                table.add([q.key_id for q in chunk], whole, cuts, groups, which, slots)
         return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:

@@ -903,6 +903,22 @@ def test_the_vectorised_selection_is_the_one_by_one_selection_on_generated_profi
     assert tied > 20, "the twins must tie, or the order of ties is not tested"
 
 
+def test_scoring_the_whole_collection_at_once_or_the_listing_first_selects_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An edition scores all stored papers in one pass while they are few times the listed
+    ones, else the listing first and the rest where references matter: the same Selections,
+    scores to the bit."""
+    index = PaperIndex.build([p for lst in seed_listings() for p in lst.papers])
+    subs = _generated_subscribers(200, seed=11)
+    found = []
+    for share in (0, 1000):  # never, always at once
+        monkeypatch.setattr(selection_module, "WHOLE_PASS", share)
+        found.append([select_for(index, day, subs, threshold=THRESHOLD) for day in seed_listings()])
+    assert found[0] == found[1]
+    assert sum(len(s.papers) for day in found[0] for s in day) > 500
+
+
 def test_a_chunk_where_no_subscriber_has_a_topic_selects_nothing() -> None:
     """The vectorised path with no topic column at all (the file format requires a topic, the
     library API does not) gives empty selections, as judging one by one does."""
