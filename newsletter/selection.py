@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import gc
 import heapq
 import itertools
@@ -92,6 +93,7 @@ GENERIC_SHARE = 0.05  # a keyword in at most this share of the papers has full w
 MIN_COLLECTION = 50  # with fewer stored papers, document frequency says nothing: no discount
 REF_RANK = 3  # a topic's own scale: the score of its 3rd best paper over the whole collection
 BATCH_CELLS = 1 << 21  # term lanes (x papers) gathered at once when scoring many topics
+WHOLE_PASS = 4  # an edition scores all stored papers at once while they are at most 4x listed
 CLOSEST = 3  # near misses shown (or sent, with on_empty: closest) when nothing matched
 _FIXED = float(1 << 24)  # fixed-point scale of the packed description weights
 # Punctuation that never falls inside a content term nor between a pair's words, so a text's
@@ -141,7 +143,9 @@ _Key = tuple[tuple[str, ...], tuple[str, ...]]
 _Compiled = tuple[tuple[tuple[str, ...], ...], tuple[str, ...], _Key, int, int, int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ pays a call per field, and an edition makes one
+# per distinct topic (never changed once made).
+@dataclass(slots=True, eq=False)
 class _Query:
     """A topic compiled to index terms."""
 
@@ -173,7 +177,7 @@ class _Labels:
     groups: list[int] = dataclasses.field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # not frozen, as `_Query`
 class _KeywordPart:
     """What a topic's keyword list gives its query (see `_Scorer._compile_terms`)."""
 
@@ -185,6 +189,7 @@ class _KeywordPart:
     group_ids: tuple[int, ...]  # a number for each group's terms (see `_Labels`)
     # (variant id, first term) of the keywords' evidence, but for the groups' own variants
     terms: tuple[tuple[int, str], ...]
+    evidence_id: int  # a number for `variants` and `terms`: what a query's `weak` needs
 
 
 def _content_terms(text: str) -> tuple[str, ...]:
@@ -261,12 +266,12 @@ class _Lanes(Generic[_K, _D]):
     ) -> None:
         self.matrix: npt.NDArray[_D] = np.zeros((16, width), dtype=dtype)
         self._fill = fill
-        self._row_of: dict[_K, int] = {}
+        self.row_of: dict[_K, int] = {}  # what `row` has filled (read-only outside)
 
     def row(self, term: _K) -> int:
-        found = self._row_of.get(term)
+        found = self.row_of.get(term)
         if found is None:
-            found = self._row_of[term] = len(self._row_of) + 1
+            found = self.row_of[term] = len(self.row_of) + 1
             if found == len(self.matrix):  # full: double the capacity
                 self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
             self._fill(term, self.matrix[found])
@@ -292,12 +297,15 @@ class _Table:
     def reserve(self, rows: int) -> None:
         """Room for `rows` more rows (filled in chunks by `add`, without copying the table
         once per chunk)."""
-        extra = len(self.row_of) + 1 + rows - len(self.total)
-        if extra > 0:
-            width = self.total.shape[1]
-            self.total = np.concatenate([self.total, np.zeros((extra, width))])
-            self.cuts = np.concatenate([self.cuts, np.full(extra, np.inf)])
-            self.bits = np.concatenate([self.bits, np.zeros((extra, width), dtype=np.int64)])
+        used = len(self.row_of) + 1
+        if used + rows > len(self.total):
+            # Left unset: `add` writes every reserved row before any is read.
+            total = np.empty((used + rows, self.total.shape[1]))
+            cuts = np.empty(used + rows)
+            bits = np.empty((used + rows, self.bits.shape[1]), dtype=np.int64)
+            total[:used], cuts[:used] = self.total[:used], self.cuts[:used]
+            bits[:used] = self.bits[:used]
+            self.total, self.cuts, self.bits = total, cuts, bits
 
     def add(
         self,
@@ -306,18 +314,19 @@ class _Table:
         cuts: _Vector,
         groups: _Vector,
         which: npt.NDArray[np.intp],
+        slots: npt.NDArray[np.intp],
     ) -> None:
-        """Rows for `keys` (reserved): their scores (`total`, in slot order), send thresholds
-        and matched keyword groups (bit k for group k, up to _MAX_GROUPS groups) from
-        `groups[which]`."""
+        """Rows for `keys` (reserved): their scores (`total`), send thresholds and matched
+        keyword groups (bit k for group k, up to _MAX_GROUPS groups) from `groups[which]`,
+        `slots` giving the lane of `total` and `groups` of each column."""
         start = len(self.row_of) + 1
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
         end = len(self.row_of) + 1
         depth = min(groups.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
-        hit = (groups[:, :depth, self.columns] > 0).astype(np.int64)
-        self.total[start:end] = total[:, self.columns]
+        hit = (groups[:, :depth, slots] > 0).astype(np.int64)
+        self.total[start:end] = total[:, slots]
         self.cuts[start:end] = cuts
         self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
 
@@ -338,6 +347,8 @@ class _Topics:
         self._pieces_of: list[tuple[int, ...]] = []
         self._firsts: dict[int, dict[int, str]] = {}
         self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
+        # (_KeywordPart.evidence_id, description evidence id) -> (`weak`, its number)
+        self._weak: dict[tuple[int, int], tuple[tuple[str, ...], int]] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
         self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
@@ -362,6 +373,11 @@ class _Topics:
     def shown_of(self, topic: Topic) -> int:
         """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
         for each: the fast path of an edition, which needs no `_Query` per topic."""
+        description = self._text_ids.get(topic.description)
+        if description is not None:  # `_compile`'s look-up, inlined for the many repeats
+            found = self._compiled.get((topic.name, topic.keywords, description))
+            if found is not None:
+                return found[3]
         return self._compile(topic)[3]
 
     def _compile(self, topic: Topic) -> _Compiled:
@@ -384,15 +400,21 @@ class _Topics:
         """A topic's keyword groups, description terms, key and `shown` (the description given
         by its evidence id)."""
         part = self._keyword_part(keywords)
-        # Each variant's first term, in order (the description's, then the keywords'), but
-        # for the keyword groups' own.
-        described, groups = self.first_terms_of(description), part.variants
-        terms = tuple(
-            [t for v, t in described.items() if v not in groups]
-            + [t for v, t in part.terms if v not in described]
-        )
         ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
-        weak_id = ids.setdefault(terms, len(ids))
+        weak = self._weak.get((part.evidence_id, description))
+        if weak is None:
+            # Each variant's first term, in order (the description's, then the keywords'),
+            # but for the keyword groups' own.
+            described, groups = self.first_terms_of(description), part.variants
+            terms = tuple(
+                [t for v, t in described.items() if v not in groups]
+                + [t for v, t in part.terms if v not in described]
+            )
+            weak = self._weak[part.evidence_id, description] = (
+                terms,
+                ids.setdefault(terms, len(ids)),
+            )
+        terms, weak_id = weak
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
         shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
         labels = self.labels
@@ -414,21 +436,29 @@ class _Topics:
             groups: dict[int, list[str]] = {}
             firsts: dict[int, str] = {}
             for stripped, variants, terms in map(self._keyword, keywords):
-                if variants is not None and stripped not in groups.get(variants, ()):
-                    groups.setdefault(variants, []).append(stripped)
+                if variants is not None:
+                    group = groups.get(variants)
+                    if group is None:
+                        groups[variants] = [stripped]
+                    elif stripped not in group:
+                        group.append(stripped)
                 for variants, term in terms:
-                    firsts.setdefault(variants, term)
-            grouped = tuple(tuple(g) for g in groups.values())
-            first = tuple(g[0] for g in grouped)
+                    if variants not in firsts:
+                        firsts[variants] = term
+            grouped = tuple([tuple(g) for g in groups.values()])
+            first = tuple([g[0] for g in grouped])
+            grouped_variants = frozenset(groups)
+            terms = tuple([(v, t) for v, t in firsts.items() if v not in groups])
             ids = self.ids
             found = self._keyword_parts[keywords] = _KeywordPart(
                 grouped,
                 ids.setdefault(("groups", grouped), len(ids)),
                 first,
                 ids.setdefault(first, len(ids)),
-                frozenset(groups),
-                tuple(ids.setdefault(g, len(ids)) for g in grouped),
-                tuple((v, t) for v, t in firsts.items() if v not in groups),
+                grouped_variants,
+                tuple([ids.setdefault(g, len(ids)) for g in grouped]),
+                terms,
+                ids.setdefault(("evidence", grouped_variants, terms), len(ids)),
             )
         return found
 
@@ -460,18 +490,37 @@ class _Topics:
         `_PIECE_BREAK`) with any evidence have the same evidence, in order."""
         found = self._text_ids.get(text)
         if found is None:
-            parts = _PIECE_BREAK.split(text)
-            known = list(map(self._piece_ids.get, parts))
-            if None in known:
-                known = list(map(self._piece_id, parts))
-            pieces = tuple(filter(None, known))
-            ids = self._ids_of_pieces
-            found = ids.get(pieces)
-            if found is None:
-                found = ids[pieces] = len(self._pieces_of)
-                self._pieces_of.append(pieces)
-            self._text_ids[text] = found
+            # Split after its last full stop, a text's pieces are its head's then its tail's:
+            # a description reworded in its last sentence reuses its head's, kept as a text
+            # of its own (one level only, so a text is kept at most twice).
+            head, stop, tail = text.rpartition(". ")
+            if stop:
+                head += "."
+                known = self._text_ids.get(head)
+                if known is None:
+                    known = self._text_ids[head] = self._pieces_id(self._pieces(head))
+                pieces = self._pieces_of[known] + self._pieces(" " + tail)
+            else:
+                pieces = self._pieces(text)
+            found = self._text_ids[text] = self._pieces_id(pieces)
         return found
+
+    def _pieces_id(self, pieces: tuple[int, ...]) -> int:
+        """The evidence id of a text with these `_pieces`."""
+        ids = self._ids_of_pieces
+        found = ids.get(pieces)
+        if found is None:
+            found = ids[pieces] = len(self._pieces_of)
+            self._pieces_of.append(pieces)
+        return found
+
+    def _pieces(self, text: str) -> tuple[int, ...]:
+        """The evidence ids of the pieces of `text` (split at `_PIECE_BREAK`) with any."""
+        parts = _PIECE_BREAK.split(text)
+        known = list(map(self._piece_ids.get, parts))
+        if None in known:
+            known = list(map(self._piece_id, parts))
+        return tuple(filter(None, known))
 
     def _piece_id(self, piece: str) -> int:
         """A number for the evidence of a text without `_PIECE_BREAK` (0: none)."""
@@ -672,8 +721,12 @@ class _Scorer:
         keyword_lists = list(firsts_of.values())
         depth = max(map(len, keyword_lists), default=0)
         pad = [0] * depth  # row 0 of the lanes is all zeros
+        row_of, row = keywords.row_of, keywords.row
         rows = np.array(
-            [[keywords.row(t) for t in firsts] + pad[len(firsts) :] for firsts in keyword_lists],
+            [
+                [row_of.get(t) or row(t) for t in firsts] + pad[len(firsts) :]
+                for firsts in keyword_lists
+            ],
             dtype=np.intp,
         ).reshape(count, depth)
         most = np.array([self._most_specific(n, firsts) for n, firsts in firsts_of.items()])
@@ -729,11 +782,16 @@ class _Scorer:
             scaled = [scale for scale in scales if scale]
             part = np.array(scaled)[:, None] * summed.astype(np.float64)
             parts.update(zip((q.weak_id for q in described), part, strict=True))
-        lanes = [(n, parts[q.weak_id]) for n, q in enumerate(queries)]
+        # Each distinct description part once, gathered to its queries' rows (adding 0.0
+        # leaves a score without one as it was).
+        lane_of: dict[int, int] = {}
+        at = [lane_of.setdefault(q.weak_id, len(lane_of)) for q in queries]
+        lanes = [(n, parts[w]) for n, w in enumerate(lane_of)]
         found = [(n, lane) for n, lane in lanes if lane is not None]
         if found:
-            rows_with = [n for n, _ in found]
-            total[rows_with] = total[rows_with] + np.array([lane for _, lane in found])
+            stacked = np.zeros((len(lanes), width))
+            stacked[[n for n, _ in found]] = [lane for _, lane in found]
+            total += stacked[at]
         return groups, which_of, total
 
     def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
@@ -816,6 +874,11 @@ class _Scorer:
                     memo[weight, queries[n].key] = best
         return [memo[weight, q.key] for q in queries]
 
+    def _references_of(self, queries: Sequence[_Query], whole: _Vector) -> list[float]:
+        """`references` of queries whose scores over the `whole` collection are known: worked
+        out from them, which is cheaper than keeping them (in `_REFERENCES`) by key."""
+        return _nth_best(whole, REF_RANK)
+
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
         return self.references([self.compile(topic)])[0]
@@ -847,8 +910,15 @@ class _Scorer:
         for query, found in zip(queries, passing, strict=True):
             self._passing[query.key, threshold] = tuple(found)
 
-    def _cuts(self, queries: Sequence[_Query], total: _Vector, threshold: float) -> _Vector:
-        """Each query's send threshold, as far as it matters for `total` (its scores).
+    def _cuts(
+        self,
+        queries: Sequence[_Query],
+        total: _Vector,
+        threshold: float,
+        whole: _Vector | None = None,
+    ) -> _Vector:
+        """Each query's send threshold, as far as it matters for `total` (its scores), given
+        its scores over the `whole` collection when they are known.
 
         The calibrated threshold is only worked out when it matters: when a paper scores
         between the floor and the global threshold, and could reach `relative` x the query's
@@ -865,7 +935,10 @@ class _Scorer:
             highest = np.where(window[candidates], total[candidates], -np.inf).max(axis=1)
             known = (positive[candidates].sum(axis=1) >= REF_RANK) & (relative >= 0)
             needed = candidates[~(known & (highest < bound))].tolist()
-            references = self._references_from([queries[n] for n in needed], total[needed])
+            if whole is None:
+                references = self._references_from([queries[n] for n in needed], total[needed])
+            else:
+                references = self._references_of([queries[n] for n in needed], whole[needed])
             for n, reference in zip(needed, references, strict=True):
                 cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
         return cuts
@@ -882,11 +955,27 @@ class _Scorer:
         queries = [self.topics.query_of_shown[n] for n in shown.tolist()]
         missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
         table.reserve(len(missing))
-        # In key order, so queries sharing keywords fall in one chunk (see `_batch`).
-        for chunk in self._chunks(sorted(missing.values(), key=self._key_order)):
-            groups, which, total = self._scored(chunk)
-            cuts = self._cuts(chunk, total, threshold)
-            table.add([q.key_id for q in chunk], total, cuts, groups, which)
+        # While the stored papers are few times the listed ones, scored over the whole
+        # collection in one pass, which the references need of most queries anyway, the
+        # listing's slots taken from it (a paper's score does not depend on which others a
+        # scorer holds); past that, the listing first, and the rest only for the queries
+        # whose references matter. By number of keyword groups, then in key order, so
+        # queries sharing keywords fall in one chunk (see `_batch`) and a chunk's (query,
+        # group, slot) weights are padded to few more groups than its queries have.
+        order = sorted(missing.values(), key=lambda q: (len(q.key[0]), self._key_order(q)))
+        if len(self.index.papers) > WHOLE_PASS * len(self.slots):
+            for chunk in self._chunks(order):
+                groups, which, total = self._scored(chunk)
+                cuts = self._cuts(chunk, total, threshold)
+                table.add([q.key_id for q in chunk], total, cuts, groups, which, table.columns)
+        else:
+            full = self.full()
+            listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
+            slots = listed[table.columns]
+            for chunk in full._chunks(order):
+                groups, which, whole = full._scored(chunk)
+                cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
+                table.add([q.key_id for q in chunk], whole, cuts, groups, which, slots)
         return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
@@ -1357,9 +1446,11 @@ class _Edition:
             dtype=np.intp,
         )
         self.papers = [slots[n] for n in self.order.tolist()]  # paper index per column
-        self.trend_of = {i: _trend(rank_of[i]) for i in self.papers}  # what `_mixed` multiplies
-        self.trend = np.array([self.trend_of[i] for i in self.papers])
+        self.trend = np.array([_trend(rank_of[i]) for i in self.papers])  # what `_mixed` multiplies
         self.column_of = {paper_of[i].id: c for c, i in enumerate(self.papers)}
+        self.paper_of_column = [paper_of[i] for i in self.papers]
+        self.rank_of_column = [rank_of[i] for i in self.papers]
+        self.trend_of_column = self.trend.tolist()
 
     def finish(
         self,
@@ -1404,7 +1495,7 @@ class _Edition:
         counts = np.fromiter(map(len, shown), dtype=np.intp, count=n)
         depth = int(counts.max(initial=0))
         flat = np.fromiter(itertools.chain.from_iterable(shown), np.intp, int(counts.sum()))
-        distinct = np.unique(flat)
+        distinct = _distinct(flat)[0]
         row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
         table, rows = scorer.rows(distinct, self.threshold, self.order)
         row_of_shown[distinct] = rows
@@ -1476,7 +1567,7 @@ class _Edition:
         senders = scores > 0
         # Each distinct (shown, column) a topic sends, then each distinct explanation.
         pair = shown_of[senders] * width + np.broadcast_to(columns[:, None], senders.shape)[senders]
-        pairs, pair_at = np.unique(pair, return_inverse=True)
+        pairs, pair_at = _distinct(pair)
         pair_shown, pair_column = np.divmod(pairs, width)
         rows = row_of_shown[pair_shown]
         pair_score, pair_bits = total[rows, pair_column], bits[rows, pair_column]
@@ -1534,11 +1625,10 @@ class _Edition:
         out = np.empty(len(columns), dtype=object)
         one = np.flatnonzero(~several)
         match_at = by_topic[one].max(axis=1)
-        used, used_at = np.unique(match_at, return_inverse=True)
+        used, used_at = _distinct(match_at)
         alone = np.empty(len(used), dtype=object)
-        for n, m in enumerate(used.tolist()):
-            match = matches[m]
-            alone[n] = self._paper(self.papers[match_column[m]], match.score, (match,))
+        paper = self._paper
+        alone[:] = [paper(match_column[m], (matches[m],)) for m in used.tolist()]
         out[one] = alone[used_at]
         many = np.flatnonzero(several)
         if len(many):
@@ -1548,19 +1638,24 @@ class _Edition:
             at = _numbered(ordered)
             distinct = np.empty_like(ordered)
             distinct[at] = ordered
+            distinct = distinct[: at.max() + 1]
+            sizes = (distinct >= 0).sum(axis=1).tolist()  # the senders come first
             merged = np.empty(len(distinct), dtype=object)
-            for n, row in enumerate(distinct[: at.max() + 1].tolist()):
-                explained = tuple(matches[m] for m in row if m >= 0)
-                score = max(m.score for m in explained)
-                merged[n] = self._paper(self.papers[match_column[row[0]]], score, explained)
+            merged[:] = [
+                paper(match_column[row[0]], tuple([matches[m] for m in row[:size]]))
+                for row, size in zip(distinct.tolist(), sizes, strict=True)
+            ]
             out[many] = merged[at]
         papers: list[SelectedPaper] = out.tolist()
         return papers
 
-    def _paper(self, i: int, score: float, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
-        rank = self.rank_of[i]
-        mixed = score * self.trend_of[i]  # _mixed(score, rank), the factor worked out once
-        return SelectedPaper(self.paper_of[i], score, rank, True, matches, mixed)
+    def _paper(self, column: int, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
+        """The sent paper in `column` with its explanations, best first: the first's score."""
+        score = matches[0].score
+        mixed = score * self.trend_of_column[column]  # _mixed(score, rank), worked out once
+        return SelectedPaper(
+            self.paper_of_column[column], score, self.rank_of_column[column], True, matches, mixed
+        )
 
     def _excluded(
         self, excludes: Sequence[tuple[str, ...]]
@@ -1595,6 +1690,25 @@ class _Edition:
         return np.array(at, dtype=np.intp), np.array(columns, dtype=np.intp)
 
 
+def _distinct(
+    values: npt.NDArray[np.intp],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """`np.unique(values, return_inverse=True)` of small non-negative integers, by marking
+    them in a table of all the numbers up to the largest instead of sorting them."""
+    if not len(values):
+        return values, values
+    if int(values.max()) > 16 * len(values) + 4096:  # a table that size would cost more
+        found, at = np.unique(values, return_inverse=True)
+        return found, at.reshape(values.shape)
+    marked = np.zeros(int(values.max()) + 1, dtype=bool)
+    marked[values] = True
+    found = np.flatnonzero(marked)
+    # Numbers written where they are needed only: a cumsum over the table is slower.
+    number = np.empty(len(marked), dtype=np.int32)  # fewer than 2**31: at most 16x values
+    number[found] = np.arange(len(found), dtype=np.int32)
+    return found, number[values].astype(np.intp)
+
+
 def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
     """A number per distinct row of `rows` (0, 1, ...), for each row: `np.unique(axis=0)`
     without its sort of the rows as bytes."""
@@ -1610,6 +1724,7 @@ def _numbered(rows: npt.NDArray[np.integer]) -> npt.NDArray[np.intp]:
     return numbers
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct values, asked for per explanation
 def _bits(bits: int) -> tuple[int, ...]:
     """The keyword groups set in `bits` (see `_Table`)."""
     return tuple(k for k in range(bits.bit_length()) if bits >> k & 1)

@@ -860,6 +860,23 @@ def test_content_terms_are_those_of_the_pieces_between_punctuation(parts: list[s
     assert _content_terms(text) == tuple(t for p in pieces for t in _content_terms(p))
 
 
+@settings(deadline=None)  # the first example builds the seed index
+@given(
+    st.lists(st.sampled_from(["RL", "reward model", ". ", ".", "(", "1", " ", "offline RL"])),
+    st.booleans(),
+)
+def test_a_texts_evidence_is_that_of_its_pieces_whichever_head_was_seen_first(
+    parts: list[str], head_first: bool
+) -> None:
+    # A text's evidence is put together from its head's (up to its last full stop) and its
+    # tail's: it must be the evidence of all its pieces, head cached before or not.
+    text = "".join(parts)
+    topics = selection_module._Topics(seed_index())
+    if head_first:
+        topics._evidence_id(text.rpartition(". ")[0] + ".")
+    assert topics._pieces_of[topics._evidence_id(text)] == topics._pieces(text)
+
+
 def test_the_vectorised_selection_is_the_one_by_one_selection_on_generated_profiles() -> None:
     """Many random profiles (shared and reworded topics, a topic twice, more keywords than the
     vectorised path tells apart, excludes, history, votes, no topics): `select_for`, which
@@ -902,6 +919,22 @@ def test_the_vectorised_selection_is_the_one_by_one_selection_on_generated_profi
                 tied += sum(a.score == b.score for a, b in itertools.pairwise(misses))
     assert shared > 1000, "the profiles must be sent papers, or this test tests little"
     assert tied > 20, "the twins must tie, or the order of ties is not tested"
+
+
+def test_scoring_the_whole_collection_at_once_or_the_listing_first_selects_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An edition scores all stored papers in one pass while they are few times the listed
+    ones, else the listing first and the rest where references matter: the same Selections,
+    scores to the bit."""
+    index = PaperIndex.build([p for lst in seed_listings() for p in lst.papers])
+    subs = _generated_subscribers(200, seed=11)
+    found = []
+    for share in (0, 1000):  # never, always at once
+        monkeypatch.setattr(selection_module, "WHOLE_PASS", share)
+        found.append([select_for(index, day, subs, threshold=THRESHOLD) for day in seed_listings()])
+    assert found[0] == found[1]
+    assert sum(len(s.papers) for day in found[0] for s in day) > 500
 
 
 def test_a_chunk_where_no_subscriber_has_a_topic_selects_nothing() -> None:
