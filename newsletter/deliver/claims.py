@@ -36,6 +36,7 @@ from newsletter.addresses import address_key
 from newsletter.errors import ConnectionLost
 from newsletter.mime import message_id
 from newsletter.models import Subscriber
+from newsletter.roster import addresses
 from newsletter.settings import Settings
 from newsletter.store import LedgerRow, Store
 
@@ -105,9 +106,10 @@ class Claims:
             functools.partial(register, self.id, self.edition, host=host, pid=pid, lease=self.lease)
         )
         self._renewer = asyncio.create_task(self._renew(sent))
-        if len(scope) <= NAMED_SCOPE:
-            self.only = [address_key(s.email) for s in scope]
-        items = [(s.email, message_id(self.edition, s.email, self.domain)) for s in scope]
+        emails = addresses(scope)  # a roster's keys: no subscriber is read for planning
+        if len(emails) <= NAMED_SCOPE:
+            self.only = [address_key(e) for e in emails]
+        items = [(e, message_id(self.edition, e, self.domain)) for e in emails]
         waited = False
         while not stop.is_set():
             done = await call_retrying(self._plan, items)
