@@ -30,7 +30,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from newsletter.addresses import address_key
 from newsletter.errors import ConnectionLost
@@ -68,6 +68,29 @@ async def call_retrying(fn: Callable[..., T], *args: object) -> T:
 def worker_id() -> str:
     """host:pid:random: unique even when a pid is reused."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class PlanItems(Sequence[tuple[str, str]]):
+    """A scope's (address, Message-ID) pairs, each id made when asked: planning reads them a
+    slice at a time rather than holding one for each of 100,000 addresses."""
+
+    def __init__(self, emails: Sequence[str], edition: dt.date, domain: str) -> None:
+        self.emails, self.edition, self.domain = emails, edition, domain
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, str]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | list[tuple[str, str]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        email = self.emails[index]
+        return email, message_id(self.edition, email, self.domain)
 
 
 class Claims:
@@ -109,7 +132,7 @@ class Claims:
         emails = addresses(scope)  # a roster's keys: no subscriber is read for planning
         if len(emails) <= NAMED_SCOPE:
             self.only = [address_key(e) for e in emails]
-        items = [(e, message_id(self.edition, e, self.domain)) for e in emails]
+        items = PlanItems(emails, self.edition, self.domain)
         waited = False
         while not stop.is_set():
             done = await call_retrying(self._plan, items)
