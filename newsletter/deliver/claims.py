@@ -190,6 +190,11 @@ class Claims:
         """May a send to this row start now? Only while its lease surely has not run out."""
         return self.deadline.get(email, -1.0) > time.monotonic()
 
+    def finished(self, email: str) -> None:
+        """This row's outcome is in: no send of it starts any more (its deadline goes, so a
+        run over 100,000 rows does not keep one for each)."""
+        self.deadline.pop(email, None)
+
     async def hand_back(self, email: str) -> None:
         """A queued row whose lease may have run out: not sent; should it still be ours, it is
         given back (best effort: a lease left alone runs out, or `give_back_forgotten`

@@ -440,6 +440,8 @@ class Run:
             if self.brake.observe(None) == "off":
                 self._release_held()
             await self.ledger.record_and_wait(outcome)  # commit before the next message
+            if self.claims is not None:
+                self.claims.finished(job.email)
             self.tally.sent += 1
             self._done()
 
@@ -597,6 +599,8 @@ class Run:
             self.tally.failures[f"{'permanent' if permanent else 'temporary'}: {reason}"] += 1
         if self.ledger is not None:
             self.ledger.record(outcome)
+        if self.claims is not None:
+            self.claims.finished(outcome.email)
         self._progress()
 
     def _done(self) -> None:
