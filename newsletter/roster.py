@@ -88,6 +88,25 @@ class Roster(Sequence[Subscriber]):
         outline = self.outline
         return sorted(outline.places, key=lambda key: place_of(key, outline.places[key])[0])
 
+    def pick(self, keys: Sequence[str]) -> list[Subscriber]:
+        """The subscribers with these address_keys (all present), in that order: one read per
+        run of neighbours in the file, not one per subscriber."""
+        indices: list[int] = []
+        for key in keys:
+            index = self.outline.index(key)
+            if index is None:
+                raise KeyError(key)
+            indices.append(index)
+        wanted = sorted(set(indices))
+        found: dict[int, Subscriber] = {}
+        run_start = 0
+        for n in range(1, len(wanted) + 1):
+            if n == len(wanted) or wanted[n] != wanted[n - 1] + 1:
+                first, last = wanted[run_start], wanted[n - 1]
+                found.update(zip(range(first, last + 1), self.read(first, last + 1), strict=True))
+                run_start = n
+        return [found[i] for i in indices]
+
     def get(self, key: str) -> Subscriber | None:
         """The subscriber with this address_key, if any."""
         index = self.outline.index(key)
@@ -124,6 +143,13 @@ def by_address(subscribers: Sequence[Subscriber]) -> Mapping[str, Subscriber]:
     for s in subscribers:
         found.setdefault(address_key(s.email), s)
     return found
+
+
+def pick(by_key: Mapping[str, Subscriber], keys: Sequence[str]) -> list[Subscriber]:
+    """The subscribers of these address_keys (each present in `by_key`), in that order."""
+    if isinstance(by_key, ByAddress):
+        return by_key.roster.pick(keys)
+    return [by_key[address_key(k)] for k in keys]
 
 
 def addresses(subscribers: Sequence[Subscriber]) -> list[str]:

@@ -46,6 +46,8 @@ from newsletter.models import DailyListing, LedgerOutcome, ListingEntry, Paper
 
 log = logging.getLogger(__name__)
 
+PLAN_SLICE = 5000  # planned rows a statement: planning a big scope holds one slice of rows
+
 metadata = sa.MetaData()
 
 papers = sa.Table(
@@ -1229,9 +1231,19 @@ class Store:
     ) -> Literal["planned", "done", "busy"]:
         """Write a `planned` row (email, message_id) for each address of a scope that has no row
         yet, once per scope: "busy" while another worker plans the edition (try again), "done"
-        when this scope was planned before, "planned" when this call did it."""
-        keys = sorted({address_key(e): mid for e, mid in items}.items())
-        scope = hashlib.sha256("\n".join(k for k, _ in keys).encode()).hexdigest()
+        when this scope was planned before, "planned" when this call did it. `items` is read
+        again a slice at a time (it may make its message ids as asked), so planning 100,000
+        addresses holds their keys, not 100,000 rows."""
+        key_of = [address_key(email) for email, _ in items]
+        order = sorted(range(len(key_of)), key=key_of.__getitem__)  # address order
+        # an address given twice: its last message id, as a dict of them would keep
+        last = [
+            i
+            for n, i in enumerate(order)
+            if n + 1 == len(order) or key_of[order[n + 1]] != key_of[i]
+        ]
+        del order
+        scope = hashlib.sha256("\n".join(key_of[i] for i in last).encode()).hexdigest()
         with self.engine.begin() as conn:
             key = self._sender_key(conn, f"plan:{edition.isoformat()}")
             if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(key))).scalar_one():
@@ -1239,21 +1251,18 @@ class Store:
             mark = sa.select(plans.c.rows).where(plans.c.edition == edition, plans.c.scope == scope)
             if conn.execute(mark).first() is not None:
                 return "done"
-            rows = [
-                {
-                    "edition": edition,
-                    "email": email,
-                    "status": "planned",
-                    "message_id": mid,
-                    "paper_ids": "[]",  # the claiming worker's render fills them in
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                for email, mid in keys
-            ]
-            _insert_planned_pg(conn, edition, rows, now, refresh=False)  # keys are distinct
+            for start in range(0, len(last), PLAN_SLICE):
+                rows = [
+                    {
+                        "email": key_of[i],
+                        "message_id": items[i][1],
+                        "paper_ids": "[]",  # the claiming worker's render fills them in
+                    }
+                    for i in last[start : start + PLAN_SLICE]
+                ]
+                _insert_planned_pg(conn, edition, rows, now, refresh=False)  # keys are distinct
             conn.execute(
-                plans.insert().values(edition=edition, scope=scope, rows=len(rows), planned_at=now)
+                plans.insert().values(edition=edition, scope=scope, rows=len(last), planned_at=now)
             )
         return "planned"
 

@@ -11,7 +11,7 @@ import pytest
 from newsletter import roster
 from newsletter.addresses import address_key
 from newsletter.errors import ConfigError, SubscriberConfigError
-from newsletter.roster import Roster, addresses, by_address, load_roster
+from newsletter.roster import Roster, addresses, by_address, load_roster, pick
 from newsletter.settings import Settings
 from newsletter.subscribers import check_subscribers, load_subscribers
 
@@ -52,6 +52,21 @@ def test_a_roster_reads_what_load_subscribers_reads(tmp_path: Path, tail: str) -
     assert keyed[address_key(expected[567].email)] == expected[567]
     assert "nobody@example.org" not in keyed and len(keyed) == 1000
     assert addresses(subs) == [address_key(s.email) for s in expected]
+
+
+def test_picking_reads_the_subscribers_of_any_keys_in_their_order(tmp_path: Path) -> None:
+    path = _file(tmp_path, 300)
+    subs, expected = load_roster(path), load_subscribers(path)
+    assert isinstance(subs, Roster)
+    order = [299, 5, 6, 7, 0, 150, 6, 298]  # runs, a repeat, both ends, out of order
+    keys = [address_key(expected[i].email) for i in order]
+    assert pick(by_address(subs), keys) == [expected[i] for i in order]
+    assert pick(by_address(expected), [expected[i].email for i in order]) == pick(
+        by_address(subs), keys
+    )
+    assert pick(by_address(subs), []) == []
+    with pytest.raises(KeyError):
+        subs.pick([keys[0], "nobody@example.org"])
 
 
 def test_a_roster_reads_its_own_copy_whatever_happens_to_the_file(tmp_path: Path) -> None:

@@ -23,7 +23,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from newsletter import store as store_module
 from newsletter.deliver import claims, edition_status, send_edition
+from newsletter.deliver.claims import PlanItems
+from newsletter.mime import message_id
 from newsletter.models import LedgerOutcome
 from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
@@ -63,6 +66,22 @@ def test_planning_happens_once_per_scope_and_never_touches_a_row(pg: Store) -> N
     assert pg.plan_edition(ED, more, now=NOW) == "planned"  # a new scope plans its newcomers
     statuses = {r.email: r.status for r in pg.ledger_rows(ED)}
     assert statuses["r0@example.org"] == "sent" and len(statuses) == 6
+
+
+def test_planning_writes_a_big_scope_a_slice_at_a_time(
+    pg: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PLAN_SLICE", 2)
+    items = PlanItems([f"R{i}@Example.org" for i in (4, 0, 3, 1, 2)], ED, "example.org")
+    twice = [*items, ("r0@example.org", "<again>")]  # one mailbox twice: its last id
+    assert pg.plan_edition(ED, twice, now=NOW) == "planned"
+    rows = pg.ledger_rows(ED)
+    assert [r.email for r in rows] == [f"r{i}@example.org" for i in range(5)]
+    ids = {r.email: r.message_id for r in rows}
+    assert ids["r0@example.org"] == "<again>"
+    assert ids["r3@example.org"] == message_id(ED, "r3@example.org", "example.org")
+    assert all(r.status == "planned" for r in rows)
+    assert pg.plan_edition(ED, twice, now=NOW) == "done"
 
 
 def test_another_worker_planning_makes_a_worker_wait(pg_url: str, pg: Store) -> None:

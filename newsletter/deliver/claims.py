@@ -30,12 +30,13 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from newsletter.addresses import address_key
 from newsletter.errors import ConnectionLost
 from newsletter.mime import message_id
 from newsletter.models import Subscriber
+from newsletter.roster import addresses
 from newsletter.settings import Settings
 from newsletter.store import LedgerRow, Store
 
@@ -67,6 +68,29 @@ async def call_retrying(fn: Callable[..., T], *args: object) -> T:
 def worker_id() -> str:
     """host:pid:random: unique even when a pid is reused."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class PlanItems(Sequence[tuple[str, str]]):
+    """A scope's (address, Message-ID) pairs, each id made when asked: planning reads them a
+    slice at a time rather than holding one for each of 100,000 addresses."""
+
+    def __init__(self, emails: Sequence[str], edition: dt.date, domain: str) -> None:
+        self.emails, self.edition, self.domain = emails, edition, domain
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, str]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | list[tuple[str, str]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        email = self.emails[index]
+        return email, message_id(self.edition, email, self.domain)
 
 
 class Claims:
@@ -105,9 +129,10 @@ class Claims:
             functools.partial(register, self.id, self.edition, host=host, pid=pid, lease=self.lease)
         )
         self._renewer = asyncio.create_task(self._renew(sent))
-        if len(scope) <= NAMED_SCOPE:
-            self.only = [address_key(s.email) for s in scope]
-        items = [(s.email, message_id(self.edition, s.email, self.domain)) for s in scope]
+        emails = addresses(scope)  # a roster's keys: no subscriber is read for planning
+        if len(emails) <= NAMED_SCOPE:
+            self.only = [address_key(e) for e in emails]
+        items = PlanItems(emails, self.edition, self.domain)
         waited = False
         while not stop.is_set():
             done = await call_retrying(self._plan, items)
@@ -164,6 +189,11 @@ class Claims:
     def holds(self, email: str) -> bool:
         """May a send to this row start now? Only while its lease surely has not run out."""
         return self.deadline.get(email, -1.0) > time.monotonic()
+
+    def finished(self, email: str) -> None:
+        """This row's outcome is in: no send of it starts any more (its deadline goes, so a
+        run over 100,000 rows does not keep one for each)."""
+        self.deadline.pop(email, None)
 
     async def hand_back(self, email: str) -> None:
         """A queued row whose lease may have run out: not sent; should it still be ours, it is

@@ -98,6 +98,7 @@ class Run:
         force: frozenset[str] = frozenset(),
     ) -> None:
         self.settings, self.store, self.scope, self.edition = settings, store, scope, edition
+        self.by_key = by_address(scope)  # a roster's: each subscriber read when looked up
         self.force = force  # resends in a dry run: treated as due whatever their row says
         self.dry_run, self.now, self.respect = dry_run, now, respect_next_attempt
         self.stop = stop
@@ -199,7 +200,7 @@ class Run:
             self.progress.update(self.tally)
 
     def _make_pool(self, renderer: Any) -> InlinePool | ProcessPool:
-        preparer = Preparer(self.settings, self.store, renderer)
+        preparer = Preparer(self.settings, self.store, renderer, self.by_key)
         workers = min(os.cpu_count() or 1, 4)
         if len(self.scope) >= POOL_MIN_SUBSCRIBERS and workers > 1 and threadable(self.store):
             log.info("rendering in %d worker processes", workers)
@@ -223,11 +224,12 @@ class Run:
     # -- producing: ledger state, select, render, plan ----------------------------------------
     async def _produce(self, pool: InlinePool | ProcessPool) -> None:
         waiting: collections.deque[asyncio.Future[list[Prepared]]] = collections.deque()
+        emails = addresses(self.scope)  # the pool reads the subscribers it needs
         try:
-            for i in range(0, len(self.scope), CHUNK):
+            for i in range(0, len(emails), CHUNK):
                 if self.stop.is_set():
                     break
-                todo = self._todo(self.scope[i : i + CHUNK])
+                todo = self._todo(emails[i : i + CHUNK])
                 if todo:
                     waiting.append(pool.submit(todo, self.edition, self.now()))
                 while waiting and (len(waiting) > pool.depth or waiting[0].done()):
@@ -244,7 +246,7 @@ class Run:
         ours in flight, any row still claimed by us is one whose claim committed while its
         connection dropped (we never saw it): give those back and claim again; so too when a
         row came free meanwhile (one we handed back, say)."""
-        by_key = by_address(self.scope)
+        by_key = self.by_key
         while True:
             await self._claim_loop(pool, claims, by_key)
             self.produced = True
@@ -273,7 +275,7 @@ class Run:
                     mine = [r for r in rows if r.email in by_key]
                     if len(mine) < len(rows):
                         await claims.give_back([r.email for r in rows if r.email not in by_key])
-                    todo = await self._todo_claimed([(by_key[r.email], r) for r in mine])
+                    todo = await self._todo_claimed(mine)
                     if todo:
                         waiting.append(pool.submit(todo, self.edition, self.now()))
                 elif not waiting and not await claims.anything_left(by_key):
@@ -286,25 +288,25 @@ class Run:
             for fut in waiting:
                 fut.cancel()
 
-    async def _todo_claimed(
-        self, claimed: Sequence[tuple[Subscriber, LedgerRow]]
-    ) -> list[Subscriber]:
-        """Claimed rows are due by the claim's own rule; unsubscribed readers are skipped."""
-        for _, row in claimed:
+    async def _todo_claimed(self, claimed: Sequence[LedgerRow]) -> list[str]:
+        """Claimed rows are due by the claim's own rule; unsubscribed readers are skipped.
+        Their address keys (the pool reads the subscribers)."""
+        for row in claimed:
             self.stored_ids[row.email] = (row.message_id, row.attempts)
-        emails = [sub.email for sub, _ in claimed]
+        emails = [row.email for row in claimed]
         gone = await call_retrying(self.store.unsubscribed, emails) if emails else set()
         for email in sorted(gone):
             self.stored_ids.pop(email, None)
             self._finish(LedgerOutcome(email, "skipped", reason=SKIP_UNSUBSCRIBED))
         self._progress()
-        return [sub for sub, row in claimed if row.email not in gone]
+        return [email for email in emails if email not in gone]
 
-    def _todo(self, chunk: Sequence[Subscriber]) -> list[Subscriber]:
-        rows = {r.email: r for r in self.store.ledger_rows(self.edition, [s.email for s in chunk])}
+    def _todo(self, chunk: Sequence[str]) -> list[str]:
+        """The addresses of this chunk that are due (as written: the pool looks them up)."""
+        rows = {r.email: r for r in self.store.ledger_rows(self.edition, chunk)}
         todo = []
-        for sub in chunk:
-            row = rows.get(address_key(sub.email))
+        for email in chunk:
+            row = rows.get(address_key(email))
             if (
                 row is None
                 or row.status == "planned"
@@ -312,16 +314,16 @@ class Run:
                 or (row.status == "unknown" and self._unknown_due(row))
                 or row.email in self.force
             ):
-                todo.append(sub)
+                todo.append(email)
                 if row is not None:
                     self.stored_ids[row.email] = (row.message_id, row.attempts)
             else:
                 self.tally.unchanged += 1
         # unsubscribed readers get no digest, whatever the subscriber file says
-        gone = self.store.unsubscribed([s.email for s in todo])
-        for email in sorted(gone):
-            self._finish(LedgerOutcome(email, "skipped", reason=SKIP_UNSUBSCRIBED))
-        todo = [s for s in todo if address_key(s.email) not in gone]
+        gone = self.store.unsubscribed(todo)
+        for key in sorted(gone):
+            self._finish(LedgerOutcome(key, "skipped", reason=SKIP_UNSUBSCRIBED))
+        todo = [e for e in todo if address_key(e) not in gone]
         self._progress()
         return todo
 
@@ -438,6 +440,8 @@ class Run:
             if self.brake.observe(None) == "off":
                 self._release_held()
             await self.ledger.record_and_wait(outcome)  # commit before the next message
+            if self.claims is not None:
+                self.claims.finished(job.email)
             self.tally.sent += 1
             self._done()
 
@@ -595,6 +599,8 @@ class Run:
             self.tally.failures[f"{'permanent' if permanent else 'temporary'}: {reason}"] += 1
         if self.ledger is not None:
             self.ledger.record(outcome)
+        if self.claims is not None:
+            self.claims.finished(outcome.email)
         self._progress()
 
     def _done(self) -> None:

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from newsletter.errors import ConnectionLost, NewsletterError
 from newsletter.models import DailyListing, RenderedEmail, Subscriber
 from newsletter.pipeline import edition_listing, paper_index, selections_for, skip_reasons
 from newsletter.render import Renderer
+from newsletter.roster import pick
 from newsletter.settings import Settings
 from newsletter.store import Store
 
@@ -48,10 +49,26 @@ class Prepared:
 class Preparer:
     """Selection and rendering for a chunk of subscribers, in this process or a worker."""
 
-    def __init__(self, settings: Settings, store: Store, renderer: Renderer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        renderer: Renderer,
+        by_key: Mapping[str, Subscriber] | None = None,
+    ) -> None:
         self.settings, self.store, self.renderer = settings, store, renderer
+        # the run's subscribers by address_key: a forked worker reads its chunk's subscribers
+        # itself (a roster reads them from its copy), so the parent neither parses nor pickles
+        self.by_key = by_key
         self.index = paper_index(store)
         self.listing: DailyListing | None = None  # the edition's, read once, not per chunk
+
+    def prepare_keys(
+        self, keys: Sequence[str], edition: dt.date, now: dt.datetime
+    ) -> list[Prepared]:
+        """`prepare` for the run's subscribers with these address keys."""
+        assert self.by_key is not None, "a preparer without the run's subscribers"
+        return self.prepare(pick(self.by_key, keys), edition, now)
 
     def prepare(
         self, subscribers: Sequence[Subscriber], edition: dt.date, now: dt.datetime
@@ -160,7 +177,12 @@ def _worker_init_spawned(settings: Settings) -> None:
     _WORKER = Preparer(settings, store, Renderer(settings))
 
 
-def _worker_prepare(
+def _worker_prepare(keys: list[str], edition: dt.date, now: dt.datetime) -> list[Prepared]:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.prepare_keys(keys, edition, now)
+
+
+def _worker_prepare_subscribers(
     subscribers: list[Subscriber], edition: dt.date, now: dt.datetime
 ) -> list[Prepared]:
     assert _WORKER is not None, "worker not initialised"
@@ -180,10 +202,10 @@ class InlinePool:
         self.preparer = preparer
 
     def submit(
-        self, subs: Sequence[Subscriber], edition: dt.date, now: dt.datetime
+        self, keys: Sequence[str], edition: dt.date, now: dt.datetime
     ) -> asyncio.Future[list[Prepared]]:
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result(self.preparer.prepare(subs, edition, now))
+        fut.set_result(self.preparer.prepare_keys(keys, edition, now))
         return fut
 
     def close(self) -> None:
@@ -203,7 +225,9 @@ class ProcessPool:
         global _WORKER
         self.depth = 2 * workers
         init: Callable[[], None]
-        if "fork" in multiprocessing.get_all_start_methods():
+        self.preparer = preparer
+        self.forked = "fork" in multiprocessing.get_all_start_methods()
+        if self.forked:
             _WORKER = preparer
             ctx, init = "fork", functools.partial(_worker_init_forked, preparer.store.lock_dir)
         else:
@@ -214,11 +238,14 @@ class ProcessPool:
         self._executor.submit(_noop)  # start the workers now, while we have no threads
 
     def submit(
-        self, subs: Sequence[Subscriber], edition: dt.date, now: dt.datetime
+        self, keys: Sequence[str], edition: dt.date, now: dt.datetime
     ) -> asyncio.Future[list[Prepared]]:
-        return asyncio.get_running_loop().run_in_executor(
-            self._executor, _worker_prepare, list(subs), edition, now
-        )
+        loop = asyncio.get_running_loop()
+        if self.forked:  # the worker has the run's subscribers: it reads its own
+            return loop.run_in_executor(self._executor, _worker_prepare, list(keys), edition, now)
+        assert self.preparer.by_key is not None, "a preparer without the run's subscribers"
+        subs = pick(self.preparer.by_key, keys)
+        return loop.run_in_executor(self._executor, _worker_prepare_subscribers, subs, edition, now)
 
     def close(self) -> None:
         global _WORKER
