@@ -453,7 +453,10 @@ class PaperIndex:
                     merged[i][span] = merged[i].get(span, False) or exact
         n, df = len(self.papers), len(merged)
         loose: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for variant in variants if self._loose_ok(variants) else ():
+        # Loose pairs only refine a phrase the collection uses: a pair that never occurs as a
+        # phrase would get the idf of a term found nowhere, and junk pairs of a description
+        # ("proposing yet") would count as its rarest evidence.
+        for variant in variants if df and self._loose_ok(variants) else ():
             if len(variant) == 2:
                 for i, pairs in self._loose(variant).items():
                     taken = merged.get(i, {})  # the pair's own phrase occurrences count once
@@ -532,21 +535,23 @@ class PaperIndex:
 
     def _loose(self, keys: tuple[str, ...]) -> dict[int, list[tuple[int, int]]]:
         """Papers where the two `keys` occur within LOOSE_WINDOW positions of each other in
-        one field, in either order: (first, last) position of each occurrence of the first key
-        with the second one nearest it."""
+        one clause of one field, in either order: (first, last) position of each occurrence of
+        the first key with the second one nearest it."""
         first, second = (self.positions.get(k) for k in keys)
         if not first or not second:
             return {}
         out: dict[int, list[tuple[int, int]]] = {}
         for i in sorted(first.keys() & second.keys()):
-            start, theirs = self.abstract_starts[i], second[i]
+            theirs, places = second[i], self.token_places[i]
             found = []
             for p in first[i]:
                 k = bisect.bisect_left(theirs, p)
                 near = [
                     q
                     for q in theirs[max(0, k - 1) : k + 2]
-                    if q != p and abs(q - p) <= LOOSE_WINDOW and (q < start) == (p < start)
+                    if q != p
+                    and abs(q - p) <= LOOSE_WINDOW
+                    and _unbroken(places, min(p, q), max(p, q))
                 ]
                 if near:
                     q = min(near, key=lambda q: (abs(q - p), q))
@@ -586,6 +591,12 @@ class PaperIndex:
             text = paper.title if k < in_title else paper.abstract
             out.append(text[offsets[2 * k] : offsets[2 * m + 1]])
         return tuple(out)
+
+
+def _unbroken(places: array[int], first: int, last: int) -> bool:
+    """Whether no punctuation or field boundary lies between positions `first` and `last`:
+    positions jump by _BREAK there, so the tokens between would be fewer than the gap."""
+    return bisect.bisect_left(places, last) - bisect.bisect_left(places, first) == last - first
 
 
 def _streams(paper: Paper) -> tuple[list[Token], list[int], list[Token], list[int]]:

@@ -138,6 +138,27 @@ def test_a_two_word_keyword_matches_its_words_near_each_other_at_a_quarter_weigh
     assert set(loose.matches[0].highlights) == {"Policy", "diffusion"}  # each word, not the run
 
 
+def test_loose_words_do_not_meet_across_punctuation() -> None:
+    papers = [
+        paper("Diffusion policy for manipulation", "Actions."),
+        paper("Scaling up", "We scale up diffusion. Policy makers should regulate it."),
+        paper("Trade", "A policy, then diffusion of goods across borders."),
+    ]
+    assert keyword_hits(papers, "diffusion policy") == {"Diffusion policy for manipulation"}
+
+
+def test_a_pair_never_written_as_a_phrase_does_not_match_loosely() -> None:
+    # Loose matches only refine a phrase the collection uses: otherwise the pair would carry
+    # the idf of a term found nowhere and outweigh the topic's real keywords.
+    papers = [
+        paper("Reasoning about puzzles", "We study math and then reasoning in games."),
+        paper("Math reasoning benchmarks", "Grade school problems."),
+    ]
+    index = PaperIndex.build(papers[:1])
+    assert not index.lookup("math reasoning").tf
+    assert keyword_hits(papers, "math reasoning") == set(t.title for t in papers)
+
+
 def test_a_hyphenated_compound_matches_its_closed_spelling() -> None:
     papers = [
         paper("Pre-training for control", "Representations."),
