@@ -182,7 +182,7 @@ def assemble(headers: list[tuple[str, str]], text: str, html: str, boundary: str
 
 
 def assemble_wire(
-    headers: list[tuple[str, str]], text: str, html: str, boundary: str
+    headers: list[tuple[str, str]], text: str, html: str, boundary: str, *, raw: bool = True
 ) -> tuple[bytes, bytes | None]:
     """The message as `assemble` builds it, and what SMTP DATA transmits for it: dot-stuffed,
     ending in ".\r\n" (None when the headers hold a bare CR or LF: see deliver.wire_form,
@@ -192,6 +192,9 @@ def assemble_wire(
     QP never emits "=_" (a literal "=" becomes "=3D"), so a boundary starting "=_" cannot occur
     in either body. The CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1),
     hence the extra one: each body keeps its final line break.
+
+    With `raw=False` the message itself is only built when there is no wire form (b"" else):
+    a send needs just the wire form, and deliver.raw_form gives the message back from it.
     """
     head = "".join(f"{name}: {value}{CRLF}" for name, value in headers).encode("ascii")
     part = "Content-Type: text/{}; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
@@ -200,19 +203,22 @@ def assemble_wire(
     second = f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode()
     end = f"\r\n--{boundary}--\r\n".encode()
     text_qp, html_qp = _qp_pairs(text), _qp_pairs(html)
-    raw = b"".join(
-        (
-            head,
-            top,
-            first,
-            *(qp for qp, _ in text_qp),
-            second,
-            *(qp for qp, _ in html_qp),
-            end,
+    stuffable = crlf_lines(head)
+    message = b""
+    if raw or not stuffable:
+        message = b"".join(
+            (
+                head,
+                top,
+                first,
+                *(qp for qp, _ in text_qp),
+                second,
+                *(qp for qp, _ in html_qp),
+                end,
+            )
         )
-    )
-    if not crlf_lines(head):
-        return raw, None
+    if not stuffable:
+        return message, None
     # the fixed lines between the parts start with "-" or a letter: nothing to stuff there
     wire = b"".join(
         (
@@ -226,7 +232,7 @@ def assemble_wire(
             b".\r\n",
         )
     )
-    return raw, wire
+    return message, wire
 
 
 def format_date(now: dt.datetime) -> str:
