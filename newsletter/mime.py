@@ -15,6 +15,7 @@ import email.utils
 import hashlib
 import re
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -160,6 +161,9 @@ def dot_stuffed(lines: bytes) -> bytes:
     return (b"." + lines if lines.startswith(b".") else lines).replace(b"\r\n.", b"\r\n..")
 
 
+_QP, _WIRE = itemgetter(0), itemgetter(1)  # of a _qp_line pair, in C rather than a genexpr
+
+
 def _qp_pairs(body: str) -> list[tuple[bytes, bytes]]:
     """Quoted-printable with CRLF lines, encoded line by line.
 
@@ -206,32 +210,13 @@ def assemble_wire(
     stuffable = crlf_lines(head)
     message = b""
     if raw or not stuffable:
-        message = b"".join(
-            (
-                head,
-                top,
-                first,
-                *(qp for qp, _ in text_qp),
-                second,
-                *(qp for qp, _ in html_qp),
-                end,
-            )
-        )
+        text_part, html_part = b"".join(map(_QP, text_qp)), b"".join(map(_QP, html_qp))
+        message = b"".join((head, top, first, text_part, second, html_part, end))
     if not stuffable:
         return message, None
     # the fixed lines between the parts start with "-" or a letter: nothing to stuff there
-    wire = b"".join(
-        (
-            dot_stuffed(head),
-            top,
-            first,
-            *(w for _, w in text_qp),
-            second,
-            *(w for _, w in html_qp),
-            end,
-            b".\r\n",
-        )
-    )
+    text_wire, html_wire = b"".join(map(_WIRE, text_qp)), b"".join(map(_WIRE, html_qp))
+    wire = b"".join((dot_stuffed(head), top, first, text_wire, second, html_wire, end, b".\r\n"))
     return message, wire
 
 
