@@ -15,6 +15,7 @@ import email.utils
 import hashlib
 import re
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -160,6 +161,9 @@ def dot_stuffed(lines: bytes) -> bytes:
     return (b"." + lines if lines.startswith(b".") else lines).replace(b"\r\n.", b"\r\n..")
 
 
+_QP, _WIRE = itemgetter(0), itemgetter(1)  # of a _qp_line pair, in C rather than a genexpr
+
+
 def _qp_pairs(body: str) -> list[tuple[bytes, bytes]]:
     """Quoted-printable with CRLF lines, encoded line by line.
 
@@ -182,7 +186,7 @@ def assemble(headers: list[tuple[str, str]], text: str, html: str, boundary: str
 
 
 def assemble_wire(
-    headers: list[tuple[str, str]], text: str, html: str, boundary: str
+    headers: list[tuple[str, str]], text: str, html: str, boundary: str, *, raw: bool = True
 ) -> tuple[bytes, bytes | None]:
     """The message as `assemble` builds it, and what SMTP DATA transmits for it: dot-stuffed,
     ending in ".\r\n" (None when the headers hold a bare CR or LF: see deliver.wire_form,
@@ -192,6 +196,9 @@ def assemble_wire(
     QP never emits "=_" (a literal "=" becomes "=3D"), so a boundary starting "=_" cannot occur
     in either body. The CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1),
     hence the extra one: each body keeps its final line break.
+
+    With `raw=False` the message itself is only built when there is no wire form (b"" else):
+    a send needs just the wire form, and deliver.raw_form gives the message back from it.
     """
     head = "".join(f"{name}: {value}{CRLF}" for name, value in headers).encode("ascii")
     part = "Content-Type: text/{}; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
@@ -200,33 +207,17 @@ def assemble_wire(
     second = f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode()
     end = f"\r\n--{boundary}--\r\n".encode()
     text_qp, html_qp = _qp_pairs(text), _qp_pairs(html)
-    raw = b"".join(
-        (
-            head,
-            top,
-            first,
-            *(qp for qp, _ in text_qp),
-            second,
-            *(qp for qp, _ in html_qp),
-            end,
-        )
-    )
-    if not crlf_lines(head):
-        return raw, None
+    stuffable = crlf_lines(head)
+    message = b""
+    if raw or not stuffable:
+        text_part, html_part = b"".join(map(_QP, text_qp)), b"".join(map(_QP, html_qp))
+        message = b"".join((head, top, first, text_part, second, html_part, end))
+    if not stuffable:
+        return message, None
     # the fixed lines between the parts start with "-" or a letter: nothing to stuff there
-    wire = b"".join(
-        (
-            dot_stuffed(head),
-            top,
-            first,
-            *(w for _, w in text_qp),
-            second,
-            *(w for _, w in html_qp),
-            end,
-            b".\r\n",
-        )
-    )
-    return raw, wire
+    text_wire, html_wire = b"".join(map(_WIRE, text_qp)), b"".join(map(_WIRE, html_qp))
+    wire = b"".join((dot_stuffed(head), top, first, text_wire, second, html_wire, end, b".\r\n"))
+    return message, wire
 
 
 def format_date(now: dt.datetime) -> str:

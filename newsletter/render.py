@@ -814,11 +814,12 @@ class Renderer:
         return self.render_wire(selection, now=now)[0]
 
     def render_wire(
-        self, selection: Selection, *, now: dt.datetime
+        self, selection: Selection, *, now: dt.datetime, wire_only: bool = False
     ) -> tuple[RenderedEmail, bytes | None]:
         """`render`, and the message as SMTP DATA carries it (deliver.wire_form of its raw),
         built from the same cached lines; None when not built here (a DKIM-signed message,
-        or headers wire_form refuses): the caller then calls wire_form itself."""
+        or headers wire_form refuses): the caller then calls wire_form itself. With
+        `wire_only`, raw is b"" whenever the wire form is there (deliver.raw_form of it)."""
         papers = [sp for sp in selection.papers if sp.sent]
         sub = selection.subscriber
         if not papers:
@@ -841,7 +842,8 @@ class Renderer:
         subject = clean_header_text(self._subject.render(ctx))
         mid = message_id(selection.edition, sub.email, self.settings.sender_domain)
         headers = self._headers(to, subject, mid, now, https, mailto)
-        raw, wire = assemble_wire(headers, text, html, _boundary(mid))
+        with_raw = self._dkim or not wire_only  # DKIM signs the message itself
+        raw, wire = assemble_wire(headers, text, html, _boundary(mid), raw=with_raw)
         if self._dkim:
             raw, wire = sign_dkim(raw, self.settings), None
         email = RenderedEmail(

@@ -35,8 +35,10 @@ from newsletter.deliver import (
     smtp_endpoint,
     wire_form,
 )
+from newsletter.deliver.maildir import MaildirTransport
+from newsletter.deliver.wire import raw_form, raw_size
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
-from newsletter.models import Subscriber, Topic
+from newsletter.models import RenderedEmail, Subscriber, Topic
 from newsletter.pipeline import (
     SKIP_ALL_SEEN,
     SKIP_NO_MATCH,
@@ -187,8 +189,6 @@ async def test_connections_are_reused_and_renewed_after_the_cap(make_settings: A
 
 
 async def test_a_message_with_a_leading_dot_line_arrives_intact(world: World) -> None:
-    from newsletter.models import RenderedEmail
-
     raw = (
         b"From: a@example.org\r\nTo: b@example.org\r\nSubject: dots\r\n"
         b"Message-ID: <dots@example.org>\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nend\r\n"
@@ -205,6 +205,27 @@ async def test_a_message_with_a_leading_dot_line_arrives_intact(world: World) ->
     assert reply.startswith("250")
     assert server.handler.received[0].data == raw
     assert server.handler.received[1].data == b"Subject: lf\r\n\r\nx\r\n"
+
+
+async def test_a_message_that_travels_as_its_wire_form_alone_arrives_the_same(
+    world: World, tmp_path: Path
+) -> None:
+    """What the render workers send back: the wire form, and the message without raw."""
+    raw = b"Subject: dots\r\nMessage-ID: <w@example.org>\r\n\r\n.a dot\r\n..two\r\nend\r\n"
+    wire = wire_form(raw)
+    slim = RenderedEmail("b@example.org", "dots", "<w@example.org>", "", "", b"")
+    async with running() as server:
+        transport = SmtpTransport(world.settings(server))
+        await transport.start()
+        await transport.send(slim, "a@example.org", wire)
+        await transport.close()
+    (got,) = server.handler.received
+    assert got.data == raw and f"SIZE={len(raw)}" in got.mail_options
+    box = MaildirTransport(tmp_path / "box")
+    await box.start()
+    await box.send(slim, "a@example.org", wire)
+    (path,) = (tmp_path / "box" / "new").iterdir()
+    assert path.read_bytes() == raw.replace(b"\r\n", b"\n")
 
 
 # --- the ledger: re-run, resend, dry run, skips -----------------------------------------------
@@ -439,6 +460,8 @@ def test_wire_form_is_what_aiosmtplib_would_transmit(lines: list[bytes]) -> None
         assert wire_form(raw) is None  # no final CRLF: left to sendmail()
         return
     assert wire_form(raw) == PERIOD_REGEX.sub(b"..", raw) + b".\r\n"
+    wire = wire_form(raw)
+    assert wire is not None and raw_form(wire) == raw and raw_size(wire) == len(raw)
     assert wire_form(raw.replace(b"\r\n", b"\n", 1)) is None  # a bare LF
     assert wire_form(raw[:-2] + b"\r" + raw[-2:]) is None  # a bare CR
 

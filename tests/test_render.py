@@ -20,6 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from newsletter.deliver import wire_form
+from newsletter.deliver.wire import raw_form
 from newsletter.errors import BadToken, ConfigError, RenderError
 from newsletter.mime import (
     assemble,
@@ -496,6 +497,10 @@ def test_every_digest_comes_with_its_wire_form(renderer: Renderer, seed: Path) -
             out, wire = renderer.render_wire(sel, now=NOW)
             assert out == renderer.render(sel, now=NOW)
             assert wire == wire_form(out.raw)
+            # what a send renders: the wire form alone, the message given back by raw_form
+            slim, only = renderer.render_wire(sel, now=NOW, wire_only=True)
+            assert only == wire and slim == dataclasses.replace(out, raw=b"")
+            assert only is not None and raw_form(only) == out.raw
             stuffed += wire is not None and b"\r\n.." in wire
     assert stuffed  # the case that matters was there
 

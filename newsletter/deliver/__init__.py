@@ -37,7 +37,7 @@ guarantee above holds with "the dead worker's in-flight messages" (see `claims`)
 
 Layout, each file one job, imports running down this list:
     failures   classify errors, retry timing, the brake
-    wire       the DATA payload of a message
+    wire       the DATA payload of a message, and the message back from it
     report     DeliveryReport and the running tally
     progress   progress bar / periodic log lines
     smtp       the SMTP pool (per-phase timeouts, backoff, 421, rate limit, login once)

@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+from newsletter.deliver.wire import raw_form
 from newsletter.errors import DeliveryError
 from newsletter.models import RenderedEmail
 
@@ -55,7 +56,8 @@ class MaildirTransport:
             ) from exc
 
     async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
-        name = await asyncio.to_thread(self.deliver, message.raw)
+        raw = message.raw if message.raw or wire is None else raw_form(wire)
+        name = await asyncio.to_thread(self.deliver, raw)
         return f"250 delivered to {self.path / 'new' / name}"
 
     def deliver(self, raw: bytes) -> str:

@@ -18,7 +18,7 @@ import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.deliver.failures import Fatal, Unreachable, backoff, classify, find_cause, oneline
-from newsletter.deliver.wire import PLAIN_ADDRESS, wire_form
+from newsletter.deliver.wire import PLAIN_ADDRESS, raw_form, raw_size, wire_form
 from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
 from newsletter.models import RenderedEmail
 from newsletter.settings import Settings
@@ -63,6 +63,8 @@ class _Client(aiosmtplib.SMTP):
         if plain and wire is None:
             wire = wire_form(raw)
         if not plain or wire is None:
+            if not raw and wire is not None:  # only the wire form came from the workers
+                raw = raw_form(wire)
             _errors, reply = await self.sendmail(sender, [recipient], raw)
             return f"250 {oneline(reply)}"
         if self.is_ehlo_or_helo_needed:  # learn SIZE and 8BITMIME before the first MAIL
@@ -72,8 +74,8 @@ class _Client(aiosmtplib.SMTP):
                 await self.helo()
         options = []
         if self.supports_extension("size"):
-            options.append(b"SIZE=%d" % len(raw))
-        if not raw.isascii() and self.supports_extension("8bitmime"):
+            options.append(b"SIZE=%d" % (len(raw) if raw else raw_size(wire)))
+        if not wire.isascii() and self.supports_extension("8bitmime"):
             options.append(b"BODY=8BITMIME")
         try:
             # MAIL and RCPT by hand: mail()/rcpt() parse each address with email.utils

@@ -19,7 +19,8 @@ class Transport(Protocol):
 
     async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
         """Deliver one message; returns the final reply. Raises DeliveryError. `wire` is
-        `wire_form(message.raw)` when the caller has it already."""
+        `wire_form(message.raw)` when the caller has it already; with `wire`, `message.raw`
+        may be empty (what the render workers send back): raw_form(wire) is the message."""
         ...
 
     async def close(self) -> None: ...

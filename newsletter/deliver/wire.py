@@ -21,3 +21,16 @@ def wire_form(raw: bytes) -> bytes | None:
     if not crlf_lines(raw):
         return None
     return dot_stuffed(raw) + b".\r\n"
+
+
+def raw_form(wire: bytes) -> bytes:
+    """The message whose wire form is `wire` (the inverse of wire_form): the render workers
+    send only the wire form back, and the rare user of the message itself (the Maildir, an
+    address that needs quoting) takes it from there."""
+    body = wire[:-3].replace(b"\r\n..", b"\r\n.")  # a stuffed line starts with "..": one goes
+    return body[1:] if body.startswith(b"..") else body
+
+
+def raw_size(wire: bytes) -> int:
+    """len(raw_form(wire)) without building it (the SIZE= of MAIL FROM)."""
+    return len(wire) - 3 - wire.count(b"\r\n..") - wire.startswith(b"..")

@@ -39,7 +39,8 @@ PREPARE_TRIES = 4  # a database connection dropped mid-chunk: the chunk is prepa
 @dataclass(frozen=True, slots=True)
 class Prepared:
     email: str  # lower-cased
-    message: RenderedEmail | None = None  # without html/text: only raw travels on
+    # without html/text, and without raw when `wire` is there: the message travels once
+    message: RenderedEmail | None = None
     wire: bytes | None = None  # wire_form(raw), computed here rather than on the event loop
     skip: str | None = None
     error: str | None = None
@@ -102,7 +103,7 @@ class Preparer:
                 out.append(Prepared(email, skip=why_empty[email]))
                 continue
             try:
-                msg, wire = self.renderer.render_wire(sel, now=now)
+                msg, wire = self.renderer.render_wire(sel, now=now, wire_only=True)
             except (ValueError, NewsletterError) as exc:  # e.g. an address we cannot send to
                 out.append(Prepared(email, error=f"cannot render the digest: {exc}"))
                 continue
@@ -111,8 +112,12 @@ class Preparer:
                 error = f"cannot render the digest: {type(exc).__name__}: {exc}"
                 out.append(Prepared(email, error=error, permanent=False))
                 continue
-            slim = dataclasses.replace(msg, html="", text="")
-            out.append(Prepared(email, slim, wire if wire is not None else wire_form(msg.raw)))
+            if wire is None:
+                wire = wire_form(msg.raw)
+            # only the wire form travels on (~35 KB less to pickle and pipe per digest):
+            # raw_form(wire) gives the message back where it is needed
+            slim = dataclasses.replace(msg, html="", text="", raw=b"" if wire else msg.raw)
+            out.append(Prepared(email, slim, wire))
         return out
 
 
