@@ -135,8 +135,10 @@ class Likeness:
     send_baseline: float = 0.0
     # paper -> (likeness, the send decision's likeness, unwanted), and the liked paper it is
     # most like, as far as asked for.
-    _parts: dict[int, tuple[float, float, bool]] = field(default_factory=dict)
-    _most_like: dict[int, str] = field(default_factory=dict)
+    _parts: dict[int, tuple[float, float, bool]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    _most_like: dict[int, str] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def parts(self, i: int, vector: Mapping[str, float]) -> tuple[float, float, bool]:
         """(likeness, the send decision's likeness, unwanted) of paper i (tf-idf `vector`):
@@ -219,7 +221,7 @@ class Weights:
 
     score: float  # the ranking: a paper as like the liked ones as they are gains about this
     send: float = 0.0  # the send decision
-    contrast: float = 0.0  # share of the collection's centroid taken off the liked centroid
+    contrast: float = 0.0  # share of the collection's centroid off the liked and disliked ones
     prior: float = math.inf  # up-votes a keyword counts for, being the reader's choice (inf: off)
     half: float = 0.0  # votes at which `score` and `send` act at half strength (0: full at once)
     # Share of the collection's centroid the send decision's likeness takes off, over all of

@@ -112,7 +112,7 @@ class Tuning:
     description_weight: float = 8.0
     vote_weight: float = 8.0  # score change per unit of likeness to the reader's liked papers
     vote_send_weight: float = 8.0  # ... and the change of its margin over the send threshold
-    vote_contrast: float = 0.5  # share of the collection's centroid off the liked centroid
+    vote_contrast: float = 0.5  # share of the collection's centroid off the liked and disliked ones
     vote_prior: float = 1.0  # up-votes a reader's own keyword counts for against down-votes
     vote_half: float = 4.0  # votes at which the likeness weights act at half strength
     vote_send_contrast: float = 0.5  # vote_contrast of the likeness that moves the send decision
@@ -874,11 +874,6 @@ class _Scorer:
                     memo[weight, queries[n].key] = best
         return [memo[weight, q.key] for q in queries]
 
-    def _references_of(self, queries: Sequence[_Query], whole: _Vector) -> list[float]:
-        """`references` of queries whose scores over the `whole` collection are known: worked
-        out from them, which is cheaper than keeping them (in `_REFERENCES`) by key."""
-        return _nth_best(whole, REF_RANK)
-
     def reference(self, topic: Topic) -> float:
         """The topic's own scale: its REF_RANK-th best score over the whole collection."""
         return self.references([self.compile(topic)])[0]
@@ -938,7 +933,7 @@ class _Scorer:
             if whole is None:
                 references = self._references_from([queries[n] for n in needed], total[needed])
             else:
-                references = self._references_of([queries[n] for n in needed], whole[needed])
+                references = _nth_best(whole[needed], REF_RANK)
             for n, reference in zip(needed, references, strict=True):
                 cuts[n] = calibrated_threshold(threshold, reference, self.tuning)
         return cuts
