@@ -379,6 +379,14 @@ def _timeout_kind(exc: BaseException) -> Literal["lock", "statement"] | None:
     return None
 
 
+def _dropped(exc: BaseException) -> bool:
+    """Whether the server ended the session (its backend terminated, the server shutting down
+    or restarting: SQLSTATE class 57P), even while the connection was being opened: the next
+    attempt gets a fresh one, unlike a refused or misconfigured connection."""
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or ""
+    return code.startswith("57P") or "server closed the connection unexpectedly" in str(exc)
+
+
 @dataclass(frozen=True)  # no slots: event listeners are weakly referenced
 class _ErrorTranslator:
     """The engine's `handle_error` hook: the one place where the database errors a user can act
@@ -412,12 +420,13 @@ class _ErrorTranslator:
                 kind="statement",
                 setting="NEWSLETTER_DB_STATEMENT_TIMEOUT",
             )
-        if ctx.connection is None:
+        dropped = _dropped(orig)
+        if ctx.connection is None and not dropped:
             raise StoreError(
                 f"cannot open the database {self.url}: {cause}; check "
                 "NEWSLETTER_DATABASE_URL and that the server is running"
             )
-        if ctx.is_disconnect:
+        if ctx.is_disconnect or dropped:
             raise ConnectionLost(
                 f"lost the connection to the database {self.url} ({cause}); everything "
                 "recorded so far is kept; run the same command again",

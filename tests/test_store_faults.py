@@ -244,6 +244,36 @@ def test_a_connection_lost_mid_statement_is_a_clear_error(pg_url: str) -> None:
         admin.dispose()
 
 
+@pytest.mark.postgres
+def test_a_connection_terminated_while_it_opens_is_lost_not_refused(pg_url: str) -> None:
+    # A sender's pool may open a connection just as an operator (or a failover) terminates
+    # the sessions: that is a lost connection its callers try again, not a wrong URL.
+    store = Store.open(pg_url)
+    kill = [True]
+
+    def terminated_on_open(dbapi_conn: object, _record: object) -> None:
+        if kill[0]:
+            kill[0] = False
+            cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+            cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    try:
+        store.engine.dispose()  # the next call opens a new connection
+        sa.event.listen(store.engine, "connect", terminated_on_open)
+        with pytest.raises(ConnectionLost, match="run the same command again"):
+            store.ledger_rows(ED)
+        assert store.ledger_rows(ED) == []  # the next attempt opens a fresh one
+    finally:
+        store.close()
+
+
+def test_a_refused_connection_still_says_check_the_url() -> None:
+    with pytest.raises(
+        StoreError, match=r"cannot open the database .*check NEWSLETTER_DATABASE_URL"
+    ):
+        Store.open("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
 # --- 3. concurrent first use -------------------------------------------------------------------
 def newsletter_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
