@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         "do not.",
     )
     vote_prior: float = Field(
-        1.0,
+        2.0,
         gt=0,
         description="A reader's keyword weighs (this + up) / (this + up + down) for them, where "
         "up and down count their votes on papers it matched: a keyword that sent papers they "
