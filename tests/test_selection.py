@@ -156,7 +156,7 @@ def test_a_pair_never_written_as_a_phrase_does_not_match_loosely() -> None:
     ]
     index = PaperIndex.build(papers[:1])
     assert not index.lookup("math reasoning").tf
-    assert keyword_hits(papers, "math reasoning") == set(t.title for t in papers)
+    assert keyword_hits(papers, "math reasoning") == {p.title for p in papers}
 
 
 def test_a_hyphenated_compound_matches_its_closed_spelling() -> None:

@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from newsletter.deliver.wire import raw_form
+from newsletter.deliver.wire import message_bytes
 from newsletter.errors import DeliveryError
 from newsletter.models import RenderedEmail
 
@@ -56,8 +56,7 @@ class MaildirTransport:
             ) from exc
 
     async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
-        raw = message.raw if message.raw or wire is None else raw_form(wire)
-        name = await asyncio.to_thread(self.deliver, raw)
+        name = await asyncio.to_thread(self.deliver, message_bytes(message.raw, wire))
         return f"250 delivered to {self.path / 'new' / name}"
 
     def deliver(self, raw: bytes) -> str:

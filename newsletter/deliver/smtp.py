@@ -18,7 +18,7 @@ import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.deliver.failures import Fatal, Unreachable, backoff, classify, find_cause, oneline
-from newsletter.deliver.wire import PLAIN_ADDRESS, raw_form, raw_size, wire_form
+from newsletter.deliver.wire import PLAIN_ADDRESS, message_bytes, raw_size, wire_form
 from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
 from newsletter.models import RenderedEmail
 from newsletter.settings import Settings
@@ -63,8 +63,7 @@ class _Client(aiosmtplib.SMTP):
         if plain and wire is None:
             wire = wire_form(raw)
         if not plain or wire is None:
-            if not raw and wire is not None:  # only the wire form came from the workers
-                raw = raw_form(wire)
+            raw = message_bytes(raw, wire)
             _errors, reply = await self.sendmail(sender, [recipient], raw)
             return f"250 {oneline(reply)}"
         if self.is_ehlo_or_helo_needed:  # learn SIZE and 8BITMIME before the first MAIL

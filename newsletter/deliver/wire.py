@@ -31,6 +31,12 @@ def raw_form(wire: bytes) -> bytes:
     return body[1:] if body.startswith(b"..") else body
 
 
+def message_bytes(raw: bytes, wire: bytes | None) -> bytes:
+    """The message: `raw`, or rebuilt from `wire` when only that came from the workers (raw
+    is b"" then)."""
+    return raw if raw or wire is None else raw_form(wire)
+
+
 def raw_size(wire: bytes) -> int:
     """len(raw_form(wire)) without building it (the SIZE= of MAIL FROM)."""
     return len(wire) - 3 - wire.count(b"\r\n..") - wire.startswith(b"..")
