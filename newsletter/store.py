@@ -1533,19 +1533,42 @@ class Store:
             return
         path = self.lock_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _flock_file(path, name)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockHeld(
-                    f"another sender is already working on {name} (lock {path}); wait for it"
-                ) from None
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield
         finally:
+            # one file per edition would pile up beside the database day after day: the holder
+            # removes it while still holding it (a waiter that opened it sees the swap and retries)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             os.close(fd)  # closing drops the flock
+
+
+def _flock_file(path: Path, name: str) -> int:
+    """An open descriptor holding an exclusive flock on `path`, which is still the file at `path`.
+
+    A holder unlinks the file before it lets go, so the file we opened may have been removed (or
+    replaced by a newer holder's) by the time our flock succeeds: a lock on that orphan would
+    exclude nobody, so compare inodes and start again on a mismatch.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(
+                f"another sender is already working on {name} (lock {path}); wait for it"
+            ) from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)
 
 
 def _due(

@@ -182,6 +182,64 @@ def test_sender_lock_is_exclusive_and_released(store: Store, tmp_path: Path) -> 
         pass
 
 
+def test_sqlite_lock_files_do_not_pile_up(tmp_path: Path) -> None:
+    """A day's lock file goes with its sender: a year of editions leaves no year of files."""
+    store = Store.open(f"sqlite:///{tmp_path / 'n.db'}")
+    try:
+        for day in ("2026-03-16", "2026-03-17"):
+            with store.sender_lock(day):
+                assert store.lock_path(day).exists()
+            assert not store.lock_path(day).exists()
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if ".lock" in p.name) == []
+
+
+_HAMMER = """
+import os, sys, time
+from newsletter.errors import LockHeld
+from newsletter.store import Store
+store = Store.open(sys.argv[1])
+inside = sys.argv[2]
+entered = clashes = 0
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    try:
+        with store.sender_lock("ed"):
+            entered += 1
+            try:
+                fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                clashes += 1
+                continue
+            os.close(fd)
+            os.unlink(inside)
+    except LockHeld:
+        pass
+print(entered, clashes)
+"""
+
+
+def test_sqlite_lock_excludes_while_holders_remove_its_file(tmp_path: Path) -> None:
+    """Holders unlink the lock file as they leave; a process that opened the old file just
+    before must not think it holds the lock while another holds the new file."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    Store.open(url).close()
+    inside = str(tmp_path / "inside")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HAMMER, url, inside], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    counts = [tuple(map(int, p.communicate()[0].split())) for p in procs]
+    assert sum(entered for entered, _ in counts) > 100, counts  # they did take turns
+    assert [clashes for _, clashes in counts] == [0, 0, 0, 0], counts
+
+
 def test_lock_released_when_the_holder_is_killed(store: Store, tmp_path: Path) -> None:
     """A holder killed by SIGKILL leaves no stale lock (the kernel / server drops it)."""
     import subprocess
