@@ -773,7 +773,7 @@ def send_cmd(
         emit_json(report.to_json())
     else:
         out.print(report.summary(), highlight=False, markup=False)
-    if report.failed or report.interrupted:
+    if report.failed or report.unknown or report.interrupted:
         sys.exit(EXIT_FAILED)
 
 

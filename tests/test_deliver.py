@@ -547,6 +547,16 @@ def test_cli_send_json_and_exit_codes(world: World, tmp_path: Path) -> None:
     assert failure["attempts"] == 1 and failure["next_attempt_at"] is None
 
 
+def test_cli_send_exits_1_when_an_outcome_is_unknown(world: World) -> None:
+    """A reply lost after the whole message went out is not a success to report with exit 0."""
+    with threaded_server() as server:
+        server.handler.delay("DATA", 3.0)
+        env = {**cli_env(world.settings(server)), "NEWSLETTER_SMTP_DATA_TIMEOUT": "0.5"}
+        result = invoke(["send", "--email", world.emails[0], "--json"], env)
+    assert json.loads(result.stdout)["unknown"] == 1, result.output
+    assert result.exit_code == 1
+
+
 def test_cli_dry_run_and_human_output(world: World) -> None:
     with threaded_server() as server:
         env = cli_env(world.settings(server))
