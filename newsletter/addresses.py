@@ -43,9 +43,17 @@ def validate_address(value: str) -> str:
         if normal is not None and len(normal) <= 64:
             return f"{local}@{normal}"
     try:
-        return str(validate_email(value, check_deliverability=False).normalized)
+        # no SMTPUTF8: the sender speaks plain SMTP, so an address it could never send to
+        # (a non-ASCII local part) is refused here, where the file's line is known
+        normal = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
+        if not local.isascii():
+            raise ValueError(
+                "has a non-ASCII name before the @, which needs SMTPUTF8 (not supported): "
+                "ask the reader for an ASCII address"
+            ) from None
         raise ValueError(f"is not a valid email address ({exc})") from None
+    return str(normal.normalized)
 
 
 @lru_cache(maxsize=1024)

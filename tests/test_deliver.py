@@ -646,7 +646,7 @@ def test_cli_send_refuses_a_file_naming_one_mailbox_twice(world: World, tmp_path
     path = tmp_path / "subs.yaml"
     entries = [
         {"email": e, "topics": [{"name": "RL", "keywords": ["reinforcement learning"]}]}
-        for e in ("élodie@example.org", unicodedata.normalize("NFD", "élodie@example.org"))
+        for e in ("elodie@café.example", unicodedata.normalize("NFD", "elodie@café.example"))
     ]
     path.write_text(yaml.safe_dump({"subscribers": entries}, allow_unicode=True), "utf-8")
     with threaded_server() as server:

@@ -119,17 +119,18 @@ def test_missing_file_names_the_setting(tmp_path: Path) -> None:
 
 # --- one address, one subscriber --------------------------------------------------------------
 NFD_ELODIE = unicodedata.normalize("NFD", "élodie@example.org")
+NFD_CAFE = unicodedata.normalize("NFD", "elodie@café.example")
 SAME_MAILBOX = f"""\
 subscribers:
   - email: reader@bücher.example
     topics: [{{name: A, keywords: [a]}}]
-  - email: élodie@example.org
+  - email: elodie@café.example
     topics: [{{name: A, keywords: [a]}}]
   - email: ok@example.org
     topics: [{{name: A, keywords: [a]}}]
   - email: READER@xn--bcher-kva.example
     topics: [{{name: A, keywords: [a]}}]
-  - email: {NFD_ELODIE}
+  - email: {NFD_CAFE}
     topics: [{{name: A, keywords: [a]}}]
 """
 
@@ -151,7 +152,21 @@ def test_one_mailbox_spelled_twice_is_a_duplicate_naming_both_lines() -> None:
     assert first.startswith("subs.yaml, line 8: ") and "duplicate" in first
     assert "subscriber #1 'reader@bücher.example' (line 2)" in first
     assert second.startswith("subs.yaml, line 10: ") and "duplicate" in second
-    assert "subscriber #2 'élodie@example.org' (line 4)" in second
+    assert "subscriber #2 'elodie@café.example' (line 4)" in second
+
+
+def test_an_address_that_needs_smtputf8_is_refused_with_its_line() -> None:
+    """The sender speaks plain SMTP: a non-ASCII name before the @ could never be sent to, so
+    the file is refused before anything goes out, not failed every day at send time."""
+    topics = "    topics: [{name: A, keywords: [a]}]\n"
+    text = (
+        f"subscribers:\n  - email: ok@example.org\n{topics}  - email: élodie@example.org\n{topics}"
+    )
+    with pytest.raises(SubscriberConfigError) as info:
+        parse_subscribers(text, "subs.yaml")
+    (problem,) = info.value.problems
+    assert problem.startswith("subs.yaml, line 4: ") and "SMTPUTF8" in problem, problem
+    assert parse_subscribers(text.replace("élodie", "elodie"), "subs.yaml")
 
 
 def test_subscribers_check_exits_1_on_a_duplicate(tmp_path: Path) -> None:
