@@ -45,7 +45,7 @@ def validate_address(value: str) -> str:
     try:
         # no SMTPUTF8: the sender speaks plain SMTP, so an address it could never send to
         # (a non-ASCII local part) is refused here, where the file's line is known
-        normal = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        valid = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         if not local.isascii():
             raise ValueError(
@@ -53,7 +53,7 @@ def validate_address(value: str) -> str:
                 "ask the reader for an ASCII address"
             ) from None
         raise ValueError(f"is not a valid email address ({exc})") from None
-    return str(normal.normalized)
+    return str(valid.normalized)
 
 
 @lru_cache(maxsize=1024)

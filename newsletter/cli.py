@@ -59,6 +59,7 @@ from newsletter.selection import rank_all
 from newsletter.settings import (
     BUNDLED,
     BUNDLED_TEMPLATES,
+    SEEDS_DIR,
     SETTINGS_FILE,
     SUBSCRIBERS_FILE,
     Settings,
@@ -164,6 +165,8 @@ def open_store(settings: Settings) -> Store:
 def seeds_folder(settings: Settings, given: Path | None = None) -> Path:
     """The dumps to read (--seeds, else the setting); a missing one is a configuration error."""
     location = given or settings.seeds_dir
+    if not given and "seeds_dir" not in settings.model_fields_set and location == SEEDS_DIR:
+        location.mkdir(parents=True, exist_ok=True)  # the default home of fetched days
     if not location.exists():
         source = "--seeds" if given else "setting NEWSLETTER_SEEDS_DIR"
         raise ConfigError(

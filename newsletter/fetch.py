@@ -34,7 +34,7 @@ import httpx
 from newsletter import ingest
 from newsletter.errors import FetchError, IngestError, LockHeld, NewsletterError
 from newsletter.models import DailyListing
-from newsletter.settings import BUNDLED, SEEDS_DIR, Settings
+from newsletter.settings import SEEDS_DIR, Settings, is_bundled
 from newsletter.store import Store
 
 log = logging.getLogger(__name__)
@@ -237,9 +237,7 @@ def dump_folder(settings: Settings) -> Path:
     """Where fetched days are written: the seeds folder, or `seeds/` in the working folder
     when the seeds folder is the bundled (read-only) example."""
     folder = settings.seeds_dir
-    if folder.resolve().is_relative_to(BUNDLED.resolve()):
-        folder = SEEDS_DIR
-    return folder
+    return SEEDS_DIR if is_bundled(folder) else folder
 
 
 def write_atomically(path: Path, data: bytes) -> None:

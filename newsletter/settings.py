@@ -55,6 +55,19 @@ def look_up(relative: Path) -> Path:
     return relative if relative.exists() else BUNDLED / relative
 
 
+def is_bundled(path: Path) -> bool:
+    return path.resolve().is_relative_to(BUNDLED.resolve())
+
+
+def default_seeds(subscribers_file: Path) -> Path:
+    """seeds/ in the working folder; the bundled example dumps only for the bundled example
+    subscribers. Real readers must never be mailed the examples: a deployment without a
+    seeds/ folder whose first fetch fails would otherwise send a stale example edition."""
+    if SEEDS_DIR.exists() or not is_bundled(subscribers_file):
+        return SEEDS_DIR
+    return BUNDLED / SEEDS_DIR
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="NEWSLETTER_",
@@ -70,15 +83,15 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the store: SQLite (default, WAL) or "
         "postgresql+psycopg://user@host/db for the scale-out backend.",
     )
-    seeds_dir: Path = Field(
-        default_factory=lambda: look_up(SEEDS_DIR),
-        description="Folder of daily dumps to ingest (default: seeds/ in the working folder, "
-        "else the bundled example dumps).",
-    )
     subscribers_file: Path = Field(
         default_factory=lambda: look_up(SUBSCRIBERS_FILE),
         description="The subscriber config file (YAML; default: config/subscribers.yaml in the "
         "working folder, else the bundled example).",
+    )
+    seeds_dir: Path = Field(
+        default_factory=lambda data: default_seeds(data["subscribers_file"]),
+        description="Folder of daily dumps to ingest (default: seeds/ in the working folder; "
+        "the bundled example dumps only go with the bundled example subscribers).",
     )
     outbox_dir: Path = Field(
         Path("var/outbox"),

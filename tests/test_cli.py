@@ -369,6 +369,26 @@ def test_demo_in_an_empty_folder_uses_the_bundled_examples_and_var(here: Path) -
     assert (here / "var" / "preview" / "index.html").is_file()
 
 
+def test_real_subscribers_are_never_mailed_the_bundled_example_dumps(here: Path) -> None:
+    """A deployment folder with its own subscriber file and no seeds/ yet: a first fetch that
+    fails must not fall back to the bundled March example edition and mail it to real readers
+    (it did). seeds/ is the dumps' home then, for demo too (it shares the store)."""
+    (here / "config").mkdir()
+    (here / "config" / "subscribers.yaml").write_text(
+        "subscribers:\n  - email: real.reader@example.com\n"
+        "    topics: [{name: RL, keywords: [reinforcement learning]}]\n"
+    )
+    env = {"NEWSLETTER_REFERENCE_DATE": "2026-11-21", "NEWSLETTER_FETCH": "true"}
+    env["NEWSLETTER_SOURCE_URL"] = "http://127.0.0.1:9/api"  # nothing listens: the fetch fails
+    result = run(env, "run", "--once")
+    assert "2026-03" not in result.stdout + result.stderr, result.stderr
+    assert not (here / "var" / "outbox").exists()
+    assert (here / "seeds").is_dir() and not list((here / "seeds").iterdir())
+    demo = run({"NEWSLETTER_REFERENCE_DATE": "2026-11-21"}, "demo")
+    assert demo.exit_code == 1 and "no listing stored" in demo.stderr, demo.stderr
+    assert not (here / "var" / "outbox").exists()
+
+
 def test_demo_never_uses_the_configured_smtp_server(
     sqlite_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -421,7 +441,8 @@ def test_init_writes_editable_files_that_commands_there_pick_up(here: Path) -> N
         encoding="utf-8",
     )
     ref = {"NEWSLETTER_REFERENCE_DATE": "2026-11-21"}
-    assert run(ref, "ingest").exit_code == 0
+    assert run(ref, "ingest").exit_code == 1  # own subscribers: seeds/, never the examples
+    assert run(ref, "ingest", "--seeds", str(SEEDS)).exit_code == 0
     eml = here / "me.eml"
     shown = run(ref, "preview", "--email", "me@example.org", "--eml", str(eml))
     assert shown.exit_code == 0, shown.stderr
