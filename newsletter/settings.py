@@ -505,7 +505,8 @@ def _unknown_variables(names: Iterable[str], source: str) -> list[str]:
 
 
 def _unknown_keys(path: Path) -> list[str]:
-    """Keys of the settings file that are no setting (keys are names without the prefix)."""
+    """Keys of the settings file that are no setting (keys are names without the prefix), and
+    secrets, which never come from a file that may be committed with the rest of config/."""
     if not path.is_file():
         return []
     try:
@@ -516,15 +517,28 @@ def _unknown_keys(path: Path) -> list[str]:
             f"settings file {path}: cannot read it as TOML ({exc}); fix it, or point "
             f"{SETTINGS_FILE_VAR} at another file"
         ) from exc
-    return [
+    unknown = [
         f"settings file {path}: {key} is not a setting{_closest(key)}"
         for key in data
         if key not in Settings.model_fields
     ]
+    secrets = [
+        f"settings file {path}: {key} is a secret and is never read from the settings file; "
+        f"set {ENV_PREFIX}{key.upper()} in the environment or {key}_file to a file holding it"
+        for key in data
+        if key in SECRET_FIELDS
+    ]
+    return unknown + secrets
 
 
 def check_setting_names(environ: Mapping[str, str], dotenv: Path = DOTENV_FILE) -> None:
     """Refuse a misspelt setting in any source (a typo must not fall back to a default)."""
+    explicit = environ.get(SETTINGS_FILE_VAR) or read_dotenv(dotenv).get(SETTINGS_FILE_VAR)
+    if explicit and explicit != os.devnull and not Path(explicit).is_file():
+        raise ConfigError(
+            f"{SETTINGS_FILE_VAR}={explicit}: no such file; correct the path, or unset it to use "
+            f"{SETTINGS_FILE} in the working folder ({os.devnull}: no settings file at all)"
+        )
     problems = [
         *_unknown_variables(environ, "environment variable "),
         *_unknown_variables(read_dotenv(dotenv), f"{dotenv}: "),

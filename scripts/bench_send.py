@@ -54,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-os.environ["NEWSLETTER_SETTINGS_FILE"] = str(ROOT / "no-such-settings.toml")  # hermetic
+os.environ["NEWSLETTER_SETTINGS_FILE"] = os.devnull  # hermetic
 
 import aiosmtplib  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
@@ -262,7 +262,7 @@ class Bench:
     def env(self, url: str, subscribers: Path) -> dict[str, str]:
         return {
             **os.environ,
-            "NEWSLETTER_SETTINGS_FILE": str(ROOT / "no-such-settings.toml"),
+            "NEWSLETTER_SETTINGS_FILE": os.devnull,
             "NEWSLETTER_DATABASE_URL": url,
             "NEWSLETTER_SUBSCRIBERS_FILE": str(subscribers),
             "NEWSLETTER_OUTBOX_DIR": str(self.tmp / "outbox"),

@@ -33,7 +33,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("NEWSLETTER_") and key != "NEWSLETTER_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
-    monkeypatch.setenv("NEWSLETTER_SETTINGS_FILE", str(ROOT / "tests" / "no-such-settings.toml"))
+    monkeypatch.setenv("NEWSLETTER_SETTINGS_FILE", os.devnull)
     # Nothing in the suite may reach the real source: fetching is off, and a test that turns
     # it on without its own server gets a port where nothing listens.
     monkeypatch.setenv("NEWSLETTER_FETCH", "false")

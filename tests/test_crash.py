@@ -52,7 +52,7 @@ def write_subscribers(path: Path, n: int, send_at: str = "07:00") -> list[str]:
 def environment(tmp_path: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(
-        NEWSLETTER_SETTINGS_FILE=str(tmp_path / "no-settings.toml"),
+        NEWSLETTER_SETTINGS_FILE=os.devnull,
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'newsletter.db'}",
         NEWSLETTER_SUBSCRIBERS_FILE=str(tmp_path / "subscribers.yaml"),
         NEWSLETTER_REFERENCE_DATE="2026-11-21",

@@ -280,7 +280,7 @@ def test_daemon_process_catches_up_then_stops_cleanly_on_sigterm(tmp_path: Path)
         "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NEWSLETTER_LOG_FORMAT": "json",
         "NEWSLETTER_SMTP_PASSWORD": "hunter2-very-secret",
-        "NEWSLETTER_SETTINGS_FILE": str(tmp_path / "none.toml"),
+        "NEWSLETTER_SETTINGS_FILE": os.devnull,
     }
     from newsletter.schedule import decide, group_subscribers
 

@@ -296,7 +296,7 @@ print(row.date)
 def test_the_hosts_time_zone_does_not_move_the_year(tmp_path: Path) -> None:
     folder = _dump_dated(tmp_path / "d", "Nov 29")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env |= {"TZ": "America/Los_Angeles", "NEWSLETTER_SETTINGS_FILE": str(tmp_path / "none")}
+    env |= {"TZ": "America/Los_Angeles", "NEWSLETTER_SETTINGS_FILE": os.devnull}
     url = f"sqlite:///{tmp_path / 'n.db'}"
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, url, str(folder)],

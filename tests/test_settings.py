@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -55,11 +56,38 @@ def test_an_explicit_setting_comes_first(here: Path, monkeypatch: pytest.MonkeyP
     assert s.seeds_dir == Path("/srv/dumps") and s.sender_name == "Elsewhere"
 
 
+def test_a_mistyped_settings_file_is_an_error_not_the_defaults(here: Path) -> None:
+    """A typo in NEWSLETTER_SETTINGS_FILE once sent a whole edition into the local Maildir
+    (no smtp_host) and recorded it as sent; /dev/null says "no settings file" on purpose."""
+    with pytest.raises(ConfigError, match=r"NEWSLETTER_SETTINGS_FILE=.*prd\.toml: no such file"):
+        check_setting_names({"NEWSLETTER_SETTINGS_FILE": str(here / "prd.toml")})
+    (here / ".env").write_text(f"NEWSLETTER_SETTINGS_FILE={here / 'prd.toml'}\n", "utf-8")
+    with pytest.raises(ConfigError, match="no such file"):
+        check_setting_names({}, here / ".env")
+    check_setting_names({"NEWSLETTER_SETTINGS_FILE": os.devnull})
+
+
+def test_secrets_in_the_settings_file_are_refused_by_name(here: Path) -> None:
+    """config/newsletter.toml is the file `init` writes and people commit: no secret in it."""
+    toml = here / "config.toml"
+    toml.write_text(
+        'smtp_password = "hunter2secret"\nsigning_key = "k"\nsender_name = "Me"\n', "utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_setting_names({"NEWSLETTER_SETTINGS_FILE": str(toml)})
+    message = str(caught.value)
+    assert "smtp_password is a secret" in message and "NEWSLETTER_SMTP_PASSWORD" in message
+    assert "signing_key is a secret" in message and "signing_key_file" in message
+    assert "hunter2secret" not in message
+
+
 def test_every_name_in_the_readme_table_is_accepted() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     names = re.findall(r"^\| `(NEWSLETTER_[A-Z0-9_]+)` \|", readme, re.M)
     assert len(names) == len(Settings.model_fields)
-    check_setting_names({n: "x" for n in [*names, "NEWSLETTER_SETTINGS_FILE", "HOME"]})
+    check_setting_names(
+        {n: "x" for n in [*names, "HOME"]} | {"NEWSLETTER_SETTINGS_FILE": os.devnull}
+    )
 
 
 def test_closest_name_or_a_pointer_to_the_table() -> None:

@@ -278,7 +278,7 @@ def test_a_refused_connection_still_says_check_the_url() -> None:
 def newsletter_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(
-        NEWSLETTER_SETTINGS_FILE=str(tmp_path / "no-settings.toml"),
+        NEWSLETTER_SETTINGS_FILE=os.devnull,
         NEWSLETTER_DATABASE_URL=db_url,
         NEWSLETTER_SEEDS_DIR=str(SEEDS),
         NEWSLETTER_SUBSCRIBERS_FILE=str(EXAMPLE_SUBSCRIBERS),
