@@ -566,7 +566,7 @@ def sqlite_folder(url: str) -> Path | None:
     """The folder of an SQLite database file; None for other databases and in-memory ones."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None  # Store.open reports the bad URL
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):

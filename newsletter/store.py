@@ -312,7 +312,7 @@ def safe_url(url: str | sa.URL) -> str:
     """A database URL as it may be printed or logged: never with its password."""
     try:
         text = sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:  # unparseable: mask what looks like a password
+    except (sa.exc.ArgumentError, ValueError):  # unparseable: mask what looks like a password
         text = str(url)
     return redact(text)
 
@@ -332,6 +332,11 @@ def make_engine(
         named = pg and "application_name" not in sa.make_url(url).query
         args = {"application_name": f"newsletter:{os.getpid()}"} if named else {}
         engine = sa.create_engine(url, future=True, pool_pre_ping=pg, connect_args=args)
+    except ValueError:  # e.g. a port that is no number: its text may hold the password
+        raise StoreError(
+            f"setting NEWSLETTER_DATABASE_URL: cannot parse {safe_url(url)!r}; a user name or "
+            "password holding @, :, / or % must be percent-encoded (@ as %40, : as %3A)"
+        ) from None
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise StoreError(
             f"setting NEWSLETTER_DATABASE_URL: cannot use {safe_url(url)!r} ({redact(str(exc))}); "

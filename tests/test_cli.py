@@ -548,6 +548,16 @@ def test_a_bad_or_unreachable_database_at_start_is_exit_2(
     assert "NEWSLETTER_DATABASE_URL" in result.stderr
 
 
+def test_an_unparseable_database_url_never_shows_its_password(sqlite_env: dict[str, str]) -> None:
+    """An unencoded @ or : in the password made SQLAlchemy raise a ValueError whose text (a
+    traceback, exit 1) carried part of the password."""
+    url = "postgresql+psycopg://u:p@ss:w0rd@127.0.0.1:1/x"
+    result = run({**sqlite_env, "NEWSLETTER_DATABASE_URL": url}, "status")
+    assert result.exit_code == 2
+    assert "percent-encoded" in result.stderr and "NEWSLETTER_DATABASE_URL" in result.stderr
+    assert "w0rd" not in result.output + result.stderr and "ss:" not in result.stderr
+
+
 def test_a_missing_seeds_folder_is_exit_2_only_for_commands_that_read_it(
     sqlite_env: dict[str, str], tmp_path: Path
 ) -> None:
