@@ -84,9 +84,12 @@ def extract_links(text: str) -> tuple[str, ...]:
 
 
 def infer_date(month: int, day: int, reference: dt.date, year: int | None = None) -> dt.date:
-    """The latest `month day` not after `reference`, or that day in the pinned `year`."""
+    """The latest `month day` not after the day after `reference`, or that day in the pinned
+    `year`. The day after: a page is dated in its publisher's time zone, which may already be
+    at tomorrow (Tokyo's morning is the evening before in UTC); a year-old page is the rarity."""
     if year is not None:
         return dt.date(year, month, day)
+    reference += dt.timedelta(days=1)
     for y in range(reference.year, reference.year - 8, -1):
         try:
             candidate = dt.date(y, month, day)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,13 @@ def ingest_folder(
             "the day's page text there as <name>.txt",
             location,
         )
+    pinned = year if year is not None else settings.year
     results = ingest.read_dumps(
-        dumps,
-        reference=settings.today(now),
-        year=year if year is not None else settings.year,
-        max_papers=settings.max_papers_per_dump,
+        dumps, reference=settings.today(now), year=pinned, max_papers=settings.max_papers_per_dump
     )
+    # A text dump carries no year, so reading it again a year later would date it a year later
+    # (a new edition of old papers): once stored, a dump keeps the date it was stored under.
+    stored_dates = store.dates_by_content() if pinned is None else {}
     outcomes: list[FileOutcome] = []
     for entry in skipped:
         log.warning("%s: skipped: %s", entry.path, entry.reason)
@@ -81,6 +82,9 @@ def ingest_folder(
             outcomes.append(FileOutcome(path, None, 0, 0, "rejected", str(res.error)))
             continue
         listing = res.listing
+        stored = stored_dates.get(listing.content_hash) if res.path.suffix == ".txt" else None
+        if stored is not None and stored != listing.date:
+            listing = replace(listing, date=stored)
         if not listing.entries:
             reason = "no papers that day (a weekend or a holiday): no edition"
             outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "skipped", reason))

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     reference_date: dt.date | None = Field(
         None,
         description="Dumps carry no year: each date is read as the latest such date not after "
-        "this one. Default: today's date in NEWSLETTER_TIMEZONE.",
+        "the day after this one. Default: today's date in NEWSLETTER_TIMEZONE.",
     )
     year: int | None = Field(
         None, ge=1970, le=2999, description="Pin the year of every dump (overrides inference)."

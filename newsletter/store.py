@@ -664,6 +664,13 @@ class Store:
                 conn.execute(sa.select(listings.c.date).order_by(listings.c.date)).scalars()
             )
 
+    def dates_by_content(self) -> dict[str, dt.date]:
+        """The date each stored listing's content (its hash) is stored under, the earliest if
+        one content sits under several dates."""
+        query = sa.select(listings.c.content_hash, listings.c.date).order_by(listings.c.date.desc())
+        with self.engine.connect() as conn:
+            return {content: date for content, date in conn.execute(query)}
+
     def newest_date(self) -> dt.date | None:
         dates = self.listing_dates()
         return dates[-1] if dates else None

@@ -146,6 +146,10 @@ def test_year_is_the_latest_not_after_the_reference_or_pinned() -> None:
     assert infer_date(3, 17, dt.date(2026, 11, 21)) == dt.date(2026, 3, 17)
     assert infer_date(12, 30, dt.date(2026, 1, 2)) == dt.date(2025, 12, 30)
     assert infer_date(3, 17, dt.date(2026, 3, 17)) == dt.date(2026, 3, 17)
+    # the publisher's zone may already be at tomorrow; the day after that is a year-old page
+    assert infer_date(3, 18, dt.date(2026, 3, 17)) == dt.date(2026, 3, 18)
+    assert infer_date(3, 19, dt.date(2026, 3, 17)) == dt.date(2025, 3, 19)
+    assert infer_date(1, 1, dt.date(2026, 12, 31)) == dt.date(2027, 1, 1)
     assert infer_date(2, 29, dt.date(2026, 11, 21)) == dt.date(2024, 2, 29)
     assert infer_date(3, 17, dt.date(2026, 11, 21), year=2024) == dt.date(2024, 3, 17)
     text = (DUMPS / "crlf_bom.txt").read_text(encoding="utf-8-sig")
@@ -265,7 +269,7 @@ def test_an_unknown_service_time_zone_is_a_config_error_naming_the_setting() -> 
 
 
 @pytest.mark.parametrize(
-    ("zone", "year"), [("UTC", 2026), ("Asia/Tokyo", 2026), ("America/Los_Angeles", 2025)]
+    ("zone", "year"), [("UTC", 2026), ("Asia/Tokyo", 2026), ("America/Los_Angeles", 2026)]
 )
 def test_ingest_infers_the_year_from_the_now_it_is_given(
     make_settings: Callable[..., Settings], tmp_path: Path, zone: str, year: int
@@ -291,6 +295,25 @@ now = dt.datetime(2026, 11, 29, 4, 0, tzinfo=dt.UTC)  # 20:00 on Nov 28 on this 
 (row,) = ingest_folder(store, settings, Path(sys.argv[2]), now=now)
 print(row.date)
 """
+
+
+def test_a_stored_dump_keeps_its_date_when_read_again_a_year_later(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The daemon re-reads the seeds folder every pass: on a dump's anniversary its "Mar 11"
+    used to be re-dated to the new year, a new newest edition of year-old papers."""
+    now = dt.datetime(2027, 3, 12, 12, tzinfo=dt.UTC)
+    store = Store.open(make_settings().database_url)
+    first = ingest_folder(store, make_settings(reference_date=REFERENCE), SEEDS, now=now)
+    later = make_settings(reference_date=dt.date(REFERENCE.year + 1, 3, 12))
+    again = ingest_folder(store, later, SEEDS, now=now)
+    dates = store.listing_dates()
+    pinned = ingest_folder(store, later, SEEDS, year=REFERENCE.year + 1, now=now)
+    store.close()
+    assert [o.date for o in again] == [o.date for o in first]
+    assert {o.status for o in again} == {"unchanged"}
+    assert all(d.year == REFERENCE.year for d in dates)
+    assert {o.status for o in pinned} == {"ingested"}  # --year is the operator's word
 
 
 def test_the_hosts_time_zone_does_not_move_the_year(tmp_path: Path) -> None:
