@@ -13,8 +13,13 @@ per paper listed that day. The fields used here, as in the Hub's OpenAPI descrip
 
 Fields come and go, so only a title is required of an entry: the paper's, else the entry's
 own. Everything else is kept when present and well-formed, and left out (None, empty) when
-not. Whatever is not a list of entries (HTML from a proxy, a truncated body, an error object)
-is refused whole with the reason, so a bad answer never replaces a good day.
+not: an upvote count that is no count (3.5, -1, 1e400, more than the store's 32-bit column
+holds) is left out with a warning rather than clamped, since the count ranks the day and a
+clamped garbage value would put its paper first. Control characters are dropped from every
+string kept (PostgreSQL refuses NUL in text, XML refuses the other C0 controls). Whatever is
+not a list of entries (HTML from a proxy, a truncated body, an error object), or not JSON
+(NaN and Infinity are not), is refused whole with the reason, so a bad answer never replaces
+a good day.
 
 Imports nothing from the package but the errors: `ingest` (which reads the dumps written from
 these answers) and `fetch` (which checks an answer before writing it) both build on it.
@@ -34,6 +39,13 @@ HF_PAPER_URL = "https://huggingface.co/papers/"
 ARXIV_ABS_URL = "https://arxiv.org/abs/"
 # New-style (2403.03950, 2403.03950v2) and old-style (cs/0112017) arXiv identifiers.
 _ARXIV_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})(?:v\d+)?$", re.I)
+# C0 controls but tab, line feed and carriage return; DEL and the C1 controls; lone surrogates
+# (a JSON escape such as "\ud800" decodes to one, and no database can encode it as UTF-8); and
+# U+FFFE, U+FFFF, which are no characters at all.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# A JSON string (skipped whole), or a NaN/Infinity token outside any string.
+_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+MAX_COUNT = 2**31 - 1  # the store's upvotes column is an INTEGER: 32 bits on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +79,28 @@ def arxiv_page(arxiv_id: str) -> str:
     return ARXIV_ABS_URL + arxiv_id
 
 
+def strip_control_chars(text: str) -> str:
+    """`text` without control characters (tab and line breaks stay), lone surrogates and
+    U+FFFE/U+FFFF: none belongs in a title or an abstract, and each breaks a store or a feed."""
+    return _CONTROL.sub("", text)
+
+
+class _NotJsonNumber(ValueError):
+    """NaN, Infinity or -Infinity: Python's json accepts them, JSON (RFC 8259) does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
 def decode_json(data: bytes | str, source: str) -> Any:
-    """The JSON document in `data`; IngestError with the reason (truncated, not JSON, ...)."""
+    """The JSON document in `data`; IngestError with the reason (truncated, not JSON, NaN,
+    nested too deeply, ...)."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8-sig")
@@ -77,7 +109,16 @@ def decode_json(data: bytes | str, source: str) -> Any:
     if not data.strip():
         raise IngestError(source, "the answer is empty (no JSON at all)")
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_refuse_constant)
+    except _NotJsonNumber as exc:
+        found = next((m for m in _CONSTANT.finditer(data) if m.group(1)), None)
+        line, column = _line_column(data, found.start(1)) if found else (None, 0)
+        where = f" (column {column})" if found else ""
+        raise IngestError(
+            source, f"not valid JSON: {exc} is no JSON number{where}", line=line
+        ) from None
+    except RecursionError:
+        raise IngestError(source, "not usable JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
         # the text ends mid-document: at the error, or inside a string that never closes
         truncated = exc.pos >= len(data.rstrip()) or exc.msg.startswith("Unterminated string")
@@ -87,6 +128,8 @@ def decode_json(data: bytes | str, source: str) -> Any:
         raise IngestError(
             source, f"{what}: {exc.msg} (line {exc.lineno}, column {exc.colno}){hint}"
         ) from None
+    except ValueError as exc:  # a number too long to convert (over 4,300 digits)
+        raise IngestError(source, f"not usable JSON: {str(exc).split(';')[0]}") from None
 
 
 def parse_daily_papers(data: bytes | str, *, source: str) -> ApiDay:
@@ -97,7 +140,8 @@ def parse_daily_papers(data: bytes | str, *, source: str) -> ApiDay:
         doc = doc["dailyPapers"]  # the shape the papers page embeds
     if not isinstance(doc, list):
         kind = type(doc).__name__
-        detail = f": {doc['error']}" if isinstance(doc, dict) and "error" in doc else ""
+        error = doc.get("error") if isinstance(doc, dict) else None
+        detail = f": {strip_control_chars(str(error))[:200]}" if error is not None else ""
         raise IngestError(source, f"expected a JSON list of papers, got a {kind}{detail}")
     papers: list[ApiPaper] = []
     warnings: list[str] = []
@@ -110,6 +154,12 @@ def parse_daily_papers(data: bytes | str, *, source: str) -> ApiDay:
         if paper is None:
             warnings.append(f"{source}: entry {position} has no title; left out")
             continue
+        upvotes = _inner(entry).get("upvotes")
+        if paper.upvotes is None and _is_number(upvotes):
+            warnings.append(
+                f"{source}: entry {position} ({paper.title[:60]!r}) has upvotes {upvotes!r:.40}, "
+                f"which is no count (a whole number from 0 to {MAX_COUNT}); left out"
+            )
         if paper.arxiv_id is None and isinstance(_inner(entry).get("id"), str):
             warnings.append(
                 f"{source}: entry {position} ({paper.title[:60]!r}) has id "
@@ -144,8 +194,9 @@ def _paper(entry: dict[str, Any], position: int) -> ApiPaper | None:
 
 
 def _text(value: object) -> str:
-    """A string field with its whitespace folded (the API keeps the abstract's line breaks)."""
-    return " ".join(value.split()) if isinstance(value, str) else ""
+    """A string field with its whitespace folded (the API keeps the abstract's line breaks)
+    and its control characters dropped."""
+    return " ".join(strip_control_chars(value).split()) if isinstance(value, str) else ""
 
 
 def _authors(value: object) -> Iterator[str]:
@@ -153,18 +204,29 @@ def _authors(value: object) -> Iterator[str]:
         return
     for author in value:
         name = author.get("name") if isinstance(author, dict) else author
-        if isinstance(name, str) and name.strip():
-            yield " ".join(name.split())
+        if text := _text(name):
+            yield text
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _count(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A count the store can hold: a whole number (42 or 42.0) from 0 to MAX_COUNT."""
+    if isinstance(value, bool):
         return None
-    return int(value)
+    if isinstance(value, float) and value.is_integer():  # not 3.5, nor inf (JSON 1e400)
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 def _links(inner: dict[str, Any]) -> Iterator[str]:
     for key in ("githubRepo", "projectPage"):
         url = inner.get(key)
-        if isinstance(url, str) and url.strip().startswith(("https://", "http://")):
-            yield url.strip()
+        if isinstance(url, str):
+            url = strip_control_chars(url).strip()
+            if url.startswith(("https://", "http://")):
+                yield url

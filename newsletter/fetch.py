@@ -6,9 +6,10 @@ jitter on connection errors, timeouts and 5xx, `Retry-After` honoured on 429 and
 conditional requests (If-None-Match / If-Modified-Since) from the validators the store kept for
 the day, so fetching an unchanged day again writes nothing. The answer is checked by the same
 pure parser that ingest uses (`ingest.parse_json_dump`) before anything is written; a malformed
-or truncated answer is refused with the URL and the reason. A good answer is written atomically
-as the day's dump (`daily-papers-YYYY-MM-DD.json`, the raw JSON) and ingested. A day with no
-papers writes no dump and makes no edition. One bad day never stops the others.
+or truncated answer is refused with the URL and the reason. A good answer is stored, then
+written atomically as the day's dump (`daily-papers-YYYY-MM-DD.json`, the raw JSON): one the
+store refuses leaves no dump behind. A day with no papers writes no dump and makes no edition.
+One bad day never stops the others, even when it fails in a way no check foresaw.
 
 `fetch_days` serves `newsletter fetch`; `fetch_before_firing` is the daemon's hook: bounded in
 time, and under a per-day lock so several daemons fetch a day once.
@@ -32,7 +33,7 @@ from typing import Any, Literal
 import httpx
 
 from newsletter import ingest
-from newsletter.errors import FetchError, IngestError, LockHeld, NewsletterError
+from newsletter.errors import FetchError, IngestError, LockHeld, NewsletterError, StoreError
 from newsletter.models import DailyListing
 from newsletter.settings import SEEDS_DIR, Settings, is_bundled
 from newsletter.store import Store
@@ -263,8 +264,8 @@ async def fetch_day(
     *,
     now: dt.datetime,
 ) -> DayOutcome:
-    """Fetch, check, write and ingest one day; a failure is the outcome, never raised
-    (except a store error: without the store nothing can be recorded)."""
+    """Fetch, check, store and write one day; a failure is the outcome, never raised
+    (except a StoreError: without the store nothing can be recorded)."""
     path = dump_folder(settings) / ingest.json_dump_name(date)
     url = client.url(date)
     known = store.fetched_day(date)
@@ -285,11 +286,14 @@ async def fetch_day(
         status = "empty" if not count else "unchanged"
         if count:
             fresh = not (path.is_file() and path.read_bytes() == answer.body)
+            # stored first: an answer the store refuses never becomes a dump that every later
+            # ingest would trip over
+            saved = _save(store, listing, url, now=now)
             if fresh:
                 write_atomically(path, answer.body)
                 for warning in listing.warnings:
                     log.warning("%s", warning)
-            if store.save_listing(listing, now=now).status != "unchanged" or fresh:
+            if saved != "unchanged" or fresh:
                 status = "fetched"
         store.record_fetch(
             date,
@@ -302,9 +306,37 @@ async def fetch_day(
         return DayOutcome(date.isoformat(), status, count)
     except FetchError as exc:
         return DayOutcome(date.isoformat(), "failed", 0, str(exc))
+    except StoreError:
+        raise  # before OSError: a lost connection and a timeout are OSErrors too
     except OSError as exc:
         reason = f"cannot write {path} ({exc.strerror}); check NEWSLETTER_SEEDS_DIR"
         return DayOutcome(date.isoformat(), "failed", 0, str(FetchError(url, reason)))
+    except Exception as exc:  # a failure no check foresaw (a bug): this day only, logged
+        log.exception("fetch %s: unexpected error", date)
+        reason = (
+            f"fetching the day stopped at an unexpected {type(exc).__name__}: "
+            f"{ingest.first_line(exc)}; the other days go on; fetch it again later, and report "
+            "the error, with the URL, if it recurs"
+        )
+        return DayOutcome(date.isoformat(), "failed", 0, str(FetchError(url, reason)))
+
+
+def _save(store: Store, listing: DailyListing, url: str, *, now: dt.datetime) -> str:
+    """Store the day's listing; FetchError when this answer's data is what the store refuses
+    (an error no check foresaw). A StoreError (the database unreachable, a timeout) is raised
+    as it is: no other day could be stored either."""
+    try:
+        return store.save_listing(listing, now=now).status
+    except StoreError:
+        raise
+    except Exception as exc:
+        log.exception("%s: unexpected error while storing the answer", url)
+        raise FetchError(
+            url,
+            f"the store refused the answer (unexpected {type(exc).__name__}: "
+            f"{ingest.first_line(exc)}); nothing stored, no dump written; the other days go on "
+            "(report the error, with the URL)",
+        ) from exc
 
 
 def _check(answer: Answer, path: Path, date: dt.date, settings: Settings) -> DailyListing:
@@ -315,7 +347,8 @@ def _check(answer: Answer, path: Path, date: dt.date, settings: Settings) -> Dai
             answer.body, source=str(path), date=date, max_papers=settings.max_papers_per_dump
         )
     except IngestError as exc:
-        raise FetchError(answer.url, f"{exc.reason}; nothing stored") from exc
+        where = f"line {exc.line}: " if exc.line is not None else ""
+        raise FetchError(answer.url, f"{where}{exc.reason}; nothing stored") from exc
 
 
 async def fetch_days(
@@ -368,6 +401,8 @@ async def fetch_before_firing(
         )
     except NewsletterError as exc:
         log.error("fetch: %s; sending what is stored", exc)
+    except Exception:  # a bug outside any one day: logged with its traceback, the firing goes on
+        log.exception("fetch: unexpected error; sending what is stored")
     return outcomes
 
 

@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -24,9 +25,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from newsletter.dailypapers import ApiPaper, parse_daily_papers
+from newsletter.dailypapers import ApiPaper, parse_daily_papers, strip_control_chars
 from newsletter.errors import IngestError
 from newsletter.models import DailyListing, ListingEntry, Paper
+
+log = logging.getLogger(__name__)
 
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_abbr) if name}
 _MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_name) if name})
@@ -326,7 +329,9 @@ def decode_dump(data: bytes, source: str) -> str:
             source, "binary data (NUL byte); expected the page's text saved as UTF-8", line=line
         )
     try:
-        return data.decode("utf-8")
+        # a stray control character (a bell, a backspace pasted from a terminal) would reach
+        # the store and break the reader's Atom feed; tab and line breaks are the text's own
+        return strip_control_chars(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise IngestError(
@@ -417,7 +422,8 @@ def read_dumps(
     year: int | None = None,
     max_papers: int | None = None,
 ) -> list[DumpResult]:
-    """Read every file; a bad file becomes an error result and the others still ingest."""
+    """Read every file; a bad file becomes an error result and the others still ingest, even
+    when reading it fails in a way no check foresaw (a bug: logged with its traceback)."""
     results: list[DumpResult] = []
     for path in paths:
         try:
@@ -425,4 +431,22 @@ def read_dumps(
             results.append(DumpResult(path, listing=listing))
         except IngestError as exc:
             results.append(DumpResult(path, error=exc))
+        except Exception as exc:
+            log.exception("%s: unexpected error while reading it", path)
+            results.append(DumpResult(path, error=unexpected(path, exc)))
     return results
+
+
+def unexpected(path: Path | str, exc: Exception) -> IngestError:
+    """The error of a dump that failed in a way no check caught: named, with what to do."""
+    return IngestError(
+        path,
+        f"not ingested: unexpected {type(exc).__name__}: {first_line(exc)}; "
+        "the other files go on; fix or remove this file (and report the error, with the file)",
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message for one line of a report (a driver's error runs to many)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else repr(exc)

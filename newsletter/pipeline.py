@@ -14,7 +14,7 @@ from typing import Any
 
 from newsletter import ingest
 from newsletter.addresses import address_key
-from newsletter.errors import NoListing
+from newsletter.errors import NoListing, StoreError
 from newsletter.health import Health, subscriber_health
 from newsletter.learning import Votes
 from newsletter.models import DailyListing, Selection, Subscriber
@@ -102,10 +102,18 @@ def ingest_folder(
             log.error("%s", error)
             outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "rejected", error))
             continue
-        seen[listing.date] = res.path
         for warning in listing.warnings:
             log.warning("%s", warning)
-        saved = store.save_listing(listing, now=now)
+        try:
+            saved = store.save_listing(listing, now=now)
+        except StoreError:
+            raise  # the database itself (unreachable, timed out): no other file would store
+        except Exception as exc:  # this file's data: the others still ingest
+            log.exception("%s: unexpected error while storing it", path)
+            error = str(ingest.unexpected(path, exc))
+            outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "rejected", error))
+            continue
+        seen[listing.date] = res.path
         if saved.status == "replaced":
             log.warning(
                 "%s: the listing for %s changed; replaced the stored one", path, listing.date

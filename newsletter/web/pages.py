@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from newsletter.dailypapers import arxiv_page, paper_page
+from newsletter.dailypapers import arxiv_page, paper_page, strip_control_chars
 from newsletter.errors import BadToken, SubscriberConfigError
 from newsletter.links import Links
 from newsletter.models import Paper, Subscriber
@@ -104,7 +104,9 @@ class WebContext:
         media_type: str = "text/html",
         **context: Any,
     ) -> Response:
-        body = self.env.get_template(name).render(**context)
+        # a control character stored before ingest dropped them (or from a template) would
+        # make the Atom feed invalid XML, and is an HTML parse error too: dropped at output
+        body = strip_control_chars(self.env.get_template(name).render(**context))
         headers = {**SECURITY_HEADERS, **(PRIVATE_HEADERS if private else {})}
         if media_type == "text/html":
             return HTMLResponse(body, status_code=status, headers=headers)
