@@ -3,6 +3,7 @@ the ledger (re-run, resend, dry run, skips), TLS + AUTH, and the CLI's send/stat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -10,6 +11,7 @@ import functools
 import json
 import logging
 import mailbox
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
 from email import header as email_header
@@ -35,6 +37,7 @@ from newsletter.deliver import (
     smtp_endpoint,
     wire_form,
 )
+from newsletter.deliver.failures import NotStarted
 from newsletter.deliver.maildir import MaildirTransport
 from newsletter.deliver.wire import raw_form, raw_size
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
@@ -226,6 +229,31 @@ async def test_a_message_that_travels_as_its_wire_form_alone_arrives_the_same(
     await box.send(slim, "a@example.org", wire)
     (path,) = (tmp_path / "box" / "new").iterdir()
     assert path.read_bytes() == raw.replace(b"\r\n", b"\n")
+
+
+async def test_a_send_whose_turn_came_too_late_never_starts(world: World) -> None:
+    """`may_start` is asked after the waits (here: for the one pooled connection, held by a
+    slow message), right before MAIL FROM: a lease that ran short meanwhile sends nothing."""
+    async with running() as server:
+        server.handler.delay("DATA", 0.5)
+        transport = SmtpTransport(world.settings(server, smtp_pool_size=1))
+        await transport.start()
+        first = RenderedEmail(
+            "a@example.org", "s", "<1@example.org>", "", "", b"Subject: 1\r\n\r\nx\r\n"
+        )
+        late = RenderedEmail(
+            "b@example.org", "s", "<2@example.org>", "", "", b"Subject: 2\r\n\r\nx\r\n"
+        )
+        deadline = time.monotonic() + 0.2  # passes while `late` waits for the connection
+        slow = asyncio.create_task(transport.send(first, "d@example.org"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotStarted):
+            await transport.send(late, "d@example.org", None, lambda: time.monotonic() < deadline)
+        assert (await slow).startswith("250")
+        again = await transport.send(late, "d@example.org", None, lambda: True)
+        await transport.close()
+    assert again.startswith("250") and server.handler.connections == 1  # the connection stayed
+    assert [r.rcpt_tos for r in server.handler.received] == [("a@example.org",), ("b@example.org",)]
 
 
 # --- the ledger: re-run, resend, dry run, skips -----------------------------------------------

@@ -77,6 +77,10 @@ class Fatal(Exception):
         self.error = error
 
 
+class NotStarted(Exception):
+    """The caller's `may_start` said no once the send's waits were over: nothing was sent."""
+
+
 class Unreachable(Exception):
     """The server stayed unreachable for every connection attempt: give up for this run."""
 

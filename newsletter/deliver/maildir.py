@@ -14,8 +14,10 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from newsletter.deliver.failures import NotStarted
 from newsletter.deliver.wire import message_bytes
 from newsletter.errors import DeliveryError
 from newsletter.models import RenderedEmail
@@ -55,7 +57,15 @@ class MaildirTransport:
                 permanent=True,
             ) from exc
 
-    async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
+    async def send(
+        self,
+        message: RenderedEmail,
+        sender: str,
+        wire: bytes | None = None,
+        may_start: Callable[[], bool] | None = None,
+    ) -> str:
+        if may_start is not None and not may_start():
+            raise NotStarted
         name = await asyncio.to_thread(self.deliver, message_bytes(message.raw, wire))
         return f"250 delivered to {self.path / 'new' / name}"
 

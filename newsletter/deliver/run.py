@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from newsletter.deliver.claims import Claims, SharedRate, call_retrying
 from newsletter.deliver.failures import (
     Brake,
     Fatal,
+    NotStarted,
     Unreachable,
     backoff,
     masked_reply,
@@ -392,6 +394,11 @@ class Run:
                 self.crash = exc
             self.stop.set()
 
+    async def _hand_back(self, job: Job) -> None:
+        assert self.claims is not None
+        await self.claims.hand_back(job.email)  # another worker's by now, perhaps
+        self._done()
+
     async def _attempt(self, job: Job) -> None:
         assert self.transport is not None and self.ledger is not None
         if await self._unsubscribed(job.email):  # while this edition was being sent
@@ -399,12 +406,15 @@ class Run:
             self._done()
             return
         if self.claims is not None and not self.claims.holds(job.email):
-            await self.claims.hand_back(job.email)  # another worker's by now, perhaps
-            self._done()
+            await self._hand_back(job)
             return
         job.attempts += 1
+        may_start = None if self.claims is None else functools.partial(self.claims.holds, job.email)
         try:
-            reply = await self.transport.send(job.message, self.sender, job.wire)
+            reply = await self.transport.send(job.message, self.sender, job.wire, may_start)
+        except NotStarted:  # the lease ran short while the send waited for its turn
+            job.attempts -= 1
+            await self._hand_back(job)
         except Fatal as exc:
             if self.fatal is None:
                 self.fatal = exc.error

@@ -12,12 +12,21 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
-from newsletter.deliver.failures import Fatal, Unreachable, backoff, classify, find_cause, oneline
+from newsletter.deliver.failures import (
+    Fatal,
+    NotStarted,
+    Unreachable,
+    backoff,
+    classify,
+    find_cause,
+    oneline,
+)
 from newsletter.deliver.wire import PLAIN_ADDRESS, message_bytes, raw_size, wire_form
 from newsletter.errors import ConfigError, DeliveryError, OutcomeUnknown
 from newsletter.models import RenderedEmail
@@ -312,7 +321,13 @@ class SmtpTransport:
         if not self.helo:  # aiosmtplib would look it up again for every connection
             self.helo = await asyncio.to_thread(socket.getfqdn)
 
-    async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
+    async def send(
+        self,
+        message: RenderedEmail,
+        sender: str,
+        wire: bytes | None = None,
+        may_start: Callable[[], bool] | None = None,
+    ) -> str:
         if self._rate is not None:
             await self._rate.wait()
         await self._gate.acquire()
@@ -320,6 +335,9 @@ class SmtpTransport:
         reusable = False
         try:
             client = await self._checkout()
+            if may_start is not None and not may_start():  # the waits above may take long
+                reusable = True
+                raise NotStarted
             try:
                 reply = await client.send_raw(sender, message.to, message.raw, wire)
             except (aiosmtplib.SMTPException, OSError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from newsletter.deliver.maildir import MaildirTransport
@@ -17,10 +18,18 @@ class Transport(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send(self, message: RenderedEmail, sender: str, wire: bytes | None = None) -> str:
+    async def send(
+        self,
+        message: RenderedEmail,
+        sender: str,
+        wire: bytes | None = None,
+        may_start: Callable[[], bool] | None = None,
+    ) -> str:
         """Deliver one message; returns the final reply. Raises DeliveryError. `wire` is
         `wire_form(message.raw)` when the caller has it already; with `wire`, `message.raw`
-        may be empty (what the render workers send back): raw_form(wire) is the message."""
+        may be empty (what the render workers send back): raw_form(wire) is the message.
+        `may_start` is asked after every wait (rate limit, free connection, connecting), just
+        before the message goes out; False raises NotStarted."""
         ...
 
     async def close(self) -> None: ...
