@@ -178,13 +178,16 @@ class Reader:
     # Per topic of the subscriber, the weight of each keyword group (() when votes change none)
     keywords: tuple[tuple[float, ...], ...] = ()
     send_bound: float = math.inf  # the most the likeness may move a send margin
+    sink_weight: float = 0.0  # send_weight of a paper less like the liked ones than most are
 
     def adjust(self, i: int, vector: Mapping[str, float]) -> Lift:
         """The votes' effect on paper i (with tf-idf `vector`). The change is centred on the
         collection's mean likeness: a paper more like the liked papers than the typical stored
         paper rises, one less like them sinks."""
         likeness, sending, unwanted = self.likeness.parts(i, vector)
-        send = max(-self.send_bound, min(self.send_bound, self.send_weight * sending))
+        # Less like the liked papers than the typical stored paper: weighed by sink_weight.
+        send = (self.send_weight if sending >= 0 else self.sink_weight) * sending
+        send = max(-self.send_bound, min(self.send_bound, send))
         because = ""
         # Lifted in the ranking or towards being sent: the liked paper it is most like says why.
         if max(self.weight * likeness, send) >= EXPLAIN_MIN and self.likeness.liked:
@@ -227,6 +230,9 @@ class Weights:
     # Share of the collection's centroid the send decision's likeness takes off, over all of
     # a paper's words (None: the send decision uses the ranking's likeness).
     send_contrast: float | None = None
+    # The send weight of a paper less like the liked papers than the typical stored paper is
+    # (None: `send`): a sent paper unlike all they liked is the likeliest to be unwanted.
+    sink: float | None = None
 
     def grown(self, votes: int) -> float:
         """The share of their strength the likeness weights have after `votes` votes."""
@@ -273,6 +279,7 @@ def learn(
         weights.score * grown,
         threshold_shift(voted, threshold),
         send_weight=weights.send * grown,
+        sink_weight=(weights.send if weights.sink is None else weights.sink) * grown,
         keywords=keywords if any(w != 1.0 for ws in keywords for w in ws) else (),
         send_bound=MAX_SHIFT * threshold,
     )

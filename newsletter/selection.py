@@ -116,6 +116,7 @@ class Tuning:
     vote_prior: float = 2.0  # up-votes a reader's own keyword counts for against down-votes
     vote_half: float = 4.0  # votes at which the likeness weights act at half strength
     vote_send_contrast: float = 0.5  # vote_contrast of the likeness that moves the send decision
+    vote_sink_weight: float = 16.0  # vote_send_weight of papers less like the liked than most
 
     def vote_weights(self) -> Weights:
         return Weights(
@@ -125,6 +126,7 @@ class Tuning:
             self.vote_prior,
             self.vote_half,
             self.vote_send_contrast,
+            self.vote_sink_weight,
         )
 
 

@@ -204,6 +204,14 @@ class Settings(BaseSettings):
         "near the threshold, the liked papers' distinctive words tell a wanted paper from one "
         "that only shares the field's vocabulary.",
     )
+    vote_sink_weight: float = Field(
+        16.0,
+        ge=0,
+        description="NEWSLETTER_VOTE_SEND_WEIGHT of a paper less like the papers a reader voted "
+        "up than the typical stored paper is: a paper they would have been sent that is unlike "
+        "everything they liked is the likeliest to be unwanted, so it sinks faster than a like "
+        "one rises (within the same 40% of the threshold).",
+    )
 
     # --- rendering --------------------------------------------------------------------------
     template_dir: Path = Field(
