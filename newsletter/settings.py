@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         "as strongly as BM25 allows would add this much (on-topic papers get 15-30% of it).",
     )
     vote_weight: float = Field(
-        8.0,
+        16.0,
         ge=0,
         description="How far a reader's votes move their ranking: a paper's score changes by "
         "this times its likeness (cosine) to the papers they voted up, less its likeness to "
@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         "do not.",
     )
     vote_prior: float = Field(
-        2.0,
+        1.0,
         gt=0,
         description="A reader's keyword weighs (this + up) / (this + up + down) for them, where "
         "up and down count their votes on papers it matched: a keyword that sent papers they "
