@@ -179,6 +179,7 @@ def matcher_tuning(settings: Settings) -> Tuning:
         vote_prior=settings.vote_prior,
         vote_half=settings.vote_half,
         vote_send_contrast=settings.vote_send_contrast,
+        vote_sink_weight=settings.vote_sink_weight,
     )
 
 

@@ -110,12 +110,13 @@ class Tuning:
     floor: float = 1.4  # ... if it reaches this absolute score too
     # A paper scoring on every description term as high as BM25 allows would add this.
     description_weight: float = 8.0
-    vote_weight: float = 8.0  # score change per unit of likeness to the reader's liked papers
+    vote_weight: float = 16.0  # score change per unit of likeness to the reader's liked papers
     vote_send_weight: float = 8.0  # ... and the change of its margin over the send threshold
     vote_contrast: float = 0.5  # share of the collection's centroid off the liked and disliked ones
-    vote_prior: float = 2.0  # up-votes a reader's own keyword counts for against down-votes
+    vote_prior: float = 1.0  # up-votes a reader's own keyword counts for against down-votes
     vote_half: float = 4.0  # votes at which the likeness weights act at half strength
     vote_send_contrast: float = 0.5  # vote_contrast of the likeness that moves the send decision
+    vote_sink_weight: float = 16.0  # vote_send_weight of papers less like the liked than most
 
     def vote_weights(self) -> Weights:
         return Weights(
@@ -125,6 +126,7 @@ class Tuning:
             self.vote_prior,
             self.vote_half,
             self.vote_send_contrast,
+            self.vote_sink_weight,
         )
 
 

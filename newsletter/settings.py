@@ -177,7 +177,7 @@ class Settings(BaseSettings):
         "as strongly as BM25 allows would add this much (on-topic papers get 15-30% of it).",
     )
     vote_weight: float = Field(
-        8.0,
+        16.0,
         ge=0,
         description="How far a reader's votes move their ranking: a paper's score changes by "
         "this times its likeness (cosine) to the papers they voted up, less its likeness to "
@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         "do not.",
     )
     vote_prior: float = Field(
-        2.0,
+        1.0,
         gt=0,
         description="A reader's keyword weighs (this + up) / (this + up + down) for them, where "
         "up and down count their votes on papers it matched: a keyword that sent papers they "
@@ -216,6 +216,14 @@ class Settings(BaseSettings):
         description="NEWSLETTER_VOTE_CONTRAST of the likeness that moves the send decision: "
         "near the threshold, the liked papers' distinctive words tell a wanted paper from one "
         "that only shares the field's vocabulary.",
+    )
+    vote_sink_weight: float = Field(
+        16.0,
+        ge=0,
+        description="NEWSLETTER_VOTE_SEND_WEIGHT of a paper less like the papers a reader voted "
+        "up than the typical stored paper is: a paper they would have been sent that is unlike "
+        "everything they liked is the likeliest to be unwanted, so it sinks faster than a like "
+        "one rises (within the same 40% of the threshold).",
     )
 
     # --- rendering --------------------------------------------------------------------------

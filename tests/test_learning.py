@@ -133,3 +133,22 @@ def test_a_down_vote_sinks_what_is_distinctive_of_the_disliked_paper() -> None:
     rare_contrast, plain_contrast = score_moves(0.5)
     assert plain_contrast > plain_plain
     assert rare_contrast < plain_contrast and rare_plain < 0
+
+
+def test_a_paper_less_like_the_liked_ones_than_most_sinks_by_the_sink_weight() -> None:
+    # A filler paper (the field's words and its own) is less like the liked paper than the
+    # typical stored paper is, so the sink weight moves it; "rare" (the liked paper's own
+    # words) is more like it than most, so the send weight does.
+    index, papers = replay_world()
+    rare = index.id_to_index[papers["rare"].id]
+    filler = index.id_to_index["filler-0"]
+
+    def moves(sink: float | None) -> tuple[float, float]:
+        weights = Weights(0.0, send=1.0, send_contrast=0.5, sink=sink)
+        found = send_moves(index, papers["liked"].id, weights, threshold=math.inf)
+        return found[rare], found[filler]
+
+    (rare_same, filler_same), (rare_sunk, filler_sunk) = moves(None), moves(4.0)
+    assert filler_same < 0 < rare_same
+    assert rare_sunk == pytest.approx(rare_same)
+    assert filler_sunk == pytest.approx(4.0 * filler_same)

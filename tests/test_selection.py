@@ -620,8 +620,8 @@ def test_one_readers_votes_never_change_anothers_selection() -> None:
 
 
 # Votes move no score: only the threshold (and the vetoes); then the keyword weights too.
-STILL = Tuning(vote_weight=0, vote_send_weight=0, vote_prior=math.inf)
-KEYWORDS = Tuning(vote_weight=0, vote_send_weight=0, vote_prior=1.0)
+STILL = Tuning(vote_weight=0, vote_send_weight=0, vote_prior=math.inf, vote_sink_weight=0)
+KEYWORDS = Tuning(vote_weight=0, vote_send_weight=0, vote_prior=1.0, vote_sink_weight=0)
 
 
 def test_down_votes_on_sent_papers_raise_only_that_readers_bar() -> None:
