@@ -9,10 +9,11 @@ file or the store: the CLI passes the index and the listings.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from newsletter.learning import Votes
 from newsletter.models import DailyListing, SelectedPaper, Subscriber
 from newsletter.selection import (
     CLOSEST,
@@ -38,6 +39,12 @@ class NearMiss:
     matched_terms: tuple[str, ...]
 
 
+NOTHING_STORED = (
+    "no paper is stored yet: run `newsletter fetch` or `newsletter ingest` first (topics are "
+    "judged against the stored editions)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     email: str
@@ -59,11 +66,18 @@ def subscriber_health(
     *,
     threshold: float,
     tuning: Tuning,
+    votes: Mapping[str, Votes] | None = None,
 ) -> list[Health]:
-    """One Health per subscriber over `listings` (history and max_papers ignored)."""
+    """One Health per subscriber over `listings` (history and max_papers ignored; each
+    reader's votes applied, as `select` and `send` apply them)."""
+    if not index.papers:  # nothing to judge a keyword by: say so once, not per keyword
+        return [Health(s.email, 0, (), (), (), (), (NOTHING_STORED,)) for s in subscribers]
     uncapped = [dataclasses.replace(s, max_papers=10_000, on_empty="skip") for s in subscribers]
     per_edition = [
-        (listing, select_for(index, listing, uncapped, threshold=threshold, tuning=tuning))
+        (
+            listing,
+            select_for(index, listing, uncapped, threshold=threshold, tuning=tuning, votes=votes),
+        )
         for listing in listings
     ]
     out = []

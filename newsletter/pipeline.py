@@ -228,6 +228,7 @@ def health_report(
         subscribers,
         threshold=settings.relevance_threshold,
         tuning=matcher_tuning(settings),
+        votes=store.vote_map([s.email for s in subscribers]),
     )
 
 

@@ -8,6 +8,7 @@ import re
 import shutil
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -211,6 +212,35 @@ def test_two_short_keywords_get_a_labelled_result_or_a_health_report_saying_why(
     assert len(zed["empty"]) == 4 and any("never matched" in a for a in zed["advice"])
     text = run(env, "subscribers", "health").stdout
     assert "short@example.org" in text and "zed@example.org" in text
+
+
+def test_health_applies_the_readers_votes_and_says_once_when_nothing_is_stored(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    subs = tmp_path / "subs.yaml"
+    subs.write_text(TWO_SHORT_KEYWORDS, encoding="utf-8")
+    env = {**env, "NEWSLETTER_SUBSCRIBERS_FILE": str(subs)}
+    bare = json.loads(run(env, "subscribers", "health", "--json").stdout)["subscribers"]
+    zed = next(r for r in bare if r["email"] == "zed@example.org")
+    assert zed["dead_keywords"] == [] and zed["editions"] == 0  # not "check the spelling"
+    assert len(zed["advice"]) == 1 and "no paper is stored yet" in zed["advice"][0]
+    run(env, "ingest")
+
+    def short() -> dict[str, Any]:
+        doc = json.loads(run(env, "subscribers", "health", "--days", "4", "--json").stdout)
+        return next(r for r in doc["subscribers"] if r["email"] == "short@example.org")
+
+    before = short()
+    assert before["empty"] and before["near_misses"], before
+    day = before["near_misses"][0]["edition"]
+    liked = [m["id"] for m in before["near_misses"] if m["edition"] == day]
+    for paper in liked:
+        assert run(env, "feedback", "add", "short@example.org", paper, "up").exit_code == 0
+    picked = _select(env, "--date", day, "--email", "short@example.org")["short@example.org"]
+    after = short()
+    # health says what select and send do: a day the votes filled is no longer empty
+    assert bool(picked) == (day not in after["empty"]), (picked, after)
+    assert picked and day not in after["empty"]
 
 
 def test_select_never_repeats_a_received_paper(env: dict[str, str]) -> None:
