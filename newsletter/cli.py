@@ -55,7 +55,7 @@ from newsletter.schedule import (
     run_pass,
     schedule_table,
 )
-from newsletter.selection import rank_all
+from newsletter.selection import PaperIndex, rank_all
 from newsletter.settings import (
     BUNDLED,
     BUNDLED_TEMPLATES,
@@ -396,6 +396,8 @@ def select_cmd(
             )
             for s in subs
         ]
+        if limit is None:  # every stored paper: the unranked last (score 0 or excluded)
+            picked = [(s, papers + _unranked(index, papers)) for s, papers in picked]
         title = "All stored papers by relevance"
     else:
         edition = edition_listing(app.store, date).date
@@ -441,6 +443,13 @@ def select_cmd(
             for p in misses:
                 terms = ", ".join(p.matched_terms) or "-"
                 out.print(f"  {p.score:.2f}  {p.paper.title}  [{terms}]", highlight=False)
+
+
+def _unranked(index: PaperIndex, ranked: list[SelectedPaper]) -> list[SelectedPaper]:
+    """The stored papers `ranked` leaves out (nothing matched, or an exclude term), by id."""
+    seen = {p.paper.id for p in ranked}
+    rest = sorted((p for p in index.papers if p.id not in seen), key=lambda p: p.id)
+    return [SelectedPaper(p, 0.0, sent=False) for p in rest]
 
 
 def _paper_json(p: SelectedPaper) -> dict[str, Any]:

@@ -163,6 +163,15 @@ def test_select_all_ranks_by_relevance_with_limit(env: dict[str, str]) -> None:
     everything = _select(env, "--all", "--email", "kenji@example.org")["kenji@example.org"]
     sent = [p["sent"] for p in everything]
     assert len(everything) > 30 and sent[0] is True and sent[-1] is False
+    # every stored paper, once: those nothing matched (or an exclude term removed) last, at 0
+    store = Store.open(env["NEWSLETTER_DATABASE_URL"])
+    stored = sorted(p.id for p in store.all_papers())
+    store.close()
+    assert sorted(str(p["id"]) for p in everything) == stored
+    ada = _select(env, "--all", "--email", "ada@example.org")["ada@example.org"]
+    surveys = [p for p in ada if "survey" in str(p["title"]).lower()]  # ada excludes "survey"
+    assert surveys and all(p["score"] == 0 and p["sent"] is False for p in surveys)
+    assert len(ada) == len(everything)
     # The global threshold always sends; the floor never does (the bar between is per topic).
     bar, floor = (
         Settings.model_fields[f].default for f in ("relevance_threshold", "relevance_floor")
