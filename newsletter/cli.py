@@ -648,6 +648,7 @@ def feedback_add_cmd(app: AppContext, email: str, paper_id: str, vote: str) -> N
 
     Example: newsletter feedback add ada@example.org 3f2a9c0d1e2b4a5f up
     """
+    had = {v.paper_id for v in feedback.votes(app.store, email)} if vote == "clear" else set()
     try:
         paper = feedback.vote(
             app.store,
@@ -659,7 +660,10 @@ def feedback_add_cmd(app: AppContext, email: str, paper_id: str, vote: str) -> N
         )
     except NotFound as exc:
         fail(str(exc))
-    done = "cleared the vote on" if vote == "clear" else f"voted {vote} on"
+    if vote == "clear":
+        done = "cleared the vote on" if paper.id in had else "had no vote to clear on"
+    else:
+        done = f"voted {vote} on"
     out.print(f"{email}: {done} {paper.title}", highlight=False, markup=False)
 
 
@@ -1054,7 +1058,8 @@ def init_cmd(directory: Path, templates: bool) -> None:
         )
     out.print(
         f"next: edit {directory / SUBSCRIBERS_FILE}, then in {directory}: "
-        "`newsletter subscribers check` and `newsletter demo`",
+        "`newsletter subscribers check`; put the day's dumps in seeds/ or run `newsletter "
+        "fetch`; then `newsletter demo` (into the local Maildir) or `newsletter send`",
         highlight=False,
     )
 

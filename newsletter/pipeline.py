@@ -162,7 +162,12 @@ def edition_listing(
     date = edition or store.newest_date()
     listing = store.listing(date) if date else None
     if listing is None:
-        stored = ", ".join(d.isoformat() for d in store.listing_dates()) or "none; run ingest first"
+        stored = ", ".join(d.isoformat() for d in store.listing_dates())
+        if not stored:
+            raise NoListing(
+                "no listing stored yet: put the day's dumps in the seeds folder and run "
+                "`newsletter ingest`, or run `newsletter fetch`"
+            )
         raise NoListing(f"no listing stored for {date}; stored dates: {stored}")
     return listing
 

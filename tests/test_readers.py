@@ -214,7 +214,10 @@ def test_feedback_add_and_list_from_the_command_line(cli_env: Callable[..., obje
     pid = papers[0]["id"]
     run("feedback", "add", "ada@example.org", pid, "up")
     run("feedback", "add", "ada@example.org", papers[1]["id"], "down")
-    run("feedback", "add", "ada@example.org", papers[1]["id"], "clear")
+    cleared = run("feedback", "add", "ada@example.org", papers[1]["id"], "clear")
+    assert "cleared the vote on" in cleared.stdout  # type: ignore[attr-defined]
+    nothing = run("feedback", "add", "ada@example.org", papers[2]["id"], "clear")
+    assert "had no vote to clear" in nothing.stdout  # type: ignore[attr-defined]
     doc = json.loads(run("feedback", "list", "ada@example.org", "--json").stdout)  # type: ignore[attr-defined]
     assert [(v["paper_id"], v["title"], v["vote"]) for v in doc["votes"]] == [
         (pid, papers[0]["title"], "up")
