@@ -192,6 +192,17 @@ class _KeywordPart:
     evidence_id: int  # a number for `variants` and `terms`: what a query's `weak` needs
 
 
+@dataclass(frozen=True, slots=True)
+class _Keyword:
+    """One keyword as `_Topics._keyword_part` combines it with the others of its list."""
+
+    stripped: str
+    variants: int | None  # its variant id
+    terms: tuple[tuple[int, str], ...]  # (variant id, first term) of its evidence
+    group: tuple[str, ...]  # its group when alone in it, and that group's number (see `_Labels`)
+    group_id: int
+
+
 def _content_terms(text: str) -> tuple[str, ...]:
     """Content words of free text, a hyphenated compound ("self-play") as one term, and each
     pair of adjacent content terms ("count bonuses"), which is evidence beyond its words."""
@@ -343,6 +354,7 @@ class _Topics:
         self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {(): 0}
         self._piece_evidence: list[tuple[tuple[int, str], ...]] = [()]
         self._text_ids: dict[str, int] = {}
+        self._tails: dict[str, tuple[int, ...]] = {}  # see `_evidence_id`
         self._ids_of_pieces: dict[tuple[int, ...], int] = {}
         self._pieces_of: list[tuple[int, ...]] = []
         self._firsts: dict[int, dict[int, str]] = {}
@@ -351,7 +363,7 @@ class _Topics:
         self._weak: dict[tuple[int, int], tuple[tuple[str, ...], int]] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
-        self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
+        self._keywords: dict[str, _Keyword] = {}
         self.query_of_shown: list[_Query] = []
         # The `shown` of queries with more keyword groups than `_Table.bits` tells apart.
         self.wide: set[int] = set()
@@ -362,7 +374,7 @@ class _Topics:
 
     def size(self) -> int:
         """How many topics and texts it keeps, as far as they grow without bound."""
-        return len(self._compiled) + len(self._queries) + len(self._text_ids)
+        return len(self._compiled) + len(self._queries) + len(self._text_ids) + len(self._tails)
 
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
@@ -373,11 +385,6 @@ class _Topics:
     def shown_of(self, topic: Topic) -> int:
         """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
         for each: the fast path of an edition, which needs no `_Query` per topic."""
-        description = self._text_ids.get(topic.description)
-        if description is not None:  # `_compile`'s look-up, inlined for the many repeats
-            found = self._compiled.get((topic.name, topic.keywords, description))
-            if found is not None:
-                return found[3]
         return self._compile(topic)[3]
 
     def _compile(self, topic: Topic) -> _Compiled:
@@ -386,9 +393,9 @@ class _Topics:
         description = self._text_ids.get(topic.description)
         if description is None:
             description = self._evidence_id(topic.description)
-        key = (topic.name, topic.keywords, description)
-        found = self._compiled.get(key)
+        found = self._compiled.get((topic.name, topic.keywords, description))
         if found is None:
+            key = (topic.name, topic.keywords, description)
             found = self._compiled[key] = self._compile_terms(*key)
             if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
                 self.query_of_shown.append(_Query(topic, *found))
@@ -430,45 +437,69 @@ class _Topics:
         """What a topic's keyword list gives its query."""
         found = self._keyword_parts.get(keywords)
         if found is None:
-            # "offline RL" and "offline reinforcement learning" are one term once the index
-            # knows the acronym: counting both would score every offline-RL paper twice.
-            # Terms are told apart by the number of their variants (see `_variant_id`).
-            groups: dict[int, list[str]] = {}
-            firsts: dict[int, str] = {}
-            for stripped, variants, terms in map(self._keyword, keywords):
-                if variants is not None:
-                    group = groups.get(variants)
-                    if group is None:
-                        groups[variants] = [stripped]
-                    elif stripped not in group:
-                        group.append(stripped)
-                for variants, term in terms:
-                    if variants not in firsts:
-                        firsts[variants] = term
-            grouped = tuple([tuple(g) for g in groups.values()])
-            first = tuple([g[0] for g in grouped])
-            grouped_variants = frozenset(groups)
-            terms = tuple([(v, t) for v, t in firsts.items() if v not in groups])
-            ids = self.ids
-            found = self._keyword_parts[keywords] = _KeywordPart(
-                grouped,
-                ids.setdefault(("groups", grouped), len(ids)),
-                first,
-                ids.setdefault(first, len(ids)),
-                grouped_variants,
-                tuple([ids.setdefault(g, len(ids)) for g in grouped]),
-                terms,
-                ids.setdefault(("evidence", grouped_variants, terms), len(ids)),
-            )
+            found = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
         return found
 
-    def _keyword(self, keyword: str) -> tuple[str, int | None, tuple[tuple[int, str], ...]]:
-        """(the keyword stripped, its variant id, the first terms of its evidence)."""
+    def _new_keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
+        # "offline RL" and "offline reinforcement learning" are one term once the index
+        # knows the acronym: counting both would score every offline-RL paper twice.
+        # Terms are told apart by the number of their variants (see `_variant_id`).
+        ids = self.ids
+        found = [self._keyword(k) for k in keywords]
+        variants = [k.variants for k in found if k.variants is not None]
+        firsts: dict[int, str] = {}
+        for k in found:
+            for v, term in k.terms:
+                if v not in firsts:
+                    firsts[v] = term
+        if len(variants) == len(found) and len(set(variants)) == len(variants):
+            # The common case: each keyword a group of its own, numbered once per keyword.
+            grouped = tuple([k.group for k in found])
+            first = tuple([k.stripped for k in found])
+            group_ids = tuple([k.group_id for k in found])
+            grouped_variants = frozenset(variants)
+        else:
+            groups: dict[int, list[str]] = {}
+            for k in found:
+                if k.variants is not None:
+                    group = groups.get(k.variants)
+                    if group is None:
+                        groups[k.variants] = [k.stripped]
+                    elif k.stripped not in group:
+                        group.append(k.stripped)
+            grouped = tuple([tuple(g) for g in groups.values()])
+            first = tuple([g[0] for g in grouped])
+            group_ids = tuple([ids.setdefault(g, len(ids)) for g in grouped])
+            grouped_variants = frozenset(groups)
+        terms = tuple([(v, t) for v, t in firsts.items() if v not in grouped_variants])
+        firsts_id = ids.setdefault(first, len(ids))
+        # A list of one-keyword groups is told by its first terms alone.
+        single = all(len(g) == 1 for g in grouped)
+        return _KeywordPart(
+            grouped,
+            firsts_id if single else ids.setdefault(("groups", grouped), len(ids)),
+            first,
+            firsts_id,
+            grouped_variants,
+            group_ids,
+            terms,
+            ids.setdefault(("evidence", grouped_variants, terms), len(ids)),
+        )
+
+    def _keyword(self, keyword: str) -> _Keyword:
+        """What one keyword gives its list (see `_Keyword`)."""
         found = self._keywords.get(keyword)
         if found is None:
             stripped = keyword.strip()
             terms = tuple(self._first_terms(keyword).items())
-            found = self._keywords[keyword] = stripped, self._variant_id(stripped), terms
+            group = (stripped,)
+            found = self._keywords[keyword] = _Keyword(
+                stripped,
+                self._variant_id(stripped),
+                terms,
+                group,
+                self.ids.setdefault(group, len(self.ids)),
+            )
         return found
 
     def _first_terms(self, text: str) -> dict[int, str]:
@@ -499,10 +530,14 @@ class _Topics:
                 known = self._text_ids.get(head)
                 if known is None:
                     known = self._text_ids[head] = self._pieces_id(self._pieces(head))
-                pieces = self._pieces_of[known] + self._pieces(" " + tail)
+                # Tails repeat too ("(1234)" after many a head): their pieces are kept.
+                more = self._tails.get(tail)
+                if more is None:
+                    more = self._tails[tail] = self._pieces(" " + tail)
+                found = self._pieces_id(self._pieces_of[known] + more) if more else known
             else:
-                pieces = self._pieces(text)
-            found = self._text_ids[text] = self._pieces_id(pieces)
+                found = self._pieces_id(self._pieces(text))
+            self._text_ids[text] = found
         return found
 
     def _pieces_id(self, pieces: tuple[int, ...]) -> int:
@@ -691,7 +726,8 @@ class _Scorer:
         weight = self.tuning.description_weight
         if not weak or weight <= 0:
             return 0.0
-        idfs = [self._soft_idf(t) for t in weak]
+        known = self._idfs.get  # (a soft idf is never 0)
+        idfs = [known(t) or self._soft_idf(t) for t in weak]
         # The share of the best score a paper could reach on these terms; with a short
         # description that share is capped so one term counts at most TERM_CAP of a keyword
         # (a specific one, so a description of generic words alone stays weak evidence).
@@ -825,8 +861,10 @@ class _Scorer:
             scaled = [scale for scale in scales if scale]
             start = self._parts_used
             end = self._parts_used = start + len(described)
-            while end > len(self._parts):  # full: double the capacity
-                self._parts = np.concatenate([self._parts, np.zeros_like(self._parts)])
+            if end > len(self._parts):  # full: at least double the capacity
+                more = np.zeros((max(end, 2 * len(self._parts)), len(self.slots)))
+                more[:start] = self._parts[:start]
+                self._parts = more
             self._parts[start:end] = np.array(scaled)[:, None] * summed.astype(np.float64)
             part_row.update((q.weak_id, start + n) for n, q in enumerate(described))
         # Each distinct description part gathered to its queries' rows (adding 0.0 leaves a
