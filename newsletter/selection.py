@@ -323,13 +323,15 @@ class _Table:
         keys: Sequence[int],
         total: _Vector,
         cuts: _Vector,
+        alike: npt.NDArray[np.intp],
         hits: npt.NDArray[np.bool_],
         which: npt.NDArray[np.intp],
         slots: npt.NDArray[np.intp],
     ) -> None:
-        """Rows for `keys` (reserved): their scores (`total`, `slots` giving the lane of
-        each column), send thresholds and matched keyword groups (bit k for group k, up to
-        _MAX_GROUPS groups) from `hits[which]`, shape (key, group, column)."""
+        """Rows for `keys` (reserved): their scores and send thresholds (`total[alike]`,
+        `slots` giving the lane of each column, and `cuts[alike]`) and matched keyword
+        groups (bit k for group k, up to _MAX_GROUPS groups) from `hits[which]`, shape
+        (key, group, column)."""
         start = len(self.row_of) + 1
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
@@ -337,8 +339,8 @@ class _Table:
         depth = min(hits.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
         hit = hits[:, :depth].astype(np.int64)
-        self.total[start:end] = total[:, slots]
-        self.cuts[start:end] = cuts
+        self.total[start:end] = total[np.ix_(alike, slots)]
+        self.cuts[start:end] = cuts[alike]
         self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
 
 
@@ -1038,20 +1040,38 @@ class _Scorer:
         order = sorted(missing.values(), key=self._key_order)
         if len(self.index.papers) > WHOLE_PASS * len(self.slots):
             for chunk in self._chunks(order):
-                total = self._totals(chunk)
-                cuts = self._cuts(chunk, total, threshold)
+                distinct, at = self._alike(chunk)
+                total = self._totals(distinct)
+                cuts = self._cuts(distinct, total, threshold)
                 hits, which = self._hits_of(chunk, table.columns)
-                table.add([q.key_id for q in chunk], total, cuts, hits, which, table.columns)
+                keys = [q.key_id for q in chunk]
+                table.add(keys, total, cuts, at, hits, which, table.columns)
         else:
             full = self.full()
             listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
             slots = listed[table.columns]
             for chunk in full._chunks(order):
-                whole = full._totals(chunk)
-                cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
+                distinct, at = self._alike(chunk)
+                whole = full._totals(distinct)
+                cuts = self._cuts(distinct, whole[:, listed], threshold, whole)
                 hits, which = full._hits_of(chunk, slots)
-                table.add([q.key_id for q in chunk], whole, cuts, hits, which, slots)
+                table.add([q.key_id for q in chunk], whole, cuts, at, hits, which, slots)
         return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
+
+    def _alike(self, queries: Sequence[_Query]) -> tuple[list[_Query], npt.NDArray[np.intp]]:
+        """(a query for each distinct score: queries with the same set of keywords and the
+        same description part score alike, see `_totals`; the one of each query)."""
+        number: dict[tuple[int, int], int] = {}
+        distinct: list[_Query] = []
+        at: list[int] = []
+        for q in queries:
+            alike = (self._keyword_set(q), q.weak_id)
+            found = number.get(alike)
+            if found is None:
+                found = number[alike] = len(distinct)
+                distinct.append(q)
+            at.append(found)
+        return distinct, np.array(at, dtype=np.intp)
 
     def _hits_of(
         self, queries: Sequence[_Query], slots: npt.NDArray[np.intp]
