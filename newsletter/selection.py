@@ -194,6 +194,17 @@ class _KeywordPart:
     evidence_id: int  # a number for `variants` and `terms`: what a query's `weak` needs
 
 
+@dataclass(frozen=True, slots=True)
+class _Keyword:
+    """One keyword as `_Topics._keyword_part` combines it with the others of its list."""
+
+    stripped: str
+    variants: int | None  # its variant id
+    terms: tuple[tuple[int, str], ...]  # (variant id, first term) of its evidence
+    group: tuple[str, ...]  # its group when alone in it, and that group's number (see `_Labels`)
+    group_id: int
+
+
 def _content_terms(text: str) -> tuple[str, ...]:
     """Content words of free text, a hyphenated compound ("self-play") as one term, and each
     pair of adjacent content terms ("count bonuses"), which is evidence beyond its words."""
@@ -314,22 +325,24 @@ class _Table:
         keys: Sequence[int],
         total: _Vector,
         cuts: _Vector,
-        groups: _Vector,
+        alike: npt.NDArray[np.intp],
+        hits: npt.NDArray[np.bool_],
         which: npt.NDArray[np.intp],
         slots: npt.NDArray[np.intp],
     ) -> None:
-        """Rows for `keys` (reserved): their scores (`total`), send thresholds and matched
-        keyword groups (bit k for group k, up to _MAX_GROUPS groups) from `groups[which]`,
-        `slots` giving the lane of `total` and `groups` of each column."""
+        """Rows for `keys` (reserved): their scores and send thresholds (`total[alike]`,
+        `slots` giving the lane of each column, and `cuts[alike]`) and matched keyword
+        groups (bit k for group k, up to _MAX_GROUPS groups) from `hits[which]`, shape
+        (key, group, column)."""
         start = len(self.row_of) + 1
         for key in keys:
             self.row_of[key] = len(self.row_of) + 1
         end = len(self.row_of) + 1
-        depth = min(groups.shape[1], _MAX_GROUPS)
+        depth = min(hits.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
-        hit = (groups[:, :depth, slots] > 0).astype(np.int64)
-        self.total[start:end] = total[:, slots]
-        self.cuts[start:end] = cuts
+        hit = hits[:, :depth].astype(np.int64)
+        self.total[start:end] = total[np.ix_(alike, slots)]
+        self.cuts[start:end] = cuts[alike]
         self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
 
 
@@ -345,6 +358,7 @@ class _Topics:
         self._ids_of_evidence: dict[tuple[tuple[int, str], ...], int] = {(): 0}
         self._piece_evidence: list[tuple[tuple[int, str], ...]] = [()]
         self._text_ids: dict[str, int] = {}
+        self._tails: dict[str, tuple[int, ...]] = {}  # see `_evidence_id`
         self._ids_of_pieces: dict[tuple[int, ...], int] = {}
         self._pieces_of: list[tuple[int, ...]] = []
         self._firsts: dict[int, dict[int, str]] = {}
@@ -353,7 +367,7 @@ class _Topics:
         self._weak: dict[tuple[int, int], tuple[tuple[str, ...], int]] = {}
         self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
-        self._keywords: dict[str, tuple[str, int | None, tuple[tuple[int, str], ...]]] = {}
+        self._keywords: dict[str, _Keyword] = {}
         self.query_of_shown: list[_Query] = []
         # The `shown` of queries with more keyword groups than `_Table.bits` tells apart.
         self.wide: set[int] = set()
@@ -364,7 +378,7 @@ class _Topics:
 
     def size(self) -> int:
         """How many topics and texts it keeps, as far as they grow without bound."""
-        return len(self._compiled) + len(self._queries) + len(self._text_ids)
+        return len(self._compiled) + len(self._queries) + len(self._text_ids) + len(self._tails)
 
     def compile(self, topic: Topic) -> _Query:
         cached = self._queries.get(topic)
@@ -375,11 +389,6 @@ class _Topics:
     def shown_of(self, topic: Topic) -> int:
         """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
         for each: the fast path of an edition, which needs no `_Query` per topic."""
-        description = self._text_ids.get(topic.description)
-        if description is not None:  # `_compile`'s look-up, inlined for the many repeats
-            found = self._compiled.get((topic.name, topic.keywords, description))
-            if found is not None:
-                return found[3]
         return self._compile(topic)[3]
 
     def _compile(self, topic: Topic) -> _Compiled:
@@ -388,9 +397,9 @@ class _Topics:
         description = self._text_ids.get(topic.description)
         if description is None:
             description = self._evidence_id(topic.description)
-        key = (topic.name, topic.keywords, description)
-        found = self._compiled.get(key)
+        found = self._compiled.get((topic.name, topic.keywords, description))
         if found is None:
+            key = (topic.name, topic.keywords, description)
             found = self._compiled[key] = self._compile_terms(*key)
             if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
                 self.query_of_shown.append(_Query(topic, *found))
@@ -432,45 +441,69 @@ class _Topics:
         """What a topic's keyword list gives its query."""
         found = self._keyword_parts.get(keywords)
         if found is None:
-            # "offline RL" and "offline reinforcement learning" are one term once the index
-            # knows the acronym: counting both would score every offline-RL paper twice.
-            # Terms are told apart by the number of their variants (see `_variant_id`).
-            groups: dict[int, list[str]] = {}
-            firsts: dict[int, str] = {}
-            for stripped, variants, terms in map(self._keyword, keywords):
-                if variants is not None:
-                    group = groups.get(variants)
-                    if group is None:
-                        groups[variants] = [stripped]
-                    elif stripped not in group:
-                        group.append(stripped)
-                for variants, term in terms:
-                    if variants not in firsts:
-                        firsts[variants] = term
-            grouped = tuple([tuple(g) for g in groups.values()])
-            first = tuple([g[0] for g in grouped])
-            grouped_variants = frozenset(groups)
-            terms = tuple([(v, t) for v, t in firsts.items() if v not in groups])
-            ids = self.ids
-            found = self._keyword_parts[keywords] = _KeywordPart(
-                grouped,
-                ids.setdefault(("groups", grouped), len(ids)),
-                first,
-                ids.setdefault(first, len(ids)),
-                grouped_variants,
-                tuple([ids.setdefault(g, len(ids)) for g in grouped]),
-                terms,
-                ids.setdefault(("evidence", grouped_variants, terms), len(ids)),
-            )
+            found = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
         return found
 
-    def _keyword(self, keyword: str) -> tuple[str, int | None, tuple[tuple[int, str], ...]]:
-        """(the keyword stripped, its variant id, the first terms of its evidence)."""
+    def _new_keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
+        # "offline RL" and "offline reinforcement learning" are one term once the index
+        # knows the acronym: counting both would score every offline-RL paper twice.
+        # Terms are told apart by the number of their variants (see `_variant_id`).
+        ids = self.ids
+        found = [self._keyword(k) for k in keywords]
+        variants = [k.variants for k in found if k.variants is not None]
+        firsts: dict[int, str] = {}
+        for k in found:
+            for v, term in k.terms:
+                if v not in firsts:
+                    firsts[v] = term
+        if len(variants) == len(found) and len(set(variants)) == len(variants):
+            # The common case: each keyword a group of its own, numbered once per keyword.
+            grouped = tuple([k.group for k in found])
+            first = tuple([k.stripped for k in found])
+            group_ids = tuple([k.group_id for k in found])
+            grouped_variants = frozenset(variants)
+        else:
+            groups: dict[int, list[str]] = {}
+            for k in found:
+                if k.variants is not None:
+                    group = groups.get(k.variants)
+                    if group is None:
+                        groups[k.variants] = [k.stripped]
+                    elif k.stripped not in group:
+                        group.append(k.stripped)
+            grouped = tuple([tuple(g) for g in groups.values()])
+            first = tuple([g[0] for g in grouped])
+            group_ids = tuple([ids.setdefault(g, len(ids)) for g in grouped])
+            grouped_variants = frozenset(groups)
+        terms = tuple([(v, t) for v, t in firsts.items() if v not in grouped_variants])
+        firsts_id = ids.setdefault(first, len(ids))
+        # A list of one-keyword groups is told by its first terms alone.
+        single = all(len(g) == 1 for g in grouped)
+        return _KeywordPart(
+            grouped,
+            firsts_id if single else ids.setdefault(("groups", grouped), len(ids)),
+            first,
+            firsts_id,
+            grouped_variants,
+            group_ids,
+            terms,
+            ids.setdefault(("evidence", grouped_variants, terms), len(ids)),
+        )
+
+    def _keyword(self, keyword: str) -> _Keyword:
+        """What one keyword gives its list (see `_Keyword`)."""
         found = self._keywords.get(keyword)
         if found is None:
             stripped = keyword.strip()
             terms = tuple(self._first_terms(keyword).items())
-            found = self._keywords[keyword] = stripped, self._variant_id(stripped), terms
+            group = (stripped,)
+            found = self._keywords[keyword] = _Keyword(
+                stripped,
+                self._variant_id(stripped),
+                terms,
+                group,
+                self.ids.setdefault(group, len(self.ids)),
+            )
         return found
 
     def _first_terms(self, text: str) -> dict[int, str]:
@@ -501,10 +534,14 @@ class _Topics:
                 known = self._text_ids.get(head)
                 if known is None:
                     known = self._text_ids[head] = self._pieces_id(self._pieces(head))
-                pieces = self._pieces_of[known] + self._pieces(" " + tail)
+                # Tails repeat too ("(1234)" after many a head): their pieces are kept.
+                more = self._tails.get(tail)
+                if more is None:
+                    more = self._tails[tail] = self._pieces(" " + tail)
+                found = self._pieces_id(self._pieces_of[known] + more) if more else known
             else:
-                pieces = self._pieces(text)
-            found = self._text_ids[text] = self._pieces_id(pieces)
+                found = self._pieces_id(self._pieces(text))
+            self._text_ids[text] = found
         return found
 
     def _pieces_id(self, pieces: tuple[int, ...]) -> int:
@@ -591,7 +628,11 @@ class _Scorer:
         self.slots = sorted(range(len(index.papers)) if self.within is None else self.within)
         self._slot_of = {i: n for n, i in enumerate(self.slots)}
         self._weights: dict[tuple[str, bool], dict[int, float]] = {}
-        self._weak_parts: dict[int, _Vector | None] = {}  # by _Query.weak_id
+        # Each description part's row in `_parts` (by _Query.weak_id; row 0, all zeros:
+        # none), which many queries share.
+        self._part_row: dict[int, int] = {}
+        self._parts: _Vector = np.zeros((16, len(self.slots)))
+        self._parts_used = 1
         self._keyword_lanes = _Lanes(len(self.slots), np.float64, self._keyword_lane)
         self._weak_lanes = _Lanes(len(self.slots), np.int64, self._weak_lane)
         # Per description (evidence id): the sum of its first terms' lanes, which most
@@ -607,6 +648,10 @@ class _Scorer:
         self._hits: dict[tuple[str, int], tuple[bool, bool, tuple[tuple[int, str], ...]]] = {}
         self._specific: dict[str, float | None] = {}
         self._most: dict[int, float] = {}  # by _Query.firsts_id
+        # Numbers for sets of keywords (see `_keyword_set`): by the sorted terms, and by
+        # _Query.firsts_id.
+        self._sets: dict[tuple[str, ...], int] = {}
+        self._set_of_firsts: dict[int, int] = {}
         self._scales: dict[int, float] = {}  # by _Query.weak_id
         self._first_sets: dict[int, frozenset[str]] = {}
         self._idfs: dict[str, float] = {}
@@ -685,7 +730,8 @@ class _Scorer:
         weight = self.tuning.description_weight
         if not weak or weight <= 0:
             return 0.0
-        idfs = [self._soft_idf(t) for t in weak]
+        known = self._idfs.get  # (a soft idf is never 0)
+        idfs = [known(t) or self._soft_idf(t) for t in weak]
         # The share of the best score a paper could reach on these terms; with a short
         # description that share is capped so one term counts at most TERM_CAP of a keyword
         # (a specific one, so a description of generic words alone stays weak evidence).
@@ -707,35 +753,71 @@ class _Scorer:
 
     def _scored(self, queries: Sequence[_Query]) -> tuple[_Vector, npt.NDArray[np.intp], _Vector]:
         """(keyword group weights per distinct keyword list, shape (list, group, slot), 0
-        past a list's own groups; each query's list; scores, shape (query, slot)).
+        past a list's own groups; each query's list; scores, shape (query, slot))."""
+        rows, which, lists = self._keyword_rows(queries)
+        most = np.array([self._most_specific(q.firsts_id, q.key[0]) for q in lists])
+        groups = self._keyword_lanes.matrix[rows] / most[:, None, None]
+        return groups, which, self._totals(queries)
 
-        Per slot, a query's keyword weights are sorted, best first, and summed with their
-        decay in that order; its description terms' fixed-point weights are summed as
-        integers (exact, in any order) and scaled."""
-        width = len(self.slots)
-        keywords, weak = self._keyword_lanes, self._weak_lanes
-        # Many queries share their keywords (or description): each distinct list is scored
-        # once, then copied to its queries' rows.
+    def _keyword_rows(
+        self, queries: Sequence[_Query]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[_Query]]:
+        """(the lane rows of each distinct keyword list's groups, shape (list, group), row 0
+        past a list's own groups; each query's list; a query with each list)."""
         first_of: dict[int, int] = {}
         which = [first_of.setdefault(q.firsts_id, len(first_of)) for q in queries]
-        count = len(first_of)
-        firsts_of = {q.firsts_id: q.key[0] for q in queries}
-        keyword_lists = list(firsts_of.values())
-        depth = max(map(len, keyword_lists), default=0)
-        pad = [0] * depth  # row 0 of the lanes is all zeros
-        row_of, row = keywords.row_of, keywords.row
-        rows = np.array(
-            [
-                [row_of.get(t) or row(t) for t in firsts] + pad[len(firsts) :]
-                for firsts in keyword_lists
-            ],
-            dtype=np.intp,
-        ).reshape(count, depth)
-        most = np.array([self._most_specific(n, firsts) for n, firsts in firsts_of.items()])
-        groups = keywords.matrix[rows] / most[:, None, None]
+        lists = list({q.firsts_id: q for q in queries}.values())
+        return self._lane_rows([q.key[0] for q in lists]), np.array(which, np.intp), lists
+
+    def _lane_rows(self, term_lists: Sequence[Sequence[str]]) -> npt.NDArray[np.intp]:
+        """The keyword lane rows of each list of terms, shape (list, longest), padded with
+        row 0 (all zeros)."""
+        depth = max(map(len, term_lists), default=0)
+        pad = [0] * depth
+        row_of, row = self._keyword_lanes.row_of, self._keyword_lanes.row
+        rows = [
+            [row_of.get(t) or row(t) for t in terms] + pad[len(terms) :] for terms in term_lists
+        ]
+        return np.array(rows, dtype=np.intp).reshape(len(term_lists), depth)
+
+    def _keyword_set(self, query: _Query) -> int:
+        """A number for the set of the query's keyword groups' first terms (per scorer):
+        the keyword part of a score does not depend on the groups' order."""
+        found = self._set_of_firsts.get(query.firsts_id)
+        if found is None:
+            members = tuple(sorted(query.key[0]))
+            found = self._set_of_firsts[query.firsts_id] = self._sets.setdefault(
+                members, len(self._sets)
+            )
+        return found
+
+    def _totals(self, queries: Sequence[_Query]) -> _Vector:
+        """Each query's score per slot, shape (query, slot).
+
+        Per slot, a query's keyword weights are sorted, best first, and summed with their
+        decay in that order (scored once per distinct set of keywords); its description
+        terms' fixed-point weights are summed as integers (exact, in any order) and
+        scaled."""
+        width = len(self.slots)
+        weak = self._weak_lanes
+        members: dict[int, _Query] = {}  # a query with each set, in order
+        set_at: dict[int, int] = {}
+        which = []
+        for q in queries:
+            number = self._keyword_set(q)
+            found = set_at.get(number)
+            if found is None:
+                found = set_at[number] = len(set_at)
+                members[number] = q
+            which.append(found)
+        sets = list(members.values())
+        lane_rows = self._lane_rows([sorted(q.key[0]) for q in sets])
+        depth = lane_rows.shape[1]
+        most = np.array([self._most_specific(q.firsts_id, q.key[0]) for q in sets])
+        groups = self._keyword_lanes.matrix[lane_rows] / most[:, None, None]
         # A slot one keyword group matches scores that group's weight; only the (few) slots
         # where several match need their weights sorted.
-        total = groups.max(axis=1) if depth else np.zeros((count, width))
+        total = groups.max(axis=1) if depth else np.zeros((len(sets), width))
         several_of, slot = np.nonzero((groups > 0).sum(axis=1) > 1)
         if len(several_of):
             ranked = np.sort(groups[several_of, :, slot], axis=1)[:, ::-1]  # best first
@@ -743,15 +825,14 @@ class _Scorer:
             for r in range(1, depth):
                 several = several + ranked[:, r] * KEYWORD_DECAY**r
             total[several_of, slot] = several
-        which_of = np.array(which, dtype=np.intp)
-        total = total[which_of]
+        total = total[np.array(which, dtype=np.intp)]
         # Each distinct description's part, kept by the scorer: a lane per query sharing it.
-        parts = self._weak_parts
-        missing = list({q.weak_id: q for q in queries if q.weak_id not in parts}.values())
+        part_row = self._part_row
+        missing = list({q.weak_id: q for q in queries if q.weak_id not in part_row}.values())
         scales = [self._weak_scale(q) for q in missing]
         described = [q for q, scale in zip(missing, scales, strict=True) if scale]
-        parts.update(
-            (q.weak_id, None) for q, scale in zip(missing, scales, strict=True) if not scale
+        part_row.update(
+            (q.weak_id, 0) for q, scale in zip(missing, scales, strict=True) if not scale
         )
         if described:
             # Exact integer sums, in any order: a query's description lane, plus its terms
@@ -782,19 +863,18 @@ class _Scorer:
                 rows = weak.matrix[[r for t in lists for r in t]]
                 summed += sign * np.add.reduceat(rows, starts, axis=0)
             scaled = [scale for scale in scales if scale]
-            part = np.array(scaled)[:, None] * summed.astype(np.float64)
-            parts.update(zip((q.weak_id for q in described), part, strict=True))
-        # Each distinct description part once, gathered to its queries' rows (adding 0.0
-        # leaves a score without one as it was).
-        lane_of: dict[int, int] = {}
-        at = [lane_of.setdefault(q.weak_id, len(lane_of)) for q in queries]
-        lanes = [(n, parts[w]) for n, w in enumerate(lane_of)]
-        found = [(n, lane) for n, lane in lanes if lane is not None]
-        if found:
-            stacked = np.zeros((len(lanes), width))
-            stacked[[n for n, _ in found]] = [lane for _, lane in found]
-            total += stacked[at]
-        return groups, which_of, total
+            start = self._parts_used
+            end = self._parts_used = start + len(described)
+            if end > len(self._parts):  # full: at least double the capacity
+                more = np.zeros((max(end, 2 * len(self._parts)), len(self.slots)))
+                more[:start] = self._parts[:start]
+                self._parts = more
+            self._parts[start:end] = np.array(scaled)[:, None] * summed.astype(np.float64)
+            part_row.update((q.weak_id, start + n) for n, q in enumerate(described))
+        # Each distinct description part gathered to its queries' rows (adding 0.0 leaves a
+        # score without one as it was).
+        total += self._parts[[part_row[q.weak_id] for q in queries]]
+        return total
 
     def _vectors(self, query: _Query) -> tuple[_Vector, _Vector]:
         """(each keyword group's weight per slot, each slot's score)."""
@@ -821,8 +901,8 @@ class _Scorer:
         return self._full
 
     def _key_order(self, query: _Query) -> int:
-        """A number per keyword list, to sort queries sharing theirs into one chunk."""
-        return query.firsts_id
+        """A number per set of keywords, to sort queries sharing theirs into one chunk."""
+        return self._keyword_set(query)
 
     def references(self, queries: Sequence[_Query]) -> list[float]:
         """Each query's own scale: its REF_RANK-th best score over the whole collection (kept
@@ -835,7 +915,7 @@ class _Scorer:
         )
         full = self.full()
         for chunk in full._chunks(missing):
-            _, _, total = full._scored(chunk)
+            total = full._totals(chunk)
             for query, best in zip(chunk, _nth_best(total, REF_RANK), strict=True):
                 memo[weight, query.key] = best
         return [memo[weight, q.key] for q in queries]
@@ -845,6 +925,7 @@ class _Scorer:
         other = _Scorer(self.index, within, self.tuning, self.topics)
         other._most, other._scales, other._first_sets = self._most, self._scales, self._first_sets
         other._specific, other._idfs = self._specific, self._idfs
+        other._sets, other._set_of_firsts = self._sets, self._set_of_firsts
         return other
 
     def outside(self) -> _Scorer | None:
@@ -870,7 +951,7 @@ class _Scorer:
                     memo[weight, queries[n].key] = best
         else:
             for chunk in outside._chunks(missing):
-                _, _, rest = outside._scored([queries[n] for n in chunk])
+                rest = outside._totals([queries[n] for n in chunk])
                 both = np.concatenate([scores[list(chunk)], rest], axis=1)
                 for n, best in zip(chunk, _nth_best(both, REF_RANK), strict=True):
                     memo[weight, queries[n].key] = best
@@ -956,24 +1037,51 @@ class _Scorer:
         # collection in one pass, which the references need of most queries anyway, the
         # listing's slots taken from it (a paper's score does not depend on which others a
         # scorer holds); past that, the listing first, and the rest only for the queries
-        # whose references matter. By number of keyword groups, then in key order, so
-        # queries sharing keywords fall in one chunk (see `_batch`) and a chunk's (query,
-        # group, slot) weights are padded to few more groups than its queries have.
-        order = sorted(missing.values(), key=lambda q: (len(q.key[0]), self._key_order(q)))
+        # whose references matter. By set of keywords, so queries sharing theirs fall in
+        # one chunk (see `_totals`).
+        order = sorted(missing.values(), key=self._key_order)
         if len(self.index.papers) > WHOLE_PASS * len(self.slots):
             for chunk in self._chunks(order):
-                groups, which, total = self._scored(chunk)
-                cuts = self._cuts(chunk, total, threshold)
-                table.add([q.key_id for q in chunk], total, cuts, groups, which, table.columns)
+                distinct, at = self._alike(chunk)
+                total = self._totals(distinct)
+                cuts = self._cuts(distinct, total, threshold)
+                hits, which = self._hits_of(chunk, table.columns)
+                keys = [q.key_id for q in chunk]
+                table.add(keys, total, cuts, at, hits, which, table.columns)
         else:
             full = self.full()
             listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
             slots = listed[table.columns]
             for chunk in full._chunks(order):
-                groups, which, whole = full._scored(chunk)
-                cuts = self._cuts(chunk, whole[:, listed], threshold, whole)
-                table.add([q.key_id for q in chunk], whole, cuts, groups, which, slots)
+                distinct, at = self._alike(chunk)
+                whole = full._totals(distinct)
+                cuts = self._cuts(distinct, whole[:, listed], threshold, whole)
+                hits, which = full._hits_of(chunk, slots)
+                table.add([q.key_id for q in chunk], whole, cuts, at, hits, which, slots)
         return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
+
+    def _alike(self, queries: Sequence[_Query]) -> tuple[list[_Query], npt.NDArray[np.intp]]:
+        """(a query for each distinct score: queries with the same set of keywords and the
+        same description part score alike, see `_totals`; the one of each query)."""
+        number: dict[tuple[int, int], int] = {}
+        distinct: list[_Query] = []
+        at: list[int] = []
+        for q in queries:
+            alike = (self._keyword_set(q), q.weak_id)
+            found = number.get(alike)
+            if found is None:
+                found = number[alike] = len(distinct)
+                distinct.append(q)
+            at.append(found)
+        return distinct, np.array(at, dtype=np.intp)
+
+    def _hits_of(
+        self, queries: Sequence[_Query], slots: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """(whether each keyword group of each distinct keyword list matches the paper in
+        each of `slots`, shape (list, group, len(slots)); each query's list)."""
+        rows, which, _ = self._keyword_rows(queries)
+        return self._keyword_lanes.matrix[:, slots][rows] > 0, which
 
     def _passing_papers(self, query: _Query, threshold: float) -> _Passing:
         """(paper, score, keyword groups) of each paper the query sends, shared by the topics

@@ -991,3 +991,40 @@ def test_editions_over_one_index_reuse_its_compiled_topics(
     monkeypatch.setattr(selection_module, "MAX_COMPILED", kept.size() - 1)
     assert select_for(index, second, subs, threshold=THRESHOLD) == again
     assert selection_module._TOPICS[index] is not kept
+
+
+def test_keyword_lists_in_any_order_score_alike_and_explain_in_their_own_order() -> None:
+    """An edition scores each set of keywords once (a keyword score sums the groups' weights
+    sorted per paper) and each (set, description part) once: topics listing the same keywords
+    in other orders, with the same or no description, still get the reference's papers and
+    scores, and the one-by-one path's explanations, the matched keywords in the topic's own
+    order."""
+    index = PaperIndex.build([p for lst in seed_listings() for p in lst.papers])
+    ref = reference_matcher.Reference(index, THRESHOLD, DEFAULT_TUNING)
+    rng = random.Random(4)
+    examples = [t for s in _generated_subscribers(40, seed=2) for t in s.topics]
+    subs = []
+    for n, topic in enumerate(t for t in examples if len(t.keywords) > 1):
+        for k in range(3):
+            keywords = tuple(rng.sample(topic.keywords, len(topic.keywords)))
+            reordered = replace(topic, keywords=keywords, description=topic.description * (k < 2))
+            subs.append(Subscriber(f"user{n}.{k}@example.org", topics=(reordered,)))
+    assert len(subs) > 60, "the topics must have keywords to reorder, or this test tests little"
+    several = 0
+    for day in seed_listings():
+        args = (index, day, subs, THRESHOLD, {}, {}, DEFAULT_TUNING)
+        together = selection_module._select_for(*args)
+        alone = selection_module._select_for(*args, vectorised=False)
+        for sub, got, want in zip(subs, together, alone, strict=True):
+            papers, misses = ref.select(day, sub)
+            assert reference_matcher.same(reference_matcher.as_expected(got.papers), papers)
+            assert reference_matcher.same(reference_matcher.as_expected(got.near_misses), misses)
+            assert [sp.matches for sp in got.papers] == [sp.matches for sp in want.papers]
+            # Keyword groups in the order of their first keyword in the topic's list.
+            groups = selection_module._Topics(index).compile(sub.topics[0]).keywords
+            for match in (m for sp in got.papers for m in sp.matches):
+                if set(match.terms) <= set(sub.topics[0].keywords):
+                    hit = set(match.terms)
+                    assert match.terms == tuple(t for g in groups if hit & set(g) for t in g)
+                    several += len(groups) > 1 and len(match.terms) > 1
+    assert several > 20, "explanations with several keywords must be tested"
