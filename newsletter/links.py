@@ -1,7 +1,8 @@
 """The reader's links: every URL the emails and the web pages point at, in one place.
 
     /unsubscribe?r=READER&t=TOKEN          GET: confirm page; POST: unsubscribe (RFC 8058)
-    /resubscribe?r=READER&t=TOKEN          POST: undo (same token as the unsubscribe link)
+    /resubscribe?r=READER&u=WHEN&t=TOKEN   POST: undo the unsubscribe made at WHEN (own token,
+                                           one hour; only on the page right after it)
     /archive/YYYY-MM-DD?r=READER&t=TOKEN   the reader's edition as sent
     /feed?r=READER&t=TOKEN                 the reader's Atom feed
     /vote/PAPER?vote=up|down|clear&r=READER&t=TOKEN   GET: confirm page; POST: record
@@ -34,8 +35,10 @@ class Links:
     def unsubscribe(self, reader: str) -> str:
         return self._url("/unsubscribe", r=reader, t=self.tokens.sign("subscription", reader))
 
-    def resubscribe(self, reader: str) -> str:
-        return self._url("/resubscribe", r=reader, t=self.tokens.sign("subscription", reader))
+    def resubscribe(self, reader: str, unsubscribed: str) -> str:
+        """The Undo button: `unsubscribed` names the unsubscribe it undoes (readers.stamp)."""
+        token = self.tokens.sign("resubscribe", reader, unsubscribed)
+        return self._url("/resubscribe", r=reader, u=unsubscribed, t=token)
 
     def archive(self, reader: str, edition: dt.date) -> str:
         token = self.tokens.sign("archive", reader)

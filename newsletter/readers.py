@@ -2,7 +2,9 @@
 
 The subscriber file says who exists and what they read; the store says whether they still want
 it. An unsubscribed address gets no digest, whatever the file says, until the reader
-resubscribes (the page's undo button) or the operator runs `newsletter resubscribe EMAIL`.
+resubscribes (the Undo button on the page shown right after their own unsubscribe, for an
+hour) or the operator runs `newsletter resubscribe EMAIL`. No web request undoes an
+unsubscribe the operator made (`how` cli).
 The CLI (`unsubscribe`, `resubscribe`, `subscribers list`) and the web app both call these.
 """
 
@@ -22,6 +24,11 @@ from newsletter.settings import Settings
 from newsletter.store import ReaderRow, Store, SubscriptionStatus
 
 How = Literal["one-click", "page", "cli"]
+WEB: frozenset[str | None] = frozenset({"one-click", "page"})  # the reader's own, by link
+# what an Undo link may do: resubscribe; nothing (already subscribed); refuse (the operator
+# unsubscribed them, or the link is for an earlier unsubscribe than the latest)
+Undo = Literal["resubscribe", "subscribed", "operator", "stale"]
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +70,42 @@ def reader(store: Store, reader_id: str) -> ReaderRow:
     return row
 
 
-def unsubscribe_reader(store: Store, reader_id: str, *, how: How, now: dt.datetime) -> ReaderRow:
-    return unsubscribe(store, reader(store, reader_id).email, how=how, now=now)
+def unsubscribe_reader(
+    store: Store, reader_id: str, *, how: How, now: dt.datetime
+) -> tuple[ReaderRow, bool]:
+    """Unsubscribe the reader behind a link; also whether this call made the change (only then
+    may the page offer Undo: a repeated POST of an old link must not hand out a way back)."""
+    before = reader(store, reader_id)
+    row = unsubscribe(store, before.email, how=how, now=now)
+    return row, before.status != "unsubscribed"
 
 
-def resubscribe_reader(store: Store, reader_id: str, *, how: How, now: dt.datetime) -> ReaderRow:
-    return resubscribe(store, reader(store, reader_id).email, how=how, now=now)
+def stamp(row: ReaderRow) -> str:
+    """Which unsubscribe an Undo link is for: its stored time in microseconds since the epoch
+    (a later unsubscribe has a later one, so an old Undo link does not undo it)."""
+    if row.status_at is None:
+        return "0"
+    return str((row.status_at - _EPOCH) // dt.timedelta(microseconds=1))
+
+
+def undo_verdict(row: ReaderRow, unsubscribed: str) -> Undo:
+    if row.status != "unsubscribed":
+        return "subscribed"
+    if row.status_how not in WEB:
+        return "operator"
+    return "resubscribe" if stamp(row) == unsubscribed else "stale"
+
+
+def undo_unsubscribe(
+    store: Store, reader_id: str, unsubscribed: str, *, now: dt.datetime
+) -> tuple[ReaderRow, Undo]:
+    """The Undo button: resubscribe the reader when `unsubscribed` names their latest
+    unsubscribe and they made it themselves; else change nothing and say why."""
+    row = reader(store, reader_id)
+    verdict = undo_verdict(row, unsubscribed)
+    if verdict == "resubscribe":
+        row = resubscribe(store, row.email, how="page", now=now)
+    return row, verdict
 
 
 def subscription_list(store: Store, subscribers: Sequence[Subscriber]) -> list[SubscriptionView]:

@@ -275,8 +275,8 @@ class Settings(BaseSettings):
         365,
         ge=60,
         le=3650,
-        description="Days a signed link in an email (unsubscribe, votes, view in browser, the "
-        "feed) keeps working; at least 60.",
+        description="Days a signed vote or view-in-browser link keeps working; at least 60. "
+        "Unsubscribe and feed links do not expire (rotating the key revokes them).",
     )
 
     # --- delivery ---------------------------------------------------------------------------

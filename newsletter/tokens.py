@@ -4,8 +4,15 @@ A token is `<timestamp>.<signature>` (itsdangerous TimestampSigner, HMAC-SHA256)
 value is `<purpose-salted>` `reader_id[:paper_id:vote]`, but only the timestamp and signature
 travel in the `t=` parameter: the reader id, paper and vote are in the URL already, and the
 server rebuilds the value from them. So a token for one reader or purpose never works for
-another, a changed URL part breaks the signature, and a token older than
-NEWSLETTER_LINK_MAX_AGE_DAYS is refused as expired.
+another, and a changed URL part breaks the signature.
+
+How long a token works depends on its purpose (`MAX_AGE`):
+- vote and archive links: NEWSLETTER_LINK_MAX_AGE_DAYS, then refused as expired;
+- unsubscribe ("subscription") and feed links: never expire. Unsubscribing is harmless and
+  readers and mail providers use old mails; a feed reader keeps the URL it subscribed with.
+  Rotating the key (and dropping the previous one) revokes them, as every link;
+- resubscribe (the Undo button shown right after an unsubscribe): one hour. It turns mail back
+  on, so it must not outlive the moment it was handed out for (see web/subscription.py).
 
 Keys: NEWSLETTER_SIGNING_KEY (or _FILE), at least 32 bytes; NEWSLETTER_SIGNING_KEY_PREVIOUS is
 still accepted during a rotation. With none configured, the first command that needs one
@@ -32,7 +39,9 @@ from newsletter.settings import Settings, key_problem
 
 log = logging.getLogger(__name__)
 
-Purpose = Literal["subscription", "vote", "archive", "feed"]
+Purpose = Literal["subscription", "resubscribe", "vote", "archive", "feed"]
+# seconds a token of the purpose works; None: no limit; absent: the configured link max age
+MAX_AGE: dict[Purpose, int | None] = {"subscription": None, "feed": None, "resubscribe": 3600}
 AUTO_KEY_FILE = Path("var/signing-key")
 _SEP = ":"
 
@@ -131,10 +140,11 @@ class Tokens:
 
     def verify(self, purpose: Purpose, token: str, *parts: str) -> None:
         """Return when `token` was made for exactly this purpose and these parts, within the
-        maximum age; raise BadToken otherwise."""
+        purpose's maximum age; raise BadToken otherwise."""
         try:
             value = _value(parts)
-            self._signer(purpose).unsign(f"{value}.{token}", max_age=self.max_age)
+            max_age = MAX_AGE.get(purpose, self.max_age)
+            self._signer(purpose).unsign(f"{value}.{token}", max_age=max_age)
         except SignatureExpired as exc:
             raise BadToken("this link has expired", expired=True) from exc
         except (BadSignature, ValueError, UnicodeError) as exc:

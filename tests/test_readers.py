@@ -137,12 +137,12 @@ def test_tokens_are_bound_to_purpose_reader_and_parts() -> None:
 def test_an_old_token_expires_after_the_max_age() -> None:
     made = 1_700_000_000.0
     old = Tokens(SigningKeys(KEY), max_age_days=60, clock=lambda: made)
-    t = old.sign("subscription", "r1")
+    t = old.sign("archive", "r1")
     later = Tokens(SigningKeys(KEY), max_age_days=60, clock=lambda: made + 59 * 86400)
-    later.verify("subscription", t, "r1")
+    later.verify("archive", t, "r1")
     expired = Tokens(SigningKeys(KEY), max_age_days=60, clock=lambda: made + 61 * 86400)
     with pytest.raises(BadToken) as info:
-        expired.verify("subscription", t, "r1")
+        expired.verify("archive", t, "r1")
     assert info.value.expired
 
 

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from newsletter import readers
 from newsletter.addresses import address_key
 from newsletter.deliver import send_edition
 from newsletter.links import Links
@@ -267,21 +268,103 @@ def test_forged_swapped_and_incomplete_tokens_get_4xx_and_change_nothing(
     assert site.state() == before
 
 
-def test_old_links_work_for_the_max_age_then_expire(site: Site, client: httpx.Client) -> None:
+def test_unsubscribe_and_feed_links_never_expire_votes_do(site: Site, client: httpx.Client) -> None:
     reader = site.store.reader_ids([ADA], now=NOW)[address_key(ADA)]
     keys = SigningKeys(KEY)
 
-    def link(days_ago: float) -> str:
+    def links(days_ago: float) -> Links:
         made = time.time() - days_ago * 86400
-        tokens = Tokens(keys, max_age_days=365, clock=lambda: made)
-        return site.url + Links("", tokens).unsubscribe(reader)
+        return Links(site.url, Tokens(keys, max_age_days=365, clock=lambda: made))
 
-    assert client.get(link(61)).status_code == 200  # unsubscribe links last >= 60 days
-    r = client.post(link(366), headers=FORM, **ONE_CLICK)
-    assert r.status_code == 410 and "expired" in r.text
+    paper_id = urlsplit(site.link(ADA, "vote=up")).path.rsplit("/", 1)[1]
+    r = client.post(links(366).vote(reader, paper_id, "up"))
+    assert r.status_code == 410 and "expired" in r.text and site.store.votes(ADA) == []
+    # a feed reader keeps the URL it subscribed with
+    feed = client.get(links(3 * 365).feed(reader))
+    assert feed.status_code == 200 and feed.headers["content-type"].startswith("application/atom")
+    # an old mail's unsubscribe link: still signed by us, so it works (tampered: 403)
+    old = links(3 * 365).unsubscribe(reader)
+    token = parse_qs(urlsplit(old).query)["t"][0]
+    forged = _with(old, t=token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    assert client.post(forged, headers=FORM, **ONE_CLICK).status_code == 403
     assert site.status(ADA) == ("active", None)
-    assert client.post(link(364), headers=FORM, **ONE_CLICK).status_code == 200
-    assert site.status(ADA)[0] == "unsubscribed"
+    assert client.get(old).status_code == 200
+    r = client.post(old, headers=FORM, **ONE_CLICK)
+    assert r.status_code == 200 and site.status(ADA) == ("unsubscribed", "one-click")
+
+
+# --- undo: only right after one's own unsubscribe -------------------------------------------
+def _undo(markup: str) -> str | None:
+    found = re.search(r'action="(/resubscribe[^"]+)"', markup)
+    return html.unescape(found[1]) if found else None
+
+
+def test_an_unsubscribe_link_never_resubscribes(site: Site, client: httpx.Client) -> None:
+    """The List-Unsubscribe link is in every mail (forwarded ones, copied headers): with it,
+    anyone can unsubscribe, nobody can turn the mail back on."""
+    url = site.link(ADA, "/unsubscribe?")
+    assert client.post(url, headers=FORM, **ONE_CLICK).status_code == 200
+    assert site.status(ADA) == ("unsubscribed", "one-click")
+    resub = site.url + "/resubscribe?" + urlsplit(url).query  # its token on /resubscribe
+    for method in ("POST", "GET"):
+        r = client.request(method, resub, headers=FORM, **ONE_CLICK)
+        assert r.status_code == 403, (method, resub, r.status_code)
+        assert site.status(ADA) == ("unsubscribed", "one-click")
+    # even with the `u` of the latest unsubscribe: the kind of token is wrong
+    stamp = readers.stamp(site.store.readers([ADA])[address_key(ADA)])
+    assert client.post(_with(resub, u=stamp)).status_code == 403
+    # posting the unsubscribe link again (a later holder of the mail) offers no undo
+    again = client.post(url)
+    assert again.status_code == 200 and _undo(again.text) is None
+    assert "please contact" in again.text
+    assert site.status(ADA) == ("unsubscribed", "one-click")
+
+
+def test_undo_works_for_an_hour_and_only_for_that_unsubscribe(
+    site: Site, client: httpx.Client
+) -> None:
+    url = site.link(ADA, "/unsubscribe?")
+    first = _undo(client.post(url).text)
+    assert first is not None and site.status(ADA) == ("unsubscribed", "page")
+    # GET shows the button and changes nothing
+    page = client.get(site.url + first)
+    assert page.status_code == 200 and "Subscribe a***@example.org again?" in page.text
+    assert _undo(page.text) == first and site.status(ADA) == ("unsubscribed", "page")
+    # an hour later the Undo link has expired
+    reader = parse_qs(urlsplit(first).query)["r"][0]
+    stamp = parse_qs(urlsplit(first).query)["u"][0]
+    made = time.time() - 3601
+    late = Links(site.url, Tokens(SigningKeys(KEY), max_age_days=365, clock=lambda: made))
+    assert client.post(late.resubscribe(reader, stamp)).status_code == 410
+    assert site.status(ADA) == ("unsubscribed", "page")
+    assert client.post(site.url + first).text.count("Welcome back") == 1
+    assert site.status(ADA) == ("active", "page")
+    # unsubscribed again: the first Undo link does not undo this one; the new one does
+    second = _undo(client.post(url).text)
+    assert second is not None and second != first
+    stale = client.post(site.url + first)
+    assert stale.status_code == 200 and "You are unsubscribed" in stale.text
+    assert _undo(stale.text) is None and site.status(ADA)[0] == "unsubscribed"
+    assert "Welcome back" in client.post(site.url + second).text
+    assert site.status(ADA) == ("active", "page")
+
+
+def test_no_web_request_undoes_an_operator_unsubscribe(site: Site, client: httpx.Client) -> None:
+    """`newsletter unsubscribe EMAIL` (after a complaint, say) holds against any link, even a
+    validly signed, fresh Undo link for the very unsubscribe."""
+    row = readers.unsubscribe(site.store, ADA, how="cli", now=NOW)
+    own = site.url + "/resubscribe?" + urlsplit(site.link(ADA, "/unsubscribe?")).query
+    assert client.post(own).status_code == 403 and site.status(ADA) == ("unsubscribed", "cli")
+    links = Links(site.url, Tokens(SigningKeys(KEY), max_age_days=365))
+    undo = links.resubscribe(row.reader_id, readers.stamp(row))
+    for method in ("GET", "POST"):
+        r = client.request(method, undo)
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+        assert _undo(r.text) is None and "please contact" in r.text
+        assert "Trending Papers stopped them" in r.text
+    page = client.post(site.link(ADA, "/unsubscribe?"))  # the reader's own link: no undo
+    assert _undo(page.text) is None and "please contact" in page.text
+    assert site.status(ADA) == ("unsubscribed", "cli")
 
 
 def test_links_signed_with_the_previous_key_work_during_a_rotation(
@@ -386,8 +469,21 @@ def test_a_vote_link_confirms_on_get_and_records_on_post(site: Site, client: htt
     client.post(down, content=b"anything at all")
     assert [(v.paper_id, v.vote) for v in site.store.votes(ADA)] == [(paper_id, "down")]
     clear = html.unescape(re.search(r'action="([^"]*vote=clear[^"]*)"', r.text)[1])  # type: ignore[index]
-    client.post(site.url + clear)
+    cleared = client.post(site.url + clear)
     assert site.store.votes(ADA) == []
+    # nothing left to clear: the page offers up and down only
+    assert "Vote cleared" in cleared.text and "vote=clear" not in cleared.text
+    assert "Clear my vote" not in cleared.text and cleared.text.count("<form") == 2
+
+
+def test_a_vote_from_a_removed_subscriber_is_refused_with_the_address_masked(
+    site: Site, client: httpx.Client
+) -> None:
+    up = site.link(ADA, "vote=up")
+    site.subscribers[:] = [s for s in site.subscribers if address_key(s.email) != ADA]
+    r = client.post(up)
+    assert r.status_code == 404 and "a***@example.org" in r.text
+    assert "ada@" not in r.text and site.store.votes(ADA) == []
 
 
 # --- operations -------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class WebContext:
         self.env.globals.update(
             sender_name=self.settings.sender_name,
             postal_address=self.settings.postal_address,
+            contact_address=self.settings.reply_to or self.settings.sender_address,
         )
 
     def page(
