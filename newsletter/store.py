@@ -1027,6 +1027,17 @@ class Store:
         with self.engine.connect() as conn:  # the same state again (a repeated POST): no write
             row = conn.execute(sa.select(readers).where(readers.c.email == key)).one_or_none()
         if row is not None and row.status == status:
+            if how != "cli" or row.status_how == "cli":
+                return _reader_row(row)
+            # the operator's word holds over the reader's own click: a page unsubscribe could
+            # be undone from its page for an hour, an operator's may not (time unchanged)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    readers.update()
+                    .where(readers.c.email == key, readers.c.status == status)
+                    .values(status_how=how)
+                )
+                row = conn.execute(sa.select(readers).where(readers.c.email == key)).one()
             return _reader_row(row)
         insert = self._insert(readers).values(
             email=key,

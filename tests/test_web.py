@@ -367,6 +367,20 @@ def test_no_web_request_undoes_an_operator_unsubscribe(site: Site, client: httpx
     assert site.status(ADA) == ("unsubscribed", "cli")
 
 
+def test_an_operator_unsubscribe_after_the_readers_own_takes_away_the_undo(
+    site: Site, client: httpx.Client
+) -> None:
+    """The reader unsubscribed on the page (Undo works for an hour); the operator then runs
+    `newsletter unsubscribe` too: the Undo link no longer resubscribes."""
+    page = client.post(site.link(ADA, "/unsubscribe?"))
+    undo = _undo(page.text)
+    assert undo is not None and site.status(ADA)[0] == "unsubscribed"
+    readers.unsubscribe(site.store, ADA, how="cli", now=NOW)
+    assert site.status(ADA) == ("unsubscribed", "cli")
+    r = client.post(site.url + undo)
+    assert "please contact" in r.text and site.status(ADA) == ("unsubscribed", "cli")
+
+
 def test_links_signed_with_the_previous_key_work_during_a_rotation(
     make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
