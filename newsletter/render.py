@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html as htmllib
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -597,8 +598,9 @@ class BodyCache:
         if self.markup:
             out = Markup(out)
         if cacheable:
-            if len(self.cache) >= BLOCK_CACHE_SIZE:
-                self.cache.clear()  # bounded: memory stays flat however many readers
+            if len(self.cache) >= BLOCK_CACHE_SIZE:  # bounded, however many readers:
+                for old in list(itertools.islice(self.cache, BLOCK_CACHE_SIZE // 2)):
+                    del self.cache[old]  # the older half goes (the day's common views return)
             self.cache[key] = out
         return out
 

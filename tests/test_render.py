@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from newsletter import render as render_module
 from newsletter.deliver import wire_form
 from newsletter.deliver.wire import raw_form
 from newsletter.errors import BadToken, ConfigError, RenderError
@@ -33,6 +34,7 @@ from newsletter.mime import (
 from newsletter.models import Paper, SelectedPaper, Selection, Subscriber, Topic, TopicMatch
 from newsletter.render import (
     EXCERPT_CHARS,
+    BodyCache,
     PreviewEntry,
     Renderer,
     excerpt,
@@ -777,13 +779,15 @@ def test_deceptive_links_show_their_real_host_in_html_and_text(renderer: Rendere
     assert "Project page: https://xn--gthub-n2e.com/x" in plain
 
 
-@pytest.mark.parametrize("votes", [False, True])
+@pytest.mark.parametrize(("votes", "size"), [(False, 4096), (True, 4096), (False, 8)])
 def test_cached_loop_bodies_render_the_bytes_of_the_template_as_written(
-    make_settings: MakeSettings, votes: bool
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, votes: bool, size: int
 ) -> None:
     """Each paper's block is rendered once per distinct view and then looked up: every
     digest must still be byte for byte what the uncached templates give, vote links (per
-    reader, never shared) included, and whichever block comes first in a group."""
+    reader, never shared) included, and whichever block comes first in a group; a full
+    cache drops its older half and stays within its size."""
+    monkeypatch.setattr(render_module, "BLOCK_CACHE_SIZE", size)
     base = "https://news.example.org"
     settings = make_settings(
         **({"public_base_url": base, "signing_key": "k" * 32} if votes else {})
@@ -812,6 +816,10 @@ def test_cached_loop_bodies_render_the_bytes_of_the_template_as_written(
     sels = [s for s in sels if s.papers]
     renderer.prime([s.subscriber for s in sels], NOW)
     cached = [renderer.render(s, now=NOW) for s in sels * 2]  # the second pass hits the cache
+    caches = [c for t in (renderer._html, renderer._text) for c in t.globals.values()]
+    sizes = [len(c.cache) for c in caches if isinstance(c, BodyCache)]
+    assert len(sizes) == 2 and all(n <= size for n in sizes)
+    assert all(n > 0 for n in sizes) != votes  # a reader's vote links are never cached
     uncached_templates = load_templates(
         settings.template_dir, renderer._sample_contexts(), cache_bodies=False
     )
