@@ -2,8 +2,9 @@
 
 Templates live in `settings.template_dir`: `digest.mjml` (MJML with Jinja inside), `digest.txt`
 and `subject.txt` (plain Jinja). The MJML is compiled to HTML once per process; per subscriber
-only Jinja runs. Every template is test-rendered with sample data when the Renderer is built,
-so a broken template stops the run before anything is sent.
+only Jinja runs, and a loop body that reads only its item (a paper's block) is rendered once per
+distinct view of it and then looked up (BodyCache). Every template is test-rendered with sample
+data when the Renderer is built, so a broken template stops the run before anything is sent.
 
 Template context (the same for all three templates):
   summary, headline, intro, preheader, preheader_pad   one-line texts ("7 papers on X from Mar 17")
