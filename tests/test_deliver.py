@@ -750,7 +750,8 @@ def test_a_sigkilled_sender_stops_counting_at_once(
             assert me.count() == 2
             other.kill()
             other.wait()
-            assert me.count() == 1  # the kernel dropped its lock; its file stays until stale
+            assert me.count() == 1  # the kernel dropped its lock; its file goes
+            assert [p.name for p in tmp_path.iterdir()] == [me.path.name]
             me.close()
         finally:
             other.kill()

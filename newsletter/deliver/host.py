@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-STALE_S = 10.0  # an unlocked file older than this is a dead sender's (a new one locks at once)
 RECOUNT_S = 1.0  # how stale a sender's view of the others may get
 
 
@@ -39,9 +38,12 @@ class HostSenders:
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder or senders_folder()
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = self.folder / f"{os.getpid()}-{secrets.token_hex(4)}.lock"
-        self.fd: int | None = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.path = self.folder / f"{name}.lock"
+        part = self.folder / f"{name}.part"
+        self.fd: int | None = os.open(part, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.rename(part, self.path)  # locked before it is seen: an unlocked .lock file is dead
         self._count = (0, 0.0)  # (senders, when counted)
 
     def count(self) -> int:
@@ -71,10 +73,9 @@ class HostSenders:
             return True
         except OSError:
             return False
-        else:  # nobody holds it: a dead sender's, unless it was made a moment ago
+        else:  # nobody holds it: a dead sender's
             with contextlib.suppress(OSError):
-                if time.time() - os.stat(fd).st_mtime > STALE_S:
-                    os.unlink(path)
+                os.unlink(path)
             return False
         finally:
             os.close(fd)
