@@ -2,8 +2,9 @@
 
 Templates live in `settings.template_dir`: `digest.mjml` (MJML with Jinja inside), `digest.txt`
 and `subject.txt` (plain Jinja). The MJML is compiled to HTML once per process; per subscriber
-only Jinja runs. Every template is test-rendered with sample data when the Renderer is built,
-so a broken template stops the run before anything is sent.
+only Jinja runs, and a loop body that reads only its item (a paper's block) is rendered once per
+distinct view of it and then looked up (BodyCache). Every template is test-rendered with sample
+data when the Renderer is built, so a broken template stops the run before anything is sent.
 
 Template context (the same for all three templates):
   summary, headline, intro, preheader, preheader_pad   one-line texts ("7 papers on X from Mar 17")
@@ -30,9 +31,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html as htmllib
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +43,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import idna
 import jinja2
+import jinja2.meta
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
@@ -496,6 +500,224 @@ def _environment(template_dir: Path, *, html: bool) -> jinja2.Environment:
     )
 
 
+# --- per-item caching of loop bodies -------------------------------------------------------
+# A paper's block in a digest is the same for every reader who gets the same view of it (its
+# excerpt, highlights, badges), so a loop body that depends only on its item, a few loop
+# counters and names with plain values is rendered once per distinct key and then looked up.
+# Which bodies qualify is decided from the template's syntax tree, so an edited template is
+# cached where it is safe and rendered as written everywhere else (a body that includes,
+# imports, calls a macro, mutates a namespace or reads a per-reader mapping stays uncached).
+_LOOP_ATTRS = frozenset(["first", "last", "index", "index0", "revindex", "revindex0", "length"])
+_OPAQUE = (  # nodes whose output depends on more than the names they mention
+    jinja2.nodes.Macro,
+    jinja2.nodes.CallBlock,
+    jinja2.nodes.Include,
+    jinja2.nodes.Import,
+    jinja2.nodes.FromImport,
+    jinja2.nodes.Extends,
+    jinja2.nodes.Block,
+    jinja2.nodes.ScopedEvalContextModifier,
+    jinja2.nodes.EvalContextModifier,
+    jinja2.nodes.ContextReference,
+    jinja2.nodes.DerivedContextReference,
+    jinja2.nodes.ExtensionAttribute,
+    jinja2.nodes.ImportedName,
+    jinja2.nodes.InternalName,
+    jinja2.nodes.Assign,
+    jinja2.nodes.AssignBlock,
+    jinja2.nodes.With,
+)
+_PLAIN = (str, int, float, bool, type(None), dt.date, tuple)  # values compared by value
+BLOCK_CACHE_SIZE = 4096  # entries per cached body: a day has ~50 papers in a few views each
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Loop:
+    """The loop counters a cached body reads (a body reading others is not cached)."""
+
+    first: bool
+    last: bool
+    index: int
+    index0: int
+    revindex: int
+    revindex0: int
+    length: int
+
+
+_LOOP_FIELDS = tuple(f.name for f in fields(_Loop))
+
+
+class BodyCache:
+    """Renders one loop body through a cache keyed by everything the body reads: the loop
+    item, the loop counters it uses, the other names it mentions (by type and value), and for
+    a mapping read only as `mapping[item.attr]` that one entry. A key holding anything else
+    (a reader's vote links, a list) renders uncached: nothing per reader is ever shared."""
+
+    def __init__(
+        self,
+        template: jinja2.Template,
+        target: str,
+        loop_attrs: tuple[str, ...],
+        names: tuple[str, ...],
+        lookups: tuple[tuple[str, str], ...],
+        markup: bool,
+    ) -> None:
+        self.template, self.target, self.loop_attrs = template, target, loop_attrs
+        self.names, self.lookups, self.markup = names, lookups, markup
+        self.cache: dict[tuple[Any, ...], str] = {}
+
+    def __call__(self, item: Any, loop: Any, *values: Any) -> str:
+        counters = tuple(getattr(loop, a) for a in self.loop_attrs) if self.loop_attrs else ()
+        plain = values[: len(self.names)]
+        entries = tuple(  # a mapping that is not a dict is keyed whole (cached when plain)
+            mapping.get(getattr(item, attr), _MISSING) if isinstance(mapping, dict) else mapping
+            for mapping, (_, attr) in zip(values[len(self.names) :], self.lookups, strict=True)
+        )
+        key = (type(item), item, counters, tuple(map(type, plain)), plain, entries)
+        try:
+            hit = self.cache.get(key)
+        except TypeError:  # an unhashable value (a reader's vote links): render as written
+            hit, cacheable = None, False
+        else:
+            cacheable = all(
+                isinstance(v, _PLAIN) for v in (item, *plain, *entries) if v is not _MISSING
+            )
+        if hit is not None:
+            return hit
+        ctx: dict[str, Any] = {self.target: item, **dict(zip(self.names, plain, strict=True))}
+        if self.loop_attrs:
+            ctx["loop"] = _Loop(*(getattr(loop, a) for a in _LOOP_FIELDS))
+        for (name, attr), mapping, entry in zip(
+            self.lookups, values[len(self.names) :], entries, strict=True
+        ):
+            if isinstance(mapping, dict):
+                ctx[name] = {} if entry is _MISSING else {getattr(item, attr): entry}
+            else:
+                ctx[name] = mapping
+        out = self.template.render(ctx)
+        if self.markup:
+            out = Markup(out)
+        if cacheable:
+            if len(self.cache) >= BLOCK_CACHE_SIZE:  # bounded, however many readers:
+                for old in list(itertools.islice(self.cache, BLOCK_CACHE_SIZE // 2)):
+                    del self.cache[old]  # the older half goes (the day's common views return)
+            self.cache[key] = out
+        return out
+
+
+def _walk(
+    node: jinja2.nodes.Node, parent: jinja2.nodes.Node | None, outer: bool
+) -> Iterable[tuple[jinja2.nodes.Node, jinja2.nodes.Node | None, bool]]:
+    """Every node under `node` with its parent and whether it is in the outer loop's scope
+    (not inside the body of a nested for, where `loop` is that loop's)."""
+    yield node, parent, outer
+    for field, value in node.iter_fields():
+        inner = outer and not (isinstance(node, jinja2.nodes.For) and field in ("body", "else_"))
+        children = value if isinstance(value, list) else [value]
+        for child in children:
+            if isinstance(child, jinja2.nodes.Node):
+                yield from _walk(child, node, inner)
+
+
+def _cacheable_body(
+    env: jinja2.Environment, loop: jinja2.nodes.For
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]] | None:
+    """(loop counters, plain names, mapping lookups) the body reads, or None when caching it
+    could change its output."""
+    if not isinstance(loop.target, jinja2.nodes.Name) or loop.recursive or loop.else_:
+        return None
+    target = loop.target.name
+    body = jinja2.nodes.Template(loop.body)
+    body.set_environment(env)
+    free = jinja2.meta.find_undeclared_variables(body)
+    counters: set[str] = set()
+    lookups: dict[str, str] = {}
+    plain: set[str] = set()
+    for node, parent, outer in _walk(body, None, True):
+        if isinstance(node, _OPAQUE):
+            return None
+        if isinstance(node, jinja2.nodes.Call) and not isinstance(node.node, jinja2.nodes.Name):
+            return None  # a method call (loop.cycle, a namespace's) may depend on state
+        if not isinstance(node, jinja2.nodes.Name) or node.name not in free:
+            continue
+        name = node.name
+        if name == target or (name == "loop" and not outer):  # an inner loop's own counters
+            continue
+        if name == "loop":
+            if not (isinstance(parent, jinja2.nodes.Getattr) and parent.attr in _LOOP_ATTRS):
+                return None
+            counters.add(parent.attr)
+        elif (
+            isinstance(parent, jinja2.nodes.Getitem)
+            and parent.node is node
+            and isinstance(parent.arg, jinja2.nodes.Getattr)
+            and isinstance(parent.arg.node, jinja2.nodes.Name)
+            and parent.arg.node.name == target
+            and lookups.get(name, parent.arg.attr) == parent.arg.attr
+        ):
+            lookups[name] = parent.arg.attr  # mapping[item.attr]: only that entry matters
+        elif (isinstance(parent, jinja2.nodes.Getitem) and parent.node is node) or (
+            isinstance(parent, jinja2.nodes.For) and parent.iter is node
+        ):
+            return None  # indexed or iterated: a container, no key; an inner loop may qualify
+        else:
+            plain.add(name)
+    if set(lookups) & plain or "loop" in plain:
+        return None
+    return tuple(sorted(counters)), tuple(sorted(plain)), tuple(sorted(lookups.items()))
+
+
+def _cached_template(
+    env: jinja2.Environment,
+    tree: jinja2.nodes.Template,
+    name: str | None,
+    filename: str | None,
+    *,
+    cache: bool = True,
+) -> jinja2.Template:
+    """The template of `tree` with each cacheable for-loop body (the outermost one that
+    qualifies; loops inside it are part of it) rendered through a BodyCache: the same output
+    as the template as written."""
+    bodies: dict[str, BodyCache] = {}
+
+    def visit(node: jinja2.nodes.Node) -> None:
+        for child in node.iter_child_nodes():
+            found = _cacheable_body(env, child) if isinstance(child, jinja2.nodes.For) else None
+            if found is None:
+                visit(child)
+                continue
+            assert isinstance(child, jinja2.nodes.For)
+            assert isinstance(child.target, jinja2.nodes.Name)
+            counters, plain, lookups = found
+            fn = f"_body_cache_{len(bodies)}"
+            body = jinja2.nodes.Template(child.body, lineno=child.lineno)
+            body.set_environment(env)
+            code = env.compile(body, name, filename)
+            bodies[fn] = BodyCache(
+                env.template_class.from_code(env, code, env.make_globals(None)),
+                child.target.name,
+                counters,
+                plain,
+                lookups,
+                markup=bool(env.autoescape),
+            )
+            args: list[jinja2.nodes.Expr] = [
+                jinja2.nodes.Name(child.target.name, "load"),
+                # only a body that reads the counters makes Jinja build a loop context
+                jinja2.nodes.Name("loop", "load") if counters else jinja2.nodes.Const(None),
+            ]
+            args += [jinja2.nodes.Name(n, "load") for n in (*plain, *(m for m, _ in lookups))]
+            call = jinja2.nodes.Call(jinja2.nodes.Name(fn, "load"), args, [], None, None)
+            child.body = [jinja2.nodes.Output([call], lineno=child.lineno)]
+
+    if cache:
+        visit(tree)
+    tree.set_environment(env)
+    code = env.compile(tree, name, filename)
+    return env.template_class.from_code(env, code, env.make_globals(bodies))
+
+
 def _template_line(exc: BaseException, filename: str | None) -> int | None:
     """The template line Jinja mapped into the traceback (innermost frame of that file)."""
     line, tb = None, exc.__traceback__
@@ -591,9 +813,10 @@ def _lint_html(html: str, path: Path) -> None:
 
 
 def load_templates(
-    template_dir: Path, samples: Sequence[dict[str, Any]]
+    template_dir: Path, samples: Sequence[dict[str, Any]], *, cache_bodies: bool = True
 ) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
-    """Compile and test-render all three templates; any problem is a RenderError."""
+    """Compile and test-render all three templates; any problem is a RenderError. With
+    `cache_bodies`, loop bodies that qualify render through a BodyCache (same output)."""
     paths = [template_dir / name for name in TEMPLATE_FILES]
     for path in paths:
         if not path.is_file():
@@ -615,7 +838,8 @@ def load_templates(
         _try_render(source_tpl, ctx, mjml_path)
     compiled = _compile_mjml(mjml_path.read_text(encoding="utf-8"), mjml_path)
     try:
-        html_tpl = html_env.from_string(compiled)
+        html_tree = html_env.parse(compiled)
+        html_tpl = _cached_template(html_env, html_tree, None, None, cache=cache_bodies)
     except jinja2.TemplateSyntaxError as exc:
         raise _fail(
             mjml_path,
@@ -624,6 +848,13 @@ def load_templates(
             "MJML rewrote a Jinja tag: move it into <mj-raw> or <mj-text>",
         ) from exc
     text_tpl = _compile(text_env, text_path)
+    text_tpl = _cached_template(
+        text_env,
+        text_env.parse(text_path.read_text(encoding="utf-8"), text_path.name, text_tpl.filename),
+        text_path.name,
+        text_tpl.filename,
+        cache=cache_bodies,
+    )
     subject_tpl = _compile(text_env, subject_path)
     for ctx in samples:
         _lint_html(_try_render(html_tpl, ctx, mjml_path, "in the compiled HTML: "), mjml_path)

@@ -11,7 +11,12 @@ is loaded whole, as before.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import pickle
+import stat
+import sys
 import tempfile
 import weakref
 from array import array
@@ -19,6 +24,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, overload
 
+import pydantic
+import yaml
+
+from newsletter import addresses as addresses_module
+from newsletter import models, subscribers, yamlfile, yamlscan
 from newsletter.addresses import address_key
 from newsletter.models import Subscriber
 from newsletter.subscribers import (
@@ -161,32 +171,93 @@ def addresses(subscribers: Sequence[Subscriber]) -> list[str]:
 
 def load_roster(path: Path) -> Sequence[Subscriber]:
     """The checked subscriber file (SubscriberConfigError listing every problem): a Roster, or
-    when the scanner does not read the file, the list of its subscribers."""
+    when the scanner does not read the file, the list of its subscribers.
+
+    A file checked before by this code on this host (same bytes) is not checked again: its
+    outline is kept under the checker's own hash, so the senders of one edition, or the same
+    file sent day after day, pay for the check once."""
     copy = tempfile.TemporaryFile()  # noqa: SIM115 (the roster keeps it open)
-    copied = False
-
-    def pieces() -> Iterator[str]:
-        nonlocal copied
-        with path.open("rb") as file:
-            while lines := file.readlines(PIECE):
-                piece = b"".join(lines)
-                if not copied:
-                    copy.write(piece)
-                yield piece.decode("utf-8")
-        if not copied:
-            copy.flush()
-            copied = True
-
     try:
         with reading(path):
+            digest = _copy(path, copy)
+        outline = _kept_outline(digest)
+        if outline is not None:
+            return Roster(str(path), copy, outline)
+
+        def pieces() -> Iterator[str]:
+            copy.seek(0)
+            while lines := copy.readlines(PIECE):
+                yield b"".join(lines).decode("utf-8")
+
+        with reading(path):
             outline = outline_subscribers(pieces, str(path))
-        if not outline.scanned or not copied:
+        if not outline.scanned:
             copy.close()
             return load_subscribers(path)
+        _keep_outline(digest, outline)
         return Roster(str(path), copy, outline)
     except BaseException:
         copy.close()
         raise
+
+
+def _copy(path: Path, copy: IO[bytes]) -> str:
+    """Copy the file, as read, into `copy`; the hash of its bytes and of the checking code."""
+    digest = hashlib.sha256(_CHECKER)
+    with path.open("rb") as file:
+        while piece := file.read(PIECE):
+            copy.write(piece)
+            digest.update(piece)
+    copy.flush()
+    return digest.hexdigest()
+
+
+def _checker() -> bytes:
+    """What a check's outcome depends on besides the file: the checking code and libraries."""
+    sources = [Path(m.__file__ or "").read_bytes() for m in _CHECKING]
+    versions = f"{sys.version}\0{pydantic.VERSION}\0{yaml.__version__}".encode()
+    return hashlib.sha256(b"\0".join([versions, *sources])).digest()
+
+
+_CHECKING = (addresses_module, models, subscribers, yamlfile, yamlscan, sys.modules[__name__])
+_CHECKER = _checker()
+KEEP_OUTLINES = 8  # files whose outlines are kept (the newest)
+
+
+def _outline_folder() -> Path | None:
+    """This user's folder of kept outlines; None unless only this user can write to it."""
+    folder = Path(tempfile.gettempdir()) / f"newsletter-rosters-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.stat()
+    except OSError:
+        return None
+    private = st.st_uid == os.getuid() and not st.st_mode & 0o077
+    return folder if private and stat.S_ISDIR(st.st_mode) else None
+
+
+def _kept_outline(digest: str) -> Outline | None:
+    folder = _outline_folder()
+    if folder is None:
+        return None
+    try:
+        kept = pickle.loads((folder / f"{digest}.outline").read_bytes())
+    except Exception:  # none kept, or unreadable: check the file
+        return None
+    return kept if isinstance(kept, Outline) else None
+
+
+def _keep_outline(digest: str, outline: Outline) -> None:
+    folder = _outline_folder()
+    if folder is None:
+        return
+    with contextlib.suppress(OSError):
+        part = folder / f"{digest}.{os.getpid()}.part"
+        part.write_bytes(pickle.dumps(outline, pickle.HIGHEST_PROTOCOL))
+        os.replace(part, folder / f"{digest}.outline")  # whole or not at all
+        kept = sorted(folder.glob("*.outline"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[KEEP_OUTLINES:]:
+            old.unlink()
 
 
 def _offsets(copy: IO[bytes], lines: Sequence[int], end_line: int | None) -> tuple[array[int], int]:

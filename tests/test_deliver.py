@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import mailbox
+import subprocess
+import sys
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,13 +35,16 @@ from newsletter.deliver import (
     SmtpTransport,
     classify,
     edition_status,
+    host,
     send_edition,
     smtp_endpoint,
     wire_form,
 )
 from newsletter.deliver.failures import NotStarted
+from newsletter.deliver.host import HostSenders
 from newsletter.deliver.maildir import MaildirTransport
 from newsletter.deliver.wire import raw_form, raw_size
+from newsletter.deliver.workers import Preparer, ProcessPool
 from newsletter.errors import ConfigError, DeliveryError, RecipientRefused
 from newsletter.models import RenderedEmail, Subscriber, Topic
 from newsletter.pipeline import (
@@ -49,6 +54,7 @@ from newsletter.pipeline import (
     paper_index,
     selections_for,
 )
+from newsletter.render import Renderer
 from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
@@ -747,3 +753,57 @@ async def test_an_older_edition_sent_after_a_newer_one_repeats_no_paper(world: W
         rows = {r.email: set(r.paper_ids) for r in world.store.ledger_rows(edition)}
         for sel in selections_for(world.store, world.settings(), world.subscribers, edition):
             assert {p.paper.id for p in sel.papers if p.sent} == rows[sel.subscriber.email]
+
+
+# --- the host's senders share its cores ---------------------------------------------------------
+def test_senders_on_one_host_count_each_other_and_share_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "RECOUNT_S", 0.0)
+    first = HostSenders(tmp_path)
+    assert first.count() == 1 and first.share(2) == 2
+    second = HostSenders(tmp_path)
+    assert first.count() == second.count() == 2
+    assert first.share(2) == 1 and first.share(8) == 4 and HostSenders(tmp_path).share(2) == 1
+    second.close()
+    assert first.count() == 2  # the third one (never closed) is still alive in this process
+    first.close()
+    assert not (tmp_path / first.path.name).exists()
+
+
+def test_a_sigkilled_sender_stops_counting_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "RECOUNT_S", 0.0)
+    code = (
+        "import sys, time; from pathlib import Path; from newsletter.deliver.host import "
+        "HostSenders; HostSenders(Path(sys.argv[1])); print('ready', flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    ) as other:
+        try:
+            assert other.stdout is not None and other.stdout.readline() == "ready\n"
+            me = HostSenders(tmp_path)
+            assert me.count() == 2
+            other.kill()
+            other.wait()
+            assert me.count() == 1  # the kernel dropped its lock; its file goes
+            assert [p.name for p in tmp_path.iterdir()] == [me.path.name]
+            me.close()
+        finally:
+            other.kill()
+
+
+def test_a_pool_keeps_busy_only_its_share_of_the_workers(settings: Settings) -> None:
+    store = Store.open(settings.database_url)
+    share = [2]
+    preparer = Preparer(settings, store, Renderer(settings))
+    pool = ProcessPool(settings, preparer, 2, share=lambda: share[0])
+    try:
+        assert pool.depth == 4  # every worker busy, two chunks queued for each
+        share[0] = 1  # a second sender came: one chunk at a time
+        assert pool.depth == 0
+    finally:
+        pool.close()
+        store.close()

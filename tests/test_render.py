@@ -19,9 +19,11 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from newsletter import render as render_module
 from newsletter.deliver import wire_form
 from newsletter.deliver.wire import raw_form
 from newsletter.errors import BadToken, ConfigError, RenderError
+from newsletter.links import Links
 from newsletter.mime import (
     assemble,
     assemble_wire,
@@ -32,9 +34,11 @@ from newsletter.mime import (
 from newsletter.models import Paper, SelectedPaper, Selection, Subscriber, Topic, TopicMatch
 from newsletter.render import (
     EXCERPT_CHARS,
+    BodyCache,
     PreviewEntry,
     Renderer,
     excerpt,
+    load_templates,
     message_id,
     sentences,
     sign_dkim,
@@ -43,7 +47,7 @@ from newsletter.render import (
     write_preview_index,
 )
 from newsletter.settings import BUNDLED_TEMPLATES, Settings, load_settings
-from newsletter.tokens import SigningKeys, Tokens
+from newsletter.tokens import SigningKeys, Tokens, signing_keys
 
 from .render_helpers import (
     BANDITS,
@@ -773,3 +777,54 @@ def test_deceptive_links_show_their_real_host_in_html_and_text(renderer: Rendere
     assert "Code: https://github.com/real/repo" in plain
     assert "Project page: https://evil.example/login" in plain  # not "Code": not GitHub
     assert "Project page: https://xn--gthub-n2e.com/x" in plain
+
+
+@pytest.mark.parametrize(("votes", "size"), [(False, 4096), (True, 4096), (False, 8)])
+def test_cached_loop_bodies_render_the_bytes_of_the_template_as_written(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, votes: bool, size: int
+) -> None:
+    """Each paper's block is rendered once per distinct view and then looked up: every
+    digest must still be byte for byte what the uncached templates give, vote links (per
+    reader, never shared) included, and whichever block comes first in a group; a full
+    cache drops its older half and stays within its size."""
+    monkeypatch.setattr(render_module, "BLOCK_CACHE_SIZE", size)
+    base = "https://news.example.org"
+    settings = make_settings(
+        **({"public_base_url": base, "signing_key": "k" * 32} if votes else {})
+    )
+    renderer = Renderer(settings)
+    if votes:  # tokens carry the time: one clock for both renders
+        renderer._links = Links(
+            base, Tokens(signing_keys(settings), max_age_days=30, clock=lambda: 1.8e9)
+        )
+    readers = [
+        reader(OFFLINE),
+        reader(OFFLINE, RLHF, EXPLORATION, name="Grace Hopper"),
+        reader(BANDITS, ROBOTS, max_papers=25, name=""),
+        reader(RLHF, ROBOTS, EXPLORATION, BANDITS, max_papers=4),
+    ]
+    sels = []
+    for seed in SEEDS:
+        for n, sub in enumerate(readers):
+            sel = select(listing(seed), dataclasses.replace(sub, email=f"r{n}@example.org"))
+            sels.append(sel)
+            variant = tuple(  # the same papers as near misses and liked ones
+                dataclasses.replace(sp, near_miss=i % 2 == 0, liked="A <liked> one" * (i % 3 == 1))
+                for i, sp in enumerate(sel.papers)
+            )
+            sels.append(dataclasses.replace(sel, papers=variant))
+    sels = [s for s in sels if s.papers]
+    renderer.prime([s.subscriber for s in sels], NOW)
+    cached = [renderer.render(s, now=NOW) for s in sels * 2]  # the second pass hits the cache
+    caches = [c for t in (renderer._html, renderer._text) for c in t.globals.values()]
+    sizes = [len(c.cache) for c in caches if isinstance(c, BodyCache)]
+    assert len(sizes) == 2 and all(n <= size for n in sizes)
+    assert all(n > 0 for n in sizes) != votes  # a reader's vote links are never cached
+    uncached_templates = load_templates(
+        settings.template_dir, renderer._sample_contexts(), cache_bodies=False
+    )
+    renderer._html, renderer._text, renderer._subject = uncached_templates
+    plain = [renderer.render(s, now=NOW) for s in sels]
+    assert [m.raw for m in cached] == [m.raw for m in plain * 2]
+    assert [(m.html, m.text) for m in cached] == [(m.html, m.text) for m in plain * 2]
+    assert any("/vote/" in m.html for m in plain) == votes

@@ -144,3 +144,37 @@ async def test_a_send_reads_the_roster_and_delivers_what_the_list_delivers(
     received = server.handler.by_rcpt()
     assert sorted(received) == sorted(world.emails)
     assert [len(received[e]) for e in world.emails] == [1, 2, 1, 1, 1]
+
+
+def test_a_file_checked_before_is_not_checked_again_an_edited_one_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = tmp_path / "kept"
+    kept.mkdir(mode=0o700)
+    monkeypatch.setattr(roster, "_outline_folder", lambda: kept)
+    path = _file(tmp_path, 40)
+    first = load_roster(path)
+    assert isinstance(first, Roster) and len(list(kept.glob("*.outline"))) == 1
+    checked: list[str] = []
+    check = roster.outline_subscribers
+    monkeypatch.setattr(
+        roster, "outline_subscribers", lambda *a: checked.append("again") or check(*a)
+    )
+    again = load_roster(path)
+    assert checked == [] and list(again) == list(first) == load_subscribers(path)
+    path.write_text(path.read_text().replace("Reader3@", "not an address "), encoding="utf-8")
+    with pytest.raises(SubscriberConfigError, match="not an address"):
+        load_roster(path)
+    assert checked == ["again"] and len(list(kept.glob("*.outline"))) == 1  # errors: not kept
+
+
+def test_outlines_are_kept_only_where_no_one_else_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roster.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = roster._outline_folder()
+    assert folder is not None and folder.parent == tmp_path
+    folder.chmod(0o777)
+    assert roster._outline_folder() is None
+    load_roster(_file(tmp_path, 3))
+    assert list(folder.iterdir()) == []

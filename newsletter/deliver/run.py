@@ -8,7 +8,6 @@ import collections
 import datetime as dt
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from newsletter.deliver.failures import (
     next_attempt_after,
     reply_text,
 )
+from newsletter.deliver.host import HostSenders, usable_cpus
 from newsletter.deliver.ledger import LedgerWriter, threadable
 from newsletter.deliver.progress import Progress
 from newsletter.deliver.report import Tally
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64  # subscribers per select/render task
 POOL_MIN_SUBSCRIBERS = 1000  # below this, rendering in a process pool costs more than it saves
+MAX_RENDER_WORKERS = 4  # per sender
 UNSUBSCRIBE_CHECK_S = 0.25  # how stale the run's view of unsubscribes may get
 SKIP_UNSUBSCRIBED = "unsubscribed"
 
@@ -126,6 +127,7 @@ class Run:
         self._gone_mark: tuple[int, dt.datetime | None] | None = None
         self._gone_checked = 0.0
         self.progress: Progress | None = None  # started after the workers (it has a thread)
+        self.host: HostSenders | None = None  # this sender among the host's (with a pool)
         # PostgreSQL: one worker of the edition among any number; SQLite: the only sender
         scaled = store.dialect == "postgresql" and not dry_run
         self.claims = (
@@ -185,6 +187,8 @@ class Run:
                 if self.transport is not None:
                     await self.transport.close()
                 await asyncio.to_thread(pool.close)
+                if self.host is not None:
+                    self.host.close()
                 if self.progress is not None:
                     self.progress.close()
         if self.crash is not None:
@@ -203,10 +207,14 @@ class Run:
 
     def _make_pool(self, renderer: Any) -> InlinePool | ProcessPool:
         preparer = Preparer(self.settings, self.store, renderer, self.by_key)
-        workers = min(os.cpu_count() or 1, 4)
-        if len(self.scope) >= POOL_MIN_SUBSCRIBERS and workers > 1 and threadable(self.store):
-            log.info("rendering in %d worker processes", workers)
-            return ProcessPool(self.settings, preparer, workers)
+        cpus = usable_cpus()
+        if len(self.scope) >= POOL_MIN_SUBSCRIBERS and cpus > 1 and threadable(self.store):
+            # the host's cores are shared by its senders: each forks its share of them, and
+            # keeps busy only its share as the others come and go
+            host = self.host = HostSenders()
+            workers = min(host.share(cpus), MAX_RENDER_WORKERS)
+            log.info("rendering in %d worker process(es)", workers)
+            return ProcessPool(self.settings, preparer, workers, share=lambda: host.share(cpus))
         return InlinePool(preparer)
 
     async def _watch_stop(self) -> None:

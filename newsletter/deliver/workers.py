@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.addresses import address_key
+from newsletter.deliver.host import senders_folder
 from newsletter.deliver.wire import wire_form
 from newsletter.errors import ConnectionLost, NewsletterError
 from newsletter.models import DailyListing, RenderedEmail, Subscriber
@@ -162,12 +163,13 @@ def _close_inherited_locks(lock_dir: Path) -> None:
         fds = os.listdir("/proc/self/fd")
     except OSError:  # no /proc: nothing to find them with
         return
-    root = os.path.realpath(lock_dir)
+    root, senders = os.path.realpath(lock_dir), os.path.realpath(senders_folder())
     for fd in fds:
         with contextlib.suppress(OSError, ValueError):
             target = os.readlink(f"/proc/self/fd/{fd}")
-            name = os.path.basename(target)
-            if os.path.dirname(target) == root and ".send-" in name and name.endswith(".lock"):
+            name, folder = os.path.basename(target), os.path.dirname(target)
+            ours = (folder == root and ".send-" in name) or folder == senders  # HostSenders too
+            if ours and name.endswith(".lock"):
                 os.close(int(fd))
 
 
@@ -226,9 +228,16 @@ class ProcessPool:
     other thread of ours exists (the executor forks all workers at the first submit).
     """
 
-    def __init__(self, settings: Settings, preparer: Preparer, workers: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        preparer: Preparer,
+        workers: int,
+        *,
+        share: Callable[[], int] | None = None,
+    ) -> None:
         global _WORKER
-        self.depth = 2 * workers
+        self.workers, self.share = workers, share
         init: Callable[[], None]
         self.preparer = preparer
         self.forked = "fork" in multiprocessing.get_all_start_methods()
@@ -241,6 +250,14 @@ class ProcessPool:
             workers, mp_context=multiprocessing.get_context(ctx), initializer=init
         )
         self._executor.submit(_noop)  # start the workers now, while we have no threads
+
+    @property
+    def depth(self) -> int:
+        """How many chunks may wait beyond the one awaited: enough to keep every worker busy;
+        when the workers outnumber this sender's `share` of the cores (more senders came),
+        no more than that share is kept busy."""
+        busy = min(self.workers, self.share()) if self.share is not None else self.workers
+        return 2 * busy if busy == self.workers else busy - 1
 
     def submit(
         self, keys: Sequence[str], edition: dt.date, now: dt.datetime
