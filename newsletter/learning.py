@@ -48,7 +48,7 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   lift with a prior towards the global one (at most +0.003) is used.
 The weights, both contrasts, the sink weight, the prior and `half` are chosen leave-one-profile-out by
 scripts/eval.py (the shipped defaults are its choice on all profiles).
-Everything here is pure; `selection.py` feeds it the scores and applies the result.
+Everything here is pure; the `selection` package feeds it the scores and applies the result.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Folding rules, the same for papers and for the user's terms:
   of Metzler & Croft's sequential dependence model. Not for a term that is one word in
   disguise (an acronym's expansion, a compound the collection hyphenates: "model-based"), and
   these loose matches do not count towards its document frequency (its idf).
-Everything here is pure; `selection.py` turns the postings into scores.
+Everything here is pure; the `selection` package turns the postings into scores.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ from newsletter.selection import (
     select_for,
     topic_reference,
 )
+from newsletter.selection import compile as compile_module
+from newsletter.selection import scoring as scoring_module
 from newsletter.settings import Settings
 from newsletter.subscribers import load_subscribers
 from newsletter.textindex import soft_idf, tokenize, word_spans
@@ -952,7 +954,7 @@ def test_scoring_the_whole_collection_at_once_or_the_listing_first_selects_alike
     subs = _generated_subscribers(200, seed=11)
     found = []
     for share in (0, 1000):  # never, always at once
-        monkeypatch.setattr(selection_module, "WHOLE_PASS", share)
+        monkeypatch.setattr(scoring_module, "WHOLE_PASS", share)  # read there
         found.append([select_for(index, day, subs, threshold=THRESHOLD) for day in seed_listings()])
     assert found[0] == found[1]
     assert sum(len(s.papers) for day in found[0] for s in day) > 500
@@ -988,7 +990,7 @@ def test_editions_over_one_index_reuse_its_compiled_topics(
     again = select_for(index, second, subs, threshold=THRESHOLD)
     assert selection_module._TOPICS[index] is kept
     assert again == select_for(PaperIndex.build(papers), second, subs, threshold=THRESHOLD)
-    monkeypatch.setattr(selection_module, "MAX_COMPILED", kept.size() - 1)
+    monkeypatch.setattr(compile_module, "MAX_COMPILED", kept.size() - 1)  # read there
     assert select_for(index, second, subs, threshold=THRESHOLD) == again
     assert selection_module._TOPICS[index] is not kept
 
