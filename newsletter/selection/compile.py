@@ -353,7 +353,7 @@ class _Topics:
 _TOPICS: weakref.WeakKeyDictionary[PaperIndex, _Topics] = weakref.WeakKeyDictionary()
 
 
-MAX_COMPILED = 50_000  # ~40 MB: one edition of a large file must not grow send memory
+MAX_COMPILED = 50_000  # ~120 MiB measured (not flat: each render worker keeps one; see #13)
 
 
 def _topics_of(index: PaperIndex) -> _Topics:
