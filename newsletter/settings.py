@@ -485,8 +485,13 @@ def read_dotenv(path: Path | None) -> dict[str, str | None]:
 def settings_file(environ: Mapping[str, str], dotenv: Path | None = DOTENV_FILE) -> Path:
     """NEWSLETTER_SETTINGS_FILE (environment, then .env), else config/newsletter.toml in the
     working folder, else the bundled example (every line a comment)."""
-    explicit = environ.get(SETTINGS_FILE_VAR) or read_dotenv(dotenv).get(SETTINGS_FILE_VAR)
+    explicit = _explicit_settings_file(environ, dotenv)
     return Path(explicit) if explicit else look_up(SETTINGS_FILE)
+
+
+def _explicit_settings_file(environ: Mapping[str, str], dotenv: Path | None) -> str | None:
+    """NEWSLETTER_SETTINGS_FILE as set in the environment, else in .env."""
+    return environ.get(SETTINGS_FILE_VAR) or read_dotenv(dotenv).get(SETTINGS_FILE_VAR)
 
 
 def _closest(name: str, prefix: str = "") -> str:
@@ -541,7 +546,7 @@ def _unknown_keys(path: Path) -> list[str]:
 
 def check_setting_names(environ: Mapping[str, str], dotenv: Path = DOTENV_FILE) -> None:
     """Refuse a misspelt setting in any source (a typo must not fall back to a default)."""
-    explicit = environ.get(SETTINGS_FILE_VAR) or read_dotenv(dotenv).get(SETTINGS_FILE_VAR)
+    explicit = _explicit_settings_file(environ, dotenv)
     if explicit and explicit != os.devnull and not Path(explicit).is_file():
         raise ConfigError(
             f"{SETTINGS_FILE_VAR}={explicit}: no such file; correct the path, or unset it to use "
