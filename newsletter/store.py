@@ -326,11 +326,20 @@ def make_engine(
     StoreErrors in one place (`_ErrorTranslator`). Creates no folder: the entry point decides
     that (settings.prepare_database_folder)."""
     try:
-        backend = sa.make_url(url).get_backend_name()
+        parsed = sa.make_url(url)
+        backend = parsed.get_backend_name()
         pg = backend == "postgresql"
+        sqlite_uri = (parsed.database or "").startswith("file:") or "uri" in parsed.query
         # a name per process in pg_stat_activity: an operator (or a test) can find its sessions
-        named = pg and "application_name" not in sa.make_url(url).query
+        named = pg and "application_name" not in parsed.query
         args = {"application_name": f"newsletter:{os.getpid()}"} if named else {}
+        if backend == "sqlite" and sqlite_uri:
+            # a URI filename names no file the sender lock could sit beside: two senders on
+            # one database would not exclude each other and would send every digest twice
+            raise StoreError(
+                f"setting NEWSLETTER_DATABASE_URL: {safe_url(url)!r} is an SQLite URI filename; "
+                "give the database file's path, e.g. sqlite:///var/newsletter.db"
+            )
         engine = sa.create_engine(url, future=True, pool_pre_ping=pg, connect_args=args)
     except ValueError:  # e.g. a port that is no number: its text may hold the password
         raise StoreError(
@@ -1511,18 +1520,35 @@ class Store:
         return max(0.0, -left / rate)
 
     @property
+    def _db_file(self) -> Path | None:
+        """The SQLite database file with every symlink resolved; None in memory."""
+        db = self.engine.url.database
+        if self.dialect == "sqlite" and db and db != ":memory:":
+            return Path(db).expanduser().resolve()
+        return None
+
+    @property
     def lock_dir(self) -> Path:
         """Where this store's sender lock files live: beside the SQLite database file, so two
         processes on one store exclude each other whatever folder they were started from."""
-        db = self.engine.url.database
-        if self.dialect == "sqlite" and db and db != ":memory:" and not db.startswith("file:"):
-            return Path(db).expanduser().resolve().parent
+        db = self._db_file
+        if db is not None:
+            return db.parent
         # an in-memory store is private to its process: a per-process folder is enough
         return Path(tempfile.gettempdir()) / f"newsletter-locks-{os.getpid()}"
 
     def lock_path(self, name: str) -> Path:
-        db = Path(self.engine.url.database or "memory").name
-        return self.lock_dir / f"{db}.send-{name}.lock"
+        """The lock file for `name`, beside the resolved database file and named after its
+        inode: two senders that reach one database through a symlink or a hard link
+        (two paths, one file) must meet on one lock."""
+        db = self._db_file
+        if db is None:
+            return self.lock_dir / f"memory.send-{name}.lock"
+        try:  # a hard link's name differs, its inode does not
+            key = f"inode-{os.stat(db).st_ino}"
+        except FileNotFoundError:  # Store.open creates it; a store deleted under us locks by name
+            key = db.name
+        return self.lock_dir / f".{key}.send-{name}.lock"
 
     def sender_key(self, name: str) -> int:
         """The PostgreSQL advisory lock key of `name`'s sender lock (for monitoring)."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
 
+from newsletter.errors import LockHeld, StoreError
 from newsletter.ingest import dump_files, read_dump
 from newsletter.models import LedgerOutcome, ListingEntry
 from newsletter.store import Store
@@ -157,14 +159,12 @@ def test_ledger_lifecycle(store: Store) -> None:
 
 @pytest.mark.parametrize("bad", ["nosuchdriver://x", "postgresql+psycopg://nobody@127.0.0.1:1/x"])
 def test_bad_database_url_is_a_clear_error(bad: str) -> None:
-    from newsletter.errors import StoreError
 
     with pytest.raises(StoreError, match=r"NEWSLETTER_DATABASE_URL|cannot open the database"):
         Store.open(bad)
 
 
 def test_sender_lock_is_exclusive_and_released(store: Store, tmp_path: Path) -> None:
-    from newsletter.errors import LockHeld
 
     with store.sender_lock("2026-03-17"):
         other = Store.open(str(store.engine.url.render_as_string(hide_password=False)))
@@ -193,6 +193,35 @@ def test_sqlite_lock_files_do_not_pile_up(tmp_path: Path) -> None:
     finally:
         store.close()
     assert sorted(p.name for p in tmp_path.iterdir() if ".lock" in p.name) == []
+
+
+def test_sqlite_lock_holds_across_symlinked_and_hard_linked_paths(tmp_path: Path) -> None:
+    """Two senders reaching one database file by two paths meet on one lock (they sent every
+    digest twice when the lock was named after the path they were given)."""
+    (tmp_path / "db").mkdir()
+    real = tmp_path / "db" / "n.db"
+    Store.open(f"sqlite:///{real}").close()
+    (tmp_path / "link").symlink_to(tmp_path / "db")
+    os.link(real, tmp_path / "db" / "hard.db")
+    paths = [tmp_path / "link" / "n.db", tmp_path / "db" / "hard.db"]
+    stores = [Store.open(f"sqlite:///{p}") for p in [real, *paths]]
+    try:
+        with stores[0].sender_lock("2026-03-17"):
+            for other in stores[1:]:
+                with pytest.raises(LockHeld), other.sender_lock("2026-03-17"):
+                    pass
+    finally:
+        for s in stores:
+            s.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///file:n.db?mode=rwc&uri=true", "sqlite:///file:mem?mode=memory&uri=true"]
+)
+def test_sqlite_uri_filenames_are_refused(url: str) -> None:
+    """A URI filename names no file a sender lock could sit beside: refused with the fix."""
+    with pytest.raises(StoreError, match="URI filename; give the database file's path"):
+        Store.open(url)
 
 
 _HAMMER = """
@@ -245,8 +274,6 @@ def test_lock_released_when_the_holder_is_killed(store: Store, tmp_path: Path) -
     import subprocess
     import sys
     import time
-
-    from newsletter.errors import LockHeld
 
     url = store.engine.url.render_as_string(hide_password=False)
     code = (
