@@ -11,8 +11,9 @@ callback one at a time, so the caller can check each and drop it.
 
 Plain YAML takes that path: what `yaml.safe_load` gives, with the same values and key order.
 A document with anchors, aliases, explicit tags, merge keys (`<<`), keys that are not scalars or
-`stream_key` twice raises `NotPlain`; `read_document_nodes` reads it the general way (a node tree,
-then `construct_document`), as before. Both are pure: text in, values out.
+a key twice raises `NotPlain`; `read_document_nodes` reads it the general way (a node tree,
+then `construct_document`), as before, and reports a key written twice in one mapping as an error
+at its line. Both are pure: text in, values out.
 """
 
 from __future__ import annotations
@@ -196,7 +197,6 @@ class _Reader:
         data: dict[Any, Any] = {}
         lines = MapLines(start.start_mark.line + 1, [], [], [])
         get = self.get_event
-        streamed = False
         while True:
             event = get()
             kind = type(event)
@@ -205,11 +205,10 @@ class _Reader:
             if kind is not ScalarEvent or event.anchor is not None:
                 raise NotPlain("complex key, anchor or alias")
             key = self.scalar(event)
+            if key in data:
+                raise NotPlain("a duplicate key")
             value = get()
             if root and key == self.stream_key and event.value == self.stream_key:
-                if streamed:
-                    raise NotPlain(f"{self.stream_key} twice")
-                streamed = True
                 data[key], child = self.streamed(value)
             elif type(value) is ScalarEvent and value.anchor is None:
                 data[key], child = self.scalar(value), event_line(value)
@@ -290,9 +289,24 @@ def _check_scalars(loader: Any, node: yaml.Node, seen: set[int]) -> None:
         if node.tag in loader.yaml_constructors and node.tag != _STR:
             construct_scalar(loader, node)
     elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
         for key, value in node.value:
             _check_scalars(loader, key, seen)
             _check_scalars(loader, value, seen)
+            if isinstance(key, yaml.ScalarNode) and key.tag not in _SPECIAL:
+                # YAML forbids it and the loader would keep the last one silently: a second
+                # `subscribers:` or `topics:` would drop what the first one says
+                was = first.setdefault((key.tag, key.value), key)
+                if was is not key:
+                    lines = sorted({was.start_mark.line + 1, key.start_mark.line + 1})
+                    where = " and ".join(map(str, lines))
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key {key.value!r} is written twice in one mapping (line"
+                        f"{'s' if len(lines) > 1 else ''} {where}); keep one",
+                        key.start_mark,
+                    )
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
             _check_scalars(loader, item, seen)

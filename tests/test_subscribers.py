@@ -112,6 +112,45 @@ def test_a_date_that_does_not_exist_is_a_located_problem_not_a_crash(
         check_subscribers(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (  # a second list appended to the file: commands crashed, the check said valid
+            "subscribers:\n  - email: a@example.org\nsubscribers:\n  - email: b@example.org\n",
+            "line 3: not valid YAML (the key 'subscribers' is written twice in one mapping "
+            "(lines 1 and 3); keep one)",
+        ),
+        (  # a subscriber's second `topics:` silently replaced the first
+            "subscribers:\n  - email: a@example.org\n    topics:\n      - name: RL\n"
+            "        keywords: [offline RL]\n    topics:\n      - name: Robots\n"
+            "        keywords: [robot]\n",
+            "line 6: not valid YAML (the key 'topics' is written twice in one mapping "
+            "(lines 3 and 6); keep one)",
+        ),
+        (  # in a flow mapping, on one line
+            "subscribers:\n  - {email: a@example.org, email: b@example.org}\n",
+            "line 2: not valid YAML (the key 'email' is written twice in one mapping "
+            "(line 2); keep one)",
+        ),
+    ],
+)
+def test_a_key_written_twice_is_a_located_problem(
+    text: str, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML forbids a key twice in one mapping; every reader (scanner, C and pure-Python
+    parsers, the file check) reports it at its line instead of keeping one or crashing."""
+    for loader in (yaml.CSafeLoader, yaml.SafeLoader):
+        monkeypatch.setattr(subscribers, "Loader", loader)
+        with pytest.raises(SubscriberConfigError) as caught:
+            parse_subscribers(text, "s.yaml")
+        assert caught.value.problems == [f"s.yaml, {problem}"]
+    path = tmp_path / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SubscriberConfigError) as caught:
+        check_subscribers(path)
+    assert caught.value.problems == [f"{path}, {problem}"]
+
+
 def test_missing_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(SubscriberConfigError, match="NEWSLETTER_SUBSCRIBERS_FILE"):
         load_subscribers(tmp_path / "nope.yaml")
