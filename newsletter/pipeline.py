@@ -74,6 +74,7 @@ def ingest_folder(
         log.warning("%s: skipped: %s", entry.path, entry.reason)
         outcomes.append(FileOutcome(str(entry.path), None, 0, 0, "skipped", entry.reason))
     seen: dict[dt.date, Path] = {}
+    dated: dict[str, dt.date] = {}  # text dumps' dates, kept even where a fetched day wins
     # A fetched day (JSON) carries ids and authors: it wins over a text dump of the same day.
     for res in sorted(results, key=lambda r: r.path.suffix != ".json"):
         path = str(res.path)
@@ -90,6 +91,7 @@ def ingest_folder(
             outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "skipped", reason))
             continue
         if listing.date in seen and seen[listing.date].suffix == ".json" != res.path.suffix:
+            dated[listing.content_hash] = listing.date
             reason = f"{seen[listing.date].name} (fetched) is the listing of that day"
             log.info("%s: skipped: %s", path, reason)
             outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "skipped", reason))
@@ -114,6 +116,8 @@ def ingest_folder(
             outcomes.append(FileOutcome(path, listing.date.isoformat(), 0, 0, "rejected", error))
             continue
         seen[listing.date] = res.path
+        if res.path.suffix == ".txt":
+            dated[listing.content_hash] = listing.date
         if saved.status == "replaced":
             log.warning(
                 "%s: the listing for %s changed; replaced the stored one", path, listing.date
@@ -123,6 +127,7 @@ def ingest_folder(
                 path, listing.date.isoformat(), saved.papers, saved.new_papers, saved.status, None
             )
         )
+    store.remember_dump_dates(dated)
     return sorted(outcomes, key=lambda o: o.path)
 
 

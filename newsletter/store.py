@@ -31,7 +31,7 @@ import secrets
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +81,15 @@ fetched_days = sa.Table(
     sa.Column("last_modified", sa.Text),
     sa.Column("papers", sa.Integer, nullable=False),
     sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The date every text dump was first given (a dump has no year): it keeps that date when read
+# again a year later, even if its listing was never kept (a fetched day won) or was replaced.
+dump_dates = sa.Table(
+    "dump_dates",
+    metadata,
+    sa.Column("content_hash", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, nullable=False),
 )
 
 listings = sa.Table(
@@ -674,11 +683,23 @@ class Store:
             )
 
     def dates_by_content(self) -> dict[str, dt.date]:
-        """The date each stored listing's content (its hash) is stored under, the earliest if
-        one content sits under several dates."""
+        """The date each dump's content (its hash) was given: the date a text dump was first
+        dated (`remember_dump_dates`), else the date a stored listing with that content is
+        stored under, the earliest if one content sits under several dates."""
         query = sa.select(listings.c.content_hash, listings.c.date).order_by(listings.c.date.desc())
         with self.engine.connect() as conn:
-            return {content: date for content, date in conn.execute(query)}
+            found = {content: date for content, date in conn.execute(query)}
+            dumps = conn.execute(sa.select(dump_dates.c.content_hash, dump_dates.c.date))
+            found.update({content: date for content, date in dumps})
+        return found
+
+    def remember_dump_dates(self, dated: Mapping[str, dt.date]) -> None:
+        """Record the date of each dump content not dated before (the first date stays)."""
+        if not dated:
+            return
+        rows = [{"content_hash": h, "date": d} for h, d in dated.items()]
+        with self.engine.begin() as conn:
+            conn.execute(self._insert(dump_dates).values(rows).on_conflict_do_nothing())
 
     def newest_date(self) -> dt.date | None:
         dates = self.listing_dates()

@@ -20,6 +20,7 @@ from newsletter.ingest import (
     dump_files,
     extract_links,
     infer_date,
+    json_dump_name,
     normalise_title,
     paper_id,
     parse_dump,
@@ -32,6 +33,7 @@ from newsletter.settings import Settings, load_settings
 from newsletter.store import Store
 
 from .conftest import FIXTURES, REFERENCE, SEEDS
+from .dailyapi import api_entries, body
 
 DUMPS = FIXTURES / "dumps"
 
@@ -314,6 +316,34 @@ def test_a_stored_dump_keeps_its_date_when_read_again_a_year_later(
     assert {o.status for o in again} == {"unchanged"}
     assert all(d.year == REFERENCE.year for d in dates)
     assert {o.status for o in pinned} == {"ingested"}  # --year is the operator's word
+
+
+@pytest.mark.parametrize("json_first", [True, False])
+def test_a_text_dump_a_fetched_day_replaced_keeps_its_date_a_year_later(
+    json_first: bool, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Where the fetched day (JSON) of the same date won, the text dump's content is in no
+    stored listing: it was re-dated on its anniversary and mailed as the newest edition."""
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    txt = SEEDS / "002_2b37b74c05805532.txt"  # Mar 17
+    shutil.copy(txt, seeds / txt.name)
+    fetched = seeds / json_dump_name(dt.date(REFERENCE.year, 3, 17))
+    store = Store.open(make_settings().database_url)
+    now = dt.datetime(2027, 3, 16, 12, tzinfo=dt.UTC)
+    if json_first:
+        fetched.write_bytes(body(api_entries(txt)))
+    ingest_folder(store, make_settings(reference_date=REFERENCE), seeds, now=now)
+    if not json_first:  # stored from the text, then replaced by the fetched day
+        fetched.write_bytes(body(api_entries(txt)))
+        ingest_folder(store, make_settings(reference_date=REFERENCE), seeds, now=now)
+    later = make_settings(reference_date=dt.date(REFERENCE.year + 1, 3, 16))
+    rows = {Path(r.path).name: r for r in ingest_folder(store, later, seeds, now=now)}
+    dates = store.listing_dates()
+    store.close()
+    assert dates == [dt.date(REFERENCE.year, 3, 17)]
+    assert rows[txt.name].date == f"{REFERENCE.year}-03-17"
+    assert rows[txt.name].status == "skipped" and "fetched" in (rows[txt.name].error or "")
 
 
 def test_the_hosts_time_zone_does_not_move_the_year(tmp_path: Path) -> None:
