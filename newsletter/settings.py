@@ -63,7 +63,10 @@ def default_seeds(subscribers_file: Path) -> Path:
     """seeds/ in the working folder; the bundled example dumps only for the bundled example
     subscribers. Real readers must never be mailed the examples: a deployment without a
     seeds/ folder whose first fetch fails would otherwise send a stale example edition."""
-    if SEEDS_DIR.exists() or not is_bundled(subscribers_file):
+    if not is_bundled(subscribers_file):
+        return SEEDS_DIR
+    # an empty seeds/ (made for fetched days, none fetched yet) does not hide the examples
+    if SEEDS_DIR.is_dir() and any(SEEDS_DIR.iterdir()):
         return SEEDS_DIR
     return BUNDLED / SEEDS_DIR
 

@@ -56,6 +56,7 @@ def environment(tmp_path: Path, port: int) -> dict[str, str]:
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'newsletter.db'}",
         NEWSLETTER_SUBSCRIBERS_FILE=str(tmp_path / "subscribers.yaml"),
         NEWSLETTER_REFERENCE_DATE="2026-11-21",
+        NEWSLETTER_SEEDS_DIR=str(SEEDS),  # not ./seeds: a test must leave the checkout as it was
         NEWSLETTER_SMTP_HOST="127.0.0.1",
         NEWSLETTER_SMTP_PORT=str(port),
         NEWSLETTER_SMTP_SECURITY="none",

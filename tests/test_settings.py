@@ -46,6 +46,15 @@ def test_the_working_folder_comes_before_the_bundled_examples(here: Path) -> Non
     assert s.sender_name == "Here"
 
 
+def test_an_empty_seeds_folder_does_not_hide_the_bundled_example_dumps(here: Path) -> None:
+    """Commands make seeds/ as the home of fetched days: with the example subscribers, an empty
+    one made `make run` find no listing (after `make test` had made one in the checkout)."""
+    (here / "seeds").mkdir()
+    assert Settings(_env_file=None).seeds_dir == BUNDLED / "seeds"  # type: ignore[call-arg]
+    (here / "seeds" / "mar17.txt").write_text("Daily Papers\nMar 17\n", encoding="utf-8")
+    assert Settings(_env_file=None).seeds_dir == Path("seeds")  # type: ignore[call-arg]
+
+
 def test_an_explicit_setting_comes_first(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (here / "seeds").mkdir()
     other = here / "elsewhere.toml"
