@@ -166,6 +166,14 @@ def parse_daily_papers(data: bytes | str, *, source: str) -> ApiDay:
                 f"{_inner(entry)['id']!r}, which is no arXiv id; it links to a search instead"
             )
         papers.append(paper)
+    if doc and not papers:
+        # not a day without papers: the answer's shape changed (a renamed field), and calling
+        # it an empty day would stop every edition without a word
+        raise IngestError(
+            source,
+            f"none of its {len(doc)} entries has a title (looked for `paper.title` and `title`); "
+            "the source's format may have changed: nothing stored",
+        )
     return ApiDay(tuple(papers), tuple(warnings))
 
 

@@ -103,6 +103,11 @@ def test_the_parser_keeps_what_is_there_and_tolerates_what_is_not() -> None:
         (b"[1, 2]", "entry 1 is a int"),
         (b"", "empty"),
         (b"\xff\xfe[]", "not UTF-8"),
+        (  # a renamed field: not a day without papers
+            b'[{"paper": {"paperTitle": "A", "summary": "s"}}, {"paperTitle": "B"}]',
+            "none of its 2 entries has a title (looked for `paper.title` and `title`); the "
+            "source's format may have changed: nothing stored",
+        ),
     ],
 )
 def test_a_malformed_answer_is_refused_with_the_reason(data: bytes, reason: str) -> None:
@@ -209,6 +214,18 @@ def test_truncated_json_is_refused_with_the_url_and_stores_nothing(
     assert len(api.asked(MAR17)) == 1  # a malformed answer is not retried
     assert not seeds.exists() and local_store.listing(MAR17) is None
     assert local_store.fetched_day(MAR17) is None
+
+
+def test_an_answer_whose_entries_all_lack_a_title_fails_the_day(
+    api: DailyApi, fetch_settings: Settings, local_store: Store, seeds: Path
+) -> None:
+    """It was taken for an empty day, silently: an upstream field rename would have stopped
+    every edition with exit 0."""
+    api.add(MAR17, body([{"paper": {"paperTitle": "A", "summary": "s"}}]))
+    [outcome] = run_fetch(fetch_settings, local_store, MAR17, client=quick(api))
+    assert outcome.status == "failed"
+    assert outcome.error is not None and "none of its 1 entries has a title" in outcome.error
+    assert local_store.fetched_day(MAR17) is None and not seeds.exists()
 
 
 def test_an_empty_day_is_fine_and_makes_no_listing(
