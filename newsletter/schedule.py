@@ -141,8 +141,12 @@ def decide(
     catch_up: bool,
     grace: dt.timedelta = dt.timedelta(minutes=10),
     open_firing: tuple[dt.datetime, dt.date] | None = None,
+    queued: dt.datetime | None = None,
 ) -> Decision:
-    """What to do for one group at `now` (pure). An open firing is finished first."""
+    """What to do for one group at `now` (pure). An open firing is finished first. `queued`:
+    when the pass was asked for, if it then waited for another pass of this process; its
+    lateness is judged from then (a send time that came while another group was sending was
+    not missed: the daemon was up and busy)."""
     if open_firing is not None:
         firing, edition = open_firing
         return Decision(
@@ -157,7 +161,7 @@ def decide(
     firing = last_firing(group, now)
     if last_served is not None and last_served >= firing:
         return Decision(group, firing, "not-due", reason="this send time was already served")
-    late = now - firing
+    late = min(now, queued or now) - firing
     if late > grace:
         # Downtime: only today's missed send time is caught up; older ones coalesce into it.
         if not catch_up:
@@ -187,7 +191,12 @@ def _due(group: Group, watermarks: dict[str, dt.date], edition: dt.date) -> tupl
 
 
 def plan_pass(
-    store: Store, groups: Sequence[Group], now: dt.datetime, *, catch_up: bool
+    store: Store,
+    groups: Sequence[Group],
+    now: dt.datetime,
+    *,
+    catch_up: bool,
+    queued: dt.datetime | None = None,
 ) -> list[Decision]:
     """Decisions for every group, from the store's state (one query per kind, not per group)."""
     newest = store.newest_date()
@@ -201,6 +210,7 @@ def plan_pass(
             watermarks=marks,
             catch_up=catch_up,
             open_firing=store.open_firing(g.key),
+            queued=queued,
         )
         for g in groups
     ]
@@ -214,6 +224,7 @@ async def run_pass(
     *,
     only: str | None = None,
     stop: asyncio.Event | None = None,
+    queued: dt.datetime | None = None,
 ) -> PassResult:
     """One pass: fetch the day of each due firing (NEWSLETTER_FETCH), ingest new dumps, finish
     open firings, serve every due group (or just `only`), then retry what is due (stopped
@@ -224,7 +235,7 @@ async def run_pass(
         await fetch_before_firing(settings, store, firing_days(store, groups, now), now=now)
     ingest_folder(store, settings, settings.seeds_dir, now=now)
     result = PassResult()
-    todo = plan_pass(store, groups, now, catch_up=settings.catch_up)
+    todo = plan_pass(store, groups, now, catch_up=settings.catch_up, queued=queued)
     while todo:
         d = todo.pop(0)
         if stop is not None and stop.is_set():
@@ -455,6 +466,7 @@ class Daemon:
             )
 
     async def _fire(self, group_key: str | None = None) -> None:
+        queued = self.clock()  # a wait for our own other pass is no downtime (see decide)
         async with self._busy:  # one pass at a time in this process
             if self.stop.is_set():
                 return
@@ -467,6 +479,7 @@ class Daemon:
                     self.clock,
                     only=group_key,
                     stop=self.stop,
+                    queued=queued,
                 )
             except asyncio.CancelledError:
                 if not self.stop.is_set():

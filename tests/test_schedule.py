@@ -165,6 +165,18 @@ def test_downtime_across_the_send_time_catches_up_today() -> None:
     assert off.action == "missed"  # type: ignore[attr-defined]
 
 
+def test_a_send_time_that_came_while_another_group_was_sending_is_not_missed() -> None:
+    """The daemon runs one pass at a time: group B's 07:05 firing waited for group A's long
+    send and started at 07:30. With catch-up off it was called missed and the day was lost;
+    its lateness counts from when it was asked for."""
+    g = group("UTC", "07:05")
+    now, queued = utc(2026, 3, 17, 7, 30), utc(2026, 3, 17, 7, 5)
+    d = _decide(g, now, last_served=utc(2026, 3, 16, 7, 5), catch_up=False, queued=queued)
+    assert d.action == "send" and d.firing == utc(2026, 3, 17, 7, 5)  # type: ignore[attr-defined]
+    down = _decide(g, now, last_served=utc(2026, 3, 16, 7, 5), catch_up=False, queued=now)
+    assert down.action == "missed"  # type: ignore[attr-defined]  # a start at 07:30 is late
+
+
 def test_downtime_over_several_days_never_bursts() -> None:
     g = group("Europe/Berlin")
     # down from Mar 14 to Mar 17 05:00 local (before today's send time): yesterday's is missed,
