@@ -22,6 +22,7 @@ the same folder then share it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -65,18 +66,27 @@ def signing_keys(settings: Settings, *, auto_file: Path = AUTO_KEY_FILE) -> Sign
 
 
 def _auto_key(path: Path) -> str:
+    # written whole to a private temporary file, then linked into place: a process starting at
+    # the same moment never reads a half-written key, and a crash never leaves an empty one
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_urlsafe(48) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(temp, path)
+    except FileExistsError:  # another process made it first: theirs is the key
         return _read_key(path)
     except OSError as exc:
         raise ConfigError(
             f"no signing key configured and cannot create {path} ({exc.strerror}); set "
             "NEWSLETTER_SIGNING_KEY_FILE or run in a writable folder"
         ) from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(secrets.token_urlsafe(48) + "\n")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
     log.warning(
         "no signing key configured: created %s (mode 0600); keep it, and run `send` and "
         "`serve` in this folder or point NEWSLETTER_SIGNING_KEY_FILE at it",

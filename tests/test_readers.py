@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -157,6 +159,30 @@ def test_a_missing_key_is_created_once_with_mode_0600(
     assert str(path) in caplog.text and first.current not in caplog.text
     assert signing_keys(make_settings(), auto_file=path) == first  # send and serve share it
     assert "***" in repr(first) and first.current not in repr(first)
+
+
+def _key_in_child(path: str, out: Any) -> None:
+    try:
+        out.put(signing_keys(Settings(_env_file=None), auto_file=Path(path)).current)
+    except ConfigError as exc:
+        out.put(f"error: {exc}")
+
+
+def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None:
+    """`send` and `serve` started at once: the loser read the key file between its creation
+    and its write, and stopped on "the signing key has 0 bytes" (15 of 200 starts)."""
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(40):
+        path = tmp_path / str(round_) / "signing-key"
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_key_in_child, args=(str(path), out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        keys = {out.get(timeout=30) for _ in procs}
+        for p in procs:
+            p.join()
+        assert len(keys) == 1 and not next(iter(keys)).startswith("error"), keys
+        assert sorted(f.name for f in path.parent.iterdir()) == ["signing-key"]  # no temp left
 
 
 def test_a_short_key_is_refused_and_never_printed(

@@ -33,7 +33,7 @@ from newsletter.links import Links
 from newsletter.models import Paper, Subscriber
 from newsletter.pipeline import ingest_folder
 from newsletter.settings import Settings
-from newsletter.store import Store
+from newsletter.store import Store, make_engine
 from newsletter.subscribers import load_subscribers
 from newsletter.tokens import SigningKeys, Tokens
 from newsletter.web import create_app
@@ -504,6 +504,26 @@ def test_a_vote_from_a_removed_subscriber_is_refused_with_the_address_masked(
 def test_healthz_says_the_store_is_reachable(site: Site, client: httpx.Client) -> None:
     r = client.get(site.url + "/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok", "store": "ok"}
+
+
+def test_healthz_tells_a_probe_the_store_is_down_and_names_no_database_detail(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The probe is public: the reason (user, host, port, database name) goes to the log only."""
+    url = "postgresql+psycopg://newsletter:secret@127.0.0.1:9/prod"
+    down = Store(make_engine(url, lock_timeout=2))
+    app = create_app(make_settings(), down, subscribers=lambda: [])
+
+    async def probe() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://web") as web:
+            return await web.get("/healthz")
+
+    with caplog.at_level(logging.ERROR, logger="newsletter.web"):
+        r = asyncio.run(probe())
+    down.close()
+    assert r.status_code == 503 and r.json() == {"status": "error", "store": "unreachable"}
+    assert "127.0.0.1" in caplog.text and "secret" not in caplog.text
 
 
 def test_the_access_log_carries_no_token_reader_id_or_address(
