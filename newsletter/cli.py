@@ -884,10 +884,13 @@ def run_cmd(app: AppContext, once: bool) -> None:
         for col in ("group", "send time (UTC)", "action", "edition", "subscribers"):
             table.add_column(col)
         for d in decisions:
+            action = d.action
+            if action == "send":  # another sender held the edition, or the send was stopped
+                action = "left open" if d.group.key in result.left_open else "sent"
             table.add_row(
                 d.group.key,
                 f"{d.firing:%Y-%m-%d %H:%M}",
-                d.action if d.action != "send" else "sent",
+                action,
                 str(d.edition or "-"),
                 str(len(d.recipients) if d.action == "send" else len(d.group.subscribers)),
             )

@@ -86,6 +86,7 @@ class PassResult:
 
     decisions: list[Decision] = field(default_factory=list)
     reports: list[DeliveryReport] = field(default_factory=list)
+    left_open: set[str] = field(default_factory=set)  # groups whose send did not finish
 
     @property
     def failed(self) -> bool:
@@ -251,6 +252,7 @@ async def run_pass(
         if report is not None:
             result.reports.append(report)
         if not done:
+            result.left_open.add(d.group.key)
             continue  # stays open: the next pass resumes it
         store.finish_firing(d.group.key, d.firing)
         if d.resume:  # the interrupted firing is done; the group may have a newer one due

@@ -79,6 +79,31 @@ def run_at(settings: Settings, store: Store, now: dt.datetime) -> list[str]:
     return [f"{d.group.key}:{d.action}" for d in decisions]
 
 
+def test_a_firing_another_sender_holds_is_reported_left_open_not_sent(
+    make_settings: Callable[..., Settings], seeds_dir: Path, tmp_path: Path
+) -> None:
+    """SQLite: a second sender gets LockHeld and the firing stays open; `run --once` printed
+    it as sent (with its recipient count) all the same."""
+    subs = tmp_path / "subscribers.yaml"
+    subs.write_text(SUBS, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = make_settings(seeds_dir=seeds_dir, subscribers_file=subs, database_url=url)
+    add_dump(seeds_dir, "002_2b37b74c05805532.txt")  # Mar 17
+    store, other = Store.open(url), Store.open(url)
+    tokyo = utc(2026, 3, 16, 22, 0)  # 07:00 in Tokyo
+    try:
+        with other.sender_lock("2026-03-17"):
+            result = asyncio.run(run_pass(settings, store, load_subscribers(subs), Clock(tokyo)))
+        sends = {d.group.key for d in result.decisions if d.action == "send"}
+        assert "Asia/Tokyo|07:00" in sends and result.left_open == sends
+        assert inbox(settings) == []
+        again = asyncio.run(run_pass(settings, store, load_subscribers(subs), Clock(tokyo)))
+        assert again.left_open == set() and "tokyo@example.org" in dict(inbox(settings))
+    finally:
+        store.close()
+        other.close()
+
+
 def test_each_group_at_its_own_local_time(
     daemon_settings: Settings, seeds_dir: Path, store: Store
 ) -> None:
