@@ -884,7 +884,7 @@ def run_cmd(app: AppContext, once: bool) -> None:
         for col in ("group", "send time (UTC)", "action", "edition", "subscribers"):
             table.add_column(col)
         for d in decisions:
-            action = d.action
+            action: str = d.action
             if action == "send":  # another sender held the edition, or the send was stopped
                 action = "left open" if d.group.key in result.left_open else "sent"
             table.add_row(
