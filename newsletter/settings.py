@@ -356,6 +356,14 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text or json (lines).")
     log_level: str = Field("INFO", description="Python log level.")
 
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        names = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if v.upper() not in names:
+            raise ValueError(f"{v!r} is no log level; use one of {', '.join(names)}")
+        return v.upper()
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, v: str) -> str:

@@ -13,6 +13,7 @@ from newsletter.settings import (
     BUNDLED,
     Settings,
     check_setting_names,
+    load_settings,
     prepare_database_folder,
     settings_file,
 )
@@ -122,3 +123,12 @@ def test_only_the_default_database_folder_is_created(here: Path) -> None:
     prepare_database_folder(f"sqlite:///{here}/data/x.db")
     prepare_database_folder("sqlite:///:memory:")
     prepare_database_folder("postgresql+psycopg://u@h/db")
+
+
+def test_a_log_level_that_is_none_is_a_setting_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It crashed every command with a traceback from logging (ValueError: Unknown level)."""
+    monkeypatch.setenv("NEWSLETTER_LOG_LEVEL", "LOUD")
+    with pytest.raises(ConfigError, match=r"NEWSLETTER_LOG_LEVEL: .*'LOUD' is no log level; use"):
+        load_settings()
+    monkeypatch.setenv("NEWSLETTER_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
