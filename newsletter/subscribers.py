@@ -22,6 +22,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -82,7 +83,19 @@ def _display_name(value: str) -> str:
     return value
 
 
-TimeStr = Annotated[str, AfterValidator(_check_time)]
+def _unquoted_time(value: object) -> object:
+    """YAML 1.1 reads an unquoted 7:30 as the number 450 (base 60): name the quoted fix."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        hours, minutes = divmod(value, 60)
+        quoted = f'"{hours:02d}:{minutes:02d}"' if 0 <= hours < 24 else '"HH:MM"'
+        raise ValueError(
+            f"is a number: YAML reads an unquoted {quoted[1:-1]} as minutes; put the time "
+            f"in quotes, e.g. {quoted}"
+        )
+    return value
+
+
+TimeStr = Annotated[str, BeforeValidator(_unquoted_time), AfterValidator(_check_time)]
 ZoneStr = Annotated[str, AfterValidator(_check_zone)]
 Line = Annotated[str, AfterValidator(_single_line)]
 DisplayName = Annotated[str, AfterValidator(_single_line), AfterValidator(_display_name)]

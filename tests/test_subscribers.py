@@ -376,3 +376,20 @@ def test_every_generated_subscriber_takes_the_fast_path() -> None:
     assert subs[49].send_at == dt.time(7, 30)
     # equal keywords are one object across subscribers (memory for 100,000 of them)
     assert subs[0].topics[0].keywords[1] is subs[49].topics[0].keywords[1] == "RL"
+
+
+def test_an_unquoted_send_time_names_the_quoted_fix() -> None:
+    """YAML 1.1 reads `send_at: 17:30` as 1050 (base 60): the message said "input should be a
+    valid string"."""
+    text = (
+        "defaults:\n  send_at: 7:30\nsubscribers:\n  - email: a@example.org\n    send_at: 17:30\n"
+        "    topics: [{name: RL, keywords: [reinforcement learning]}]\n"
+    )
+    with pytest.raises(SubscriberConfigError) as caught:
+        parse_subscribers(text, "s.yaml")
+    assert caught.value.problems == [
+        "s.yaml, line 2: defaults: field 'send_at': 450 is a number: YAML reads an unquoted "
+        '07:30 as minutes; put the time in quotes, e.g. "07:30"',
+        "s.yaml, line 5: subscriber #1 'a@example.org', field 'send_at': 1050 is a number: YAML "
+        'reads an unquoted 17:30 as minutes; put the time in quotes, e.g. "17:30"',
+    ]
