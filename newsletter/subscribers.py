@@ -271,6 +271,18 @@ def _read(
 ) -> tuple[Any, Lines | None]:
     """The document's values and lines, each subscriber checked by `check` as it is read."""
     try:
+        return _read_any(pieces, loader, check)
+    except RecursionError:  # the readers recurse per level: no real file nests this deep
+        raise _NotYaml(
+            source, [f"{source}: not valid YAML (lists or mappings nested too deeply)"]
+        ) from None
+
+
+def _read_any(
+    pieces: Callable[[], Iterable[str]], loader: type[Any], check: _Check
+) -> tuple[Any, Lines | None]:
+    source = check.source
+    try:
         check.scanned = True
         return scan_document(pieces(), "subscribers", check.entry)
     except NotPlain:

@@ -393,3 +393,10 @@ def test_an_unquoted_send_time_names_the_quoted_fix() -> None:
         "s.yaml, line 5: subscriber #1 'a@example.org', field 'send_at': 1050 is a number: YAML "
         'reads an unquoted 17:30 as minutes; put the time in quotes, e.g. "17:30"',
     ]
+
+
+def test_lists_nested_too_deeply_are_a_problem_not_a_crash() -> None:
+    deep = "subscribers:\n  - email: " + "[" * 1200 + "]" * 1200 + "\n"
+    with pytest.raises(SubscriberConfigError) as caught:
+        parse_subscribers(deep, "s.yaml")
+    assert caught.value.problems == ["s.yaml: not valid YAML (lists or mappings nested too deeply)"]
