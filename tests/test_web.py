@@ -696,3 +696,36 @@ def test_the_pages_link_a_papers_own_page_and_show_its_authors(
     plain = web.paper_view(Paper("p2", "Another Paper", "Abstract."))
     assert plain["url"].startswith(settings.paper_base_url) and plain["authors"] == ""
     store.close()
+
+
+def test_under_a_public_url_with_a_path_every_page_link_keeps_the_path(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.Client,
+) -> None:
+    """Behind a proxy at https://example.org/digest (which strips /digest), the mail linked
+    /digest/unsubscribe but the page's Unsubscribe button posted to /unsubscribe at the host's
+    root: a human's unsubscribe failed. Here the test plays the proxy."""
+    monkeypatch.chdir(tmp_path)
+    public = "https://example.org/digest"
+    for site in build_site(make_settings, tmp_path, public_base_url=public):
+        mail = site.latest(ADA)
+        body = mail.get_body(("html",))
+        assert body is not None
+        ours = [h for h in hrefs(body.get_content()) if h.startswith(public + "/")]
+        unsubscribe = next(h for h in ours if "/unsubscribe?" in h)
+        archive = next(h for h in ours if "/archive/" in h)
+        day = next(h for h in ours if "/day/" in h)
+        pages = [client.get(site.url + u.removeprefix(public)) for u in (unsubscribe, archive, day)]
+        assert [p.status_code for p in pages] == [200, 200, 200]
+        page_links = [h for p in pages for h in hrefs(p.text) if h.startswith("/")]
+        page_links += re.findall(r'action="(/[^"]*)"', " ".join(p.text for p in pages))
+        assert page_links and all(h.startswith("/digest/") for h in page_links), page_links
+        feed_path = next(h for h in page_links if h.startswith("/digest/feed?"))
+        answer = client.get(site.url + html.unescape(feed_path).removeprefix("/digest"))
+        assert answer.status_code == 200, (feed_path, answer.text[:300])
+        feed = feedparser.parse(answer.text)
+        assert {link.href for link in feed.feed.links if link.rel == "self"} == {
+            "https://example.org" + html.unescape(feed_path)
+        }

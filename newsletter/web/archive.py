@@ -20,10 +20,14 @@ from newsletter.web.pages import call, context, parse_day, verified_reader
 ATOM = "application/atom+xml"
 
 
-def _base(request: Request) -> str:
-    """Absolute URLs (the feed needs them): the public base URL, else what the client used."""
+def _origin(request: Request) -> str:
+    """What makes the pages' links absolute (the feed needs them): the public base URL's
+    scheme and host (its path is in the links already), else what the client used."""
     configured = context(request).settings.public_base_url
-    return (configured or str(request.base_url)).rstrip("/")
+    if configured:
+        parts = urlsplit(configured)
+        return f"{parts.scheme}://{parts.netloc}"
+    return str(request.base_url).rstrip("/")
 
 
 async def reader_edition(request: Request) -> Response:
@@ -58,7 +62,7 @@ async def reader_feed(request: Request) -> Response:
     reader = verified_reader(request, "feed")
     web = context(request)
     feed = await call(archive.reader_feed, web.store, reader)
-    base = _base(request)
+    base = _origin(request)
     host = urlsplit(base).hostname or "localhost"
     updated = max((e.delivered_at for e in feed.entries), default=None) or web.now()
     newest = feed.newest_edition
@@ -68,7 +72,7 @@ async def reader_feed(request: Request) -> Response:
         feed_id=f"tag:{host},2026:reader:{reader}",
         host=host,
         self_url=base + web.links.feed(reader),
-        alternate=base + web.links.archive(reader, newest) if newest else base + "/",
+        alternate=base + (web.links.archive(reader, newest) if newest else web.links.home()),
         updated=updated,
         entries=[
             {**web.paper_view(e.paper), "edition": e.edition, "at": e.delivered_at}

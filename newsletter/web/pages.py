@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import jinja2
 from starlette.concurrency import run_in_threadpool
@@ -79,7 +79,10 @@ class WebContext:
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
     def __post_init__(self) -> None:
-        self.links = Links("", self.tokens)  # relative: right behind any proxy
+        # root-relative, right behind any proxy; under the public URL's path when it has one
+        # (https://example.org/digest: the proxy strips /digest, the browser must not)
+        prefix = urlsplit(self.settings.public_base_url or "").path.rstrip("/")
+        self.links = Links(prefix, self.tokens)
         web = Path(self.settings.template_dir) / "web"
         self.env = jinja2.Environment(
             loader=jinja2.ChoiceLoader(
@@ -94,6 +97,7 @@ class WebContext:
             sender_name=self.settings.sender_name,
             postal_address=self.settings.postal_address,
             contact_address=self.settings.reply_to or self.settings.sender_address,
+            links=self.links,
         )
 
     def page(
