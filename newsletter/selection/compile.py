@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from newsletter.models import Topic
@@ -103,6 +105,9 @@ def _content_terms(text: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
+_FIELDS = operator.attrgetter("name", "keywords", "description")  # a Topic's, as a tuple
+
+
 _MAX_GROUPS = 62  # keyword groups a topic's bits in `_Table.bits` can tell apart
 
 
@@ -150,6 +155,16 @@ class _Topics:
         """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
         for each: the fast path of an edition, which needs no `_Query` per topic."""
         return self._compile(topic)[3]
+
+    def shown_numbers(self, topics: Sequence[Topic]) -> list[int]:
+        """`shown_of` of each topic, each distinct topic compiled once: topics are told apart by
+        their fields as a tuple, which hashes in C (a frozen dataclass hashes and compares in
+        Python), and most repeat."""
+        keys = list(map(_FIELDS, topics))
+        distinct = dict(zip(keys, topics, strict=True))  # equal fields, equal topics
+        compile = self._compile
+        number = {key: compile(topic)[3] for key, topic in distinct.items()}
+        return list(map(number.__getitem__, keys))
 
     def _compile(self, topic: Topic) -> _Compiled:
         # A query depends on the description only through its evidence, which rewordings
