@@ -72,7 +72,7 @@ class _KeywordPart:
 
 @dataclass(frozen=True, slots=True)
 class _Keyword:
-    """One keyword as `_Topics._keyword_part` combines it with the others of its list."""
+    """One keyword as `_Topics._new_keyword_part` combines it with the others of its list."""
 
     stripped: str
     variants: int | None  # its variant id
@@ -160,11 +160,26 @@ class _Topics:
         """`shown_of` of each topic, each distinct topic compiled once: topics are told apart by
         their fields as a tuple, which hashes in C (a frozen dataclass hashes and compares in
         Python), and most repeat."""
-        keys = list(map(_FIELDS, topics))
-        distinct = dict(zip(keys, topics, strict=True))  # equal fields, equal topics
-        compile = self._compile
-        number = {key: compile(topic)[3] for key, topic in distinct.items()}
-        return list(map(number.__getitem__, keys))
+        texts, evidence_id = self._text_ids, self._evidence_id
+        compiled, compile_terms = self._compiled, self._compile_terms
+        number: dict[tuple[str, tuple[str, ...], str], int] = {}
+        found: list[int] = []
+        for topic in topics:
+            key = _FIELDS(topic)
+            shown = number.get(key)
+            if shown is None:
+                name, keywords, text = key
+                description = texts.get(text)
+                if description is None:
+                    description = evidence_id(text)
+                terms = compiled.get((name, keywords, description))
+                if terms is None:
+                    terms = compiled[name, keywords, description] = compile_terms(
+                        topic, name, keywords, description
+                    )
+                shown = number[key] = terms[3]
+            found.append(shown)
+        return found
 
     def _compile(self, topic: Topic) -> _Compiled:
         # A query depends on the description only through its evidence, which rewordings
@@ -175,17 +190,18 @@ class _Topics:
         found = self._compiled.get((topic.name, topic.keywords, description))
         if found is None:
             key = (topic.name, topic.keywords, description)
-            found = self._compiled[key] = self._compile_terms(*key)
-            if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
-                self.query_of_shown.append(_Query(topic, *found))
-                if len(found[0]) > _MAX_GROUPS:
-                    self.wide.add(found[3])
+            found = self._compiled[key] = self._compile_terms(topic, *key)
         return found
 
-    def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
+    def _compile_terms(
+        self, topic: Topic, name: str, keywords: tuple[str, ...], description: int
+    ) -> _Compiled:
         """A topic's keyword groups, description terms, key and `shown` (the description given
-        by its evidence id)."""
-        part = self._keyword_part(keywords)
+        by its evidence id); a new `shown` gets its query in `query_of_shown`, with `topic`
+        (its first topic shows it)."""
+        part = self._keyword_parts.get(keywords)
+        if part is None:
+            part = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
         ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
         weak = self._weak.get((part.evidence_id, description))
         if weak is None:
@@ -203,20 +219,25 @@ class _Topics:
         terms, weak_id = weak
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
         shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
+        found = (
+            part.grouped,
+            terms,
+            (part.firsts, terms),
+            shown,
+            description,
+            key_id,
+            part.firsts_id,
+            weak_id,
+        )
         labels = self.labels
         if shown == len(labels.names):  # a new one
             labels.names.append(ids.setdefault(name, len(ids)))
             labels.weak.append(weak_id)
             labels.groups_at.append(len(labels.groups))
             labels.groups += part.group_ids
-        key = part.firsts, terms
-        return part.grouped, terms, key, shown, description, key_id, part.firsts_id, weak_id
-
-    def _keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
-        """What a topic's keyword list gives its query."""
-        found = self._keyword_parts.get(keywords)
-        if found is None:
-            found = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
+            self.query_of_shown.append(_Query(topic, *found))
+            if len(part.grouped) > _MAX_GROUPS:
+                self.wide.add(shown)
         return found
 
     def _new_keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
@@ -224,13 +245,13 @@ class _Topics:
         # knows the acronym: counting both would score every offline-RL paper twice.
         # Terms are told apart by the number of their variants (see `_variant_id`).
         ids = self.ids
-        found = [self._keyword(k) for k in keywords]
+        known = self._keywords.get
+        found = [known(k) or self._keyword(k) for k in keywords]
         variants = [k.variants for k in found if k.variants is not None]
         firsts: dict[int, str] = {}
         for k in found:
             for v, term in k.terms:
-                if v not in firsts:
-                    firsts[v] = term
+                firsts.setdefault(v, term)
         if len(variants) == len(found) and len(set(variants)) == len(variants):
             # The common case: each keyword a group of its own, numbered once per keyword.
             grouped = tuple([k.group for k in found])
