@@ -17,7 +17,7 @@ import numpy.typing as npt
 from newsletter.addresses import address_key
 from newsletter.learning import Votes
 from newsletter.models import DailyListing, Paper, SelectedPaper, Selection, Subscriber, TopicMatch
-from newsletter.selection.compile import _Query, _topics_of
+from newsletter.selection.compile import _Query, _release, _topics_of
 from newsletter.selection.judge import _judge, _reader
 from newsletter.selection.scoring import _bits, _Scorer, _Vector
 from newsletter.selection.tuning import CLOSEST, DEFAULT_TUNING, TREND_BONUS, Tuning
@@ -139,6 +139,7 @@ def _select_for(
         sub = subscribers[n]
         key = keys[n] if keys else ""
         selections[n] = _select_one(edition, sub, seen[n] if seen else no_history, votes.get(key))
+    _release(index)
     return [s for s in selections if s is not None]
 
 
