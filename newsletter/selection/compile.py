@@ -258,6 +258,7 @@ class _Topics:
             first = tuple([k.stripped for k in found])
             group_ids = tuple([k.group_id for k in found])
             grouped_variants = frozenset(variants)
+            single = True
         else:
             groups: dict[int, list[str]] = {}
             for k in found:
@@ -271,12 +272,12 @@ class _Topics:
             first = tuple([g[0] for g in grouped])
             group_ids = tuple([ids.setdefault(g, len(ids)) for g in grouped])
             grouped_variants = frozenset(groups)
+            single = all(len(g) == 1 for g in grouped)
         terms = tuple([(v, t) for v, t in firsts.items() if v not in grouped_variants])
         firsts_id = ids.setdefault(first, len(ids))
-        # A list of one-keyword groups is told by its first terms alone.
-        single = all(len(g) == 1 for g in grouped)
         return _KeywordPart(
             grouped,
+            # A list of one-keyword groups is told by its first terms alone.
             firsts_id if single else ids.setdefault(("groups", grouped), len(ids)),
             first,
             firsts_id,
