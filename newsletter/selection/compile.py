@@ -362,6 +362,8 @@ class _Topics:
         """A number for the evidence of a text without `_PIECE_BREAK` (0: none)."""
         found = self._piece_ids.get(piece)
         if found is None:
+            if piece.isdigit():  # "(1234)": no word of it is content, and numbers are many
+                return 0
             terms = ((self._variant_id(t), t) for t in _content_terms(piece))
             evidence = tuple((v, t) for v, t in terms if v is not None and self.index.lookup(t).tf)
             found = self._ids_of_evidence.get(evidence)
