@@ -321,6 +321,8 @@ class _Edition:
         shown_grid = np.full((n, depth), -1, dtype=np.intp)
         shown_grid[owner, position] = flat
         shown_of = shown_grid[owners]
+        # The entries (about 8 per subscriber here) are not needed past this point.
+        del entry_of, e_sub, e_column, e_score, e_key, cell_of_entry, at, mine, by, ordered
         papers = self._papers(scores, shown_of, columns, row_of_shown, total, bits)
         per = np.bincount(owners, minlength=n).tolist()
         out = []
