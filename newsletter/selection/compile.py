@@ -151,15 +151,11 @@ class _Topics:
             cached = self._queries[topic] = _Query(topic, *self._compile(topic))
         return cached
 
-    def shown_of(self, topic: Topic) -> int:
-        """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
-        for each: the fast path of an edition, which needs no `_Query` per topic."""
-        return self._compile(topic)[3]
-
     def shown_numbers(self, topics: Sequence[Topic]) -> list[int]:
-        """`shown_of` of each topic, each distinct topic compiled once: topics are told apart by
-        their fields as a tuple, which hashes in C (a frozen dataclass hashes and compares in
-        Python), and most repeat."""
+        """The `shown` number (see `_Query`) of each topic, with `query_of_shown` holding a
+        query for each (an edition needs no `_Query` per topic). Each distinct topic is
+        compiled once: topics are told apart by their fields as a tuple, which hashes in C (a
+        frozen dataclass hashes and compares in Python), and many repeat."""
         texts, evidence_id = self._text_ids, self._evidence_id
         compiled, compile_terms = self._compiled, self._compile_terms
         number: dict[tuple[str, tuple[str, ...], str], int] = {}
