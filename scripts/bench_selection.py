@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import random
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -217,6 +218,11 @@ def make_subscribers(n: int, seed: int = 7) -> list[Subscriber]:
     return subs
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (Linux reports KiB), subscribers and index included."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -243,13 +249,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         runs.sort()
         (took, cpu), median = runs[0], runs[len(runs) // 2]
         timings[f"select_{n}"], timings[f"select_{n}_median"] = took, median[0]
+        timings[f"select_{n}_cpu"], timings[f"peak_rss_mib_{n}"] = cpu, _peak_rss_mib()
         sent = sum(len(s.papers) for s in selections)
         topics = len({t for s in subs for t in s.topics})
         print(
             f"select_for: {n} subscribers ({topics} distinct topics), {len(listing.entries)} "
             f"papers listed, best of {len(runs)}: {took:.2f}s wall ({took / n * 1e6:.0f} µs "
             f"each), {cpu:.2f}s CPU; median {median[0]:.2f}s wall, {median[1]:.2f}s CPU; "
-            f"{sent} papers chosen",
+            f"{sent} papers chosen; peak RSS so far {timings[f'peak_rss_mib_{n}']:.0f} MiB",
             flush=True,
         )
     return timings

@@ -34,8 +34,9 @@ are kept with the index for the next edition, see `_TOPICS`), and scored once pe
 key (keyword list and description terms; a description's part is its evidence's integer lane
 plus or minus a few terms), over the whole collection only when a paper falls between the
 floor and the global threshold (and then only the papers outside the listing). An edition
-then selects its subscribers without votes together (`_Edition.picks`), as matrices of
-subscriber x topic x listed paper: the send decision, exclusions, history, the order by mixed
+then selects its subscribers without votes together (`_Edition.picks`): each topic's row of
+the table of distinct keys x listed papers gives the few cells it sends, and each subscriber's
+topics' cells, as flat arrays, make the send decision, exclusions, history, the order by mixed
 score and `max_papers`; explanations and SelectedPapers are built once per distinct value and
 shared. Readers with votes are judged one by one (`_judge`), as are all subscribers with
 `_select_for(..., vectorised=False)`, the plain path the tests hold the vectorised one to.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from newsletter.models import Topic
@@ -70,7 +72,7 @@ class _KeywordPart:
 
 @dataclass(frozen=True, slots=True)
 class _Keyword:
-    """One keyword as `_Topics._keyword_part` combines it with the others of its list."""
+    """One keyword as `_Topics._new_keyword_part` combines it with the others of its list."""
 
     stripped: str
     variants: int | None  # its variant id
@@ -101,6 +103,9 @@ def _content_terms(text: str) -> tuple[str, ...]:
                 terms.append(text[prev[0] : unit[1]])
         prev = unit if content else None
     return tuple(terms)
+
+
+_FIELDS = operator.attrgetter("name", "keywords", "description")  # a Topic's, as a tuple
 
 
 _MAX_GROUPS = 62  # keyword groups a topic's bits in `_Table.bits` can tell apart
@@ -146,10 +151,31 @@ class _Topics:
             cached = self._queries[topic] = _Query(topic, *self._compile(topic))
         return cached
 
-    def shown_of(self, topic: Topic) -> int:
-        """The topic's `shown` number (see `_Query`), with `query_of_shown` holding a query
-        for each: the fast path of an edition, which needs no `_Query` per topic."""
-        return self._compile(topic)[3]
+    def shown_numbers(self, topics: Sequence[Topic]) -> list[int]:
+        """The `shown` number (see `_Query`) of each topic, with `query_of_shown` holding a
+        query for each (an edition needs no `_Query` per topic). Each distinct topic is
+        compiled once: topics are told apart by their fields as a tuple, which hashes in C (a
+        frozen dataclass hashes and compares in Python), and many repeat."""
+        texts, evidence_id = self._text_ids, self._evidence_id
+        compiled, compile_terms = self._compiled, self._compile_terms
+        number: dict[tuple[str, tuple[str, ...], str], int] = {}
+        found: list[int] = []
+        for topic in topics:
+            key = _FIELDS(topic)
+            shown = number.get(key)
+            if shown is None:
+                name, keywords, text = key
+                description = texts.get(text)
+                if description is None:
+                    description = evidence_id(text)
+                terms = compiled.get((name, keywords, description))
+                if terms is None:
+                    terms = compiled[name, keywords, description] = compile_terms(
+                        topic, name, keywords, description
+                    )
+                shown = number[key] = terms[3]
+            found.append(shown)
+        return found
 
     def _compile(self, topic: Topic) -> _Compiled:
         # A query depends on the description only through its evidence, which rewordings
@@ -160,17 +186,18 @@ class _Topics:
         found = self._compiled.get((topic.name, topic.keywords, description))
         if found is None:
             key = (topic.name, topic.keywords, description)
-            found = self._compiled[key] = self._compile_terms(*key)
-            if found[3] == len(self.query_of_shown):  # a new `shown`: its first topic shows it
-                self.query_of_shown.append(_Query(topic, *found))
-                if len(found[0]) > _MAX_GROUPS:
-                    self.wide.add(found[3])
+            found = self._compiled[key] = self._compile_terms(topic, *key)
         return found
 
-    def _compile_terms(self, name: str, keywords: tuple[str, ...], description: int) -> _Compiled:
+    def _compile_terms(
+        self, topic: Topic, name: str, keywords: tuple[str, ...], description: int
+    ) -> _Compiled:
         """A topic's keyword groups, description terms, key and `shown` (the description given
-        by its evidence id)."""
-        part = self._keyword_part(keywords)
+        by its evidence id); a new `shown` gets its query in `query_of_shown`, with `topic`
+        (its first topic shows it)."""
+        part = self._keyword_parts.get(keywords)
+        if part is None:
+            part = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
         ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
         weak = self._weak.get((part.evidence_id, description))
         if weak is None:
@@ -188,20 +215,25 @@ class _Topics:
         terms, weak_id = weak
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
         shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
+        found = (
+            part.grouped,
+            terms,
+            (part.firsts, terms),
+            shown,
+            description,
+            key_id,
+            part.firsts_id,
+            weak_id,
+        )
         labels = self.labels
         if shown == len(labels.names):  # a new one
             labels.names.append(ids.setdefault(name, len(ids)))
             labels.weak.append(weak_id)
             labels.groups_at.append(len(labels.groups))
             labels.groups += part.group_ids
-        key = part.firsts, terms
-        return part.grouped, terms, key, shown, description, key_id, part.firsts_id, weak_id
-
-    def _keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
-        """What a topic's keyword list gives its query."""
-        found = self._keyword_parts.get(keywords)
-        if found is None:
-            found = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
+            self.query_of_shown.append(_Query(topic, *found))
+            if len(part.grouped) > _MAX_GROUPS:
+                self.wide.add(shown)
         return found
 
     def _new_keyword_part(self, keywords: tuple[str, ...]) -> _KeywordPart:
@@ -209,19 +241,20 @@ class _Topics:
         # knows the acronym: counting both would score every offline-RL paper twice.
         # Terms are told apart by the number of their variants (see `_variant_id`).
         ids = self.ids
-        found = [self._keyword(k) for k in keywords]
+        known = self._keywords.get
+        found = [known(k) or self._keyword(k) for k in keywords]
         variants = [k.variants for k in found if k.variants is not None]
         firsts: dict[int, str] = {}
         for k in found:
             for v, term in k.terms:
-                if v not in firsts:
-                    firsts[v] = term
+                firsts.setdefault(v, term)
         if len(variants) == len(found) and len(set(variants)) == len(variants):
             # The common case: each keyword a group of its own, numbered once per keyword.
             grouped = tuple([k.group for k in found])
             first = tuple([k.stripped for k in found])
             group_ids = tuple([k.group_id for k in found])
             grouped_variants = frozenset(variants)
+            single = True
         else:
             groups: dict[int, list[str]] = {}
             for k in found:
@@ -235,12 +268,12 @@ class _Topics:
             first = tuple([g[0] for g in grouped])
             group_ids = tuple([ids.setdefault(g, len(ids)) for g in grouped])
             grouped_variants = frozenset(groups)
+            single = all(len(g) == 1 for g in grouped)
         terms = tuple([(v, t) for v, t in firsts.items() if v not in grouped_variants])
         firsts_id = ids.setdefault(first, len(ids))
-        # A list of one-keyword groups is told by its first terms alone.
-        single = all(len(g) == 1 for g in grouped)
         return _KeywordPart(
             grouped,
+            # A list of one-keyword groups is told by its first terms alone.
             firsts_id if single else ids.setdefault(("groups", grouped), len(ids)),
             first,
             firsts_id,
@@ -325,6 +358,8 @@ class _Topics:
         """A number for the evidence of a text without `_PIECE_BREAK` (0: none)."""
         found = self._piece_ids.get(piece)
         if found is None:
+            if piece.isdigit():  # "(1234)": no word of it is content, and numbers are many
+                return 0
             terms = ((self._variant_id(t), t) for t in _content_terms(piece))
             evidence = tuple((v, t) for v, t in terms if v is not None and self.index.lookup(t).tf)
             found = self._ids_of_evidence.get(evidence)
@@ -348,12 +383,13 @@ class _Topics:
 
 # Each index's compiled topics (they depend on the stored papers alone), kept for as long as
 # the index, as `_REFERENCES` is: the daemon selects every group of subscribers and every
-# edition of a day over one index, mostly with the same topics. Started afresh past
-# MAX_COMPILED topics, so a long-lived index with ever new topics stays bounded.
+# edition of a day over one index, mostly with the same topics. Dropped after an edition that
+# leaves them past MAX_COMPILED topics (see `_release`), so a long-lived index with ever new
+# topics stays bounded.
 _TOPICS: weakref.WeakKeyDictionary[PaperIndex, _Topics] = weakref.WeakKeyDictionary()
 
 
-MAX_COMPILED = 50_000  # ~120 MiB measured (not flat: each render worker keeps one; see #13)
+MAX_COMPILED = 50_000  # ~40 MiB traced at the cap, 106 MiB after 100k distinct topics (#13)
 
 
 def _topics_of(index: PaperIndex) -> _Topics:
@@ -362,3 +398,12 @@ def _topics_of(index: PaperIndex) -> _Topics:
     if topics is None or topics.size() > MAX_COMPILED:
         topics = _TOPICS[index] = _Topics(index)
     return topics
+
+
+def _release(index: PaperIndex) -> None:
+    """Drops the index's kept `_Topics` when an edition left them past MAX_COMPILED: the next
+    edition would start afresh anyway, and until then they would hold their memory (~106 MiB
+    after an edition of 100,000 subscribers with distinct topics)."""
+    topics = _TOPICS.get(index)
+    if topics is not None and topics.size() > MAX_COMPILED:
+        del _TOPICS[index]

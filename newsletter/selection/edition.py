@@ -7,6 +7,7 @@ import datetime as dt
 import gc
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
@@ -16,7 +17,7 @@ import numpy.typing as npt
 from newsletter.addresses import address_key
 from newsletter.learning import Votes
 from newsletter.models import DailyListing, Paper, SelectedPaper, Selection, Subscriber, TopicMatch
-from newsletter.selection.compile import _Query, _topics_of
+from newsletter.selection.compile import _Query, _release, _topics_of
 from newsletter.selection.judge import _judge, _reader
 from newsletter.selection.scoring import _bits, _Scorer, _Vector
 from newsletter.selection.tuning import CLOSEST, DEFAULT_TUNING, TREND_BONUS, Tuning
@@ -82,37 +83,52 @@ def _select_for(
     seen = [history.get(k, no_history) for k in keys] if keys and history else None
     # Readers with votes (and topics with more keyword groups than `_Table` tells apart) are
     # judged one by one, the others all at once.
-    together: list[int] = []
-    shown: list[list[int]] = []
+    topics_of = list(map(_TOPICS_OF, subscribers))
+    counts = np.fromiter(map(len, topics_of), dtype=np.intp, count=len(subscribers))
     alone: list[int] = []
-    queries = scorer.topics.query_of_shown
-    shown_of, wide = scorer.topics.shown_of, scorer.topics.wide
-    for n, sub in enumerate(subscribers):
-        if not vectorised or (keys and votes.get(keys[n])):
-            alone.append(n)
-            continue
-        topics = [shown_of(t) for t in sub.topics]
-        if wide and not wide.isdisjoint(topics):
-            alone.append(n)
-        else:
-            together.append(n)
-            shown.append(topics)
+    if vectorised:
+        shown = np.array(
+            scorer.topics.shown_numbers(list(itertools.chain.from_iterable(topics_of))),
+            dtype=np.intp,
+        )
+        wide = scorer.topics.wide
+        if keys and votes:
+            alone = [n for n, k in enumerate(keys) if votes.get(k)]
+        if wide:
+            owner = np.repeat(np.arange(len(subscribers)), counts)
+            widest = np.isin(shown, np.fromiter(wide, dtype=np.intp, count=len(wide)))
+            alone = sorted({*alone, *owner[widest].tolist()})
+    else:
+        shown = np.zeros(int(counts.sum()), dtype=np.intp)  # not used
+        alone = list(range(len(subscribers)))
+    if alone:
+        solo = np.zeros(len(subscribers), dtype=bool)
+        solo[alone] = True
+        shown = shown[~np.repeat(solo, counts)]
+        counts = counts[~solo]
+        together = np.flatnonzero(~solo).tolist()
+    else:
+        together = list(range(len(subscribers)))
     selections: list[Selection | None] = [None] * len(subscribers)
     if together:
+        queries = scorer.topics.query_of_shown
         picks = edition.picks(
             shown,
+            counts,
             [subscribers[n].exclude for n in together],
             [subscribers[n].max_papers for n in together],
             [seen[n] for n in together] if seen else None,
         )
-        for n, topics, (picked, ranked) in zip(together, shown, picks, strict=True):
+        starts = (np.cumsum(counts) - counts).tolist()
+        date = listing.date
+        for n, start, (picked, ranked) in zip(together, starts, picks, strict=True):
             sub = subscribers[n]
             if ranked:
-                selections[n] = Selection(sub, listing.date, picked)
+                selections[n] = Selection(sub, date, picked)
                 continue
             near = _closest(
                 scorer,
-                [queries[t] for t in topics],
+                [queries[t] for t in shown[start : start + len(sub.topics)].tolist()],
                 sub.exclude,
                 threshold,
                 paper_of,
@@ -123,6 +139,7 @@ def _select_for(
         sub = subscribers[n]
         key = keys[n] if keys else ""
         selections[n] = _select_one(edition, sub, seen[n] if seen else no_history, votes.get(key))
+    _release(index)
     return [s for s in selections if s is not None]
 
 
@@ -158,7 +175,7 @@ def _select_one(
     return edition.finish(sub, picked, bool(ranked), near)
 
 
-_CELLS = 1 << 20  # (subscriber, topic, paper) cells gathered at once
+_TOPICS_OF = operator.attrgetter("topics")
 
 
 class _Edition:
@@ -212,69 +229,100 @@ class _Edition:
 
     def picks(
         self,
-        shown: Sequence[Sequence[int]],
+        flat: npt.NDArray[np.intp],
+        counts: npt.NDArray[np.intp],
         excludes: Sequence[tuple[str, ...]],
         caps: Sequence[int],
         seen: Sequence[AbstractSet[str]] | None,
     ) -> list[tuple[tuple[SelectedPaper, ...], bool]]:
-        """Per subscriber (their topics' `shown`, exclude terms, max_papers and papers seen in
-        other editions): (the papers sent, in digest order; whether any was sent before
-        history took its own), every subscriber at once.
+        """Per subscriber (their topics' `shown`, `counts[n]` of them each in `flat`; exclude
+        terms, max_papers and papers seen in other editions): (the papers sent, in digest order;
+        whether any was sent before history took its own), every subscriber at once.
 
         A subscriber's score of a paper is the best of their topics that send it; the papers
         are ordered by mixed score with ties broken by column (trending rank, then id), as
         `_ranked` sorts; a paper one topic sends carries that topic's explanation, one that
         several send all of theirs, best first. Explanations and SelectedPapers are built once
         per distinct value, most subscribers sharing them with others."""
-        scorer, width, n = self.scorer, len(self.papers), len(shown)
-        counts = np.fromiter(map(len, shown), dtype=np.intp, count=n)
+        scorer, width, n = self.scorer, len(self.papers), len(counts)
         depth = int(counts.max(initial=0))
-        flat = np.fromiter(itertools.chain.from_iterable(shown), np.intp, int(counts.sum()))
         distinct = _distinct(flat)[0]
         row_of_shown = np.zeros(int(distinct[-1]) + 1 if len(distinct) else 0, dtype=np.intp)
         table, rows = scorer.rows(distinct, self.threshold, self.order)
         row_of_shown[distinct] = rows
         total, cuts, bits = table.total, table.cuts, table.bits
-        # (subscriber, topic) -> the topic's row, row 0 (nothing) past their own topics.
+        # Each (subscriber, topic) expanded to the cells its topic's row sends (score at least
+        # its cut, above 0): few per row, so a subscriber's papers are found among those
+        # cells, not in a subscriber x topic x column grid.
         owner = np.repeat(np.arange(n), counts)
         position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
-        grid = np.zeros((n, depth), dtype=np.intp)
-        grid[owner, position] = row_of_shown[flat]
+        sending = total >= cuts[:, None]
+        sending &= total > 0
+        sent_row, sent_column = np.nonzero(sending)
+        sent_score = total[sent_row, sent_column]
+        many = np.bincount(sent_row, minlength=len(total))  # cells sent per row, by row
+        first = np.cumsum(many) - many
+        topic_rows = row_of_shown[flat]
+        size = many[topic_rows]
+        entry_of = np.repeat(np.arange(len(flat)), size)
+        cell = first[topic_rows][entry_of] + (
+            np.arange(len(entry_of)) - np.repeat(np.cumsum(size) - size, size)
+        )
+        e_sub, e_column, e_score = owner[entry_of], sent_column[cell], sent_score[cell]
+        excluded, excluding = self._excluded(excludes)
+        if len(excluding) > 1:
+            keep = ~excluding[excluded[e_sub], e_column]
+            entry_of, e_sub, e_column, e_score = (
+                entry_of[keep],
+                e_sub[keep],
+                e_column[keep],
+                e_score[keep],
+            )
+        ranked = np.zeros(n, dtype=bool)
+        ranked[e_sub] = True
+        seen_at, seen_column = self._seen(seen)
+        e_key = e_sub * width + e_column
+        if len(seen_at):
+            keep = ~np.isin(e_key, seen_at * width + seen_column)
+            entry_of, e_sub, e_column, e_score, e_key = (
+                entry_of[keep],
+                e_sub[keep],
+                e_column[keep],
+                e_score[keep],
+                e_key[keep],
+            )
+        # Each (subscriber, paper) once, with its best topic's score, by subscriber and column
+        # (the entries come by subscriber, so a stable sort by cell has little to do).
+        by = np.argsort(e_key, kind="stable")
+        ordered = e_key[by]
+        new = np.ones(len(by), dtype=bool)
+        new[1:] = ordered[1:] != ordered[:-1]
+        starts = np.flatnonzero(new)
+        cell_of_entry = np.empty(len(by), dtype=np.intp)
+        cell_of_entry[by] = np.cumsum(new) - 1
+        best = np.maximum.reduceat(e_score[by], starts) if len(by) else e_score
+        sub, column = np.divmod(ordered[starts], width)
+        # By subscriber, then mixed score, ties by column (lexsort is stable; the subscriber as
+        # two 16-bit keys, which it sorts by radix: twice as fast as one int64 key).
+        low, high = (sub & 0xFFFF).astype(np.uint16), (sub >> 16).astype(np.uint16)
+        by = np.lexsort((-(best * self.trend[column]), low, high))
+        sub, column = sub[by], column[by]
+        per = np.bincount(sub, minlength=n)
+        cap = np.maximum(np.fromiter(caps, dtype=np.intp, count=n), 0)
+        keep = np.arange(len(sub)) - (np.cumsum(per) - per)[sub] < cap[sub]
+        owners, columns = sub[keep], column[keep]
+        picked = np.full(len(best), -1, dtype=np.intp)
+        picked[by[keep]] = np.arange(len(owners))
+        # Each picked cell's score per topic (0 where that topic does not send it).
+        scores = np.zeros((len(owners), depth))
+        at = picked[cell_of_entry]
+        mine = at >= 0
+        scores[at[mine], position[entry_of[mine]]] = e_score[mine]
         shown_grid = np.full((n, depth), -1, dtype=np.intp)
         shown_grid[owner, position] = flat
-        excluded, excluding = self._excluded(excludes)
-        seen_at, seen_column = self._seen(seen)
-        cap = np.maximum(np.fromiter(caps, dtype=np.intp, count=n), 0)
-        ranked = np.zeros(n, dtype=bool)
-        found: list[
-            tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], _Vector, npt.NDArray[np.intp]]
-        ] = []
-        step = max(1, _CELLS // max(1, depth * width))
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            rows = grid[a:b]
-            scores = total[rows]  # (subscriber, topic, column), 0 where the topic does not send
-            scores[scores < cuts[rows][:, :, None]] = 0.0
-            excluding_some = np.flatnonzero(excluded[a:b])
-            if len(excluding_some):
-                hide = excluding[excluded[a + excluding_some]]
-                scores[excluding_some] *= ~hide[:, None, :]
-            best = scores.max(axis=1) if depth else np.zeros((b - a, width))
-            ranked[a:b] = (best > 0).any(axis=1)
-            lo, hi = np.searchsorted(seen_at, (a, b))
-            best[seen_at[lo:hi] - a, seen_column[lo:hi]] = 0.0
-            sub, column = np.nonzero(best > 0)
-            # By subscriber, then mixed score, ties by column (lexsort is stable).
-            by = np.lexsort((-(best[sub, column] * self.trend[column]), sub))
-            sub, column = sub[by], column[by]
-            per = np.bincount(sub, minlength=b - a)
-            keep = np.arange(len(sub)) - (np.cumsum(per) - per)[sub] < cap[a:b][sub]
-            sub, column = sub[keep], column[keep]
-            found.append((sub + a, column, scores[sub, :, column], shown_grid[a:b][sub]))
-        owners = np.concatenate([f[0] for f in found])
-        columns = np.concatenate([f[1] for f in found])
-        scores = np.concatenate([f[2] for f in found]).reshape(len(owners), depth)
-        shown_of = np.concatenate([f[3] for f in found]).reshape(len(owners), depth)
+        shown_of = shown_grid[owners]
+        # The entries (about 8 per subscriber here) are not needed past this point.
+        del entry_of, e_sub, e_column, e_score, e_key, cell_of_entry, at, mine, by, ordered
         papers = self._papers(scores, shown_of, columns, row_of_shown, total, bits)
         per = np.bincount(owners, minlength=n).tolist()
         out = []

@@ -104,6 +104,13 @@ class _Lanes(Generic[_K, _D]):
         return found
 
 
+# The narrowest signed integer holding the bits of each number of keyword groups (up to 62).
+_BITS = [
+    np.dtype(np.int8 if g < 8 else np.int16 if g < 16 else np.int32 if g < 32 else np.int64)
+    for g in range(_MAX_GROUPS + 1)
+]
+
+
 class _Table:
     """Scores of distinct query keys over a scorer's slots at one threshold, a row per key
     (row 0 scores nothing), the slots in the order of `columns`: what the edition's
@@ -115,17 +122,21 @@ class _Table:
         self.row_of: dict[int, int] = {}  # _Query.key_id -> row
         self.total: _Vector = np.zeros((1, len(columns)))
         self.cuts: _Vector = np.full(1, np.inf)
-        self.bits: npt.NDArray[np.int64] = np.zeros((1, len(columns)), dtype=np.int64)
+        # As narrow an integer as the widest keyword list allows: a new table's memory costs
+        # a page fault per page first written, and most lists have a few keywords.
+        self.bits: npt.NDArray[np.signedinteger] = np.zeros((1, len(columns)), dtype=np.int8)
 
-    def reserve(self, rows: int) -> None:
-        """Room for `rows` more rows (filled in chunks by `add`, without copying the table
-        once per chunk)."""
+    def reserve(self, rows: int, groups: int) -> None:
+        """Room for `rows` more rows of at most `groups` keyword groups (filled in chunks by
+        `add`, without copying the table once per chunk)."""
         used = len(self.row_of) + 1
-        if used + rows > len(self.total):
+        dtype = np.promote_types(self.bits.dtype, _BITS[min(groups, _MAX_GROUPS)])
+        if used + rows > len(self.total) or dtype != self.bits.dtype:
             # Left unset: `add` writes every reserved row before any is read.
-            total = np.empty((used + rows, self.total.shape[1]))
-            cuts = np.empty(used + rows)
-            bits = np.empty((used + rows, self.bits.shape[1]), dtype=np.int64)
+            size = max(used + rows, len(self.total))
+            total = np.empty((size, self.total.shape[1]))
+            cuts = np.empty(size)
+            bits = np.empty((size, self.bits.shape[1]), dtype=dtype)
             total[:used], cuts[:used] = self.total[:used], self.cuts[:used]
             bits[:used] = self.bits[:used]
             self.total, self.cuts, self.bits = total, cuts, bits
@@ -145,15 +156,14 @@ class _Table:
         groups (bit k for group k, up to _MAX_GROUPS groups) from `hits[which]`, shape
         (key, group, column)."""
         start = len(self.row_of) + 1
-        for key in keys:
-            self.row_of[key] = len(self.row_of) + 1
-        end = len(self.row_of) + 1
+        end = start + len(keys)
+        self.row_of.update(zip(keys, range(start, end), strict=True))
         depth = min(hits.shape[1], _MAX_GROUPS)
         weights = np.left_shift(np.int64(1), np.arange(depth, dtype=np.int64))
         hit = hits[:, :depth].astype(np.int64)
         self.total[start:end] = total[np.ix_(alike, slots)]
         self.cuts[start:end] = cuts[alike]
-        self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which]
+        self.bits[start:end] = np.einsum("ngs,g->ns", hit, weights)[which].astype(self.bits.dtype)
 
 
 class _Scorer:
@@ -334,6 +344,15 @@ class _Scorer:
         ]
         return np.array(rows, dtype=np.intp).reshape(len(term_lists), depth)
 
+    def _keyword_sets(self, queries: Iterable[_Query]) -> list[int]:
+        """`_keyword_set` of each query."""
+        known = self._set_of_firsts.get
+        found = []
+        for q in queries:
+            number = known(q.firsts_id)
+            found.append(self._keyword_set(q) if number is None else number)
+        return found
+
     def _keyword_set(self, query: _Query) -> int:
         """A number for the set of the query's keyword groups' first terms (per scorer):
         the keyword part of a score does not depend on the groups' order."""
@@ -357,8 +376,7 @@ class _Scorer:
         members: dict[int, _Query] = {}  # a query with each set, in order
         set_at: dict[int, int] = {}
         which = []
-        for q in queries:
-            number = self._keyword_set(q)
+        for q, number in zip(queries, self._keyword_sets(queries), strict=True):
             found = set_at.get(number)
             if found is None:
                 found = set_at[number] = len(set_at)
@@ -584,19 +602,23 @@ class _Scorer:
         table = self._tables.get(threshold)
         if table is None:
             table = self._tables[threshold] = _Table(columns)
-        queries = [self.topics.query_of_shown[n] for n in shown.tolist()]
-        missing = {q.key_id: q for q in queries if q.key_id not in table.row_of}
-        table.reserve(len(missing))
+        queries = list(map(self.topics.query_of_shown.__getitem__, shown.tolist()))
+        row_of = table.row_of
+        missing = list({q.key_id: q for q in queries if q.key_id not in row_of}.values())
+        table.reserve(len(missing), max((len(q.keywords) for q in missing), default=0))
         # While the stored papers are few times the listed ones, scored over the whole
         # collection in one pass, which the references need of most queries anyway, the
         # listing's slots taken from it (a paper's score does not depend on which others a
         # scorer holds); past that, the listing first, and the rest only for the queries
         # whose references matter. By set of keywords, so queries sharing theirs fall in
         # one chunk (see `_totals`).
-        order = sorted(missing.values(), key=self._key_order)
+        sets = self._keyword_sets(missing)
+        by = np.argsort(np.array(sets, dtype=np.intp), kind="stable").tolist()
+        order = [missing[n] for n in by]
+        set_order = [sets[n] for n in by]
         if len(self.index.papers) > WHOLE_PASS * len(self.slots):
-            for chunk in self._chunks(order):
-                distinct, at = self._alike(chunk)
+            for chunk, chunk_sets in zip(self._chunks(order), self._chunks(set_order), strict=True):
+                distinct, at = self._alike(chunk, chunk_sets)
                 total = self._totals(distinct)
                 cuts = self._cuts(distinct, total, threshold)
                 hits, which = self._hits_of(chunk, table.columns)
@@ -606,22 +628,26 @@ class _Scorer:
             full = self.full()
             listed = np.array(self.slots, dtype=np.intp)  # the full scorer's slots are papers
             slots = listed[table.columns]
-            for chunk in full._chunks(order):
-                distinct, at = self._alike(chunk)
+            for chunk, chunk_sets in zip(full._chunks(order), full._chunks(set_order), strict=True):
+                distinct, at = self._alike(chunk, chunk_sets)
                 whole = full._totals(distinct)
                 cuts = self._cuts(distinct, whole[:, listed], threshold, whole)
                 hits, which = full._hits_of(chunk, slots)
                 table.add([q.key_id for q in chunk], whole, cuts, at, hits, which, slots)
-        return table, np.array([table.row_of[q.key_id] for q in queries], dtype=np.intp)
+        keys = [q.key_id for q in queries]
+        return table, np.fromiter(map(row_of.__getitem__, keys), dtype=np.intp, count=len(keys))
 
-    def _alike(self, queries: Sequence[_Query]) -> tuple[list[_Query], npt.NDArray[np.intp]]:
-        """(a query for each distinct score: queries with the same set of keywords and the
-        same description part score alike, see `_totals`; the one of each query)."""
+    def _alike(
+        self, queries: Sequence[_Query], sets: Sequence[int]
+    ) -> tuple[list[_Query], npt.NDArray[np.intp]]:
+        """(a query for each distinct score: queries with the same set of keywords (`sets`,
+        their `_keyword_set`) and the same description part score alike, see `_totals`; the
+        one of each query)."""
         number: dict[tuple[int, int], int] = {}
         distinct: list[_Query] = []
         at: list[int] = []
-        for q in queries:
-            alike = (self._keyword_set(q), q.weak_id)
+        for q, keyword_set in zip(queries, sets, strict=True):
+            alike = (keyword_set, q.weak_id)
             found = number.get(alike)
             if found is None:
                 found = number[alike] = len(distinct)
