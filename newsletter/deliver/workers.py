@@ -40,6 +40,9 @@ PREPARE_TRIES = 4  # a database connection dropped mid-chunk: the chunk is prepa
 # would let each worker grow by ~2.4 MiB per 1,000 subscribers with topics of their own, to
 # ~120 MiB. Compiling a topic again costs ~10 us (scoring it, ~400 us a reader): nothing.
 WORKER_COMPILED = 4_000  # ~10 MiB
+# Terms' look-ups a render worker keeps on its paper index (`PaperIndex.kept_terms`), for the
+# same reason: ~3.5 KiB a term, 60 MiB over the 100,000 subscribers of bench_send's file.
+WORKER_TERMS = 4_000
 
 
 # --- select and render (the CPU-heavy part) -----------------------------------------------------
@@ -199,14 +202,26 @@ def _worker_init_spawned(settings: Settings) -> None:
 
 def _worker_prepare(keys: list[str], edition: dt.date, now: dt.datetime) -> list[Prepared]:
     assert _WORKER is not None, "worker not initialised"
-    return _WORKER.prepare_keys(keys, edition, now)
+    try:
+        return _WORKER.prepare_keys(keys, edition, now)
+    finally:
+        _forget_terms(_WORKER)
 
 
 def _worker_prepare_subscribers(
     subscribers: list[Subscriber], edition: dt.date, now: dt.datetime
 ) -> list[Prepared]:
     assert _WORKER is not None, "worker not initialised"
-    return _WORKER.prepare(subscribers, edition, now)
+    try:
+        return _WORKER.prepare(subscribers, edition, now)
+    finally:
+        _forget_terms(_WORKER)
+
+
+def _forget_terms(preparer: Preparer) -> None:
+    """Between chunks: a worker's term look-ups start afresh past WORKER_TERMS."""
+    if preparer.index.kept_terms() > WORKER_TERMS:
+        preparer.index.forget_terms()
 
 
 def _noop() -> None:
