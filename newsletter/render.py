@@ -580,11 +580,11 @@ class BodyCache:
         except TypeError:  # an unhashable value (a reader's vote links): render as written
             hit, cacheable = None, False
         else:
+            if hit is not None:  # most calls: what makes a key cacheable is asked on a miss
+                return hit
             cacheable = all(
                 isinstance(v, _PLAIN) for v in (item, *plain, *entries) if v is not _MISSING
             )
-        if hit is not None:
-            return hit
         ctx: dict[str, Any] = {self.target: item, **dict(zip(self.names, plain, strict=True))}
         if self.loop_attrs:
             ctx["loop"] = _Loop(*(getattr(loop, a) for a in _LOOP_FIELDS))

@@ -395,6 +395,16 @@ class PaperIndex:
 
     # ---- term look-up --------------------------------------------------------------------
 
+    def kept_terms(self) -> int:
+        """How many terms' look-ups (`lookup`, `variants`) it keeps: one per distinct term
+        ever asked for, so they grow with the subscribers' vocabulary."""
+        return len(self._cache) + len(self._variants)
+
+    def forget_terms(self) -> None:
+        """Drop the kept look-ups (the same term gives the same result when asked again)."""
+        self._cache.clear()
+        self._variants.clear()
+
     def variants(self, term: str) -> tuple[tuple[str, ...], ...]:
         """Every key sequence that counts as `term`: acronyms expanded or contracted, hyphenated
         compounds joined or split, derived forms and their base. Sorted, so matching is deterministic."""

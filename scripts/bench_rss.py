@@ -47,6 +47,7 @@ class Watch:
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         self.pid, self.every_s = pid, every_s
         self.peak = 0
+        self.peaks: dict[int, int] = {}  # each process's own peak (pid -> bytes)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
         self._thread.start()
@@ -61,7 +62,9 @@ class Watch:
         todo = [self.pid]
         while todo:
             pid = todo.pop()
-            self.peak = max(self.peak, _hwm(pid))
+            hwm = _hwm(pid)
+            self.peak = max(self.peak, hwm)
+            self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
             todo += children.get(pid, [])
 
     def stop(self) -> int:
@@ -70,3 +73,8 @@ class Watch:
         self._done.set()
         self._thread.join()
         return self.peak
+
+    def parent_and_children(self) -> tuple[int, int]:
+        """(peak of `pid` itself, largest peak of any of its descendants), bytes."""
+        children = [v for pid, v in self.peaks.items() if pid != self.pid]
+        return self.peaks.get(self.pid, 0), max(children, default=0)

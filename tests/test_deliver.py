@@ -39,6 +39,7 @@ from newsletter.deliver import (
     send_edition,
     smtp_endpoint,
     wire_form,
+    workers,
 )
 from newsletter.deliver.failures import NotStarted
 from newsletter.deliver.host import HostSenders
@@ -55,6 +56,8 @@ from newsletter.pipeline import (
     selections_for,
 )
 from newsletter.render import Renderer
+from newsletter.roster import by_address
+from newsletter.selection import compile as compiled_topics
 from newsletter.selection import select_for
 from newsletter.settings import Settings
 from newsletter.store import Store
@@ -807,3 +810,43 @@ def test_a_pool_keeps_busy_only_its_share_of_the_workers(settings: Settings) -> 
     finally:
         pool.close()
         store.close()
+
+
+def _compiled_in_worker() -> tuple[int, int, int]:
+    """In a render worker: its bound on compiled topics, the size of the ones it keeps, and
+    the terms its paper index keeps."""
+    assert workers._WORKER is not None
+    index = workers._WORKER.index
+    kept = compiled_topics._TOPICS.get(index)
+    return compiled_topics.MAX_COMPILED, kept.size() if kept is not None else 0, index.kept_terms()
+
+
+def test_a_render_worker_keeps_few_compiled_topics(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its memory stays flat in the number of subscribers with topics of their own."""
+    monkeypatch.setattr(workers, "WORKER_COMPILED", 60)
+    monkeypatch.setattr(workers, "WORKER_TERMS", 150)
+    settings = world.settings()
+    subs = [
+        Subscriber(f"r{i}@example.org", topics=(Topic(f"t{i}", (f"word{i}", "offline RL")),))
+        for i in range(400)
+    ]
+    preparer = Preparer(settings, world.store, Renderer(settings), by_address(subs))
+    pool = ProcessPool(settings, preparer, 1)
+    try:
+        sizes, terms = [], []
+        for i in range(0, len(subs), 40):
+            keys = [s.email for s in subs[i : i + 40]]
+            done = pool._executor.submit(workers._worker_prepare, keys, world.edition, NOW)
+            assert len(done.result()) == len(keys)
+            bound, size, kept_terms = pool._executor.submit(_compiled_in_worker).result()
+            sizes.append(size)
+            terms.append(kept_terms)
+        assert max(sizes) <= 60 + 40 * 4  # past the bound, started afresh after a chunk
+        assert max(terms) <= 150 and sum(terms) > 0, terms
+        assert bound == 60
+        assert sum(sizes) > 0
+        assert compiled_topics.MAX_COMPILED > 60_000 // 2  # the parent's (a daemon's) is kept
+    finally:
+        pool.close()

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter import store as store_module
-from newsletter.deliver import claims, edition_status, send_edition
+from newsletter.deliver import claims, edition_status, run, send_edition
 from newsletter.deliver.claims import PlanItems
 from newsletter.mime import message_id
 from newsletter.models import LedgerOutcome
@@ -214,6 +214,46 @@ async def test_a_worker_gives_back_rows_it_has_no_subscriber_for(
         assert report.sent == 3 and report.complete
         assert [rows[e].status for e in emails] == ["sent"] * 3 + ["planned"] * 3
         assert store.held_elsewhere(edition, "nobody") == []
+    finally:
+        store.close()
+
+
+async def test_a_worker_claims_as_many_chunks_as_its_render_pool_has_room_for(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One claim (and one unsubscribe check) for several chunks, not one per chunk: each is a
+    round trip the render workers wait for. Every row still goes out once."""
+    monkeypatch.setattr(run, "CHUNK", 2)
+    monkeypatch.setattr(run, "POOL_MIN_SUBSCRIBERS", 0)
+    monkeypatch.setattr(run, "MAX_RENDER_WORKERS", 1)  # one worker: two chunks queued for it
+    monkeypatch.setattr(run, "usable_cpus", lambda: 2)
+    limits: list[int] = []
+    plain_claim = claims.Claims.claim
+
+    async def claim(self: claims.Claims, limit: int) -> list[Any]:
+        limits.append(limit)
+        return await plain_claim(self, limit)
+
+    monkeypatch.setattr(claims.Claims, "claim", claim)
+    emails = setup(tmp_path, pg_url, 12)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=pg_url,
+        subscribers_file=tmp_path / "subscribers.yaml",
+        outbox_dir=tmp_path / "outbox",
+        reference_date=dt.date(2026, 11, 21),
+    )
+    subscribers = load_subscribers(settings.subscribers_file)
+    store = Store.open(pg_url)
+    try:
+        edition = store.newest_date()
+        assert edition is not None
+        report = await send_edition(settings, store, subscribers, edition, now=lambda: NOW)
+        assert report.sent + report.skipped == 12 and report.complete
+        assert limits[0] == 2 * 3  # the chunk the worker renders and the two queued for it
+        assert len(limits) < 12 // 2
+        assert {r.email: r.status for r in store.ledger_rows(edition)}.keys() == set(emails)
+        assert len(list((tmp_path / "outbox" / "new").iterdir())) == report.sent
     finally:
         store.close()
 

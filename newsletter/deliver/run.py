@@ -280,20 +280,26 @@ class Run:
         waiting: collections.deque[asyncio.Future[list[Prepared]]] = collections.deque()
         try:
             while not self.stop.is_set():
-                rows = await claims.claim(CHUNK)
+                # as many chunks as the pool has room for, in one claim: each claim, check
+                # and plan is a round trip the renders wait for (~30 ms each on a busy host)
+                room = max(1, pool.depth + 1 - len(waiting))
+                rows = await claims.claim(CHUNK * room)
                 if rows:
                     mine = [r for r in rows if r.email in by_key]
                     if len(mine) < len(rows):
                         await claims.give_back([r.email for r in rows if r.email not in by_key])
                     todo = await self._todo_claimed(mine)
-                    if todo:
-                        waiting.append(pool.submit(todo, self.edition, self.now()))
+                    for i in range(0, len(todo), CHUNK):
+                        waiting.append(pool.submit(todo[i : i + CHUNK], self.edition, self.now()))
                 elif not waiting and not await claims.anything_left(by_key):
                     break
-                while waiting and (not rows or len(waiting) > pool.depth or waiting[0].done()):
-                    await self._enqueue(await waiting.popleft())
+                while waiting and (not rows or len(waiting) > pool.depth):
+                    await asyncio.wait([waiting[0]])
+                    await self._enqueue_done(waiting)
+                await self._enqueue_done(waiting)
             while waiting and not self.stop.is_set():
-                await self._enqueue(await waiting.popleft())
+                await asyncio.wait([waiting[0]])
+                await self._enqueue_done(waiting)
         finally:
             for fut in waiting:
                 fut.cancel()
@@ -345,6 +351,16 @@ class Run:
     def _unknown_due(self, row: LedgerRow) -> bool:
         """The server may have it: only its own long delay (or --resend) sends it again."""
         return row.next_attempt_at is not None and row.next_attempt_at <= self.now()
+
+    async def _enqueue_done(
+        self, waiting: collections.deque[asyncio.Future[list[Prepared]]]
+    ) -> None:
+        """Enqueue the chunks rendered so far, in order, planned together."""
+        done: list[Prepared] = []
+        while waiting and waiting[0].done():
+            done += waiting.popleft().result()
+        if done:
+            await self._enqueue(done)
 
     async def _enqueue(self, prepared: list[Prepared]) -> None:
         jobs: list[Job] = []
