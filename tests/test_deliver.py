@@ -836,17 +836,17 @@ def test_a_render_worker_keeps_few_compiled_topics(
     pool = ProcessPool(settings, preparer, 1)
     try:
         sizes, terms = [], []
-        for i in range(0, len(subs), 40):
-            keys = [s.email for s in subs[i : i + 40]]
+        for i in range(0, len(subs), 10):
+            keys = [s.email for s in subs[i : i + 10]]
             done = pool._executor.submit(workers._worker_prepare, keys, world.edition, NOW)
             assert len(done.result()) == len(keys)
             bound, size, kept_terms = pool._executor.submit(_compiled_in_worker).result()
             sizes.append(size)
             terms.append(kept_terms)
-        assert max(sizes) <= 60 + 40 * 4  # past the bound, started afresh after a chunk
+        assert max(sizes) <= 60 + 10 * 4  # past the bound, started afresh after a chunk
         assert max(terms) <= 150 and sum(terms) > 0, terms
         assert bound == 60
-        assert sum(sizes) > 0
+        assert sum(sizes) > 0, sizes
         assert compiled_topics.MAX_COMPILED > 60_000 // 2  # the parent's (a daemon's) is kept
     finally:
         pool.close()

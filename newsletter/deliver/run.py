@@ -282,7 +282,13 @@ class Run:
             while not self.stop.is_set():
                 # as many chunks as the pool has room for, in one claim: each claim, check
                 # and plan is a round trip the renders wait for (~30 ms each on a busy host)
-                room = max(1, pool.depth + 1 - len(waiting))
+                room = pool.depth + 1 - len(waiting)
+                if waiting and room < max(1, (pool.depth + 2) // 2):
+                    # too little room to be worth a claim: wait for renders to finish first
+                    await asyncio.wait([waiting[0]])
+                    await self._enqueue_done(waiting)
+                    continue
+                room = max(1, room)
                 rows = await claims.claim(CHUNK * room)
                 if rows:
                     mine = [r for r in rows if r.email in by_key]
