@@ -189,6 +189,17 @@ def test_claims_can_be_limited_to_named_addresses(pg: Store) -> None:
     assert claim(pg, "w", exclude=["r0@example.org"]) == ["r2@example.org"]
 
 
+def maildir_settings(tmp_path: Path, pg_url: str) -> Settings:
+    """The settings of a send from `setup`'s subscriber file into a Maildir."""
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=pg_url,
+        subscribers_file=tmp_path / "subscribers.yaml",
+        outbox_dir=tmp_path / "outbox",
+        reference_date=dt.date(2026, 11, 21),
+    )
+
+
 async def test_a_worker_gives_back_rows_it_has_no_subscriber_for(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,13 +207,7 @@ async def test_a_worker_gives_back_rows_it_has_no_subscriber_for(
     group's, a subscriber no longer in the file) are given back, never sent, never held."""
     monkeypatch.setattr(claims, "NAMED_SCOPE", 0)
     emails = setup(tmp_path, pg_url, 6)
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=pg_url,
-        subscribers_file=tmp_path / "subscribers.yaml",
-        outbox_dir=tmp_path / "outbox",
-        reference_date=dt.date(2026, 11, 21),
-    )
+    settings = maildir_settings(tmp_path, pg_url)
     subscribers = load_subscribers(settings.subscribers_file)
     store = Store.open(pg_url)
     try:
@@ -236,13 +241,7 @@ async def test_a_worker_claims_as_many_chunks_as_its_render_pool_has_room_for(
 
     monkeypatch.setattr(claims.Claims, "claim", claim)
     emails = setup(tmp_path, pg_url, 12)
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=pg_url,
-        subscribers_file=tmp_path / "subscribers.yaml",
-        outbox_dir=tmp_path / "outbox",
-        reference_date=dt.date(2026, 11, 21),
-    )
+    settings = maildir_settings(tmp_path, pg_url)
     subscribers = load_subscribers(settings.subscribers_file)
     store = Store.open(pg_url)
     try:
