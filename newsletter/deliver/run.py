@@ -285,8 +285,7 @@ class Run:
                 room = pool.depth + 1 - len(waiting)
                 if waiting and room < max(1, (pool.depth + 2) // 2):
                     # too little room to be worth a claim: wait for renders to finish first
-                    await asyncio.wait([waiting[0]])
-                    await self._enqueue_done(waiting)
+                    await self._enqueue_next(waiting)
                     continue
                 room = max(1, room)
                 rows = await claims.claim(CHUNK * room)
@@ -300,12 +299,10 @@ class Run:
                 elif not waiting and not await claims.anything_left(by_key):
                     break
                 while waiting and (not rows or len(waiting) > pool.depth):
-                    await asyncio.wait([waiting[0]])
-                    await self._enqueue_done(waiting)
+                    await self._enqueue_next(waiting)
                 await self._enqueue_done(waiting)
             while waiting and not self.stop.is_set():
-                await asyncio.wait([waiting[0]])
-                await self._enqueue_done(waiting)
+                await self._enqueue_next(waiting)
         finally:
             for fut in waiting:
                 fut.cancel()
@@ -357,6 +354,13 @@ class Run:
     def _unknown_due(self, row: LedgerRow) -> bool:
         """The server may have it: only its own long delay (or --resend) sends it again."""
         return row.next_attempt_at is not None and row.next_attempt_at <= self.now()
+
+    async def _enqueue_next(
+        self, waiting: collections.deque[asyncio.Future[list[Prepared]]]
+    ) -> None:
+        """Wait for the oldest chunk's render, then enqueue every chunk rendered so far."""
+        await asyncio.wait([waiting[0]])
+        await self._enqueue_done(waiting)
 
     async def _enqueue_done(
         self, waiting: collections.deque[asyncio.Future[list[Prepared]]]
