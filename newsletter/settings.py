@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from newsletter.addresses import validate_address
@@ -595,9 +595,14 @@ def sqlite_folder(url: str) -> Path | None:
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
         return None
-    if database.startswith("file:") or "uri" in parsed.query:
+    if sqlite_uri(parsed):
         return None
     return Path(database).expanduser().parent
+
+
+def sqlite_uri(parsed: URL) -> bool:
+    """An SQLite URI filename (`file:...`, `?uri=true`): it names no plain file."""
+    return (parsed.database or "").startswith("file:") or "uri" in parsed.query
 
 
 def prepare_database_folder(url: str) -> None:

@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from newsletter.addresses import address_key
 from newsletter.errors import ConnectionLost, DatabaseTimeout, LockHeld, StoreError
 from newsletter.models import DailyListing, LedgerOutcome, ListingEntry, Paper
+from newsletter.settings import sqlite_uri
 
 log = logging.getLogger(__name__)
 
@@ -338,11 +339,10 @@ def make_engine(
         parsed = sa.make_url(url)
         backend = parsed.get_backend_name()
         pg = backend == "postgresql"
-        sqlite_uri = (parsed.database or "").startswith("file:") or "uri" in parsed.query
         # a name per process in pg_stat_activity: an operator (or a test) can find its sessions
         named = pg and "application_name" not in parsed.query
         args = {"application_name": f"newsletter:{os.getpid()}"} if named else {}
-        if backend == "sqlite" and sqlite_uri:
+        if backend == "sqlite" and sqlite_uri(parsed):
             # a URI filename names no file the sender lock could sit beside: two senders on
             # one database would not exclude each other and would send every digest twice
             raise StoreError(
