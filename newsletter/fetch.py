@@ -46,7 +46,7 @@ TIMEOUT = httpx.Timeout(20.0, connect=5.0)  # per request: connect, then each re
 ATTEMPTS = 4  # per day: the first request and three retries
 BACKOFF = 1.0  # first retry after ~1 s, then ~2 s, ~4 s (with jitter)
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After gives up on the day (try again later)
-MAX_BODY = 32 * 1024 * 1024  # a day's answer is ~100 KB; a runaway body is refused
+MAX_BODY = ingest.MAX_DUMP_BYTES  # a day's answer is ~100 KB; a runaway body is refused
 FIRING_BUDGET = 15.0  # seconds the daemon spends fetching before a firing, all days together
 
 
@@ -142,7 +142,8 @@ class SourceClient:
         await self._http.aclose()
 
     def url(self, date: dt.date) -> str:
-        return str(httpx.URL(self.base_url, params={"date": date.isoformat()}))
+        # merged: a query the source URL carries (a mirror's key) is kept
+        return str(httpx.URL(self.base_url).copy_merge_params({"date": date.isoformat()}))
 
     async def get_day(
         self, date: dt.date, *, etag: str | None = None, last_modified: str | None = None

@@ -7,8 +7,11 @@ DST and UTC+14/UTC-12 are the time zone database's business, not ours. All time 
 A group's *firing* is the moment its send time last passed. Each firing is served once (the
 store remembers the last served firing per group), which makes `run --once` from cron, the
 daemon and a restart agree: whoever sees an unserved firing first serves it. Serving picks the
-newest stored listing; subscribers who already have it (or a newer one) get nothing, so missed
-firings coalesce into one edition, never a burst of old ones.
+newest stored listing the firing may send (`edition_day`: from the source, the last day ended in
+UTC; from dumps in the seeds folder, up to the firing's local date); subscribers who already
+have it (or a newer one) get nothing, so missed firings coalesce into one edition, never a
+burst of old ones. A firing with nothing new is not served yet: each pass (every 5 minutes)
+fetches and decides again, so a listing that comes late goes out when it comes, the same day.
 
 On PostgreSQL several daemons with the same configuration may serve one store: each firing's
 state is a claim (the first to start it records it, the others join its edition as workers, and
@@ -23,7 +26,7 @@ never taken for a served one. `planned` rows left by a stopped `send` are picked
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
 import dataclasses
 import datetime as dt
 import logging
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
 Action = Literal["send", "nothing-new", "missed", "not-due"]
+GRACE = dt.timedelta(minutes=10)  # a pass this late after a send time is catching up
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,7 @@ def decide(
     newest_listing: dt.date | None,
     watermarks: dict[str, dt.date],
     catch_up: bool,
-    grace: dt.timedelta = dt.timedelta(minutes=10),
+    grace: dt.timedelta = GRACE,
     open_firing: tuple[dt.datetime, dt.date] | None = None,
     queued: dt.datetime | None = None,
 ) -> Decision:
@@ -191,6 +195,17 @@ def _due(group: Group, watermarks: dict[str, dt.date], edition: dt.date) -> tupl
     )
 
 
+def edition_day(group: Group, firing: dt.datetime, *, fetching: bool) -> dt.date:
+    """The newest listing date a firing may send. From the source (fetching): the last day
+    that has ended in UTC, the source's calendar, so a digest never carries the first hours of
+    a day still being listed (at 07:00 in Berlin that is yesterday; at 07:00 in Tokyo, 22:00
+    UTC, the day before). From dumps put in the seeds folder: the firing's local date, so a
+    dump dated tomorrow waits for tomorrow's send time."""
+    if fetching:
+        return firing.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+    return local_date(group, firing)
+
+
 def plan_pass(
     store: Store,
     groups: Sequence[Group],
@@ -198,16 +213,19 @@ def plan_pass(
     *,
     catch_up: bool,
     queued: dt.datetime | None = None,
+    fetching: bool = False,
 ) -> list[Decision]:
     """Decisions for every group, from the store's state (one query per kind, not per group)."""
-    newest = store.newest_date()
+    dates = store.listing_dates()
     marks = store.watermarks([e for g in groups for e in g.emails])
     return [
         decide(
             g,
             now,
             last_served=store.last_firing(g.key),
-            newest_listing=newest,
+            newest_listing=_newest_until(
+                dates, edition_day(g, last_firing(g, now), fetching=fetching)
+            ),
             watermarks=marks,
             catch_up=catch_up,
             open_firing=store.open_firing(g.key),
@@ -215,6 +233,12 @@ def plan_pass(
         )
         for g in groups
     ]
+
+
+def _newest_until(dates: Sequence[dt.date], day: dt.date) -> dt.date | None:
+    """The newest of the (sorted) stored listing dates on or before `day`."""
+    at = bisect.bisect_right(dates, day)
+    return dates[at - 1] if at else None
 
 
 async def run_pass(
@@ -236,13 +260,28 @@ async def run_pass(
         await fetch_before_firing(settings, store, firing_days(store, groups, now), now=now)
     ingest_folder(store, settings, settings.seeds_dir, now=now)
     result = PassResult()
-    todo = plan_pass(store, groups, now, catch_up=settings.catch_up, queued=queued)
+    todo = plan_pass(
+        store, groups, now, catch_up=settings.catch_up, queued=queued, fetching=settings.fetch
+    )
     while todo:
         d = todo.pop(0)
         if stop is not None and stop.is_set():
             break
         result.decisions.append(d)
         if d.action == "not-due":
+            continue
+        if d.action == "nothing-new":
+            # Not served: the firing stays open to a listing that arrives late (a slow source,
+            # a dump copied in after the send time); each pass decides again until it is sent
+            # or the send time is missed (the next day, or the grace with catch-up off).
+            on_time = now - d.firing <= GRACE
+            log.log(
+                logging.INFO if on_time else logging.DEBUG,
+                "group %s: %s (%s)",
+                d.group.key,
+                d.action,
+                d.reason,
+            )
             continue
         if d.action != "send" or d.edition is None:
             log.info("group %s: %s (%s)", d.group.key, d.action, d.reason)
@@ -256,19 +295,23 @@ async def run_pass(
             continue  # stays open: the next pass resumes it
         store.finish_firing(d.group.key, d.firing)
         if d.resume:  # the interrupted firing is done; the group may have a newer one due
-            todo[:0] = plan_pass(store, [d.group], clock(), catch_up=settings.catch_up)
+            todo[:0] = plan_pass(
+                store, [d.group], clock(), catch_up=settings.catch_up, fetching=settings.fetch
+            )
     if stop is None or not stop.is_set():
         result.reports.extend(await retry_failures(settings, store, subscribers, clock, stop=stop))
     return result
 
 
 def firing_days(store: Store, groups: Sequence[Group], now: dt.datetime) -> list[dt.date]:
-    """The local date of each group's firing not served yet: the days to fetch first."""
+    """The day each group's firing not served yet would send (`edition_day`): the days to
+    fetch first. Asked again at each pass until the firing is served, so a day the source
+    lists late still goes out that day (the requests are conditional: cheap when unchanged)."""
     days: dict[dt.date, None] = {}
     for g in groups:
         firing, served = last_firing(g, now), store.last_firing(g.key)
         if served is None or served < firing:
-            days.setdefault(local_date(g, firing), None)
+            days.setdefault(edition_day(g, firing, fetching=True), None)
     return list(days)
 
 
@@ -293,14 +336,14 @@ async def _serve(
         d.edition,
         len(d.recipients),
     )
+    if not d.resume:
+        # Recorded before the edition's lock: a firing that finds another sender on the
+        # edition (LockHeld) stays open, and the next pass resumes it whatever the time,
+        # instead of judging it late, then missed.
+        d = _start_firing(store, d, clock())
     try:
-        mine = d.edition
-        with edition_lock(store, mine), contextlib.ExitStack() as joined:
-            if not d.resume:
-                d = _start_firing(store, d, clock())
-            assert d.edition is not None
-            if d.edition != mine:  # another daemon's edition: its lock (SQLite) too
-                joined.enter_context(edition_lock(store, d.edition))
+        assert d.edition is not None
+        with edition_lock(store, d.edition):
             report = await send_edition(
                 settings,
                 store,

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     fetch: bool = Field(
         True,
         description="`newsletter run` fetches the day's listing from NEWSLETTER_SOURCE_URL "
-        "before each send time (the group's local date; about 15 s at most). `demo` never "
+        "before each send time (the last day ended in UTC; about 15 s at most). `demo` never "
         "fetches; `newsletter fetch` always does.",
     )
 

@@ -90,6 +90,7 @@ class Request:
     date: str
     headers: dict[str, str]
     at: float
+    path: str = ""  # with its query
 
 
 class DailyApi:
@@ -150,7 +151,7 @@ def _handler(api: DailyApi) -> type[BaseHTTPRequestHandler]:
             query = parse_qs(urlsplit(self.path).query)
             date = query.get("date", [""])[0]
             headers = {k.lower(): v for k, v in self.headers.items()}
-            api.requests.append(Request(date, headers, time.monotonic()))
+            api.requests.append(Request(date, headers, time.monotonic(), self.path))
             reply = api.answer(date, headers)
             if reply.delay:
                 time.sleep(reply.delay)

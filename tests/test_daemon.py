@@ -104,6 +104,54 @@ def test_a_firing_another_sender_holds_is_reported_left_open_not_sent(
         other.close()
 
 
+def test_a_firing_that_found_the_edition_locked_is_resumed_not_missed(
+    make_settings: Callable[..., Settings], seeds_dir: Path, tmp_path: Path
+) -> None:
+    """With catch-up off, a firing that met another sender on its edition (a long send of the
+    day before still running at the next cron tick) is resumed when the lock is free, not
+    judged late, then missed: it was recorded open before the lock was tried."""
+    subs = tmp_path / "subscribers.yaml"
+    subs.write_text(SUBS, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = make_settings(
+        seeds_dir=seeds_dir, subscribers_file=subs, database_url=url, catch_up=False
+    )
+    add_dump(seeds_dir, "002_2b37b74c05805532.txt")  # Mar 17
+    store, other = Store.open(url), Store.open(url)
+    berlin = utc(2026, 3, 17, 6, 0)
+    try:
+        with other.sender_lock("2026-03-17"):
+            first = run_at(settings, store, berlin)
+        assert "Europe/Berlin|07:00:send" in first and inbox(settings) == []
+        # 40 minutes later, far past the grace: resumed, not missed
+        assert "Europe/Berlin|07:00:send" in run_at(
+            settings, store, berlin + dt.timedelta(minutes=40)
+        )
+        assert "berlin@example.org" in dict(inbox(settings))
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_dump_copied_in_after_the_send_time_goes_out_that_day(
+    daemon_settings: Settings, seeds_dir: Path, store: Store
+) -> None:
+    """The send time found nothing new; the day's dump came 20 minutes later. It goes out at
+    the next pass, not never (the next day's dump would have been the newest)."""
+    add_dump(seeds_dir, "001_5dda9fa4defc14f9.txt")  # Mar 11
+    run_at(daemon_settings, store, utc(2026, 3, 11, 6, 0))
+    assert "Europe/Berlin|07:00:nothing-new" in run_at(
+        daemon_settings, store, utc(2026, 3, 12, 6, 0)
+    )
+    add_dump(seeds_dir, "004_67f282ffe6c058cf.txt")  # Mar 12, late
+    assert "Europe/Berlin|07:00:send" in run_at(daemon_settings, store, utc(2026, 3, 12, 6, 25))
+    assert "Europe/Berlin|07:00:not-due" in run_at(daemon_settings, store, utc(2026, 3, 12, 6, 30))
+    add_dump(seeds_dir, "003_7dc8c6cc3b596c67.txt")  # Mar 14
+    run_at(daemon_settings, store, utc(2026, 3, 14, 6, 0))
+    days = [dt.date(2026, 3, d) for d in (11, 12, 14)]
+    assert all(store.ledger_row(d, "berlin@example.org") for d in days)
+
+
 def test_each_group_at_its_own_local_time(
     daemon_settings: Settings, seeds_dir: Path, store: Store
 ) -> None:

@@ -406,6 +406,17 @@ def test_author_lines() -> None:
     assert short_name("李明") == "李明" and short_name("Plato") == "Plato"
 
 
+def test_a_query_in_the_source_url_is_kept(
+    api: DailyApi, fetch_settings: Settings, local_store: Store
+) -> None:
+    """A mirror or proxy that wants a key in the URL gets it with every day asked."""
+    api.add(MAR17, body(api_entries(SEED_MAR17)))
+    keyed = fetch_settings.model_copy(update={"source_url": api.url + "?token=abc"})
+    outcomes = asyncio.run(fetch.fetch_days(keyed, local_store, [MAR17], now=NOW))
+    assert [o.status for o in outcomes] == ["fetched"]
+    assert api.requests[0].path == "/api/daily_papers?token=abc&date=2026-03-17"
+
+
 # --- the daemon ------------------------------------------------------------------------------
 def test_fetch_before_firing_is_bounded_and_logs(
     api: DailyApi,
@@ -450,33 +461,72 @@ def daemon_settings(
     )
 
 
-def test_the_daemon_fetches_the_firings_local_day_then_sends_it(
+def test_the_daemon_fetches_the_day_that_has_ended_then_sends_it(
     api: DailyApi, daemon_settings: Settings, local_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "newsletter")
     mar18 = dt.date(2026, 3, 18)
-    api.add(mar18, body(api_entries(SEED_MAR17)))
-    # 07:05 in Berlin on Mar 18 (06:05 UTC); in UTC it is the same day, in Berlin too
+    api.add(MAR17, body(api_entries(SEED_MAR17)))
+    api.add(mar18, body(api_entries(SEED_MAR17)[:1]))  # today: still being listed
+    # 07:05 in Berlin on Mar 18 (06:05 UTC): Mar 17 has ended in UTC, Mar 18 has not
     assert daemon_pass(
         daemon_settings, local_store, dt.datetime(2026, 3, 18, 6, 5, tzinfo=dt.UTC)
-    ) == ["send:2026-03-18"]
-    assert [r.date for r in api.requests] == ["2026-03-18"]
-    assert f"fetch 2026-03-18: fetched, {N17} papers" in caplog.text
+    ) == ["send:2026-03-17"]
+    assert [r.date for r in api.requests] == ["2026-03-17"]
+    assert f"fetch 2026-03-17: fetched, {N17} papers" in caplog.text
     # the 5-minute retry pass serves nothing new and asks the source nothing
     daemon_pass(daemon_settings, local_store, dt.datetime(2026, 3, 18, 6, 10, tzinfo=dt.UTC))
     assert len(api.requests) == 1
+
+
+def test_a_day_the_source_lists_late_goes_out_when_it_comes(
+    api: DailyApi, daemon_settings: Settings, local_store: Store
+) -> None:
+    """The finished day is not there at the send time (a slow source): every pass asks again,
+    and the day goes out at the first pass that finds it, the same morning."""
+    api.add(dt.date(2026, 3, 16), body(api_entries(SEED_MAR17)[:3]))
+    assert daemon_pass(
+        daemon_settings, local_store, dt.datetime(2026, 3, 17, 6, 5, tzinfo=dt.UTC)
+    ) == ["send:2026-03-16"]
+    berlin_mar18 = dt.datetime(2026, 3, 18, 6, 0, tzinfo=dt.UTC)
+    assert daemon_pass(daemon_settings, local_store, berlin_mar18) == ["nothing-new:2026-03-16"]
+    api.add(MAR17, body(api_entries(SEED_MAR17)))
+    later = berlin_mar18 + dt.timedelta(hours=3)
+    assert daemon_pass(daemon_settings, local_store, later) == ["send:2026-03-17"]
+    assert [r.date for r in api.requests].count("2026-03-17") == 2
+    # served now: the next pass neither sends nor asks
+    assert daemon_pass(daemon_settings, local_store, later + dt.timedelta(minutes=5)) == [
+        "not-due:None"
+    ]
+    assert [r.date for r in api.requests].count("2026-03-17") == 2
+
+
+def test_tokyo_gets_the_last_finished_day_at_seven_local(
+    api: DailyApi, daemon_settings: Settings, local_store: Store
+) -> None:
+    """07:00 in Tokyo is 22:00 UTC the day before: the day of the local date has not begun
+    on the source's calendar, the one before is still being listed; the last finished day
+    goes out (asking for the local date only, the group got nothing, ever)."""
+    tokyo = daemon_settings.subscribers_file
+    tokyo.write_text(SUBS.replace("Europe/Berlin", "Asia/Tokyo"), encoding="utf-8")
+    api.add(dt.date(2026, 3, 16), body(api_entries(SEED_MAR17)))
+    api.add(MAR17, body(api_entries(SEED_MAR17)[:2]))
+    # 07:00 on Mar 18 in Tokyo
+    moment = dt.datetime(2026, 3, 17, 22, 0, tzinfo=dt.UTC)
+    assert daemon_pass(daemon_settings, local_store, moment) == ["send:2026-03-16"]
+    assert [r.date for r in api.requests] == ["2026-03-16"]
 
 
 def test_a_day_without_papers_sends_nothing_new_and_says_so(
     api: DailyApi, daemon_settings: Settings, local_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     api.add(MAR17, body(api_entries(SEED_MAR17)))
-    daemon_pass(daemon_settings, local_store, dt.datetime(2026, 3, 17, 6, 5, tzinfo=dt.UTC))
+    daemon_pass(daemon_settings, local_store, dt.datetime(2026, 3, 18, 6, 5, tzinfo=dt.UTC))
     caplog.clear()
     caplog.set_level(logging.INFO, "newsletter")
-    # Sunday Mar 22: the API lists nothing
+    # Monday Mar 23's send time: the API listed nothing on Sunday Mar 22
     actions = daemon_pass(
-        daemon_settings, local_store, dt.datetime(2026, 3, 22, 6, 5, tzinfo=dt.UTC)
+        daemon_settings, local_store, dt.datetime(2026, 3, 23, 6, 5, tzinfo=dt.UTC)
     )
     assert actions == ["nothing-new:2026-03-17"]
     assert "fetch 2026-03-22: no papers listed that day: no new edition from it" in caplog.text
@@ -495,7 +545,8 @@ def test_a_failed_fetch_never_blocks_a_stored_edition(
     settings = daemon_settings.model_copy(update={"source_url": NO_SOURCE})
     (seeds / SEED_MAR17.name).write_bytes(SEED_MAR17.read_bytes())
     caplog.set_level(logging.INFO, "newsletter")
-    actions = daemon_pass(settings, local_store, dt.datetime(2026, 3, 18, 6, 5, tzinfo=dt.UTC))
+    # Mar 19's send time asks for Mar 18, which fails: the stored Mar 17 goes out
+    actions = daemon_pass(settings, local_store, dt.datetime(2026, 3, 19, 6, 5, tzinfo=dt.UTC))
     assert actions == ["send:2026-03-17"]
     assert (
         "fetch 2026-03-18 failed: " + NO_SOURCE + "?date=2026-03-18: connection error"

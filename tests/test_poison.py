@@ -55,7 +55,7 @@ subscribers:
   - email: berlin@example.org
     topics: [{name: RL, keywords: ["reinforcement learning", "language model", "diffusion"]}]
 """
-BERLIN_MORNING = dt.datetime(2026, 3, 18, 6, 5, tzinfo=dt.UTC)  # 07:05 in Berlin, Mar 18
+BERLIN_MORNING = dt.datetime(2026, 3, 19, 6, 5, tzinfo=dt.UTC)  # 07:05 in Berlin: asks Mar 18
 
 
 def entries(**first: Any) -> list[dict[str, Any]]:
