@@ -39,6 +39,7 @@ _URL_TRAILING = ".,;:!?'\"*"
 _SENTENCE_END = re.compile(r"[.!?](?:\s+|$)(?=[A-Z(\[]|$)")
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})\.json$")
 DUMP_SUFFIXES = (".txt", ".json")
+MAX_DUMP_BYTES = 32 * 1024 * 1024  # a day's dump is ~100 KB; a runaway file is refused unread
 
 # A paragraph standing where a title should be is "abstract-like" when it is long or made of
 # several sentences; real titles in the dumps are at most ~150 characters, abstracts 1,300+.
@@ -346,9 +347,17 @@ def read_dump(
     path: Path, *, reference: dt.date, year: int | None = None, max_papers: int | None = None
 ) -> DailyListing:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_DUMP_BYTES + 1)  # bounded: never the whole of a runaway file
     except OSError as exc:
         raise IngestError(path, f"cannot read the file: {exc.strerror}") from exc
+    if len(data) > MAX_DUMP_BYTES:
+        raise IngestError(
+            path,
+            f"the file is larger than {MAX_DUMP_BYTES // 2**20} MiB, far more than a day's "
+            "listing (~100 KB); refused unread: is it the right file? (move it out of the "
+            "seeds folder)",
+        )
     if path.suffix == ".json":
         date = json_dump_date(str(path))
         return parse_json_dump(data, source=str(path), date=date, max_papers=max_papers)

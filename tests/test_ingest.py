@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from newsletter.errors import ConfigError, IngestError
 from newsletter.ingest import (
+    MAX_DUMP_BYTES,
     dump_files,
     extract_links,
     infer_date,
@@ -392,6 +393,19 @@ def test_symlinks_to_dumps_are_followed_and_every_other_entry_is_skipped_with_a_
     assert "*.txt" in reasons["notes.md"]
     listing = read_dump(dumps[0], reference=REFERENCE)
     assert listing.date == dt.date(2026, 3, 11) and len(listing.entries) == 56
+
+
+def test_a_runaway_dump_is_refused_unread_and_the_others_ingest(tmp_path: Path) -> None:
+    """A 33 MiB file in the seeds folder (a log, a wrong export) costs a bounded read, not
+    its whole size at every daemon pass, and names the fix."""
+    shutil.copy(SEEDS / "002_2b37b74c05805532.txt", tmp_path / "002.txt")
+    with (tmp_path / "big.txt").open("wb") as f:
+        f.truncate(MAX_DUMP_BYTES + 1024 * 1024)
+    results = read_dumps(sorted(tmp_path.iterdir()), reference=REFERENCE)
+    by_name = {r.path.name: r for r in results}
+    assert by_name["002.txt"].listing is not None
+    error = by_name["big.txt"].error
+    assert error is not None and "larger than 32 MiB" in str(error) and "big.txt" in str(error)
 
 
 def test_the_paper_cap_counts_the_papers_of_a_dump() -> None:
