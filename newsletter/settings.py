@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -388,6 +388,46 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return v
 
+    @field_validator(
+        "smtp_host",
+        "database_url",
+        "subscribers_file",
+        "seeds_dir",
+        "outbox_dir",
+        "preview_dir",
+        "template_dir",
+        "smtp_password_file",
+        "signing_key_file",
+        "signing_key_previous_file",
+        "dkim_private_key_file",
+        "smtp_ca_file",
+        mode="before",
+    )
+    @classmethod
+    def _not_blank(cls, v: object) -> object:
+        # An empty value (`NEWSLETTER_SMTP_HOST=` in a unit file) is a typo, never a choice:
+        # taken as "unset" it would send to the local Maildir and mark the mail sent; as a
+        # path it would be the working folder.
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: give a value, or remove the line to use the default")
+        return v
+
+    @model_validator(mode="after")
+    def _smtp_needs_a_host(self) -> Settings:
+        given = [
+            name
+            for name in ("smtp_port", "smtp_username", "smtp_password", "smtp_password_file")
+            if getattr(self, name) is not None
+        ]
+        if self.smtp_host is None and given:
+            names = ", ".join(f"NEWSLETTER_{n.upper()}" for n in given)
+            raise ValueError(
+                f"{names} set but NEWSLETTER_SMTP_HOST is not: without a host the mail would "
+                "go to the local Maildir outbox and count as sent; set the host, or remove "
+                f"{'them' if len(given) > 1 else 'it'} to deliver locally"
+            )
+        return self
+
     @field_validator("paper_base_url", "public_base_url", "source_url")
     @classmethod
     def _absolute_url(cls, v: str | None) -> str | None:
@@ -581,8 +621,12 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            if not name:  # a check across settings: its message names them, never their values
+                lines.append(message)
+                continue
             got = "***" if name in SECRET_FIELDS else repr(err.get("input"))  # never a secret
-            lines.append(f"setting NEWSLETTER_{name.upper()}: {err['msg']} (got {got})")
+            lines.append(f"setting NEWSLETTER_{name.upper()}: {message} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
 
 

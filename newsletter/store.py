@@ -335,6 +335,12 @@ def make_engine(
     pre-ping, so a connection dropped while idle is replaced. Errors from either become
     StoreErrors in one place (`_ErrorTranslator`). Creates no folder: the entry point decides
     that (settings.prepare_database_folder)."""
+    authority = url.partition("://")[2].partition("/")[0]
+    if authority.count("@") > 1:  # parsed, a piece of the password would be the host name
+        raise StoreError(
+            "setting NEWSLETTER_DATABASE_URL: more than one @ before the host; a user name or "
+            "password holding @, :, / or % must be percent-encoded (@ as %40, : as %3A)"
+        )
     try:
         parsed = sa.make_url(url)
         backend = parsed.get_backend_name()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, StoreError
 from newsletter.settings import (
     BUNDLED,
     Settings,
@@ -17,6 +17,7 @@ from newsletter.settings import (
     prepare_database_folder,
     settings_file,
 )
+from newsletter.store import Store
 
 from .conftest import ROOT
 
@@ -132,3 +133,40 @@ def test_a_log_level_that_is_none_is_a_setting_error(monkeypatch: pytest.MonkeyP
         load_settings()
     monkeypatch.setenv("NEWSLETTER_LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    "name", ["NEWSLETTER_SMTP_HOST", "NEWSLETTER_SEEDS_DIR", "NEWSLETTER_DATABASE_URL"]
+)
+def test_an_empty_setting_is_refused_not_taken_for_the_default(
+    here: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """`NEWSLETTER_SMTP_HOST=` (a unit file's placeholder) fell back to the local Maildir and
+    recorded every digest as sent; an empty folder setting was the working folder."""
+    monkeypatch.setenv("NEWSLETTER_SETTINGS_FILE", os.devnull)
+    monkeypatch.setenv(name, "")
+    with pytest.raises(ConfigError, match=f"setting {name}: is empty"):
+        load_settings()
+
+
+def test_smtp_credentials_without_a_host_are_refused_without_showing_them(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SETTINGS_FILE", os.devnull)
+    monkeypatch.setenv("NEWSLETTER_SMTP_USERNAME", "mailer")
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "hunter2-secret")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert (
+        "NEWSLETTER_SMTP_USERNAME, NEWSLETTER_SMTP_PASSWORD set but NEWSLETTER_SMTP_HOST" in message
+    )
+    assert "hunter2" not in message and "mailer" not in message
+
+
+def test_a_password_with_an_unencoded_at_never_becomes_the_host(tmp_path: Path) -> None:
+    """us:er:p@ss@host parsed as host 'ss@host': the connection error showed that piece."""
+    with pytest.raises(StoreError) as caught:
+        Store.open("postgresql+psycopg://us:er:p@ss@127.0.0.1:5432/test")
+    assert "percent-encoded" in str(caught.value)
+    assert "ss@" not in str(caught.value) and "er:p" not in str(caught.value)
