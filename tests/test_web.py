@@ -539,15 +539,20 @@ def test_the_access_log_carries_no_token_reader_id_or_address(
     handler, level = Keep(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    forged = "/day/x%0A2026-11-29 23:59:59,000 INFO newsletter.web.access: POST /unsubscribe 200"
     try:
         urls = [site.link(ADA, k) for k in ("/unsubscribe?", "/archive/", "vote=up")]
         for url in urls:
             client.get(url)
         client.post(urls[0], headers=FORM, **ONE_CLICK)
+        client.get(site.url + forged.replace(" ", "%20"))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    assert len(lines) == 4 and lines[-1].startswith("POST /unsubscribe 200")
+    assert len(lines) == 5 and lines[-2].startswith("POST /unsubscribe 200")
+    # a path cannot forge a line of its own (it used to be logged percent-decoded)
+    assert "\n" not in lines[-1] and lines[-1].startswith("GET /day/x%0A2026-11-29%2023:59")
+    lines.pop()
     secrets_ = [v for u in urls for vs in parse_qs(urlsplit(u).query).values() for v in vs]
     for line in lines:
         assert "@" not in line and "?" not in line
@@ -729,3 +734,12 @@ def test_under_a_public_url_with_a_path_every_page_link_keeps_the_path(
         assert {link.href for link in feed.feed.links if link.rel == "self"} == {
             "https://example.org" + html.unescape(feed_path)
         }
+        # the Undo link's page (GET: a confirm button) posts under the path too
+        confirm = html.unescape(re.findall(r'action="(/[^"]*)"', pages[0].text)[0])
+        done = client.post(site.url + confirm.removeprefix("/digest"))
+        undo = html.unescape(re.findall(r'action="(/[^"]*resubscribe[^"]*)"', done.text)[0])
+        assert undo.startswith("/digest/resubscribe?")
+        again = client.get(site.url + undo.removeprefix("/digest"))
+        assert again.status_code == 200
+        actions = [html.unescape(a) for a in re.findall(r'action="([^"]*)"', again.text)]
+        assert actions == [undo], actions

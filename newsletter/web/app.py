@@ -100,10 +100,19 @@ class AccessLog:
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
-                scope["path"],
+                _printable_path(scope),
                 status[0],
                 (time.perf_counter() - started) * 1000,
             )
+
+
+def _printable_path(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded, so a %0A cannot start a forged
+    log line), control characters escaped where a server gives only the decoded one."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw.decode("ascii", "backslashreplace")
+    return str(scope["path"]).encode("unicode_escape").decode("ascii")
 
 
 def create_app(

@@ -65,8 +65,9 @@ async def unsubscribe(request: Request) -> Response:
 def _undo_link(request: Request) -> tuple[str, str]:
     unsubscribed = request.query_params.get("u", "")
     reader = verified_reader(request, "resubscribe", unsubscribed)
-    # the button posts to the link as it is: a new token here would extend its hour
-    return reader, f"{request.url.path}?{request.url.query}"
+    # the button posts to the link as it is: a new token here would extend its hour; under
+    # the public URL's path (the proxy stripped it from the request)
+    return reader, f"{context(request).links.base}{request.url.path}?{request.url.query}"
 
 
 async def confirm_resubscribe(request: Request) -> Response:
