@@ -87,7 +87,9 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   tf-idf vectors (up-votes against down-votes and, weakly, the other stored papers) in place of
   the send likeness (+0.012 to +0.020) or beside it (+0.039 to +0.041); the send likeness
   without the disliked centroid, whose part lowers its AUC among the papers each reader's votes
-  may lift from 0.80 to 0.76 (+0.038 / +0.065; on the grid +0.034 / +0.026 with nDCG@10 +0.022).
+  may lift from 0.80 to 0.76 (+0.038 / +0.065; on the grid +0.034 / +0.026 with nDCG@10 +0.022);
+  the likeness over adjacent-word pairs, alone or beside the words (+0.011 to +0.041, held-out
+  -0.012 to +0.064).
   Even the best of the 576 grid points chosen for each reader and half on its own grades gains
   only +0.063, where right decisions on every paper within the bound of the threshold would gain
   +0.178: the likeness of bag-of-words vectors is the limit (the relevant papers still missed
