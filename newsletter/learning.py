@@ -60,6 +60,46 @@ A reader's votes (paper id -> +1 up / -1 down) change only that reader's results
   papers' own likeness, idf-squared / binary / root-tf vectors, a wider or narrower bound:
   none above +0.042 in-sample. No sent paper had a cosine above 0.15 with a down-voted one, so
   a looser near-duplicate rule would change nothing.
+  Tried later against the shipped constants (votes' F1 change on both halves, dev in-sample
+  +0.039 with nDCG@10 +0.028, held-out +0.073; each as dev / held-out, on the grid as per-half /
+  pooled leave-one-profile-out, against +0.045 / +0.026): the send move scaled by the topic's
+  calibrated cut, its own scale (x cut / threshold: +0.039 / +0.039, grid +0.040 / +0.018; x 4
+  cut x likeness: +0.042 / +0.047) or by the paper's score (at most +0.040 / +0.057), or taken
+  relative to the up-voted papers' own likeness (at most +0.025 / +0.031); the likeness to the
+  1-3 nearest liked papers instead of their centroid (grid -0.015 to +0.026 / +0.001 to +0.034,
+  held-out +0.025 at most); the lift bounded by how far below the threshold the lowest up-voted
+  paper was (+0.043 / +0.061, grid +0.039 / +0.018); the cut lowered towards the lowest up-voted
+  paper for papers like the liked ones (at most +0.039, held-out up to +0.094, so nothing on dev
+  to choose it by; ungated, -0.050 to +0.015); the description's weight raised by the share of
+  up-votes no keyword matched (+0.038 at best, -0.026 at twice); sent papers left unvoted as
+  mild dislikes (implicit feedback: +0.036 / +0.082 at a quarter, -0.010 at full weight: the
+  partly relevant papers a reader leaves are as like their likes as the relevant ones); a
+  per-reader logistic model over keyword score, description score and the votes' send move,
+  prior on the shipped rule, unvoted papers of the listing as weak negatives (at most +0.025);
+  the lift taken from the uncentred relative likeness less a global offset (its pooled AUC below
+  the threshold is 0.82 against 0.76 centred, yet at most +0.040 / +0.053); likeness in a latent
+  semantic space (truncated SVD of the collection's tf-idf, 10-80 dimensions) added to the send
+  or the ranking likeness (at most +0.044 / +0.074, nDCG@10 +0.018 to +0.031); the reader's own
+  description words weighted by how much more often their liked papers than the collection use
+  them (+0.044 / +0.048 at best, nDCG@10 lower past that); the threshold's rise also counting
+  the sent papers they left unvoted against it (+0.034 / +0.057; the rise itself is worth
+  little: taken in full rather than halfway, +0.027); a per-reader kernel logistic model on the
+  tf-idf vectors (up-votes against down-votes and, weakly, the other stored papers) in place of
+  the send likeness (+0.012 to +0.020) or beside it (+0.039 to +0.041); the send likeness
+  without the disliked centroid, whose part lowers its AUC among the papers each reader's votes
+  may lift from 0.80 to 0.76 (+0.038 / +0.065; on the grid +0.034 / +0.026 with nDCG@10 +0.022);
+  the likeness over adjacent-word pairs, alone or beside the words (+0.011 to +0.041, held-out
+  -0.012 to +0.064).
+  Even the best of the 576 grid points chosen for each reader and half on its own grades gains
+  only +0.063, where right decisions on every paper within the bound of the threshold would gain
+  +0.178: the likeness of bag-of-words vectors is the limit (the relevant papers still missed
+  rank mostly far down by their similarity to the missed ones the reader up-voted), so the next
+  lever is a representation that knows synonyms, not another weighting. Each profile's half has
+  1-6 wrong decisions, one of which moves its F1 by ~0.05: the gains and losses sit in a few
+  profiles (on the shipped constants, robot_learning +0.145 and llm_reasoning +0.300;
+  exploration, multi_agent and reward_design -0.05 to -0.07 from partly relevant papers lifted
+  just over the threshold), and most of the pooled estimate's gap to the in-sample one is one
+  profile (diffusion_policies, +0.167 with the shipped constants, 0 with its own).
 The weights, both contrasts, the sink weight, the prior and `half` are chosen leave-one-profile-out by
 scripts/eval.py (the shipped defaults are its choice on all profiles).
 Everything here is pure; the `selection` package feeds it the scores and applies the result.
