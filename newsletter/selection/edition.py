@@ -87,10 +87,7 @@ def _select_for(
     counts = np.fromiter(map(len, topics_of), dtype=np.intp, count=len(subscribers))
     alone: list[int] = []
     if vectorised:
-        shown = np.array(
-            scorer.topics.shown_numbers(list(itertools.chain.from_iterable(topics_of))),
-            dtype=np.intp,
-        )
+        shown = scorer.topics.shown_numbers(list(itertools.chain.from_iterable(topics_of)))
         wide = scorer.topics.wide
         if keys and votes:
             alone = [n for n, k in enumerate(keys) if votes.get(k)]
