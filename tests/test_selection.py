@@ -29,6 +29,7 @@ from newsletter.models import (
     Selection,
     Subscriber,
     Topic,
+    TopicMatch,
 )
 from newsletter.selection import (
     _PIECE_BREAK,
@@ -43,6 +44,7 @@ from newsletter.selection import (
     topic_reference,
 )
 from newsletter.selection import compile as compile_module
+from newsletter.selection import edition as edition_module
 from newsletter.selection import scoring as scoring_module
 from newsletter.settings import Settings
 from newsletter.subscribers import load_subscribers
@@ -1134,3 +1136,30 @@ def test_the_benchmarks_profiles_select_what_they_did_to_the_bit(
         subs = subs[:400]
     selections = select_for(PaperIndex.build(papers), day, subs, threshold=threshold)
     assert _selection_digest(selections) == expected
+
+
+def test_values_made_at_once_equal_those_their_constructor_makes() -> None:
+    """An edition makes its SelectedPapers, explanations and Selections without calling their
+    `__init__` (`_made`): equal values, hashing alike, and never with a field left unset."""
+    made = edition_module._made
+    match = TopicMatch("T", ("RL",), ("RL",), (), ("RL",), 1.5)
+    sp = SelectedPaper(paper("RL"), 2.0, 3, True, (match,), 2.5)
+    built = made(
+        SelectedPaper,
+        2,
+        paper=[sp.paper] * 2,
+        score=[2.0, 2.0],
+        rank=itertools.repeat(3),
+        sent=itertools.repeat(True),
+        matches=[(match,)] * 2,
+        mixed=[2.5, 2.5],
+        near_miss=itertools.repeat(False),
+        liked=itertools.repeat(""),
+    )
+    assert built == [sp, sp] and {hash(b) for b in built} == {hash(sp)}
+    fields = dict(topic=["T"], terms=[("RL",)], in_title=[("RL",)], in_abstract=[()])
+    assert made(TopicMatch, 1, **fields, highlights=[("RL",)], score=[1.5]) == [match]
+    with pytest.raises(TypeError):
+        made(TopicMatch, 1, **fields, highlights=[("RL",)])  # score missing
+    with pytest.raises(ValueError):
+        made(TopicMatch, 2, **fields, highlights=[("RL",)], score=[1.5])  # one short

@@ -727,6 +727,13 @@ class _Scorer:
         """Why paper i matched the topic: its keywords found (the `matched` groups), or else
         its strongest few description terms; where they were; the exact text of each
         occurrence."""
+        terms, in_title, in_abstract, highlights = self.explained(query, i, matched)
+        return TopicMatch(query.topic.name, terms, in_title, in_abstract, highlights, score)
+
+    def explained(
+        self, query: _Query, i: int, matched: tuple[int, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """`match`'s terms, in_title, in_abstract and highlights."""
         if len(matched) == 1:  # the common case: that group's terms
             terms = query.keywords[matched[0]]
         else:
@@ -743,7 +750,7 @@ class _Scorer:
                 tuple(dict.fromkeys(text for _, text in found)),
             )
         in_title, in_abstract, highlights = cached
-        return TopicMatch(query.topic.name, terms, in_title, in_abstract, highlights, score)
+        return terms, in_title, in_abstract, highlights
 
     def _strongest(self, weak: tuple[str, ...], i: int) -> tuple[str, ...]:
         """The (at most 3) description terms that weigh most in paper i."""
