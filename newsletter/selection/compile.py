@@ -6,7 +6,7 @@ import dataclasses
 import math
 import operator
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,9 +173,7 @@ class _Topics:
         for keys in dict.fromkeys(keywords):
             if keys not in part_of:
                 self._part_number(keys)
-        for text in dict.fromkeys(descriptions):
-            if text not in texts:
-                self._evidence_id(text)
+        self._evidence_ids([t for t in dict.fromkeys(descriptions) if t not in texts])
         named = np.fromiter(map(ids.__getitem__, names), np.intp, n)
         parts = np.fromiter(map(part_of.__getitem__, keywords), np.intp, n)
         described = np.fromiter(map(texts.__getitem__, descriptions), np.intp, n)
@@ -360,24 +358,34 @@ class _Topics:
         `_PIECE_BREAK`) with any evidence have the same evidence, in order."""
         found = self._text_ids.get(text)
         if found is None:
+            self._evidence_ids((text,))
+            found = self._text_ids[text]
+        return found
+
+    def _evidence_ids(self, texts: Iterable[str]) -> None:
+        """Numbers each of `texts` by its evidence (see `_evidence_id`), in one loop (an
+        edition has tens of thousands)."""
+        text_ids, tails, pieces_of = self._text_ids, self._tails, self._pieces_of
+        pieces, pieces_id = self._pieces, self._pieces_id
+        for text in texts:
+            if text in text_ids:  # a head of an earlier one
+                continue
             # Split after its last full stop, a text's pieces are its head's then its tail's:
             # a description reworded in its last sentence reuses its head's, kept as a text
             # of its own (one level only, so a text is kept at most twice).
             head, stop, tail = text.rpartition(". ")
-            if stop:
-                head += "."
-                known = self._text_ids.get(head)
-                if known is None:
-                    known = self._text_ids[head] = self._pieces_id(self._pieces(head))
-                # Tails repeat too ("(1234)" after many a head): their pieces are kept.
-                more = self._tails.get(tail)
-                if more is None:
-                    more = self._tails[tail] = self._pieces(" " + tail)
-                found = self._pieces_id(self._pieces_of[known] + more) if more else known
-            else:
-                found = self._pieces_id(self._pieces(text))
-            self._text_ids[text] = found
-        return found
+            if not stop:
+                text_ids[text] = pieces_id(pieces(text))
+                continue
+            head += "."
+            known = text_ids.get(head)
+            if known is None:
+                known = text_ids[head] = pieces_id(pieces(head))
+            # Tails repeat too ("(1234)" after many a head): their pieces are kept.
+            more = tails.get(tail)
+            if more is None:
+                more = tails[tail] = pieces(" " + tail)
+            text_ids[text] = pieces_id(pieces_of[known] + more) if more else known
 
     def _pieces_id(self, pieces: tuple[int, ...]) -> int:
         """The evidence id of a text with these `_pieces`."""
