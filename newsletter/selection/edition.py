@@ -100,39 +100,44 @@ def _select_for(
     else:
         shown = np.zeros(int(counts.sum()), dtype=np.intp)  # not used
         alone = list(range(len(subscribers)))
+    # Subscribers and their Selections as object arrays: picked out by index arrays in C.
+    everyone = np.empty(len(subscribers), dtype=object)
+    everyone[:] = subscribers
+    selections = np.full(len(subscribers), None, dtype=object)
     if alone:
         solo = np.zeros(len(subscribers), dtype=bool)
         solo[alone] = True
         shown = shown[~np.repeat(solo, counts)]
         counts = counts[~solo]
-        together = np.flatnonzero(~solo).tolist()
+        together_at = np.flatnonzero(~solo)
     else:
-        together = list(range(len(subscribers)))
-    selections: list[Selection | None] = [None] * len(subscribers)
+        together_at = np.arange(len(subscribers))
+    together = together_at.tolist()
     if together:
         queries = scorer.topics.query_of_shown
+        chosen = everyone[together_at]
         picks = edition.picks(
             shown,
             counts,
-            [subscribers[n].exclude for n in together],
-            [subscribers[n].max_papers for n in together],
+            list(map(_EXCLUDE, chosen)),
+            list(map(_MAX_PAPERS, chosen)),
             [seen[n] for n in together] if seen else None,
         )
         starts = (np.cumsum(counts) - counts).tolist()
         date = listing.date
         picked, ranked = picks
         # The Selections of the subscribers sent something, made at once (see `_made`).
-        sent = np.flatnonzero(ranked).tolist()
-        made = _made(
+        sent = np.flatnonzero(ranked)
+        made = np.empty(len(sent), dtype=object)
+        made[:] = _made(
             Selection,
             len(sent),
-            subscriber=[subscribers[together[k]] for k in sent],
+            subscriber=chosen[sent],
             edition=itertools.repeat(date),
-            papers=map(picked.__getitem__, sent),
+            papers=map(picked.__getitem__, sent.tolist()),
             near_misses=itertools.repeat(()),
         )
-        for k, selection in zip(sent, made, strict=True):
-            selections[together[k]] = selection
+        selections[together_at[sent]] = made
         for k in np.flatnonzero(~ranked).tolist():
             n, start = together[k], starts[k]
             sub = subscribers[n]
@@ -150,7 +155,8 @@ def _select_for(
         key = keys[n] if keys else ""
         selections[n] = _select_one(edition, sub, seen[n] if seen else no_history, votes.get(key))
     _release(index)
-    return [s for s in selections if s is not None]
+    done: list[Selection] = selections.tolist()
+    return done
 
 
 def _select_one(
@@ -186,6 +192,9 @@ def _select_one(
 
 
 _TOPICS_OF = operator.attrgetter("topics")
+
+
+_EXCLUDE, _MAX_PAPERS = operator.attrgetter("exclude"), operator.attrgetter("max_papers")
 
 
 class _Edition:
