@@ -411,14 +411,15 @@ class _Edition:
             explained(queries[t], paper_of_column[c], _bits(b))
             for t, c, b in zip(match_shown, match_column, pair_bits[first].tolist(), strict=True)
         ]
+        terms_of, in_title, in_abstract, highlights = zip(*why, strict=True)  # as columns
         matches = _made(  # see `_made`
             TopicMatch,
             len(why),
             topic=[queries[t].topic.name for t in match_shown],
-            terms=[w[0] for w in why],
-            in_title=[w[1] for w in why],
-            in_abstract=[w[2] for w in why],
-            highlights=[w[3] for w in why],
+            terms=terms_of,
+            in_title=in_title,
+            in_abstract=in_abstract,
+            highlights=highlights,
             score=pair_score[first].tolist(),
         )
         # Each cell: its one topic's SelectedPaper (shared by every cell with that
