@@ -109,6 +109,19 @@ def _content_terms(text: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
+def _first_seen(
+    values: npt.NDArray[np.intp],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(where each distinct value (or row) of `values` is first, in that order; the number of
+    each value in that order): what a loop numbering them with a dict finds, in C."""
+    axis = 0 if values.ndim > 1 else None
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True, axis=axis)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.intp)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
 _NAME_KEYWORDS_TEXT = tuple(map(operator.attrgetter, ("name", "keywords", "description")))
 
 
@@ -179,16 +192,9 @@ class _Topics:
         described = np.fromiter(map(texts.__getitem__, descriptions), np.intp, n)
         sizes = (len(ids), len(self._parts), len(self._pieces_of))
         if math.prod(sizes) < 1 << 62:
-            combined = (named * sizes[1] + parts) * sizes[2] + described
-            _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+            first, inverse = _first_seen((named * sizes[1] + parts) * sizes[2] + described)
         else:  # numbers too large to combine in an int64
-            rows = np.stack([named, parts, described], axis=1)
-            _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-        # The distinct triples in the order of their first topic, as a loop over them would.
-        order = np.argsort(first, kind="stable")
-        rank = np.empty(len(order), dtype=np.intp)
-        rank[order] = np.arange(len(order))
-        first = first[order]
+            first, inverse = _first_seen(np.stack([named, parts, described], axis=1))
         compiled, compile_terms, all_parts = self._compiled, self._compile_terms, self._parts
         shown: list[int] = []
         for at, name_id, part, description in zip(
@@ -204,7 +210,7 @@ class _Topics:
                     topics[at], name_id, all_parts[part], description
                 )
             shown.append(terms[3])
-        found: npt.NDArray[np.intp] = np.array(shown, dtype=np.intp)[rank[inverse.reshape(-1)]]
+        found: npt.NDArray[np.intp] = np.array(shown, dtype=np.intp)[inverse]
         return found
 
     def _compile(self, topic: Topic) -> _Compiled:
