@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -19,7 +21,16 @@ from hypothesis import strategies as st
 from newsletter import selection as selection_module
 from newsletter.ingest import dump_files, read_dump
 from newsletter.learning import Weights, keyword_weights
-from newsletter.models import DailyListing, ListingEntry, Paper, Selection, Subscriber, Topic
+from newsletter.models import (
+    DailyListing,
+    ListingEntry,
+    Paper,
+    SelectedPaper,
+    Selection,
+    Subscriber,
+    Topic,
+    TopicMatch,
+)
 from newsletter.selection import (
     _PIECE_BREAK,
     CLOSEST,
@@ -33,6 +44,7 @@ from newsletter.selection import (
     topic_reference,
 )
 from newsletter.selection import compile as compile_module
+from newsletter.selection import edition as edition_module
 from newsletter.selection import scoring as scoring_module
 from newsletter.settings import Settings
 from newsletter.subscribers import load_subscribers
@@ -43,6 +55,14 @@ from .conftest import EXAMPLE_SUBSCRIBERS, REFERENCE, ROOT, SEEDS
 
 DAY = dt.date(2026, 3, 17)
 THRESHOLD = Settings.model_fields["relevance_threshold"].default
+
+# The benchmark's profile generator (scripts/ is no package): the selection is pinned on them.
+_BENCH_SPEC = importlib.util.spec_from_file_location(
+    "bench_selection", ROOT / "scripts" / "bench_selection.py"
+)
+assert _BENCH_SPEC is not None and _BENCH_SPEC.loader is not None
+bench_selection = importlib.util.module_from_spec(_BENCH_SPEC)
+_BENCH_SPEC.loader.exec_module(bench_selection)
 
 
 def paper(title: str, abstract: str = "We study a problem.") -> Paper:
@@ -1076,3 +1096,70 @@ def test_keyword_lists_in_any_order_score_alike_and_explain_in_their_own_order()
                     assert match.terms == tuple(t for g in groups if hit & set(g) for t in g)
                     several += len(groups) > 1 and len(match.terms) > 1
     assert several > 20, "explanations with several keywords must be tested"
+
+
+def _selection_digest(selections: list[Selection]) -> str:
+    """A hash of every field of every selection, floats as `float.hex` (to the bit)."""
+
+    def fields(sp: SelectedPaper) -> tuple[object, ...]:
+        matches = tuple(
+            (m.topic, m.terms, m.in_title, m.in_abstract, m.highlights, m.score.hex())
+            for m in sp.matches
+        )
+        score, mixed = sp.score.hex(), sp.mixed.hex()
+        return (sp.paper.id, score, sp.rank, sp.sent, mixed, sp.near_miss, sp.liked, matches)
+
+    digest = hashlib.sha256()
+    for s in selections:
+        papers, misses = tuple(map(fields, s.papers)), tuple(map(fields, s.near_misses))
+        digest.update(repr((s.subscriber.email, s.edition.isoformat(), papers, misses)).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("threshold", "expected"),
+    [
+        (THRESHOLD, "cf1cdb5ac32b3c9113f0a3eace8e35bfb8cb590810cf6c828d7ace381edd22b8"),
+        (1.5, "250107c3bf823a7bb65bb45e881c410b39af20389d63e2568dbb3863b598163a"),
+    ],
+)
+def test_the_benchmarks_profiles_select_what_they_did_to_the_bit(
+    threshold: float, expected: str
+) -> None:
+    """The benchmark's first 2,000 profiles (the first 400 at 1.5) over its listing select
+    exactly what they selected when the vectorised path was last changed on purpose: every
+    paper, explanation and near miss, every float to the bit (rework the matcher's speed,
+    never its output; a change of output on purpose updates these hashes with its reason)."""
+    papers, day = bench_selection.load_papers(1)
+    subs = bench_selection.make_subscribers(2000)
+    if threshold != THRESHOLD:
+        subs = subs[:400]
+    selections = select_for(PaperIndex.build(papers), day, subs, threshold=threshold)
+    assert _selection_digest(selections) == expected
+
+
+def test_values_made_at_once_equal_those_their_constructor_makes() -> None:
+    """An edition makes its SelectedPapers, explanations and Selections without calling their
+    `__init__` (`_made`): equal values, hashing alike, and never with a field left unset."""
+    made = edition_module._made
+    match = TopicMatch("T", ("RL",), ("RL",), (), ("RL",), 1.5)
+    sp = SelectedPaper(paper("RL"), 2.0, 3, True, (match,), 2.5)
+    built = made(
+        SelectedPaper,
+        2,
+        paper=[sp.paper] * 2,
+        score=[2.0, 2.0],
+        rank=itertools.repeat(3),
+        sent=itertools.repeat(True),
+        matches=[(match,)] * 2,
+        mixed=[2.5, 2.5],
+        near_miss=itertools.repeat(False),
+        liked=itertools.repeat(""),
+    )
+    assert built == [sp, sp] and {hash(b) for b in built} == {hash(sp)}
+    fields = dict(topic=["T"], terms=[("RL",)], in_title=[("RL",)], in_abstract=[()])
+    assert made(TopicMatch, 1, **fields, highlights=[("RL",)], score=[1.5]) == [match]
+    with pytest.raises(TypeError):
+        made(TopicMatch, 1, **fields, highlights=[("RL",)])  # score missing
+    with pytest.raises(ValueError):
+        made(TopicMatch, 2, **fields, highlights=[("RL",)], score=[1.5])  # one short

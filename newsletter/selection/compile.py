@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from newsletter.models import Topic
 from newsletter.selection.tuning import _PIECE_BREAK
@@ -105,7 +109,20 @@ def _content_terms(text: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
-_FIELDS = operator.attrgetter("name", "keywords", "description")  # a Topic's, as a tuple
+def _first_seen(
+    values: npt.NDArray[np.intp],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(where each distinct value (or row) of `values` is first, in that order; the number of
+    each value in that order): what a loop numbering them with a dict finds, in C."""
+    axis = 0 if values.ndim > 1 else None
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True, axis=axis)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.intp)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
+_NAME_KEYWORDS_TEXT = tuple(map(operator.attrgetter, ("name", "keywords", "description")))
 
 
 _MAX_GROUPS = 62  # keyword groups a topic's bits in `_Table.bits` can tell apart
@@ -127,10 +144,13 @@ class _Topics:
         self._ids_of_pieces: dict[tuple[int, ...], int] = {}
         self._pieces_of: list[tuple[int, ...]] = []
         self._firsts: dict[int, dict[int, str]] = {}
-        self._keyword_parts: dict[tuple[str, ...], _KeywordPart] = {}
+        # Each keyword list's number, the part of each number.
+        self._part_of: dict[tuple[str, ...], int] = {}
+        self._parts: list[_KeywordPart] = []
         # (_KeywordPart.evidence_id, description evidence id) -> (`weak`, its number)
         self._weak: dict[tuple[int, int], tuple[tuple[str, ...], int]] = {}
-        self._compiled: dict[tuple[str, tuple[str, ...], int], _Compiled] = {}
+        # By (the name's number in `ids`, the keyword list's, the description's evidence id)
+        self._compiled: dict[tuple[int, int, int], _Compiled] = {}
         self.ids: dict[object, int] = {}  # see _Query.key_id and _Labels
         self._keywords: dict[str, _Keyword] = {}
         self.query_of_shown: list[_Query] = []
@@ -139,7 +159,7 @@ class _Topics:
         self.labels = _Labels()
         self._ids_of_variants: dict[tuple[tuple[str, ...], ...], int] = {}
         self._queries: dict[Topic, _Query] = {}
-        self._shown: dict[tuple[str, int, int], int] = {}  # (name, grouped_id, weak_id)
+        self._shown: dict[tuple[int, int, int], int] = {}  # (name's id, grouped_id, weak_id)
 
     def size(self) -> int:
         """How many topics and texts it keeps, as far as they grow without bound."""
@@ -151,30 +171,46 @@ class _Topics:
             cached = self._queries[topic] = _Query(topic, *self._compile(topic))
         return cached
 
-    def shown_numbers(self, topics: Sequence[Topic]) -> list[int]:
+    def shown_numbers(self, topics: Sequence[Topic]) -> npt.NDArray[np.intp]:
         """The `shown` number (see `_Query`) of each topic, with `query_of_shown` holding a
-        query for each (an edition needs no `_Query` per topic). Each distinct topic is
-        compiled once: topics are told apart by their fields as a tuple, which hashes in C (a
-        frozen dataclass hashes and compares in Python), and many repeat."""
-        texts, evidence_id = self._text_ids, self._evidence_id
-        compiled, compile_terms = self._compiled, self._compile_terms
-        number: dict[tuple[str, tuple[str, ...], str], int] = {}
-        found: list[int] = []
-        for topic in topics:
-            key = _FIELDS(topic)
-            shown = number.get(key)
-            if shown is None:
-                name, keywords, text = key
-                description = texts.get(text)
-                if description is None:
-                    description = evidence_id(text)
-                terms = compiled.get((name, keywords, description))
-                if terms is None:
-                    terms = compiled[name, keywords, description] = compile_terms(
-                        topic, name, keywords, description
-                    )
-                shown = number[key] = terms[3]
-            found.append(shown)
+        query for each (an edition needs no `_Query` per topic). Each topic's name, keyword
+        list and description are numbered by dicts built and read in C (a Python loop over
+        every topic costs a microsecond each, and a topic, a frozen dataclass, hashes in
+        Python), the description by its evidence; each distinct triple of numbers is compiled
+        once, with its first topic."""
+        n = len(topics)
+        ids, texts, part_of = self.ids, self._text_ids, self._part_of
+        names, keywords, descriptions = (list(map(f, topics)) for f in _NAME_KEYWORDS_TEXT)
+        for name in dict.fromkeys(names):
+            ids.setdefault(name, len(ids))
+        for keys in dict.fromkeys(keywords):
+            if keys not in part_of:
+                self._part_number(keys)
+        self._evidence_ids([t for t in dict.fromkeys(descriptions) if t not in texts])
+        named = np.fromiter(map(ids.__getitem__, names), np.intp, n)
+        parts = np.fromiter(map(part_of.__getitem__, keywords), np.intp, n)
+        described = np.fromiter(map(texts.__getitem__, descriptions), np.intp, n)
+        sizes = (len(ids), len(self._parts), len(self._pieces_of))
+        if math.prod(sizes) < 1 << 62:
+            first, inverse = _first_seen((named * sizes[1] + parts) * sizes[2] + described)
+        else:  # numbers too large to combine in an int64
+            first, inverse = _first_seen(np.stack([named, parts, described], axis=1))
+        compiled, compile_terms, all_parts = self._compiled, self._compile_terms, self._parts
+        shown: list[int] = []
+        for at, name_id, part, description in zip(
+            first.tolist(),
+            named[first].tolist(),
+            parts[first].tolist(),
+            described[first].tolist(),
+            strict=True,
+        ):
+            terms = compiled.get((name_id, part, description))
+            if terms is None:
+                terms = compiled[name_id, part, description] = compile_terms(
+                    topics[at], name_id, all_parts[part], description
+                )
+            shown.append(terms[3])
+        found: npt.NDArray[np.intp] = np.array(shown, dtype=np.intp)[inverse]
         return found
 
     def _compile(self, topic: Topic) -> _Compiled:
@@ -183,21 +219,31 @@ class _Topics:
         description = self._text_ids.get(topic.description)
         if description is None:
             description = self._evidence_id(topic.description)
-        found = self._compiled.get((topic.name, topic.keywords, description))
+        name_id = self.ids.setdefault(topic.name, len(self.ids))
+        part = self._part_of.get(topic.keywords)
+        if part is None:
+            part = self._part_number(topic.keywords)
+        found = self._compiled.get((name_id, part, description))
         if found is None:
-            key = (topic.name, topic.keywords, description)
-            found = self._compiled[key] = self._compile_terms(topic, *key)
+            found = self._compiled[name_id, part, description] = self._compile_terms(
+                topic, name_id, self._parts[part], description
+            )
+        return found
+
+    def _part_number(self, keywords: tuple[str, ...]) -> int:
+        """The number of a keyword list's `_KeywordPart` in `_parts`."""
+        found = self._part_of.get(keywords)
+        if found is None:
+            found = self._part_of[keywords] = len(self._parts)
+            self._parts.append(self._new_keyword_part(keywords))
         return found
 
     def _compile_terms(
-        self, topic: Topic, name: str, keywords: tuple[str, ...], description: int
+        self, topic: Topic, name_id: int, part: _KeywordPart, description: int
     ) -> _Compiled:
-        """A topic's keyword groups, description terms, key and `shown` (the description given
-        by its evidence id); a new `shown` gets its query in `query_of_shown`, with `topic`
-        (its first topic shows it)."""
-        part = self._keyword_parts.get(keywords)
-        if part is None:
-            part = self._keyword_parts[keywords] = self._new_keyword_part(keywords)
+        """A topic's keyword groups, description terms, key and `shown` (its name's number
+        in `ids`, its keyword list's part, its description's evidence id); a new `shown` gets
+        its query in `query_of_shown`, with `topic` (its first topic shows it)."""
         ids = self.ids  # one numbering: a pair of numbers equals no tuple of terms
         weak = self._weak.get((part.evidence_id, description))
         if weak is None:
@@ -214,7 +260,7 @@ class _Topics:
             )
         terms, weak_id = weak
         key_id = ids.setdefault((part.firsts_id, weak_id), len(ids))
-        shown = self._shown.setdefault((name, part.grouped_id, weak_id), len(self._shown))
+        shown = self._shown.setdefault((name_id, part.grouped_id, weak_id), len(self._shown))
         found = (
             part.grouped,
             terms,
@@ -227,7 +273,7 @@ class _Topics:
         )
         labels = self.labels
         if shown == len(labels.names):  # a new one
-            labels.names.append(ids.setdefault(name, len(ids)))
+            labels.names.append(name_id)
             labels.weak.append(weak_id)
             labels.groups_at.append(len(labels.groups))
             labels.groups += part.group_ids
@@ -318,24 +364,34 @@ class _Topics:
         `_PIECE_BREAK`) with any evidence have the same evidence, in order."""
         found = self._text_ids.get(text)
         if found is None:
+            self._evidence_ids((text,))
+            found = self._text_ids[text]
+        return found
+
+    def _evidence_ids(self, texts: Iterable[str]) -> None:
+        """Numbers each of `texts` by its evidence (see `_evidence_id`), in one loop (an
+        edition has tens of thousands)."""
+        text_ids, tails, pieces_of = self._text_ids, self._tails, self._pieces_of
+        pieces, pieces_id = self._pieces, self._pieces_id
+        for text in texts:
+            if text in text_ids:  # a head of an earlier one
+                continue
             # Split after its last full stop, a text's pieces are its head's then its tail's:
             # a description reworded in its last sentence reuses its head's, kept as a text
             # of its own (one level only, so a text is kept at most twice).
             head, stop, tail = text.rpartition(". ")
-            if stop:
-                head += "."
-                known = self._text_ids.get(head)
-                if known is None:
-                    known = self._text_ids[head] = self._pieces_id(self._pieces(head))
-                # Tails repeat too ("(1234)" after many a head): their pieces are kept.
-                more = self._tails.get(tail)
-                if more is None:
-                    more = self._tails[tail] = self._pieces(" " + tail)
-                found = self._pieces_id(self._pieces_of[known] + more) if more else known
-            else:
-                found = self._pieces_id(self._pieces(text))
-            self._text_ids[text] = found
-        return found
+            if not stop:
+                text_ids[text] = pieces_id(pieces(text))
+                continue
+            head += "."
+            known = text_ids.get(head)
+            if known is None:
+                known = text_ids[head] = pieces_id(pieces(head))
+            # Tails repeat too ("(1234)" after many a head): their pieces are kept.
+            more = tails.get(tail)
+            if more is None:
+                more = tails[tail] = pieces(" " + tail)
+            text_ids[text] = pieces_id(pieces_of[known] + more) if more else known
 
     def _pieces_id(self, pieces: tuple[int, ...]) -> int:
         """The evidence id of a text with these `_pieces`."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import gc
 import itertools
 import math
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from collections.abc import Set as AbstractSet
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -87,10 +89,7 @@ def _select_for(
     counts = np.fromiter(map(len, topics_of), dtype=np.intp, count=len(subscribers))
     alone: list[int] = []
     if vectorised:
-        shown = np.array(
-            scorer.topics.shown_numbers(list(itertools.chain.from_iterable(topics_of))),
-            dtype=np.intp,
-        )
+        shown = scorer.topics.shown_numbers(list(itertools.chain.from_iterable(topics_of)))
         wide = scorer.topics.wide
         if keys and votes:
             alone = [n for n, k in enumerate(keys) if votes.get(k)]
@@ -101,31 +100,47 @@ def _select_for(
     else:
         shown = np.zeros(int(counts.sum()), dtype=np.intp)  # not used
         alone = list(range(len(subscribers)))
+    # Subscribers and their Selections as object arrays: picked out by index arrays in C.
+    everyone = np.empty(len(subscribers), dtype=object)
+    everyone[:] = subscribers
+    selections = np.full(len(subscribers), None, dtype=object)
     if alone:
         solo = np.zeros(len(subscribers), dtype=bool)
         solo[alone] = True
         shown = shown[~np.repeat(solo, counts)]
         counts = counts[~solo]
-        together = np.flatnonzero(~solo).tolist()
+        together_at = np.flatnonzero(~solo)
     else:
-        together = list(range(len(subscribers)))
-    selections: list[Selection | None] = [None] * len(subscribers)
+        together_at = np.arange(len(subscribers))
+    together = together_at.tolist()
     if together:
         queries = scorer.topics.query_of_shown
+        chosen = everyone[together_at]
         picks = edition.picks(
             shown,
             counts,
-            [subscribers[n].exclude for n in together],
-            [subscribers[n].max_papers for n in together],
+            list(map(_EXCLUDE, chosen)),
+            list(map(_MAX_PAPERS, chosen)),
             [seen[n] for n in together] if seen else None,
         )
         starts = (np.cumsum(counts) - counts).tolist()
         date = listing.date
-        for n, start, (picked, ranked) in zip(together, starts, picks, strict=True):
+        picked, ranked = picks
+        # The Selections of the subscribers sent something, made at once (see `_made`).
+        sent = np.flatnonzero(ranked)
+        made = np.empty(len(sent), dtype=object)
+        made[:] = _made(
+            Selection,
+            len(sent),
+            subscriber=chosen[sent],
+            edition=itertools.repeat(date),
+            papers=map(picked.__getitem__, sent.tolist()),
+            near_misses=itertools.repeat(()),
+        )
+        selections[together_at[sent]] = made
+        for k in np.flatnonzero(~ranked).tolist():
+            n, start = together[k], starts[k]
             sub = subscribers[n]
-            if ranked:
-                selections[n] = Selection(sub, date, picked)
-                continue
             near = _closest(
                 scorer,
                 [queries[t] for t in shown[start : start + len(sub.topics)].tolist()],
@@ -140,7 +155,8 @@ def _select_for(
         key = keys[n] if keys else ""
         selections[n] = _select_one(edition, sub, seen[n] if seen else no_history, votes.get(key))
     _release(index)
-    return [s for s in selections if s is not None]
+    done: list[Selection] = selections.tolist()
+    return done
 
 
 def _select_one(
@@ -176,6 +192,9 @@ def _select_one(
 
 
 _TOPICS_OF = operator.attrgetter("topics")
+
+
+_EXCLUDE, _MAX_PAPERS = operator.attrgetter("exclude"), operator.attrgetter("max_papers")
 
 
 class _Edition:
@@ -234,10 +253,10 @@ class _Edition:
         excludes: Sequence[tuple[str, ...]],
         caps: Sequence[int],
         seen: Sequence[AbstractSet[str]] | None,
-    ) -> list[tuple[tuple[SelectedPaper, ...], bool]]:
+    ) -> tuple[list[tuple[SelectedPaper, ...]], npt.NDArray[np.bool_]]:
         """Per subscriber (their topics' `shown`, `counts[n]` of them each in `flat`; exclude
-        terms, max_papers and papers seen in other editions): (the papers sent, in digest order;
-        whether any was sent before history took its own), every subscriber at once.
+        terms, max_papers and papers seen in other editions): the papers sent, in digest order,
+        and whether any was sent before history took its own, every subscriber at once.
 
         A subscriber's score of a paper is the best of their topics that send it; the papers
         are ordered by mixed score with ties broken by column (trending rank, then id), as
@@ -324,13 +343,9 @@ class _Edition:
         # The entries (about 8 per subscriber here) are not needed past this point.
         del entry_of, e_sub, e_column, e_score, e_key, cell_of_entry, at, mine, by, ordered
         papers = self._papers(scores, shown_of, columns, row_of_shown, total, bits)
-        per = np.bincount(owners, minlength=n).tolist()
-        out = []
-        start = 0
-        for size, sent in zip(per, ranked.tolist(), strict=True):
-            out.append((tuple(papers[start : start + size]), sent))
-            start += size
-        return out
+        ends = np.cumsum(np.bincount(owners, minlength=n))
+        bounds = zip((ends - np.bincount(owners, minlength=n)).tolist(), ends.tolist(), strict=True)
+        return [tuple(papers[start:end]) for start, end in bounds], ranked
 
     def _papers(
         self,
@@ -390,16 +405,23 @@ class _Edition:
         match_of_pair[key] = np.cumsum(new) - 1
         first = key[new]  # a pair showing each explanation
         match_column = pair_column[first].tolist()
-        matches = [
-            scorer.match(queries[t], self.papers[c], _bits(b), s)
-            for t, c, b, s in zip(
-                pair_shown[first].tolist(),
-                match_column,
-                pair_bits[first].tolist(),
-                pair_score[first].tolist(),
-                strict=True,
-            )
+        match_shown = pair_shown[first].tolist()
+        explained, paper_of_column = scorer.explained, self.papers
+        why = [
+            explained(queries[t], paper_of_column[c], _bits(b))
+            for t, c, b in zip(match_shown, match_column, pair_bits[first].tolist(), strict=True)
         ]
+        terms_of, in_title, in_abstract, highlights = zip(*why, strict=True)  # as columns
+        matches = _made(  # see `_made`
+            TopicMatch,
+            len(why),
+            topic=[queries[t].topic.name for t in match_shown],
+            terms=terms_of,
+            in_title=in_title,
+            in_abstract=in_abstract,
+            highlights=highlights,
+            score=pair_score[first].tolist(),
+        )
         # Each cell: its one topic's SelectedPaper (shared by every cell with that
         # explanation), or one made for the topics that send it, best first.
         by_topic = np.full(senders.shape, -1, dtype=np.intp)
@@ -410,8 +432,10 @@ class _Edition:
         match_at = by_topic[one].max(axis=1)
         used, used_at = _distinct(match_at)
         alone = np.empty(len(used), dtype=object)
-        paper = self._paper
-        alone[:] = [paper(match_column[m], (matches[m],)) for m in used.tolist()]
+        used_list = used.tolist()
+        alone[:] = self._sent_papers(
+            [match_column[m] for m in used_list], [(matches[m],) for m in used_list]
+        )
         out[one] = alone[used_at]
         many = np.flatnonzero(several)
         if len(many):
@@ -424,20 +448,38 @@ class _Edition:
             distinct = distinct[: at.max() + 1]
             sizes = (distinct >= 0).sum(axis=1).tolist()  # the senders come first
             merged = np.empty(len(distinct), dtype=object)
-            merged[:] = [
-                paper(match_column[row[0]], tuple([matches[m] for m in row[:size]]))
-                for row, size in zip(distinct.tolist(), sizes, strict=True)
-            ]
+            rows = distinct.tolist()
+            merged[:] = self._sent_papers(
+                [match_column[row[0]] for row in rows],
+                [
+                    tuple([matches[m] for m in row[:size]])
+                    for row, size in zip(rows, sizes, strict=True)
+                ],
+            )
             out[many] = merged[at]
         papers: list[SelectedPaper] = out.tolist()
         return papers
 
-    def _paper(self, column: int, matches: tuple[TopicMatch, ...]) -> SelectedPaper:
-        """The sent paper in `column` with its explanations, best first: the first's score."""
-        score = matches[0].score
-        mixed = score * self.trend_of_column[column]  # _mixed(score, rank), worked out once
-        return SelectedPaper(
-            self.paper_of_column[column], score, self.rank_of_column[column], True, matches, mixed
+    def _sent_papers(
+        self, columns: Sequence[int], matches: Sequence[tuple[TopicMatch, ...]]
+    ) -> list[SelectedPaper]:
+        """The sent paper in each of `columns` with its explanations, best first: the
+        first's score (made at once, see `_made`)."""
+        score = [m[0].score for m in matches]
+        # _mixed(score, rank), its factor worked out once per column (a float64 product is
+        # the float product)
+        mixed = np.array(score) * self.trend[np.array(columns, dtype=np.intp)]
+        return _made(
+            SelectedPaper,
+            len(columns),
+            paper=map(self.paper_of_column.__getitem__, columns),
+            score=score,
+            rank=map(self.rank_of_column.__getitem__, columns),
+            sent=itertools.repeat(True),
+            matches=matches,
+            mixed=mixed.tolist(),
+            near_miss=itertools.repeat(False),
+            liked=itertools.repeat(""),
         )
 
     def _excluded(
@@ -471,6 +513,26 @@ class _Edition:
             at += [n] * len(found)
             columns += found
         return np.array(at, dtype=np.intp), np.array(columns, dtype=np.intp)
+
+
+_M = TypeVar("_M")
+
+
+def _made(cls: type[_M], count: int, **values: Iterable[object]) -> list[_M]:
+    """`count` instances of the frozen slotted dataclass `cls`, each field's values from
+    `values` (every field given), as calling it would make them, for about a third of its
+    cost: its `__init__` is a Python call and an `object.__setattr__` per field, here each
+    slot is written by its descriptor, called from C by `map`. For the values an edition
+    makes by the hundred thousand (Selections, SelectedPapers)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if sorted(names) != sorted(values) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} cannot be made without its __init__")
+    if any(isinstance(v, Sized) and len(v) != count for v in values.values()):
+        raise ValueError(f"{count} {cls.__name__} values wanted")  # map would stop short
+    made = list(map(object.__new__, itertools.repeat(cls, count)))
+    for name in names:
+        collections.deque(map(getattr(cls, name).__set__, made, values[name]), maxlen=0)
+    return made
 
 
 def _distinct(

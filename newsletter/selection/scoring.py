@@ -5,17 +5,18 @@ from __future__ import annotations
 import functools
 import heapq
 import math
+import operator
 import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from newsletter.models import SelectedPaper, Subscriber, Topic, TopicMatch
-from newsletter.selection.compile import _MAX_GROUPS, _Key, _Query, _Topics
+from newsletter.selection.compile import _MAX_GROUPS, _first_seen, _Key, _Query, _Topics
 from newsletter.selection.tuning import (
     _FIXED,
     BATCH_CELLS,
@@ -71,6 +72,12 @@ _Passing = tuple[tuple[int, float, tuple[int, ...]], ...]  # (paper, score, keyw
 _REFERENCES: weakref.WeakKeyDictionary[PaperIndex, dict[tuple[float, _Key], float]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+_KEYWORDS, _FIRSTS_ID = operator.attrgetter("keywords"), operator.attrgetter("firsts_id")
+
+
+_WEAK_ID = operator.attrgetter("weak_id")
 
 
 _D = TypeVar("_D", bound=np.generic)
@@ -328,10 +335,10 @@ class _Scorer:
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[_Query]]:
         """(the lane rows of each distinct keyword list's groups, shape (list, group), row 0
         past a list's own groups; each query's list; a query with each list)."""
-        first_of: dict[int, int] = {}
-        which = [first_of.setdefault(q.firsts_id, len(first_of)) for q in queries]
-        lists = list({q.firsts_id: q for q in queries}.values())
-        return self._lane_rows([q.key[0] for q in lists]), np.array(which, np.intp), lists
+        firsts = np.fromiter(map(_FIRSTS_ID, queries), dtype=np.intp, count=len(queries))
+        first, which = _first_seen(firsts)
+        lists = list(map(queries.__getitem__, first.tolist()))
+        return self._lane_rows([q.key[0] for q in lists]), which, lists
 
     def _lane_rows(self, term_lists: Sequence[Sequence[str]]) -> npt.NDArray[np.intp]:
         """The keyword lane rows of each list of terms, shape (list, longest), padded with
@@ -346,12 +353,12 @@ class _Scorer:
 
     def _keyword_sets(self, queries: Iterable[_Query]) -> list[int]:
         """`_keyword_set` of each query."""
-        known = self._set_of_firsts.get
-        found = []
-        for q in queries:
-            number = known(q.firsts_id)
-            found.append(self._keyword_set(q) if number is None else number)
-        return found
+        queries = list(queries)
+        found = list(map(self._set_of_firsts.get, map(_FIRSTS_ID, queries)))
+        if None in found:  # new ones: numbered (the others were read in C)
+            pairs = zip(queries, found, strict=True)
+            return [self._keyword_set(q) if n is None else n for q, n in pairs]
+        return cast(list[int], found)
 
     def _keyword_set(self, query: _Query) -> int:
         """A number for the set of the query's keyword groups' first terms (per scorer):
@@ -605,7 +612,7 @@ class _Scorer:
         queries = list(map(self.topics.query_of_shown.__getitem__, shown.tolist()))
         row_of = table.row_of
         missing = list({q.key_id: q for q in queries if q.key_id not in row_of}.values())
-        table.reserve(len(missing), max((len(q.keywords) for q in missing), default=0))
+        table.reserve(len(missing), max(map(len, map(_KEYWORDS, missing)), default=0))
         # While the stored papers are few times the listed ones, scored over the whole
         # collection in one pass, which the references need of most queries anyway, the
         # listing's slots taken from it (a paper's score does not depend on which others a
@@ -643,17 +650,11 @@ class _Scorer:
         """(a query for each distinct score: queries with the same set of keywords (`sets`,
         their `_keyword_set`) and the same description part score alike, see `_totals`; the
         one of each query)."""
-        number: dict[tuple[int, int], int] = {}
-        distinct: list[_Query] = []
-        at: list[int] = []
-        for q, keyword_set in zip(queries, sets, strict=True):
-            alike = (keyword_set, q.weak_id)
-            found = number.get(alike)
-            if found is None:
-                found = number[alike] = len(distinct)
-                distinct.append(q)
-            at.append(found)
-        return distinct, np.array(at, dtype=np.intp)
+        weak = np.fromiter(map(_WEAK_ID, queries), dtype=np.intp, count=len(queries))
+        if not len(weak):
+            return [], weak
+        first, at = _first_seen(np.array(sets, dtype=np.intp) * (int(weak.max()) + 1) + weak)
+        return list(map(queries.__getitem__, first.tolist())), at
 
     def _hits_of(
         self, queries: Sequence[_Query], slots: npt.NDArray[np.intp]
@@ -727,6 +728,13 @@ class _Scorer:
         """Why paper i matched the topic: its keywords found (the `matched` groups), or else
         its strongest few description terms; where they were; the exact text of each
         occurrence."""
+        terms, in_title, in_abstract, highlights = self.explained(query, i, matched)
+        return TopicMatch(query.topic.name, terms, in_title, in_abstract, highlights, score)
+
+    def explained(
+        self, query: _Query, i: int, matched: tuple[int, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """`match`'s terms, in_title, in_abstract and highlights."""
         if len(matched) == 1:  # the common case: that group's terms
             terms = query.keywords[matched[0]]
         else:
@@ -743,7 +751,7 @@ class _Scorer:
                 tuple(dict.fromkeys(text for _, text in found)),
             )
         in_title, in_abstract, highlights = cached
-        return TopicMatch(query.topic.name, terms, in_title, in_abstract, highlights, score)
+        return terms, in_title, in_abstract, highlights
 
     def _strongest(self, weak: tuple[str, ...], i: int) -> tuple[str, ...]:
         """The (at most 3) description terms that weigh most in paper i."""
