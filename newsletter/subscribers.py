@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import re
 import zoneinfo
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,7 @@ from pydantic import (
 
 from newsletter.addresses import address_key, validate_address
 from newsletter.errors import SubscriberConfigError
+from newsletter.mailboxes import Mailboxes
 from newsletter.models import Subscriber, Topic
 from newsletter.yamlfile import (
     Lines,
@@ -224,16 +226,15 @@ class Outline:
     (see `roster`)."""
 
     defaults: DefaultsModel
-    lines: list[int]  # each subscriber's line
-    places: dict[str, int | tuple[int, str, int]]  # address_key -> `_Check.first_index`
+    lines: array[int]  # each subscriber's line
+    mailboxes: Mailboxes  # each subscriber's address_key, in file order
     end: int | None  # the line of the first top-level key after the list (None: end of file)
     topics: int  # topics in all
     scanned: bool  # read by the scanner: else the lines are not those of pieces of the text
 
     def index(self, key: str) -> int | None:
         """The index of the subscriber with this address_key, if any."""
-        place = self.places.get(key)
-        return None if place is None else place_of(key, place)[0]
+        return self.mailboxes.find(key)
 
 
 def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline:
@@ -322,19 +323,24 @@ class _Check:
         """Forget the subscribers checked so far (the file is read again another way)."""
         self.scanned = False
         self.topics = 0  # in the valid subscribers
-        self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
-        # address_key -> where it was first: (index, email as written, line of the email), or
-        # index << 32 | line when the email was written as its key (one int: 100,000 of them)
-        self.first_index: dict[str, int | tuple[int, str, int]] = {}
+        # (line, phase, order, message): order keeps a line's problems in subscriber order
+        self.problems: list[tuple[int, int, int, str]] = []
+        self.mailboxes = Mailboxes()  # duplicates are found once the whole list is read
         # equal values read as one object (see fast_entry)
         self.shared = self.given or Shared(None if self.keep else SHARED_LIMIT)
 
     def problem(
-        self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
+        self,
+        phase: int,
+        at: tuple[Lines | None, int],
+        who: str,
+        field: str,
+        text: str,
+        order: int = 0,
     ) -> None:
         line = at[1]
         message = f"{self.source}, line {line}: {who}field {field!r}: {text}"
-        self.problems.append((line, phase, message))
+        self.problems.append((line, phase, order, message))
 
     def entry(self, i: int, entry: Any, lines: Lines) -> Entry | None:
         """Check subscriber #i+1 as it is read (`lines`: its own)."""
@@ -355,24 +361,31 @@ class _Check:
             self.topics += len(valid[6])
         if isinstance(email, str) and email.strip():
             key = address_key(valid[0] if valid is not None else email)
-            first = self.first_index.get(key)
-            email_at = walk(at[0], ["email"], at[1])
-            if first is None:
-                line = email_at[1]
-                self.first_index[key] = i << 32 | line if email == key else (i, email, line)
-            else:
-                n, first_email, first_line = place_of(key, first)
+            self.mailboxes.add(i, key, email, walk(at[0], ["email"], at[1])[1])
+        return valid
+
+    def duplicates(self) -> None:
+        """A problem for each subscriber whose mailbox an earlier one has."""
+        boxes = self.mailboxes
+        for first, *others in boxes.seal():
+            n, first_email, first_line = (
+                boxes.index[first],
+                boxes.written(first),
+                boxes.lines[first],
+            )
+            for j in others:
+                i, email = boxes.index[j], boxes.written(j)
                 self.problem(
                     2,
-                    email_at,
+                    (None, boxes.lines[j]),
                     f"subscriber #{i + 1} {email!r}, ",
                     "email",
                     f"duplicate address: {email!r} duplicates subscriber #{n + 1} "
                     f"{first_email!r} (line {first_line}); emails compare case-insensitively, "
                     "in Unicode NFC, with the domain in Unicode or punycode alike; remove or "
                     "merge one of them",
+                    order=2 * i + 1,  # after the subscriber's other problems on its line
                 )
-        return valid
 
     def validated(
         self, i: int, entry: Any, at: tuple[Lines | None, int], email: Any
@@ -387,7 +400,8 @@ class _Check:
                 loc = list(e["loc"])
                 field = ".".join(map(str, loc)) or "(entry)"
                 kind = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
-                self.problem(2, walk(lines, loc, start), who, field, _describe(e, kind))
+                at_loc = walk(lines, loc, start)
+                self.problem(2, at_loc, who, field, _describe(e, kind), order=2 * i)
             return None
         topics = tuple(Topic(t.name, tuple(t.keywords), t.description) for t in m.topics)
         return (
@@ -420,8 +434,8 @@ class _Check:
         after = lines.keys.index("subscribers") + 1
         return Outline(
             defaults,
-            [line_of(item) for item in items.children],
-            self.first_index,
+            array("I", [line_of(item) for item in items.children]),
+            self.mailboxes,
             lines.key_lines[after] if after < len(lines.keys) else None,
             self.topics,
             self.scanned,
@@ -430,6 +444,7 @@ class _Check:
     def verdict(self, raw: Any, lines: Lines | None) -> DefaultsModel:
         """The top-level checks: the defaults, or SubscriberConfigError with every problem."""
         source = self.source
+        self.duplicates()
         if not isinstance(raw, dict):
             raise SubscriberConfigError(
                 source, [f"{source}, line 1: expected a mapping with 'defaults' and 'subscribers'"]
@@ -462,16 +477,9 @@ class _Check:
         if self.problems:
             # In file order, so the user can fix them top to bottom.
             raise SubscriberConfigError(
-                source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
+                source, [m for *_, m in sorted(self.problems, key=lambda p: p[:3])]
             )
         return defaults
-
-
-def place_of(key: str, first: int | tuple[int, str, int]) -> tuple[int, str, int]:
-    """(index, email as written, line of the email) of a `first_index` entry."""
-    if isinstance(first, int):
-        return first >> 32, key, first & 0xFFFFFFFF
-    return first
 
 
 def _to_subscriber(e: Entry, d: DefaultsModel, line: int) -> Subscriber:

@@ -118,7 +118,7 @@ def test_checking_a_file_counts_what_loading_it_gives(tmp_path: Path) -> None:
         subs = load_subscribers(path)
         assert len(outline.lines) == len(subs) and outline.scanned
         assert outline.topics == sum(len(s.topics) for s in subs)
-        assert outline.lines == [s.line for s in subs]
+        assert list(outline.lines) == [s.line for s in subs]
 
 
 @pytest.fixture
