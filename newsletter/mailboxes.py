@@ -1,18 +1,18 @@
-"""Every subscriber's mailbox (its address_key) in a few dozen bytes, not a dict entry of about
+"""Every subscriber's mailbox (its address_key) in under 100 bytes, not a dict entry of about
 250: what finds duplicates in a check and a subscriber by address in a send.
 
-The keys sit as UTF-8 in one bytearray, with their offsets in arrays. Lookups go through the
-keys' 64-bit hashes, sorted once the file is read (blake2b, the same in every process, as an
-outline kept for other processes needs); every hit is compared with the key itself, so a
-collision costs a comparison, never a wrong answer. Pure: no I/O.
+The keys sit as UTF-8 in one bytearray, with their offsets in arrays, and a hash table of
+entry numbers (open addressing, in an array) finds them. The hash is blake2b's, the same in
+every process, as an outline kept for other processes needs; every hit is compared with the
+key itself, so a collision costs a comparison, never a wrong answer. Nothing is built per
+subscriber but bytes in arrays, so the table grows without a transient copy of the keys.
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
 from array import array
-from bisect import bisect_left
-from itertools import groupby
 
 
 def _hash(key: bytes) -> int:
@@ -20,10 +20,11 @@ def _hash(key: bytes) -> int:
 
 
 class Mailboxes:
-    """The mailboxes of a file's subscribers, each added with its subscriber's index, the
-    email as written (kept when it differs from the key: messages quote it) and its line."""
+    """The distinct mailboxes of a file's subscribers, in the order first added, each with its
+    subscriber's index, the email as written (kept when it differs from the key: messages
+    quote it) and the line of the email."""
 
-    __slots__ = ("bounds", "hashes", "index", "lines", "order", "text")
+    __slots__ = ("bounds", "hashes", "index", "lines", "slots", "text")
 
     def __init__(self) -> None:
         self.text = bytearray()
@@ -32,14 +33,21 @@ class Mailboxes:
         self.bounds: array[int] = array("q", [0])
         self.index: array[int] = array("I")  # entry j's subscriber index
         self.lines: array[int] = array("I")  # entry j's email line
-        self.hashes: array[int] = array("Q")  # entry j's hash; sorted by `seal`
-        self.order: array[int] = array("I")  # after `seal`: entries in hash order
+        self.hashes: array[int] = array("Q")  # entry j's hash
+        self.slots: array[int] = array("I", bytes(4 * 16))  # entry number + 1, or 0: free
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def add(self, i: int, key: str, written: str, line: int) -> None:
+    def add(self, i: int, key: str, written: str, line: int) -> int | None:
+        """Add subscriber #i+1's mailbox; if an earlier subscriber has it, that entry's number
+        instead (nothing is added)."""
         encoded = key.encode("utf-8", "surrogatepass")
+        wanted = _hash(encoded)
+        at = self._probe(wanted, encoded)
+        if self.slots[at]:
+            return int(self.slots[at]) - 1
+        self.slots[at] = len(self.index) + 1
         self.text += encoded
         self.bounds.append(len(self.text))
         if written != key:
@@ -47,7 +55,35 @@ class Mailboxes:
         self.bounds.append(len(self.text))
         self.index.append(i)
         self.lines.append(line)
-        self.hashes.append(_hash(encoded))
+        self.hashes.append(wanted)
+        if 2 * len(self.index) > len(self.slots):  # at most half full: probes stay short
+            self._grow()
+        return None
+
+    def _probe(self, wanted: int, encoded: bytes) -> int:
+        """The slot of the entry with this key, or the free slot where it would go."""
+        slots, hashes, bounds, text = self.slots, self.hashes, self.bounds, self.text
+        mask = len(slots) - 1
+        at = wanted & mask
+        while j := slots[at]:
+            j -= 1
+            if hashes[j] == wanted and text[bounds[2 * j] : bounds[2 * j + 1]] == encoded:
+                break
+            at = (at + 1) & mask
+        return at
+
+    def _grow(self) -> None:
+        slots = self.slots = array("I", bytes(8 * len(self.slots)))
+        mask = len(slots) - 1
+        for j, wanted in enumerate(self.hashes):
+            at = wanted & mask
+            while slots[at]:
+                at = (at + 1) & mask
+            slots[at] = j + 1
+
+    def place(self, j: int) -> tuple[int, str, int]:
+        """Entry j's subscriber index, email as written and line of the email."""
+        return int(self.index[j]), self.written(j), int(self.lines[j])
 
     def key(self, j: int) -> str:
         return self._text(2 * j)
@@ -59,35 +95,12 @@ class Mailboxes:
     def _text(self, at: int) -> str:
         return self.text[self.bounds[at] : self.bounds[at + 1]].decode("utf-8", "surrogatepass")
 
-    def seal(self) -> list[list[int]]:
-        """Sort the hashes for lookups; the entries of each mailbox added more than once (each
-        group in the order added)."""
-        hashes = self.hashes
-        order = sorted(range(len(hashes)), key=hashes.__getitem__)  # stable: entry order
-        self.order = array("I", order)
-        self.hashes = array("Q", (hashes[j] for j in order))
-        repeated: list[list[int]] = []
-        for _, same_hash in groupby(order, key=hashes.__getitem__):
-            group = list(same_hash)
-            if len(group) > 1:  # the same key, or (rarely) a collision: tell them apart
-                by_key: dict[str, list[int]] = {}
-                for j in group:
-                    by_key.setdefault(self.key(j), []).append(j)
-                repeated += [js for js in by_key.values() if len(js) > 1]
-        return sorted(repeated)
-
     def find(self, key: str) -> int | None:
-        """The subscriber index of the first entry with this key (after `seal`), if any."""
+        """The index of the subscriber with this mailbox, if any."""
         encoded = key.encode("utf-8", "surrogatepass")
-        wanted = _hash(encoded)
-        at = bisect_left(self.hashes, wanted)
-        while at < len(self.hashes) and self.hashes[at] == wanted:
-            j = self.order[at]
-            if self.key(j) == key:
-                return int(self.index[j])
-            at += 1
-        return None
+        j = self.slots[self._probe(_hash(encoded), encoded)]
+        return None if not j else int(self.index[j - 1])
 
     def keys(self) -> list[str]:
-        """Every entry's key, in the order added."""
+        """Every mailbox, in the order added."""
         return [self.key(j) for j in range(len(self))]

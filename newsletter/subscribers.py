@@ -323,24 +323,17 @@ class _Check:
         """Forget the subscribers checked so far (the file is read again another way)."""
         self.scanned = False
         self.topics = 0  # in the valid subscribers
-        # (line, phase, order, message): order keeps a line's problems in subscriber order
-        self.problems: list[tuple[int, int, int, str]] = []
-        self.mailboxes = Mailboxes()  # duplicates are found once the whole list is read
+        self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
+        self.mailboxes = Mailboxes()  # each address_key once, where it was first
         # equal values read as one object (see fast_entry)
         self.shared = self.given or Shared(None if self.keep else SHARED_LIMIT)
 
     def problem(
-        self,
-        phase: int,
-        at: tuple[Lines | None, int],
-        who: str,
-        field: str,
-        text: str,
-        order: int = 0,
+        self, phase: int, at: tuple[Lines | None, int], who: str, field: str, text: str
     ) -> None:
         line = at[1]
         message = f"{self.source}, line {line}: {who}field {field!r}: {text}"
-        self.problems.append((line, phase, order, message))
+        self.problems.append((line, phase, message))
 
     def entry(self, i: int, entry: Any, lines: Lines) -> Entry | None:
         """Check subscriber #i+1 as it is read (`lines`: its own)."""
@@ -361,31 +354,22 @@ class _Check:
             self.topics += len(valid[6])
         if isinstance(email, str) and email.strip():
             key = address_key(valid[0] if valid is not None else email)
-            self.mailboxes.add(i, key, email, walk(at[0], ["email"], at[1])[1])
-        return valid
-
-    def duplicates(self) -> None:
-        """A problem for each subscriber whose mailbox an earlier one has."""
-        boxes = self.mailboxes
-        for first, *others in boxes.seal():
-            n, first_email, first_line = (
-                boxes.index[first],
-                boxes.written(first),
-                boxes.lines[first],
-            )
-            for j in others:
-                i, email = boxes.index[j], boxes.written(j)
+            email_at = walk(at[0], ["email"], at[1])
+            boxes = self.mailboxes
+            first = boxes.add(i, key, email, email_at[1])
+            if first is not None:
+                n, first_email, first_line = boxes.place(first)
                 self.problem(
                     2,
-                    (None, boxes.lines[j]),
+                    email_at,
                     f"subscriber #{i + 1} {email!r}, ",
                     "email",
                     f"duplicate address: {email!r} duplicates subscriber #{n + 1} "
                     f"{first_email!r} (line {first_line}); emails compare case-insensitively, "
                     "in Unicode NFC, with the domain in Unicode or punycode alike; remove or "
                     "merge one of them",
-                    order=2 * i + 1,  # after the subscriber's other problems on its line
                 )
+        return valid
 
     def validated(
         self, i: int, entry: Any, at: tuple[Lines | None, int], email: Any
@@ -400,8 +384,7 @@ class _Check:
                 loc = list(e["loc"])
                 field = ".".join(map(str, loc)) or "(entry)"
                 kind = TopicModel if "topics" in loc and len(loc) > 2 else SubscriberModel
-                at_loc = walk(lines, loc, start)
-                self.problem(2, at_loc, who, field, _describe(e, kind), order=2 * i)
+                self.problem(2, walk(lines, loc, start), who, field, _describe(e, kind))
             return None
         topics = tuple(Topic(t.name, tuple(t.keywords), t.description) for t in m.topics)
         return (
@@ -444,7 +427,6 @@ class _Check:
     def verdict(self, raw: Any, lines: Lines | None) -> DefaultsModel:
         """The top-level checks: the defaults, or SubscriberConfigError with every problem."""
         source = self.source
-        self.duplicates()
         if not isinstance(raw, dict):
             raise SubscriberConfigError(
                 source, [f"{source}, line 1: expected a mapping with 'defaults' and 'subscribers'"]
@@ -477,7 +459,7 @@ class _Check:
         if self.problems:
             # In file order, so the user can fix them top to bottom.
             raise SubscriberConfigError(
-                source, [m for *_, m in sorted(self.problems, key=lambda p: p[:3])]
+                source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
             )
         return defaults
 
