@@ -247,7 +247,8 @@ def _kept_outline(digest: str) -> Outline | None:
     if folder is None:
         return None
     try:
-        kept = pickle.loads((folder / f"{digest}.outline").read_bytes())
+        with (folder / f"{digest}.outline").open("rb") as file:
+            kept = pickle.load(file)
     except Exception:  # none kept, or unreadable: check the file
         return None
     return kept if isinstance(kept, Outline) else None
@@ -259,7 +260,8 @@ def _keep_outline(digest: str, outline: Outline) -> None:
         return
     with contextlib.suppress(OSError):
         part = folder / f"{digest}.{os.getpid()}.part"
-        part.write_bytes(pickle.dumps(outline, pickle.HIGHEST_PROTOCOL))
+        with part.open("wb") as file:  # written as pickled, not built whole first
+            pickle.dump(outline, file, pickle.HIGHEST_PROTOCOL)
         os.replace(part, folder / f"{digest}.outline")  # whole or not at all
         kept = sorted(folder.glob("*.outline"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[KEEP_OUTLINES:]:
