@@ -2,21 +2,17 @@
 250: what finds duplicates in a check and a subscriber by address in a send.
 
 The keys sit as UTF-8 in one bytearray, with their offsets in arrays, and a hash table of
-entry numbers (open addressing, in an array) finds them. The hash is blake2b's, the same in
-every process, as an outline kept for other processes needs; every hit is compared with the
-key itself, so a collision costs a comparison, never a wrong answer. Nothing is built per
-subscriber but bytes in arrays, so the table grows without a transient copy of the keys.
-Pure: no I/O.
+entry numbers (open addressing, in an array) finds them. The hash is Python's, which differs
+from one process to the next: a pickled copy (an outline kept for other processes) leaves the
+table out and builds it again. Every hit is compared with the key itself, so a collision costs
+a comparison, never a wrong answer. Nothing is built per subscriber but bytes in arrays, so the
+table grows without a transient copy of the keys. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
 from array import array
-
-
-def _hash(key: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+from typing import Any
 
 
 class Mailboxes:
@@ -33,7 +29,7 @@ class Mailboxes:
         self.bounds: array[int] = array("q", [0])
         self.index: array[int] = array("I")  # entry j's subscriber index
         self.lines: array[int] = array("I")  # entry j's email line
-        self.hashes: array[int] = array("Q")  # entry j's hash
+        self.hashes: array[int] = array("q")  # entry j's hash
         self.slots: array[int] = array("I", bytes(4 * 16))  # entry number + 1, or 0: free
 
     def __len__(self) -> int:
@@ -43,7 +39,7 @@ class Mailboxes:
         """Add subscriber #i+1's mailbox; if an earlier subscriber has it, that entry's number
         instead (nothing is added)."""
         encoded = key.encode("utf-8", "surrogatepass")
-        wanted = _hash(encoded)
+        wanted = hash(encoded)
         at = self._probe(wanted, encoded)
         if self.slots[at]:
             return int(self.slots[at]) - 1
@@ -72,8 +68,24 @@ class Mailboxes:
             at = (at + 1) & mask
         return at
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self.text, self.bounds, self.index, self.lines
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.text, self.bounds, self.index, self.lines = state
+        text, bounds = self.text, self.bounds
+        self.hashes = array(
+            "q", (hash(bytes(text[bounds[2 * j] : bounds[2 * j + 1]])) for j in range(len(self)))
+        )
+        self.slots = array("I", bytes(4 * 8))
+        self._grow()
+
     def _grow(self) -> None:
-        slots = self.slots = array("I", bytes(8 * len(self.slots)))
+        """Twice the slots (at least twice the entries), every entry placed again."""
+        size = len(self.slots)
+        while size < 4 * len(self.index):
+            size *= 2
+        slots = self.slots = array("I", bytes(4 * size))
         mask = len(slots) - 1
         for j, wanted in enumerate(self.hashes):
             at = wanted & mask
@@ -98,7 +110,7 @@ class Mailboxes:
     def find(self, key: str) -> int | None:
         """The index of the subscriber with this mailbox, if any."""
         encoded = key.encode("utf-8", "surrogatepass")
-        j = self.slots[self._probe(_hash(encoded), encoded)]
+        j = self.slots[self._probe(hash(encoded), encoded)]
         return None if not j else int(self.index[j - 1])
 
     def keys(self) -> list[str]:
