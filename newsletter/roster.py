@@ -1,5 +1,5 @@
 """The subscriber file for a run over all of it (`send`), read again a chunk at a time, so the
-run never holds every subscriber (only their address index: about 70 bytes each).
+run never holds every subscriber (only their address index and places: about 85 bytes each).
 
 The whole file is checked first, every problem reported at once as `load_subscribers` does,
 before anything is sent; meanwhile it is copied, as read, into an anonymous temporary file (an

@@ -417,7 +417,7 @@ class _Check:
         after = lines.keys.index("subscribers") + 1
         return Outline(
             defaults,
-            array("I", [line_of(item) for item in items.children]),
+            array("I", map(line_of, items.children)),
             self.mailboxes,
             lines.key_lines[after] if after < len(lines.keys) else None,
             self.topics,
