@@ -1,5 +1,5 @@
 """The subscriber file for a run over all of it (`send`), read again a chunk at a time, so the
-run never holds every subscriber (only their address index: about 270 bytes each).
+run never holds every subscriber (only their address index and places: about 85 bytes each).
 
 The whole file is checked first, every problem reported at once as `load_subscribers` does,
 before anything is sent; meanwhile it is copied, as read, into an anonymous temporary file (an
@@ -28,7 +28,7 @@ import pydantic
 import yaml
 
 from newsletter import addresses as addresses_module
-from newsletter import models, subscribers, yamlfile, yamlscan
+from newsletter import mailboxes, models, subscribers, yamlfile, yamlscan
 from newsletter.addresses import address_key
 from newsletter.models import Subscriber
 from newsletter.subscribers import (
@@ -38,7 +38,6 @@ from newsletter.subscribers import (
     Shared,
     load_subscribers,
     outline_subscribers,
-    place_of,
     read_chunk,
     reading,
 )
@@ -95,8 +94,7 @@ class Roster(Sequence[Subscriber]):
 
     def keys(self) -> list[str]:
         """Every subscriber's address_key, in file order."""
-        outline = self.outline
-        return sorted(outline.places, key=lambda key: place_of(key, outline.places[key])[0])
+        return self.outline.mailboxes.keys()
 
     def pick(self, keys: Sequence[str]) -> list[Subscriber]:
         """The subscribers with these address_keys (all present), in that order: one read per
@@ -136,7 +134,7 @@ class ByAddress(Mapping[str, Subscriber]):
         return found
 
     def __contains__(self, key: object) -> bool:
-        return key in self.roster.outline.places
+        return isinstance(key, str) and self.roster.outline.index(key) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.roster.keys())
@@ -219,7 +217,15 @@ def _checker() -> bytes:
     return hashlib.sha256(b"\0".join([versions, *sources])).digest()
 
 
-_CHECKING = (addresses_module, models, subscribers, yamlfile, yamlscan, sys.modules[__name__])
+_CHECKING = (
+    addresses_module,
+    mailboxes,
+    models,
+    subscribers,
+    yamlfile,
+    yamlscan,
+    sys.modules[__name__],
+)
 _CHECKER = _checker()
 KEEP_OUTLINES = 8  # files whose outlines are kept (the newest)
 
@@ -241,7 +247,8 @@ def _kept_outline(digest: str) -> Outline | None:
     if folder is None:
         return None
     try:
-        kept = pickle.loads((folder / f"{digest}.outline").read_bytes())
+        with (folder / f"{digest}.outline").open("rb") as file:
+            kept = pickle.load(file)
     except Exception:  # none kept, or unreadable: check the file
         return None
     return kept if isinstance(kept, Outline) else None
@@ -253,7 +260,8 @@ def _keep_outline(digest: str, outline: Outline) -> None:
         return
     with contextlib.suppress(OSError):
         part = folder / f"{digest}.{os.getpid()}.part"
-        part.write_bytes(pickle.dumps(outline, pickle.HIGHEST_PROTOCOL))
+        with part.open("wb") as file:  # written as pickled, not built whole first
+            pickle.dump(outline, file, pickle.HIGHEST_PROTOCOL)
         os.replace(part, folder / f"{digest}.outline")  # whole or not at all
         kept = sorted(folder.glob("*.outline"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[KEEP_OUTLINES:]:

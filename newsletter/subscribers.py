@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import re
 import zoneinfo
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,7 @@ from pydantic import (
 
 from newsletter.addresses import address_key, validate_address
 from newsletter.errors import SubscriberConfigError
+from newsletter.mailboxes import Mailboxes
 from newsletter.models import Subscriber, Topic
 from newsletter.yamlfile import (
     Lines,
@@ -224,16 +226,15 @@ class Outline:
     (see `roster`)."""
 
     defaults: DefaultsModel
-    lines: list[int]  # each subscriber's line
-    places: dict[str, int | tuple[int, str, int]]  # address_key -> `_Check.first_index`
+    lines: array[int]  # each subscriber's line
+    mailboxes: Mailboxes  # each subscriber's address_key, in file order
     end: int | None  # the line of the first top-level key after the list (None: end of file)
     topics: int  # topics in all
     scanned: bool  # read by the scanner: else the lines are not those of pieces of the text
 
     def index(self, key: str) -> int | None:
         """The index of the subscriber with this address_key, if any."""
-        place = self.places.get(key)
-        return None if place is None else place_of(key, place)[0]
+        return self.mailboxes.find(key)
 
 
 def outline_subscribers(pieces: Callable[[], Iterable[str]], source: str) -> Outline:
@@ -323,9 +324,7 @@ class _Check:
         self.scanned = False
         self.topics = 0  # in the valid subscribers
         self.problems: list[tuple[int, int, str]] = []  # (line, phase, message)
-        # address_key -> where it was first: (index, email as written, line of the email), or
-        # index << 32 | line when the email was written as its key (one int: 100,000 of them)
-        self.first_index: dict[str, int | tuple[int, str, int]] = {}
+        self.mailboxes = Mailboxes()  # each address_key once, where it was first
         # equal values read as one object (see fast_entry)
         self.shared = self.given or Shared(None if self.keep else SHARED_LIMIT)
 
@@ -355,13 +354,11 @@ class _Check:
             self.topics += len(valid[6])
         if isinstance(email, str) and email.strip():
             key = address_key(valid[0] if valid is not None else email)
-            first = self.first_index.get(key)
             email_at = walk(at[0], ["email"], at[1])
-            if first is None:
-                line = email_at[1]
-                self.first_index[key] = i << 32 | line if email == key else (i, email, line)
-            else:
-                n, first_email, first_line = place_of(key, first)
+            boxes = self.mailboxes
+            first = boxes.add(i, key, email, email_at[1])
+            if first is not None:
+                n, first_email, first_line = boxes.place(first)
                 self.problem(
                     2,
                     email_at,
@@ -420,8 +417,8 @@ class _Check:
         after = lines.keys.index("subscribers") + 1
         return Outline(
             defaults,
-            [line_of(item) for item in items.children],
-            self.first_index,
+            array("I", map(line_of, items.children)),
+            self.mailboxes,
             lines.key_lines[after] if after < len(lines.keys) else None,
             self.topics,
             self.scanned,
@@ -465,13 +462,6 @@ class _Check:
                 source, [m for *_, m in sorted(self.problems, key=lambda p: p[:2])]
             )
         return defaults
-
-
-def place_of(key: str, first: int | tuple[int, str, int]) -> tuple[int, str, int]:
-    """(index, email as written, line of the email) of a `first_index` entry."""
-    if isinstance(first, int):
-        return first >> 32, key, first & 0xFFFFFFFF
-    return first
 
 
 def _to_subscriber(e: Entry, d: DefaultsModel, line: int) -> Subscriber:

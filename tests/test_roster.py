@@ -3,6 +3,7 @@ private copy, giving exactly what `load_subscribers` gives."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from newsletter import roster
 from newsletter.addresses import address_key
 from newsletter.errors import ConfigError, SubscriberConfigError
+from newsletter.mailboxes import Mailboxes
 from newsletter.roster import Roster, addresses, by_address, load_roster, pick
 from newsletter.settings import Settings
 from newsletter.subscribers import check_subscribers, load_subscribers
@@ -118,7 +120,7 @@ def test_checking_a_file_counts_what_loading_it_gives(tmp_path: Path) -> None:
         subs = load_subscribers(path)
         assert len(outline.lines) == len(subs) and outline.scanned
         assert outline.topics == sum(len(s.topics) for s in subs)
-        assert outline.lines == [s.line for s in subs]
+        assert list(outline.lines) == [s.line for s in subs]
 
 
 @pytest.fixture
@@ -178,3 +180,17 @@ def test_outlines_are_kept_only_where_no_one_else_can_write(
     assert roster._outline_folder() is None
     load_roster(_file(tmp_path, 3))
     assert list(folder.iterdir()) == []
+
+
+def test_mailboxes_find_each_key_and_refuse_a_second_of_any() -> None:
+    boxes = Mailboxes()
+    keys = [f"reader{i}@example.org" for i in range(5000)]  # the table grows nine times
+    for i, key in enumerate(keys):
+        assert boxes.add(i, key, key.upper() if i % 7 == 0 else key, 10 + i) is None
+    assert boxes.add(5000, keys[14], " Dup@x ", 99) == 14  # the first entry of that key
+    assert len(boxes) == 5000 and boxes.keys() == keys
+    assert [boxes.find(k) for k in keys] == list(range(5000))
+    assert boxes.find("nobody@example.org") is None and boxes.find("") is None
+    assert boxes.place(14) == (14, keys[14].upper(), 24) and boxes.place(15) == (15, keys[15], 25)
+    again = pickle.loads(pickle.dumps(boxes))  # as an outline is kept for the next process
+    assert again.find(keys[4321]) == 4321 and again.keys() == keys
