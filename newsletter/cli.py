@@ -19,6 +19,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from newsletter.errors import ConfigError, NewsletterError, StoreError
 from newsletter.logs import configure
@@ -33,13 +34,21 @@ R = TypeVar("R")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No console markup: printed text carries file names, titles, addresses and server replies,
+# and a "[/]" in one of them is text, not a style (it crashed the command; "[bold]" vanished).
+# Styles are given as Text spans (`styled`).
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 log = logging.getLogger("newsletter")
 
 
+def styled(text: str, style: str, rest: str = "") -> Text:
+    """`text` in `style`, then `rest` plain: markup-free, whatever either holds."""
+    return Text.assemble((text, style), rest)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(styled("error:", "bold red", f" {message}"), highlight=False)
     sys.exit(code)
 
 

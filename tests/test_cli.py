@@ -587,6 +587,17 @@ def test_a_bad_or_unreachable_database_at_start_is_exit_2(
     assert "NEWSLETTER_DATABASE_URL" in result.stderr
 
 
+@pytest.mark.parametrize("folder", ["seeds[/]", "/data/[bold]seeds"])
+def test_text_that_looks_like_console_markup_is_printed_as_it_is(
+    sqlite_env: dict[str, str], folder: str
+) -> None:
+    """A "[/]" in a path crashed the command with rich's MarkupError (a traceback, exit 1);
+    "[bold]" vanished from the message, which then named another folder."""
+    result = run({**sqlite_env, "NEWSLETTER_SEEDS_DIR": folder}, "ingest")
+    assert result.exit_code == 2
+    assert f"no such folder {folder};" in result.stderr
+
+
 def test_an_unparseable_database_url_never_shows_its_password(sqlite_env: dict[str, str]) -> None:
     """An unencoded @ or : in the password made SQLAlchemy raise a ValueError whose text (a
     traceback, exit 1) carried part of the password."""

@@ -231,6 +231,10 @@ def test_unsubscribe_resubscribe_and_the_list_from_the_command_line(
     doc = json.loads(run("subscribers", "list", "--json").stdout)  # type: ignore[attr-defined]
     assert {s["status"] for s in doc["subscribers"]} == {"active"}
     run("unsubscribe", "not an address", code=2)
+    # a typo is recorded (it may be meant for a later subscriber) but said to be one
+    typo = run("unsubscribe", "adaa@example.org")
+    assert "adaa@example.org is not in the subscriber file (a typo?)" in typo.stderr  # type: ignore[attr-defined]
+    assert "not in the subscriber file" not in run("unsubscribe", "ada@example.org").stderr  # type: ignore[attr-defined]
 
 
 def test_feedback_add_and_list_from_the_command_line(cli_env: Callable[..., object]) -> None:

@@ -24,6 +24,7 @@ from newsletter.cli import (
     parse_date,
     pass_app,
     seeds_folder,
+    styled,
 )
 from newsletter.fetch import days_since, dump_folder, fetch_days
 from newsletter.models import SelectedPaper, Subscriber
@@ -67,7 +68,9 @@ def ingest_cmd(app: AppContext, seeds: Path | None, year: int | None, as_json: b
         for r in rows:
             colour = "yellow" if r["status"] == "skipped" else "red"
             status = (
-                r["status"] if r["error"] is None else f"[{colour}]{r['status']}[/]: {r['error']}"
+                r["status"]
+                if r["error"] is None
+                else styled(r["status"], colour, f": {r['error']}")
             )
             table.add_row(
                 Path(r["path"]).name,
@@ -122,7 +125,9 @@ def fetch_cmd(app: AppContext, date: dt.date | None, since: dt.date | None, as_j
         for col in ("date", "status", "papers"):
             table.add_column(col)
         for r in rows:
-            status = r["status"] if r["error"] is None else f"[red]{r['status']}[/]: {r['error']}"
+            status = (
+                r["status"] if r["error"] is None else styled(r["status"], "red", f": {r['error']}")
+            )
             table.add_row(r["date"], status, str(r["papers"]))
         out.print(table)
     if any(r["status"] == "failed" for r in rows):

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from newsletter import feedback, readers
 from newsletter.addresses import address_key, check_address
-from newsletter.cli import AppContext, emit_json, err, fail, handle_errors, out, pass_app
+from newsletter.cli import AppContext, emit_json, err, fail, handle_errors, out, pass_app, styled
 from newsletter.errors import NotFound
 from newsletter.pipeline import health_report
 
@@ -35,7 +35,7 @@ def subscribers_list_cmd(app: AppContext, as_json: bool) -> None:
         since = f"{r.changed_at:%Y-%m-%d %H:%M}" if r.changed_at else "-"
         colour = "green" if r.status == "active" else "yellow"
         table.add_row(
-            r.email, f"[{colour}]{r.status}[/]", since, r.how or "-", "yes" if r.in_file else "no"
+            r.email, styled(r.status, colour), since, r.how or "-", "yes" if r.in_file else "no"
         )
     out.print(table)
 
@@ -59,6 +59,11 @@ def unsubscribe_cmd(app: AppContext, email: str) -> None:
     Example: newsletter unsubscribe ada@example.org
     """
     row = readers.unsubscribe(app.store, _address(email), how="cli", now=app.now())
+    if not any(address_key(s.email) == row.email for s in app.subscribers()):
+        err.print(
+            f"warning: {email} is not in the subscriber file (a typo?): nobody of that address "
+            "was getting digests; check the spelling with `newsletter subscribers list`"
+        )
     out.print(
         f"{email}: {row.status} (since {row.status_at:%Y-%m-%d %H:%M} UTC, {row.status_how})",
         highlight=False,
