@@ -189,9 +189,17 @@ def test_two_senders_from_two_folders_exclude_each_other(tmp_path: Path) -> None
     sender stops at once and every subscriber gets exactly one digest."""
     emails = prepare(tmp_path, 120)
     server = ThreadedSMTPServer().start()
-    server.handler.delay("DATA", 0.2, times=10_000)  # keep the first sender busy for a while
-    started = threading.Event()
-    server.handler.on_message = lambda n: started.set() if n >= 5 else None
+    started, second_done = threading.Event(), threading.Event()
+
+    def hold(n: int) -> None:
+        # the server stops answering at the 5th message until the second sender has exited:
+        # the first is mid-send, holding its lock, however slowly a loaded machine starts
+        # the second (a fixed delay let the first finish first under load)
+        if n == 5:
+            started.set()
+            second_done.wait(120)
+
+    server.handler.on_message = hold
     folders = [tmp_path / "a", tmp_path / "b"]
     procs = []
     try:
@@ -201,8 +209,11 @@ def test_two_senders_from_two_folders_exclude_each_other(tmp_path: Path) -> None
             procs.append(cli(env, "send", "--json", cwd=folder))
             if folder == folders[0]:
                 assert started.wait(60), "the first sender never started sending"
-        results = [p.communicate(timeout=120) for p in procs]
+        second = procs[1].communicate(timeout=120)
+        second_done.set()
+        results = [procs[0].communicate(timeout=120), second]
     finally:
+        second_done.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()
