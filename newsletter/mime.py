@@ -220,6 +220,7 @@ def assemble_wire(
     return message, wire
 
 
+@lru_cache(maxsize=64)  # one `now` per chunk of digests
 def format_date(now: dt.datetime) -> str:
     """RFC 5322 date; a naive `now` is taken as UTC."""
     if now.tzinfo is None:

@@ -32,6 +32,7 @@ import datetime as dt
 import hashlib
 import html as htmllib
 import itertools
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -566,15 +567,22 @@ class BodyCache:
         self.template, self.target, self.loop_attrs = template, target, loop_attrs
         self.names, self.lookups, self.markup = names, lookups, markup
         self.cache: dict[tuple[Any, ...], str] = {}
+        # the key's parts, fetched in C (a call per paper per digest: its cost matters)
+        self._counters = operator.attrgetter(*loop_attrs) if loop_attrs else None
+        self._keys = tuple(operator.attrgetter(attr) for _, attr in lookups)
+        self._plain = len(names)
 
     def __call__(self, item: Any, loop: Any, *values: Any) -> str:
-        counters = tuple(getattr(loop, a) for a in self.loop_attrs) if self.loop_attrs else ()
-        plain = values[: len(self.names)]
+        counters = self._counters(loop) if self._counters is not None else ()
+        n = self._plain
+        plain = values[:n]
         entries = tuple(  # a mapping that is not a dict is keyed whole (cached when plain)
-            mapping.get(getattr(item, attr), _MISSING) if isinstance(mapping, dict) else mapping
-            for mapping, (_, attr) in zip(values[len(self.names) :], self.lookups, strict=True)
+            [
+                mapping.get(key(item), _MISSING) if isinstance(mapping, dict) else mapping
+                for mapping, key in zip(values[n:], self._keys)
+            ]
         )
-        key = (type(item), item, counters, tuple(map(type, plain)), plain, entries)
+        key = (type(item), item, counters, tuple(map(type, plain)) if n else (), plain, entries)
         try:
             hit = self.cache.get(key)
         except TypeError:  # an unhashable value (a reader's vote links): render as written
