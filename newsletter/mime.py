@@ -190,22 +190,20 @@ class EncodedBody(NamedTuple):
     size: int  # the body's length in UTF-8, as written (before encoding)
 
 
-@lru_cache(maxsize=8192)
-def _chunk(chunk: str) -> tuple[int, bool, str, bytes, bytes, str] | None:
-    """A piece of a body as the template yields it: (its UTF-8 size, whether it holds a line
-    break, the text before its first break, the whole lines after that encoded and stuffed,
-    the text after its last break); None when it holds a CR (the joined body is encoded
-    instead). The template's own text and cached loop bodies are the same objects in every
-    digest, so most pieces are found here."""
+@lru_cache(maxsize=1024)  # the template's text and the day's paper blocks (their views)
+def _chunk(chunk: str) -> tuple[int, str, bytes, bytes, str] | None:
+    """A piece of a body that holds a line break, as the template yields it: (its UTF-8 size,
+    the text before its first break, the whole lines after that encoded and stuffed, the text
+    after its last break); None when it holds a CR (the joined body is encoded instead). The
+    template's own text and its cached loop bodies recur in every digest."""
     if "\r" in chunk:
         return None
-    size = len(chunk.encode("utf-8"))
-    first, broken, rest = chunk.partition("\n")
-    if not broken:
-        return size, False, chunk, b"", b"", ""
+    first, _, rest = chunk.partition("\n")
     middle, inner, last = rest.rpartition("\n")
     pairs = _qp_pairs(middle + inner)  # the whole lines between the first and last break
-    return size, True, first, b"".join(map(_QP, pairs)), b"".join(map(_WIRE, pairs)), last
+    qp = b"".join(map(_QP, pairs))
+    # whole lines: stuffed together as one by one; mostly nothing to stuff (the same object)
+    return len(chunk.encode("utf-8")), first, qp, dot_stuffed(qp), last
 
 
 def encode_chunks(chunks: Iterable[str]) -> EncodedBody | None:
@@ -217,17 +215,22 @@ def encode_chunks(chunks: Iterable[str]) -> EncodedBody | None:
     size = 0
     pending: list[str] = []  # the current line, so far
     for chunk in chunks:
+        if "\n" not in chunk:  # a value, mostly: no line of its own, nothing worth caching
+            if "\r" in chunk:
+                return None
+            size += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
+            pending.append(chunk)
+            continue
         parts = _chunk(chunk)
         if parts is None:
             return None
-        n, broken, first, middle_qp, middle_wire, last = parts
+        n, first, middle_qp, middle_wire, last = parts
         size += n
         pending.append(first)
-        if broken:
-            line_qp, line_wire = _qp_line("".join(pending))
-            qp += (line_qp, middle_qp)
-            wire += (line_wire, middle_wire)
-            pending = [last]
+        line_qp, line_wire = _qp_line("".join(pending))
+        qp += (line_qp, middle_qp)
+        wire += (line_wire, middle_wire)
+        pending = [last]
     if any(pending):  # a last line without a break gets one, as in `_qp_pairs`
         line_qp, line_wire = _qp_line("".join(pending))
         qp.append(line_qp)
