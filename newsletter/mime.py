@@ -14,9 +14,11 @@ import datetime as dt
 import email.utils
 import hashlib
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from operator import itemgetter
 from pathlib import Path
+from typing import NamedTuple
 
 import dkim  # type: ignore[import-untyped]
 
@@ -180,13 +182,75 @@ def _qp_pairs(body: str) -> list[tuple[bytes, bytes]]:
     return list(map(_qp_line, lines))
 
 
+class EncodedBody(NamedTuple):
+    """A body quoted-printable line by line, as `_qp_pairs` encodes it, and its size."""
+
+    qp: list[bytes]  # the encoded lines, in pieces (each piece whole lines)
+    wire: list[bytes]  # the same, dot-stuffed
+    size: int  # the body's length in UTF-8, as written (before encoding)
+
+
+@lru_cache(maxsize=1024)  # the template's text and the day's paper blocks (their views)
+def _chunk(chunk: str) -> tuple[int, str, bytes, bytes, str] | None:
+    """A piece of a body that holds a line break, as the template yields it: (its UTF-8 size,
+    the text before its first break, the whole lines after that encoded and stuffed, the text
+    after its last break); None when it holds a CR (the joined body is encoded instead). The
+    template's own text and its cached loop bodies recur in every digest."""
+    if "\r" in chunk:
+        return None
+    first, _, rest = chunk.partition("\n")
+    middle, inner, last = rest.rpartition("\n")
+    pairs = _qp_pairs(middle + inner)  # the whole lines between the first and last break
+    qp = b"".join(map(_QP, pairs))
+    # whole lines: stuffed together as one by one; mostly nothing to stuff (the same object)
+    return len(chunk.encode("utf-8")), first, qp, dot_stuffed(qp), last
+
+
+def encode_chunks(chunks: Iterable[str]) -> EncodedBody | None:
+    """`_qp_pairs` of the joined chunks, and their UTF-8 size, without joining them: each
+    piece's whole lines come from the cache, and only the lines that span pieces are encoded
+    (through the line cache). None when a piece holds a CR: encode the joined body."""
+    qp: list[bytes] = []
+    wire: list[bytes] = []
+    size = 0
+    pending: list[str] = []  # the current line, so far
+    for chunk in chunks:
+        if "\n" not in chunk:  # a value, mostly: no line of its own, nothing worth caching
+            if "\r" in chunk:
+                return None
+            size += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
+            pending.append(chunk)
+            continue
+        parts = _chunk(chunk)
+        if parts is None:
+            return None
+        n, first, middle_qp, middle_wire, last = parts
+        size += n
+        pending.append(first)
+        line_qp, line_wire = _qp_line("".join(pending))
+        qp += (line_qp, middle_qp)
+        wire += (line_wire, middle_wire)
+        pending = [last]
+    if any(pending):  # a last line without a break gets one, as in `_qp_pairs`
+        line_qp, line_wire = _qp_line("".join(pending))
+        qp.append(line_qp)
+        wire.append(line_wire)
+    return EncodedBody(qp, wire, size)
+
+
 def assemble(headers: list[tuple[str, str]], text: str, html: str, boundary: str) -> bytes:
     """multipart/alternative (text first, HTML last: the preferred part goes last, RFC 2046)."""
     return assemble_wire(headers, text, html, boundary)[0]
 
 
 def assemble_wire(
-    headers: list[tuple[str, str]], text: str, html: str, boundary: str, *, raw: bool = True
+    headers: list[tuple[str, str]],
+    text: str,
+    html: str,
+    boundary: str,
+    *,
+    raw: bool = True,
+    html_body: EncodedBody | None = None,
 ) -> tuple[bytes, bytes | None]:
     """The message as `assemble` builds it, and what SMTP DATA transmits for it: dot-stuffed,
     ending in ".\r\n" (None when the headers hold a bare CR or LF: see deliver.wire_form,
@@ -199,6 +263,7 @@ def assemble_wire(
 
     With `raw=False` the message itself is only built when there is no wire form (b"" else):
     a send needs just the wire form, and deliver.raw_form gives the message back from it.
+    `html_body`, when given, is `encode_chunks` of the HTML (`html` is then not read).
     """
     head = "".join(f"{name}: {value}{CRLF}" for name, value in headers).encode("ascii")
     part = "Content-Type: text/{}; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
@@ -206,20 +271,24 @@ def assemble_wire(
     first = f"--{boundary}\r\n{part.format('plain')}\r\n\r\n".encode()
     second = f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode()
     end = f"\r\n--{boundary}--\r\n".encode()
-    text_qp, html_qp = _qp_pairs(text), _qp_pairs(html)
+    text_qp = _qp_pairs(text)
+    if html_body is None:
+        pairs = _qp_pairs(html)
+        html_body = EncodedBody(list(map(_QP, pairs)), list(map(_WIRE, pairs)), 0)
     stuffable = crlf_lines(head)
     message = b""
     if raw or not stuffable:
-        text_part, html_part = b"".join(map(_QP, text_qp)), b"".join(map(_QP, html_qp))
+        text_part, html_part = b"".join(map(_QP, text_qp)), b"".join(html_body.qp)
         message = b"".join((head, top, first, text_part, second, html_part, end))
     if not stuffable:
         return message, None
     # the fixed lines between the parts start with "-" or a letter: nothing to stuff there
-    text_wire, html_wire = b"".join(map(_WIRE, text_qp)), b"".join(map(_WIRE, html_qp))
+    text_wire, html_wire = b"".join(map(_WIRE, text_qp)), b"".join(html_body.wire)
     wire = b"".join((dot_stuffed(head), top, first, text_wire, second, html_wire, end, b".\r\n"))
     return message, wire
 
 
+@lru_cache(maxsize=64)  # one `now` per chunk of digests
 def format_date(now: dt.datetime) -> str:
     """RFC 5322 date; a naive `now` is taken as UTC."""
     if now.tzinfo is None:

@@ -32,6 +32,7 @@ import datetime as dt
 import hashlib
 import html as htmllib
 import itertools
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -55,6 +56,7 @@ from newsletter.mime import (
     assemble_wire,
     clean_header_text,
     dkim_enabled,
+    encode_chunks,
     encode_phrase,
     encode_unstructured,
     format_address,
@@ -566,15 +568,22 @@ class BodyCache:
         self.template, self.target, self.loop_attrs = template, target, loop_attrs
         self.names, self.lookups, self.markup = names, lookups, markup
         self.cache: dict[tuple[Any, ...], str] = {}
+        # the key's parts, fetched in C (a call per paper per digest: its cost matters)
+        self._counters = operator.attrgetter(*loop_attrs) if loop_attrs else None
+        self._keys = tuple(operator.attrgetter(attr) for _, attr in lookups)
+        self._plain = len(names)
 
     def __call__(self, item: Any, loop: Any, *values: Any) -> str:
-        counters = tuple(getattr(loop, a) for a in self.loop_attrs) if self.loop_attrs else ()
-        plain = values[: len(self.names)]
+        counters = self._counters(loop) if self._counters is not None else ()
+        n = self._plain
+        plain = values[:n]
         entries = tuple(  # a mapping that is not a dict is keyed whole (cached when plain)
-            mapping.get(getattr(item, attr), _MISSING) if isinstance(mapping, dict) else mapping
-            for mapping, (_, attr) in zip(values[len(self.names) :], self.lookups, strict=True)
+            [
+                mapping.get(key(item), _MISSING) if isinstance(mapping, dict) else mapping
+                for mapping, key in zip(values[n:], self._keys, strict=True)
+            ]
         )
-        key = (type(item), item, counters, tuple(map(type, plain)), plain, entries)
+        key = (type(item), item, counters, tuple(map(type, plain)) if n else (), plain, entries)
         try:
             hit = self.cache.get(key)
         except TypeError:  # an unhashable value (a reader's vote links): render as written
@@ -1050,7 +1059,8 @@ class Renderer:
         """`render`, and the message as SMTP DATA carries it (deliver.wire_form of its raw),
         built from the same cached lines; None when not built here (a DKIM-signed message,
         or headers wire_form refuses): the caller then calls wire_form itself. With
-        `wire_only`, raw is b"" whenever the wire form is there (deliver.raw_form of it)."""
+        `wire_only` (a send), raw is b"" whenever the wire form is there (deliver.raw_form of
+        it), and html and text are "" (nor are they joined)."""
         papers = [sp for sp in selection.papers if sp.sent]
         sub = selection.subscriber
         if not papers:
@@ -1065,16 +1075,21 @@ class Renderer:
         budget = EXCERPT_CHARS if len(papers) <= 10 else max(220, EXCERPT_CHARS * 10 // len(papers))
         while True:
             ctx = self._context(selection, papers, budget, mailto, links)
-            html = self._html.render(ctx)
-            if len(html.encode("utf-8")) <= HTML_BUDGET or budget == 0:
+            chunks = self._html_chunks(ctx)
+            # the HTML part encoded piece by piece (the template's text and the cached paper
+            # blocks are the same objects in every digest), never joined for a send
+            body = encode_chunks(chunks)
+            size = body.size if body is not None else len("".join(chunks).encode("utf-8"))
+            if size <= HTML_BUDGET or budget == 0:
                 break
             budget = budget * 2 // 3 if budget > 90 else 0  # shorter excerpts, then none
+        with_raw = self._dkim or not wire_only  # DKIM signs the message itself
+        html = "".join(chunks) if with_raw or body is None else ""
         text = wrap_text(self._text.render(ctx))
         subject = clean_header_text(self._subject.render(ctx))
         mid = message_id(selection.edition, sub.email, self.settings.sender_domain)
         headers = self._headers(to, subject, mid, now, https, mailto)
-        with_raw = self._dkim or not wire_only  # DKIM signs the message itself
-        raw, wire = assemble_wire(headers, text, html, _boundary(mid), raw=with_raw)
+        raw, wire = assemble_wire(headers, text, html, _boundary(mid), raw=with_raw, html_body=body)
         if self._dkim:
             raw, wire = sign_dkim(raw, self.settings), None
         email = RenderedEmail(
@@ -1082,11 +1097,19 @@ class Renderer:
             subject=subject,
             message_id=mid,
             html=html,
-            text=text,
+            text=text if with_raw else "",
             raw=raw,
             paper_ids=tuple(p.id for p in ctx["papers"]),
         )
         return email, wire
+
+    def _html_chunks(self, ctx: dict[str, Any]) -> list[str]:
+        """The HTML template's output as the pieces it yields (`render` joins them)."""
+        tpl = self._html
+        try:
+            return list(tpl.root_render_func(tpl.new_context(ctx)))
+        except Exception:
+            tpl.environment.handle_exception()  # raises, as render() does
 
     def _headers(
         self, to: str, subject: str, mid: str, now: dt.datetime, https: str | None, mailto: str

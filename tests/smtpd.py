@@ -8,6 +8,7 @@ are injected on the server side, never by mocking the client:
     handler.fail("MAIL", "421 4.3.2 going down", close=True)              # reply, then hang up
     handler.delay("RCPT", 1.0)                                            # slow server, once
     handler.drop_data(1)                                                  # hang up mid-DATA
+    RecordingHandler.pipelining = True   # every server advertises PIPELINING (RFC 2920)
 
 `SMTPServer` runs in the test's own event loop (as aiosmtplib's test suite does);
 `ThreadedSMTPServer` runs one in a thread for a client in another process.
@@ -58,6 +59,8 @@ class _Fault:
 
 
 class RecordingHandler:
+    pipelining = False  # advertise PIPELINING: the client then sends MAIL, RCPT, DATA at once
+
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.commands: list[tuple[str, str]] = []  # (command, argument) in arrival order
@@ -207,6 +210,11 @@ class FaultySMTPD(SMTPD):
     async def smtp_MAIL(self, arg: str) -> None:
         self.event_handler.mail_args.append(arg)
         await super().smtp_MAIL(arg)
+
+    async def push(self, status: Any) -> None:
+        if status == "250 HELP" and self.event_handler.pipelining:  # the last line of EHLO
+            await super().push("250-PIPELINING")
+        await super().push(status)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         self.event_handler.record("STARTTLS", arg)

@@ -15,8 +15,16 @@ import pytest
 from newsletter.deliver import edition_status, send_edition
 from newsletter.errors import DeliveryError, StoreError
 from newsletter.settings import Settings
-from tests.smtpd import SMTPServer, free_port
+from tests.smtpd import RecordingHandler, SMTPServer, free_port
 from tests.test_deliver import NOW, World, make_world, running
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["one-by-one", "pipelined"])
+def pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every fault twice: with a server that takes one command at a time, and with one that
+    advertises PIPELINING, where MAIL, RCPT and DATA go out together."""
+    monkeypatch.setattr(RecordingHandler, "pipelining", request.param)
+    return bool(request.param)
 
 
 @pytest.fixture

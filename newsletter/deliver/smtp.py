@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiosmtplib
-from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol, normalize_message_line_endings
 
 from newsletter.deliver.failures import (
     Fatal,
@@ -49,6 +49,79 @@ def smtp_endpoint(settings: Settings) -> tuple[str, int]:
 def _sender_fatal(code: int) -> bool:
     """A 5xx to MAIL FROM is about us, not the subscriber; 552 is this message's size."""
     return 500 <= code < 600 and code != 552
+
+
+class _Protocol(SMTPProtocol):
+    """aiosmtplib's protocol plus pipelined replies (RFC 2920). The stock one parses one reply
+    per read and drops whatever arrives while no reply is awaited: the second and third
+    replies to three commands written at once would be lost. While `pipeline` waits, every
+    byte is kept and parsed into as many replies as it holds; otherwise it is the stock
+    protocol. A connection's protocol becomes this one (its class changes: same state, more
+    methods) before its first pipelined group."""
+
+    _replies: collections.deque[aiosmtplib.SMTPResponse]
+    _waiter: asyncio.Future[None] | None
+    _expect = 0  # replies still awaited by `pipeline`; 0: the stock protocol's behaviour
+
+    def data_received(self, data: bytes) -> None:
+        if not self._expect:
+            super().data_received(data)
+            return
+        self._buffer.extend(data)
+        try:
+            while len(self._replies) < self._expect:
+                reply = self._read_response_from_buffer()
+                if reply is None:
+                    if len(self._buffer) > MAX_RESPONSE_LENGTH:
+                        raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+                    break
+                self._replies.append(reply)
+        except Exception as exc:  # a malformed reply: the connection is unusable
+            self._wake(exc)
+            return
+        if len(self._replies) >= self._expect:
+            self._wake(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._expect:
+            lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
+            lost.__cause__ = exc
+            self._wake(lost)
+        super().connection_lost(exc)
+
+    def _wake(self, exc: BaseException | None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    async def pipeline(
+        self,
+        commands: bytes,
+        n: int,
+        timeout: float | None,  # noqa: ASYNC109 (as read_response)
+    ) -> tuple[list[aiosmtplib.SMTPResponse], BaseException | None]:
+        """Write `commands` (n lines) at once; (their replies, in order, and why there are
+        fewer than n: the connection was lost, the time ran out or a reply was malformed)."""
+        if self._command_lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        async with self._command_lock:
+            self._replies, self._expect = collections.deque(), n
+            self._waiter = self._loop.create_future()
+            try:
+                self.write(commands)
+                await asyncio.wait_for(self._waiter, timeout)
+                problem: BaseException | None = None
+            except TimeoutError:
+                problem = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+            except (aiosmtplib.SMTPException, ConnectionError) as exc:
+                problem = exc
+            finally:
+                self._expect, self._waiter = 0, None
+                del self._buffer[:]  # nothing else was asked for
+            return list(self._replies)[:n], problem
 
 
 class _Client(aiosmtplib.SMTP):
@@ -85,17 +158,22 @@ class _Client(aiosmtplib.SMTP):
             options.append(b"SIZE=%d" % (len(raw) if raw else raw_size(wire)))
         if not wire.isascii() and self.supports_extension("8bitmime"):
             options.append(b"BODY=8BITMIME")
+        # MAIL and RCPT by hand: mail()/rcpt() parse each address with email.utils (~70 us
+        # each); ours were checked once (PLAIN_ADDRESS), so they hold no control character.
+        mail = b" ".join((b"MAIL FROM:<%s>" % sender.encode(), *options))
+        rcpt = b"RCPT TO:<%s>" % recipient.encode()
         try:
-            # MAIL and RCPT by hand: mail()/rcpt() parse each address with email.utils
-            # (~70 us each); ours were checked once (PLAIN_ADDRESS) and the protocol still
-            # refuses any control character in a command.
-            got = await self.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *options)
-            if got.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(got.code, got.message, sender)
-            got = await self.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode())
-            if got.code not in (250, 251):
-                raise aiosmtplib.SMTPRecipientRefused(got.code, got.message, recipient)
-            got = await self._data_wire(wire)
+            if self.supports_extension("pipelining"):
+                await self._envelope_pipelined(mail, rcpt, sender, recipient)
+                got = await self._send_wire(wire)
+            else:
+                got = await self.execute_command(mail)
+                if got.code != 250:
+                    raise aiosmtplib.SMTPSenderRefused(got.code, got.message, sender)
+                got = await self.execute_command(rcpt)
+                if got.code not in (250, 251):
+                    raise aiosmtplib.SMTPRecipientRefused(got.code, got.message, recipient)
+                got = await self._data_wire(wire)
             return f"{got.code} {oneline(got.message)}"
         except aiosmtplib.SMTPResponseException:
             # reset the envelope so the connection can carry the next message
@@ -144,13 +222,57 @@ class _Client(aiosmtplib.SMTP):
         assert wire is not None  # normalised: CRLF endings throughout
         return await self._data_wire(wire)
 
+    async def _envelope_pipelined(
+        self, mail: bytes, rcpt: bytes, sender: str, recipient: str
+    ) -> None:
+        """MAIL, RCPT and DATA in one write, then their three replies (RFC 2920): one round
+        trip and one wake-up instead of three. Each reply is judged in order, as if the
+        commands had gone one by one; replies cut short by a hang-up or a timeout count only
+        after the replies that did come (a 421 then a hang-up is the 421)."""
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        if not isinstance(protocol, _Protocol):
+            protocol.__class__ = _Protocol  # between commands: nothing is pending
+            assert isinstance(protocol, _Protocol)
+        replies, problem = await protocol.pipeline(
+            b"%s\r\n%s\r\nDATA\r\n" % (mail, rcpt), 3, self.timeout
+        )
+        refused: aiosmtplib.SMTPResponseException | None = None
+        if replies and replies[0].code != 250:
+            refused = aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
+        elif len(replies) > 1 and replies[1].code not in (250, 251):
+            got = replies[1]
+            refused = aiosmtplib.SMTPRecipientRefused(got.code, got.message, recipient)
+        elif len(replies) > 2 and replies[2].code != 354:
+            refused = aiosmtplib.SMTPDataError(replies[2].code, replies[2].message)
+        if refused is not None:
+            if len(replies) > 2 and replies[2].code == 354:
+                # DATA accepted after a refusal (RFC 2920 says it must not be): an empty
+                # message ends it, without a recipient nothing is delivered
+                with contextlib.suppress(aiosmtplib.SMTPException, ConnectionError):
+                    protocol._response_pending = True
+                    protocol.write(b".\r\n")
+                    await protocol.read_response(timeout=self.timeout)
+            raise refused
+        if problem is not None:
+            if isinstance(problem, aiosmtplib.SMTPException):
+                self.close()  # lost, or out of step with the server: not reusable
+                raise problem
+            self.close()
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost") from problem
+
     async def _data_wire(self, wire: bytes) -> aiosmtplib.SMTPResponse:
-        """DATA, the message, the final reply. Until the message has been handed over, a
-        failure means "not sent" (temporary); after it, a timeout or a hang-up means the server
-        may have queued it: OutcomeUnknown, never an immediate resend."""
+        """DATA, the message, the final reply (see `_send_wire`)."""
         start = await self.execute_command(b"DATA")
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
+        return await self._send_wire(wire)
+
+    async def _send_wire(self, wire: bytes) -> aiosmtplib.SMTPResponse:
+        """The message after a 354, and the final reply. Until the message has been handed
+        over, a failure means "not sent" (temporary); after it, a timeout or a hang-up means
+        the server may have queued it: OutcomeUnknown, never an immediate resend."""
         protocol = self.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
