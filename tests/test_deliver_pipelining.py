@@ -35,18 +35,21 @@ class Scripted:
     together: bool = False
     hang_up_after: bytes = b""  # hang up right after replying to this command, once
     silent: bool = False  # read commands, never answer them
+    delays: dict[bytes, list[float]] = field(default_factory=dict)  # before a reply, once each
+    first_only: bool = False  # `replies` and `delays` script the first connection only
     lines: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     connections: int = 0
 
-    def reply(self, command: bytes) -> bytes:
-        queue = self.replies.get(command)
+    def reply(self, command: bytes, connection: int = 1) -> bytes:
+        queue = self.replies.get(command) if connection == 1 or not self.first_only else None
         if queue:
             return queue.pop(0)
         return {b"DATA": b"354 go ahead", b"QUIT": b"221 bye"}.get(command, b"250 ok")
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        number = self.connections
         writer.write(b"220 scripted ESMTP\r\n")
         held: list[bytes] = []
         try:
@@ -58,7 +61,9 @@ class Scripted:
                     continue
                 if self.silent:
                     continue
-                answer = self.reply(command)
+                answer = self.reply(command, number)
+                if (number == 1 or not self.first_only) and self.delays.get(command):
+                    await asyncio.sleep(self.delays[command].pop(0))
                 if self.together and command in (b"MAIL", b"RCPT"):
                     held.append(answer)
                     continue
@@ -190,3 +195,49 @@ async def test_a_server_that_never_answers_times_out_and_nothing_was_sent(
         await transport.close()
     assert not late.value.permanent and server.bodies == []
     assert envelopes(server) == [b"MAIL FROM", b"RCPT TO"]
+
+
+async def test_the_timeout_is_per_reply_not_for_the_whole_envelope(
+    smtp_settings: Callable[[int], Settings],
+) -> None:
+    """A server that takes 0.6 s on each of MAIL and RCPT (sender callouts, blocklist look-ups)
+    with a 1 s timeout per command: sent, as one command at a time would be (the three replies
+    had one timeout between them: every message failed, forever)."""
+    server = Scripted(delays={b"MAIL": [0.6], b"RCPT": [0.6]})
+    async with scripted(server) as port:
+        transport = SmtpTransport(smtp_settings(port))
+        await transport.start()
+        ok = await transport.send(message(), "me@example.org")
+        await transport.close()
+    assert ok == "250 queued" and len(server.bodies) == 1
+
+
+async def test_replies_owed_after_a_refusal_never_answer_the_next_message(
+    smtp_settings: Callable[[int], Settings],
+) -> None:
+    """MAIL refused at once, then the server stalls past the timeout before answering RCPT
+    and DATA. The connection is out of step: it is closed, so those late replies are never
+    read as the next subscriber's (a 503 taken for the next MAIL's reply was a Fatal "sender
+    refused" that stopped the whole run)."""
+    server = Scripted(
+        replies={
+            b"MAIL": [b"451 4.7.1 try later"],
+            b"RCPT": [b"503 5.5.1 need MAIL"],
+            b"DATA": [b"503 5.5.1 need MAIL"],
+        },
+        delays={b"RCPT": [1.5]},
+        first_only=True,
+    )
+    async with scripted(server) as port:
+        transport = SmtpTransport(smtp_settings(port))
+        await transport.start()
+        with pytest.raises(DeliveryError) as later:
+            await transport.send(message("a@example.org"), "me@example.org")
+        sent = [
+            await transport.send(message(f"{who}@example.org"), "me@example.org")
+            for who in ("b", "c")
+        ]
+        await transport.close()
+    assert later.value.code == 451 and not later.value.permanent
+    assert sent == ["250 queued", "250 queued"] and len(server.bodies) == 2
+    assert server.connections == 2

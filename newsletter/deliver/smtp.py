@@ -62,6 +62,7 @@ class _Protocol(SMTPProtocol):
     _replies: collections.deque[aiosmtplib.SMTPResponse]
     _waiter: asyncio.Future[None] | None
     _expect = 0  # replies still awaited by `pipeline`; 0: the stock protocol's behaviour
+    _problem: BaseException | None = None  # why the awaited replies stopped (kept: see _wake)
 
     def data_received(self, data: bytes) -> None:
         if not self._expect:
@@ -76,11 +77,10 @@ class _Protocol(SMTPProtocol):
                         raise aiosmtplib.SMTPResponseException(-1, "Response too long")
                     break
                 self._replies.append(reply)
+                self._wake(None)
         except Exception as exc:  # a malformed reply: the connection is unusable
             self._wake(exc)
             return
-        if len(self._replies) >= self._expect:
-            self._wake(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._expect:
@@ -90,6 +90,10 @@ class _Protocol(SMTPProtocol):
         super().connection_lost(exc)
 
     def _wake(self, exc: BaseException | None) -> None:
+        # kept as well as set: a malformed reply right behind a good one finds the waiter
+        # already woken, and would otherwise pass for a timeout
+        if exc is not None and self._problem is None:
+            self._problem = exc
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             if exc is None:
@@ -108,11 +112,18 @@ class _Protocol(SMTPProtocol):
         if self._command_lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
         async with self._command_lock:
-            self._replies, self._expect = collections.deque(), n
+            self._replies, self._expect, self._problem = collections.deque(), n, None
             self._waiter = self._loop.create_future()
+            del self._buffer[:]  # a reply owed to an earlier command is never taken for these
             try:
                 self.write(commands)
-                await asyncio.wait_for(self._waiter, timeout)
+                # the timeout is per reply, as for commands sent one by one: a server slow on
+                # each of MAIL and RCPT (callouts, blocklist look-ups) is not cut off
+                while len(self._replies) < n:
+                    if self._problem is not None:
+                        raise self._problem
+                    await asyncio.wait_for(self._waiter, timeout)
+                    self._waiter = self._loop.create_future()
                 problem: BaseException | None = None
             except TimeoutError:
                 problem = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
@@ -247,7 +258,9 @@ class _Client(aiosmtplib.SMTP):
         elif len(replies) > 2 and replies[2].code != 354:
             refused = aiosmtplib.SMTPDataError(replies[2].code, replies[2].message)
         if refused is not None:
-            if len(replies) > 2 and replies[2].code == 354:
+            if problem is not None:
+                self.close()  # replies still owed: out of step with the server
+            elif len(replies) > 2 and replies[2].code == 354:
                 # DATA accepted after a refusal (RFC 2920 says it must not be): an empty
                 # message ends it, without a recipient nothing is delivered
                 with contextlib.suppress(aiosmtplib.SMTPException, ConnectionError):
